@@ -1,0 +1,20 @@
+# Set-up and the two jobs of the README. `make install` is idempotent.
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install demo test test-fast bench
+
+install:
+	@$(PYTHON) scripts/install.py --torch-version $(TORCH_VERSION)
+
+demo: install
+	$(PYTHON) -m flowsde demo
+
+test: install
+	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not slow" -p no:cacheprovider
+
+bench: install
+	$(PYTHON) benchmarks/run_all.py

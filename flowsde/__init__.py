@@ -1,0 +1,40 @@
+"""flowsde: SDE/ODE solvers, exact log-likelihoods and marginal checks for
+diffusion and flow models.
+
+The core knows nothing of noise schedules or networks; ``flowsde.adapters``
+turns a network and schedule into core problems, and ``flowsde.validation``
+holds analytic references and checks.
+"""
+
+from . import grids
+from ._errors import FlowSDEError, InputError, SolveError
+from ._noise import BrownianPath, per_sample_generators
+from ._problem import ODE, SDE
+from ._solution import Solution, Status
+from ._solve import METHODS, get_solver, solve
+from ._solvers import PC, Euler, EulerMaruyama, Heun, Solver, TorchSDE, langevin_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ODE",
+    "SDE",
+    "solve",
+    "Solution",
+    "Status",
+    "grids",
+    "BrownianPath",
+    "per_sample_generators",
+    "Solver",
+    "Euler",
+    "Heun",
+    "EulerMaruyama",
+    "PC",
+    "TorchSDE",
+    "langevin_step",
+    "get_solver",
+    "METHODS",
+    "FlowSDEError",
+    "InputError",
+    "SolveError",
+]

@@ -1,0 +1,179 @@
+"""Sources of Gaussian noise and Brownian increments for the SDE solvers.
+
+``solve(..., generator=...)`` accepts:
+
+* ``None``: torch's global RNG;
+* a ``torch.Generator``: one stream for the whole batch (reproducible, but a
+  sample's noise depends on its position in the batch);
+* a list of ``torch.Generator`` (one per sample, see
+  :func:`per_sample_generators`): each sample draws from its own stream, so a
+  result does not change when the batch is split (as EDM's
+  ``StackedRandomGenerator``);
+* a :class:`BrownianPath`: increments are read off one Brownian path, the same
+  whatever the solver, step size or query order, so two solvers can be driven
+  by the same path (strong-error comparisons).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+from ._errors import InputError
+
+
+def per_sample_generators(seeds: Union[Sequence[int], torch.Tensor], device: Union[str, torch.device] = "cpu"):
+    """One ``torch.Generator`` per sample, seeded with ``seeds[i]``.
+
+    Pass the result as ``generator=`` to :func:`flowsde.solve`; sample ``i``'s
+    noise then depends on ``seeds[i]`` alone, not on the batch it is in.
+    """
+    if isinstance(seeds, torch.Tensor):
+        seeds = seeds.tolist()
+    gens = []
+    for s in seeds:
+        g = torch.Generator(device=device)
+        g.manual_seed(int(s))
+        gens.append(g)
+    return gens
+
+
+class BrownianPath:
+    """A Brownian motion on ``[min(t0, t1), max(t0, t1)]`` that gives the same path
+    whatever the order, number or spacing of its queries.
+
+    Built on torchsde's ``BrownianInterval(halfway_tree=True, tol > 0)`` (a
+    virtual Brownian tree; the plain interval depends on query order).
+
+    Arguments:
+        t0, t1: the end points (either order).
+        shape: the shape of ``W(t)``, i.e. of the state ``x``: ``(B, *event_shape)``.
+        dtype, device: of the increments.
+        seed: integer entropy of the path.
+        tol: resolution of the tree (default ``1e-6 * |t1 - t0|``): queries closer
+            than ``tol`` are approximated by a Brownian bridge.
+        levy_area: also produce space-time Lévy area (needed by ``method="srk"``).
+    """
+
+    def __init__(self, t0, t1, shape, *, dtype=torch.float64, device="cpu", seed: int = 0, tol=None,
+                 levy_area: bool = False):
+        import torchsde
+
+        lo, hi = sorted((float(t0), float(t1)))
+        if not hi > lo:
+            raise InputError(f"BrownianPath: t0={t0} and t1={t1} must differ.")
+        self.t_lo, self.t_hi = lo, hi
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.tol = float(tol) if tol is not None else 1e-6 * (hi - lo)
+        self.levy_area = levy_area
+        self._bm = torchsde.BrownianInterval(
+            t0=lo, t1=hi, size=self.shape, dtype=dtype, device=self.device, entropy=self.seed,
+            tol=self.tol, halfway_tree=True,
+            levy_area_approximation="space-time" if levy_area else "none",
+        )
+
+    def increment(self, ta, tb) -> torch.Tensor:
+        """``W(max(ta, tb)) - W(min(ta, tb))``: the increment over the interval, whatever
+        the direction of travel (a backward step uses ``|dt|``)."""
+        a, b = sorted((float(ta), float(tb)))
+        a = max(a, self.t_lo)
+        b = min(b, self.t_hi)
+        return self._bm(a, b)
+
+    def __call__(self, t) -> torch.Tensor:
+        """``W(t) - W(t_lo)``."""
+        t = float(t)
+        if t <= self.t_lo:
+            return torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        return self._bm(self.t_lo, min(t, self.t_hi))
+
+    def __repr__(self) -> str:
+        return f"BrownianPath([{self.t_lo}, {self.t_hi}], shape={self.shape}, seed={self.seed}, tol={self.tol})"
+
+
+class _Noise:
+    """Internal protocol: ``randn_like(x)`` and ``dW(t0, t1, sqrt_abs_dt, x)``."""
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def dW(self, t0: torch.Tensor, t1: torch.Tensor, sqrt_abs_dt: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return sqrt_abs_dt * self.randn_like(x)
+
+
+class _GlobalNoise(_Noise):
+    def randn_like(self, x):
+        return torch.randn_like(x)
+
+
+class _GeneratorNoise(_Noise):
+    def __init__(self, gen: torch.Generator):
+        self.gen = gen
+
+    def randn_like(self, x):
+        return torch.randn(x.shape, generator=self.gen, dtype=x.dtype, device=x.device)
+
+
+class _PerSampleNoise(_Noise):
+    def __init__(self, gens):
+        self.gens = list(gens)
+
+    def randn_like(self, x):
+        return torch.stack(
+            [torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=x.device) for g in self.gens]
+        )
+
+
+class _PathNoise(_Noise):
+    def __init__(self, path: BrownianPath):
+        self.path = path
+        # Standard normals that are not increments (Langevin corrector, churn) come
+        # from a generator seeded by the path, so the whole run stays reproducible.
+        self._gen = torch.Generator(device=path.device)
+        self._gen.manual_seed(path.seed + 1)
+
+    def randn_like(self, x):
+        return torch.randn(x.shape, generator=self._gen, dtype=x.dtype, device=x.device)
+
+    def dW(self, t0, t1, sqrt_abs_dt, x):
+        return self.path.increment(t0, t1).to(dtype=x.dtype, device=x.device)
+
+
+def make_noise(generator, x: torch.Tensor) -> _Noise:
+    """Turn ``solve``'s ``generator`` argument into a noise source (validated)."""
+    if generator is None:
+        return _GlobalNoise()
+    if isinstance(generator, _Noise):
+        return generator
+    if isinstance(generator, torch.Generator):
+        if generator.device.type != x.device.type:
+            raise InputError(
+                f"generator: it lives on {generator.device} but x0 is on {x.device}; "
+                f"create it with torch.Generator(device={str(x.device)!r})."
+            )
+        return _GeneratorNoise(generator)
+    if isinstance(generator, BrownianPath):
+        if tuple(generator.shape) != tuple(x.shape):
+            raise InputError(
+                f"generator: BrownianPath has shape {generator.shape} but x0 has shape {tuple(x.shape)}; "
+                "build the path with shape=x0.shape."
+            )
+        return _PathNoise(generator)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise InputError(
+                f"generator: got {len(generator)} per-sample generators for a batch of {x.shape[0]}; "
+                "pass one per sample (flowsde.per_sample_generators(seeds))."
+            )
+        for i, g in enumerate(generator):
+            if not isinstance(g, torch.Generator):
+                raise InputError(f"generator[{i}] is {type(g).__name__}, expected torch.Generator.")
+        return _PerSampleNoise(generator)
+    raise InputError(
+        f"generator: expected None, a torch.Generator, a list of them (one per sample) or a BrownianPath; "
+        f"got {type(generator).__name__}."
+    )

@@ -1,0 +1,10 @@
+"""The solvers. One file per method; each states its order as class attributes."""
+
+from .base import Solver
+from .euler import Euler
+from .euler_maruyama import EulerMaruyama
+from .heun import Heun
+from .pc import PC, langevin_step
+from .torchsde_bridge import TorchSDE
+
+__all__ = ["Solver", "Euler", "EulerMaruyama", "Heun", "PC", "TorchSDE", "langevin_step"]

@@ -1,0 +1,27 @@
+"""Euler–Maruyama for Itô SDEs. Strong order 0.5, weak order 1; 1 NFE per step.
+
+    x1 = x0 + f(t0, x0) (t1 - t0) + g(t0, x0) dW,      dW ~ N(0, |t1 - t0|)
+
+A backward step (``t1 < t0``) uses ``|t1 - t0|`` for the Brownian increment
+(reverse-time SDEs with a backward Brownian motion). On an ODE it is Euler.
+"""
+
+from __future__ import annotations
+
+from .base import Solver
+
+
+class EulerMaruyama(Solver):
+    name = "euler_maruyama"
+    order = 1
+    strong_order = 0.5
+    weak_order = 1.0
+    noise_types = ("scalar", "diagonal")
+
+    def step(self, problem, t0, t1, x, noise, last):
+        h = t1 - t0
+        x1 = x + h * problem.drift(t0, x)
+        if problem.is_sde:
+            g = problem.diffusion(t0, x)
+            x1 = x1 + g * noise.dW(t0, t1, h.abs().sqrt(), x)
+        return x1

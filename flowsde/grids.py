@@ -1,0 +1,79 @@
+"""Time grids for fixed-step solvers.
+
+Every grid is a 1-D float64 tensor (convert with ``.to(x)``), ordered from the
+first time to the last one as given (``start`` may be larger than ``stop``:
+diffusion samplers run from noise at ``T`` down to data at ``0``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._errors import InputError
+
+__all__ = ["uniform", "edm", "log_uniform", "append_zero"]
+
+
+def _check_n(n, name):
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise InputError(f"{name}: n must be a positive int (number of steps), got {n!r}.")
+
+
+def _check_positive(name, **vals):
+    for k, v in vals.items():
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise InputError(f"{name}: {k} must be a finite number > 0, got {v!r}.")
+
+
+def append_zero(grid: torch.Tensor) -> torch.Tensor:
+    """``grid`` with a final ``0`` appended (EDM / k-diffusion's last step to sigma = 0)."""
+    return torch.cat([grid, grid.new_zeros(1)])
+
+
+def uniform(start: float, stop: float, n: int, *, dtype=torch.float64, device=None) -> torch.Tensor:
+    """``n`` equal steps from ``start`` to ``stop``: ``n + 1`` points."""
+    _check_n(n, "grids.uniform")
+    if start == stop:
+        raise InputError(f"grids.uniform: start and stop are both {start}; they must differ.")
+    return torch.linspace(float(start), float(stop), n + 1, dtype=dtype, device=device)
+
+
+def edm(sigma_min: float = 0.002, sigma_max: float = 80.0, n: int = 18, rho: float = 7.0, *,
+        final_zero: bool = True, dtype=torch.float64, device=None) -> torch.Tensor:
+    """Karras et al.'s rho-grid (EDM, eq. 5; NVlabs/edm ``edm_sampler``), descending:
+
+        t_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,  i = 0..n-1,
+
+    followed by ``t_n = 0`` when ``final_zero`` (``n`` points, plus the zero).
+    ``n = 18`` with ``final_zero`` gives EDM's CIFAR-10 grid (NFE = 35 with Heun).
+    """
+    _check_n(n, "grids.edm")
+    _check_positive("grids.edm", sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
+    if sigma_min >= sigma_max:
+        raise InputError(f"grids.edm: need sigma_min < sigma_max, got {sigma_min} >= {sigma_max}.")
+    if n == 1:
+        g = torch.tensor([float(sigma_max)], dtype=torch.float64)
+    else:
+        i = torch.arange(n, dtype=torch.float64)
+        a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+        g = (a + i / (n - 1) * (b - a)) ** rho
+    if final_zero:
+        g = append_zero(g)
+    return g.to(dtype=dtype, device=device)
+
+
+def log_uniform(start: float, stop: float, n: int, *, final_zero: bool = False, dtype=torch.float64,
+                device=None) -> torch.Tensor:
+    """``n`` steps equally spaced in ``log t`` from ``start`` to ``stop`` (both > 0),
+    optionally followed by a final ``0``."""
+    _check_n(n, "grids.log_uniform")
+    _check_positive("grids.log_uniform", start=start, stop=stop)
+    if start == stop:
+        raise InputError(f"grids.log_uniform: start and stop are both {start}; they must differ.")
+    g = torch.exp(torch.linspace(math.log(start), math.log(stop), n + 1, dtype=torch.float64))
+    g[0], g[-1] = float(start), float(stop)
+    if final_zero:
+        g = append_zero(g)
+    return g.to(dtype=dtype, device=device)
