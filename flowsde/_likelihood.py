@@ -1,0 +1,367 @@
+"""Exact log-likelihoods along an ODE: the instantaneous change of variables.
+
+For ``dx/dt = u(t, x)`` carried from ``t_data`` to ``t_prior``,
+
+    log p_{t_data}(x) = log p_{t_prior}(x(t_prior)) + int_{t_data}^{t_prior} div u(t, x(t)) dt
+
+(Chen et al. 2018, "Neural ODEs", Thm. 1; Song et al. 2021, score_sde, eq. (39)).
+The augmented state ``(x, L)`` with ``dL/dt = div u`` (``L`` of shape ``(B, k)``,
+one channel per Hutchinson probe, ``k = 1`` for the exact trace) is solved by the
+adaptive :class:`flowsde.RK45`; its error norm controls ``L`` in the max norm per
+channel (separately from the RMS over ``x``), so the log-density carries its own
+tolerance ``atol + rtol |L|``.
+
+Divergence:
+
+* ``trace="exact"``: ``div u = sum_i (J^T e_i)_i`` by ``D`` vector-Jacobian products
+  batched in one backward call (``torch.autograd.grad(..., is_grads_batched=True)``,
+  i.e. vmap; a loop if the model does not support vmap). Any event shape.
+  Memory: the batched VJPs hold a ``(D, B, D)`` tensor, so the call is refused
+  when ``B * D * D * itemsize > exact_max_bytes`` (default 1 GiB).
+* ``trace="hutchinson"``: ``div u ~ z^T J z`` with ``k`` probes ``z`` (Rademacher
+  or Gaussian, ``E[z z^T] = I``) drawn once from the caller's generator and held
+  for the whole solve (score_sde issue #10), the ``k`` estimates integrated in the
+  same solve; the standard error is ``std_j(logp_j) / sqrt(k)``.
+
+No autograd graph survives a step: ``x`` is detached and gradients are taken
+under a local ``torch.enable_grad()``, so memory stays O(batch x state).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+
+from ._errors import InputError
+from ._solution import Status
+
+TRACES = ("exact", "hutchinson")
+PROBES = ("rademacher", "gaussian")
+
+
+@dataclass
+class LikelihoodResult:
+    """What :func:`log_likelihood` returns.
+
+    Attributes:
+        logp: ``(B,)`` log-density of the data at ``t_data`` (mean over probes for Hutchinson).
+        stderr: ``(B,)`` standard error of ``logp`` for Hutchinson (NaN with one probe: no
+            spread to measure), ``None`` for the exact trace.
+        nfe: evaluations of the ODE's drift (each with its D or k vector-Jacobian products).
+        prior_logp: ``(B,)`` ``log p_{t_prior}(z)``.
+        delta_logp: ``(B,)`` ``int div u dt`` (mean over probes).
+        z: ``(B, *event)`` the state reached at ``t_prior``.
+        status, t_final: per-sample :class:`flowsde.Status` and time reached.
+        n_steps, n_accepted, n_rejected: solver counts (max over samples per-sample mode).
+        logp_probes: ``(B, k)`` one estimate per probe (Hutchinson) or ``None``.
+        bpd, logp_corrected, stderr_corrected, bpd_corrected, residual: filled by the
+            adapters' ``Diffusion.log_likelihood`` (see ``docs/likelihood.md``).
+        stats: extras (mode, rtol, atol, trace, probes, time variable, ...).
+    """
+
+    logp: torch.Tensor
+    stderr: Optional[torch.Tensor]
+    nfe: int
+    prior_logp: torch.Tensor
+    delta_logp: torch.Tensor
+    z: torch.Tensor
+    status: torch.Tensor
+    t_final: torch.Tensor
+    n_steps: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+    logp_probes: Optional[torch.Tensor] = None
+    bpd: Optional[torch.Tensor] = None
+    logp_corrected: Optional[torch.Tensor] = None
+    stderr_corrected: Optional[torch.Tensor] = None
+    bpd_corrected: Optional[torch.Tensor] = None
+    residual: Optional[torch.Tensor] = None
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        return bool((self.status == Status.SUCCESS).all())
+
+    def __repr__(self) -> str:
+        ok = int((self.status == Status.SUCCESS).sum())
+        return (f"LikelihoodResult(B={self.logp.shape[0]}, mean logp={float(self.logp.mean()):.6g}, "
+                f"nfe={self.nfe}, trace={self.stats.get('trace')!r}, success={ok}/{self.status.numel()})")
+
+
+def _check_data(x, name="x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name}: expected a torch.Tensor (B, *event_shape), got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise InputError(f"{name}: dtype {x.dtype} is not floating point; convert the data to float32/float64 "
+                         "(scaled as the model expects).")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise InputError(f"{name}: expected a batch-first tensor (B, *event_shape) with B >= 1 and an event "
+                         f"dimension, got shape {tuple(x.shape)}.")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite).reshape(x.shape[0], -1).any(1).nonzero().flatten().tolist()
+        raise InputError(f"{name}: contains NaN/Inf in samples {bad[:10]}{' ...' if len(bad) > 10 else ''}.")
+
+
+def _check_tols(rtol, atol) -> None:
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not v > 0:
+            raise InputError(f"log_likelihood: {name} must be a finite number > 0, got {v!r}.")
+
+
+def draw_probes(shape: Tuple[int, ...], k: int, noise: str, generator, dtype, device) -> torch.Tensor:
+    """Hutchinson probes ``(k, B, *event)`` with ``E[z z^T] = I``, drawn once.
+
+    ``generator``: ``None`` (global RNG), a ``torch.Generator``, or a list of ``B``
+    generators (one per sample: a sample's probes then do not depend on its batch).
+    """
+    B, event = shape[0], tuple(shape[1:])
+
+    def draw(size, g):
+        if noise == "gaussian":
+            return torch.randn(size, generator=g, dtype=dtype, device=device)
+        return torch.randint(0, 2, size, generator=g, device=device).to(dtype) * 2 - 1
+
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != B:
+            raise InputError(f"generator: a list of {len(generator)} generators for a batch of {B}; pass one "
+                             "per sample (flowsde.per_sample_generators(seeds)).")
+        return torch.stack([draw((k,) + event, g) for g in generator], dim=1)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InputError(f"generator: expected None, a torch.Generator or a list of them, got "
+                         f"{type(generator).__name__}.")
+    return draw((k, B) + event, generator)
+
+
+def _batched_vjp(out: torch.Tensor, x: torch.Tensor, cot: torch.Tensor) -> torch.Tensor:
+    """``(J^T c_j)`` for each cotangent ``c_j`` in ``cot`` (``(n, B, *event)``), keeping no graph."""
+    if cot.shape[0] == 1:
+        (g,) = torch.autograd.grad(out, x, cot[0])
+        return g.unsqueeze(0)
+    try:
+        with warnings.catch_warnings():
+            # vmap may warn that an op falls back to a slow loop; the result is still exact
+            warnings.simplefilter("ignore", UserWarning)
+            (g,) = torch.autograd.grad(out, x, cot, is_grads_batched=True, retain_graph=True)
+        return g
+    except RuntimeError:  # an op without a vmap rule: one VJP at a time
+        gs = [torch.autograd.grad(out, x, c, retain_graph=True)[0] for c in cot]
+        return torch.stack(gs)
+
+
+def exact_trace_bytes(shape, dtype) -> int:
+    """Memory of the batched VJPs of the exact trace: ``B * D * D * itemsize`` bytes."""
+    B, D = shape[0], math.prod(shape[1:])
+    return B * D * D * torch.empty((), dtype=dtype).element_size()
+
+
+def log_likelihood(
+    ode,
+    x: torch.Tensor,
+    t_span: Sequence[float],
+    prior_logp: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    trace: str = "exact",
+    probes: int = 1,
+    noise: str = "rademacher",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    generator=None,
+    per_sample: Optional[bool] = None,
+    max_steps: int = 10_000,
+    throw: bool = True,
+    progress: bool = False,
+    exact_max_bytes: int = 2**30,
+) -> LikelihoodResult:
+    """``log p_{t_data}(x)`` by solving the ODE with the instantaneous change of variables.
+
+    Arguments:
+        ode: a :class:`flowsde.ODE` (its ``drift(t, x)`` is ``u``); for a diffusion, its PF-ODE.
+        x: data ``(B, *event_shape)`` at ``t_data`` (not modified, not differentiated through).
+        t_span: ``(t_data, t_prior)``, either order.
+        prior_logp: ``prior_logp(z) -> (B,)`` the log-density at ``t_prior`` (summed over the event).
+        trace: ``"exact"`` or ``"hutchinson"``.
+        probes: number of Hutchinson probes ``k``, integrated in one solve.
+        noise: ``"rademacher"`` or ``"gaussian"`` probes.
+        rtol, atol: tolerances of the RK45 solve (> 0), applied to ``x`` (RMS) and to each
+            log-density channel (max norm).
+        generator: for the probes: ``None``, a ``torch.Generator`` or a list of per-sample ones.
+        per_sample: RK45 error-control mode (default: :data:`flowsde._solvers.rk45.DEFAULT_PER_SAMPLE`).
+        max_steps: per-sample step budget.
+        throw: raise :class:`flowsde.SolveError` on a failed sample (default) instead of
+            returning its status.
+        progress: tqdm progress bar (off by default).
+        exact_max_bytes: refuse ``trace="exact"`` above this memory (see module docstring).
+
+    Returns:
+        :class:`LikelihoodResult`.
+
+    Raises:
+        InputError: bad data (shape, dtype, NaN), tolerances <= 0, unknown options, exact trace
+            too large, a drift or prior of the wrong shape/dtype.
+        SolveError: NaN/Inf from the drift mid-solve (names the time and step) or ``max_steps``
+            exhausted (names the time and step size), when ``throw=True``.
+    """
+    from ._problem import ODE
+    from ._solvers.rk45 import RK45
+
+    if not isinstance(ode, ODE) or ode.is_sde:
+        raise InputError(f"log_likelihood: expected a flowsde.ODE (the probability-flow ODE), got "
+                         f"{type(ode).__name__}; for a diffusion use Diffusion.pf_ode() or Diffusion.log_likelihood.")
+    _check_data(x)
+    try:
+        t_data, t_prior = (float(v) for v in t_span)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"t_span: expected two numbers (t_data, t_prior), got {t_span!r}.") from e
+    if not (math.isfinite(t_data) and math.isfinite(t_prior)) or t_data == t_prior:
+        raise InputError(f"t_span: expected two distinct finite times, got {(t_data, t_prior)}.")
+    if not callable(prior_logp):
+        raise InputError(f"prior_logp: expected a callable z -> (B,) log-density, got {type(prior_logp).__name__}.")
+    if trace not in TRACES:
+        raise InputError(f"trace={trace!r}: choose one of {TRACES}.")
+    if noise not in PROBES:
+        raise InputError(f"noise={noise!r}: choose one of {PROBES}.")
+    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
+        raise InputError(f"probes must be a positive int, got {probes!r}.")
+    if trace == "exact" and probes != 1:
+        raise InputError(f"probes={probes} applies to trace='hutchinson'; the exact trace has no probes.")
+    _check_tols(rtol, atol)
+    solver = RK45(rtol, atol, per_sample=per_sample, max_steps=max_steps, throw=throw)
+
+    B, event, dtype, device = x.shape[0], tuple(x.shape[1:]), x.dtype, x.device
+    D = math.prod(event)
+    if trace == "exact":
+        need = exact_trace_bytes(x.shape, dtype)
+        if need > exact_max_bytes:
+            raise InputError(
+                f"trace='exact' for B={B}, D={D} needs B*D*D*itemsize = {need / 2**20:.0f} MiB of batched "
+                f"vector-Jacobian products (> exact_max_bytes = {exact_max_bytes / 2**20:.0f} MiB). Use "
+                "trace='hutchinson' (with probes=k for a standard error), a smaller batch, or raise "
+                "exact_max_bytes if the memory is there.")
+        eye = torch.eye(D, dtype=dtype, device=device)
+        cot = eye.reshape((D, 1) + event).expand((D, B) + event)
+        k = 1
+    else:
+        cot = draw_probes(tuple(x.shape), probes, noise, generator, dtype, device)
+        k = probes
+
+    first = [True]
+
+    def func(t, y):
+        xs = y[0].detach()
+        tt = t.to(dtype)
+        with torch.enable_grad():
+            xg = xs.requires_grad_(True)
+            u = ode.drift(tt, xg)
+            if first[0]:
+                first[0] = False
+                if not isinstance(u, torch.Tensor) or tuple(u.shape) != tuple(x.shape) or u.dtype != dtype:
+                    got = (f"{tuple(u.shape)} {u.dtype}" if isinstance(u, torch.Tensor) else type(u).__name__)
+                    raise InputError(f"the ODE's drift returned {got} for x of shape {tuple(x.shape)} {dtype}; "
+                                     "it must return the shape and dtype of x (is the data shaped for the model?).")
+            if not u.requires_grad:  # a drift that does not depend on x (divergence 0)
+                return u.detach(), torch.zeros(B, k, dtype=dtype, device=device)
+            g = _batched_vjp(u, xg, cot)
+        if trace == "exact":
+            div = torch.diagonal(g.reshape(D, B, D), dim1=0, dim2=2).sum(-1).unsqueeze(1)  # (B, 1)
+        else:
+            div = (g * cot).reshape(k, B, D).sum(-1).transpose(0, 1)  # (B, k)
+        return u.detach(), div.detach()
+
+    ts = torch.tensor([t_data, t_prior], dtype=torch.float64, device=device)
+    y0 = (x.detach(), torch.zeros(B, k, dtype=dtype, device=device))
+    out = solver.integrate(func, y0, ts, norms=("rms", "max"), progress=progress, desc="flowsde log-likelihood")
+    if throw:
+        solver.raise_on_failure(out, what="log_likelihood (rk45)")
+    z, L = out["y"]
+    with torch.no_grad():
+        lp = prior_logp(z)
+    if not isinstance(lp, torch.Tensor) or tuple(lp.shape) != (B,):
+        got = tuple(lp.shape) if isinstance(lp, torch.Tensor) else type(lp).__name__
+        raise InputError(f"prior_logp returned {got}; it must return a (B,) = ({B},) tensor summed over the event.")
+    lp = lp.to(dtype)
+    per_probe = lp.unsqueeze(1) + L  # (B, k)
+    logp = per_probe.mean(1)
+    if trace == "exact":
+        stderr = None
+    elif k == 1:
+        stderr = torch.full((B,), float("nan"), dtype=dtype, device=device)
+    else:
+        stderr = per_probe.std(1, unbiased=True) / math.sqrt(k)
+    return LikelihoodResult(
+        logp=logp, stderr=stderr, nfe=out["calls"], prior_logp=lp, delta_logp=L.mean(1), z=z,
+        status=out["status"], t_final=out["t_final"].to(dtype), n_steps=out["n_iter"],
+        n_accepted=int(out["n_acc"].max()), n_rejected=int(out["n_rej"].max()),
+        logp_probes=None if trace == "exact" else per_probe,
+        stats=dict(trace=trace, probes=k, noise=noise if trace == "hutchinson" else None, rtol=rtol, atol=atol,
+                   mode=solver.mode, t_span=(t_data, t_prior), vjps_per_eval=D if trace == "exact" else k),
+    )
+
+
+def bits_per_dim(logp: torch.Tensor, dims: int, *, bits: int = 8, data_range: Tuple[float, float] = (-1.0, 1.0)):
+    """Bits per dimension of discrete data from the log-density of its dequantized version.
+
+    For ``n``-bit data ``k in {0..2^n-1}^D`` dequantized to ``u = (k + U) / 2^n`` and
+    scaled to ``y = lo + (hi - lo) u`` (the model's data space), Jensen gives
+    ``log P(k) >= E_U log p_y(y) + D log(hi - lo) - n D log 2``, so
+
+        bpd = -logp / (D ln 2) - log2(hi - lo) + n
+
+    (score_sde's offset: 7 for 8-bit data in [-1, 1], 8 for [0, 1]).
+
+    Arguments:
+        logp: ``(B,)`` log-density of the dequantized, scaled data ``y``.
+        dims: ``D``, the number of data dimensions.
+        bits: bit depth ``n`` of the discrete data.
+        data_range: ``(lo, hi)`` of the scaled data.
+    """
+    lo, hi = _check_range(data_range)
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1:
+        raise InputError(f"bits must be a positive int (the bit depth), got {bits!r}.")
+    if not isinstance(dims, int) or dims < 1:
+        raise InputError(f"dims must be a positive int, got {dims!r}.")
+    return -logp / (dims * math.log(2)) - math.log2(hi - lo) + bits
+
+
+def _check_range(data_range):
+    try:
+        lo, hi = (float(v) for v in data_range)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"data_range: expected (lo, hi), got {data_range!r}.") from e
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise InputError(f"data_range: expected finite lo < hi, got {(lo, hi)}.")
+    return lo, hi
+
+
+def dequantize(x: torch.Tensor, *, bits: int = 8, data_range: Tuple[float, float] = (-1.0, 1.0), generator=None,
+               grid_tol: float = 1e-3) -> torch.Tensor:
+    """Uniform dequantization of ``n``-bit data given on its grid.
+
+    ``x = lo + (hi - lo) k / (2^n - 1)`` (e.g. ``ToTensor()`` then ``2x - 1``) is mapped to
+    ``lo + (hi - lo) (k + U) / 2^n``, ``U ~ Uniform[0, 1)^D`` (score_sde's ``(U + 255 img) / 256``).
+    Raises :class:`flowsde.InputError` if ``x`` is not on the grid (within ``grid_tol`` levels).
+    """
+    _check_data(x)
+    lo, hi = _check_range(data_range)
+    if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1:
+        raise InputError(f"bits must be a positive int (the bit depth), got {bits!r}.")
+    levels = 2**bits - 1
+    kf = (x - lo) / (hi - lo) * levels
+    k = kf.round()
+    off = (kf - k).abs().amax()
+    if float(off) > grid_tol or float(k.amin()) < 0 or float(k.amax()) > levels:
+        raise InputError(f"dequantize: x is not {bits}-bit data on the grid {lo} + ({hi} - {lo}) k / {levels} "
+                         f"(off by up to {float(off):.3g} levels, k in [{float(k.amin()):g}, {float(k.amax()):g}]); "
+                         "pass bits/data_range matching the data, or dequantize=False for already-continuous data.")
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise InputError(f"generator: {len(generator)} generators for a batch of {x.shape[0]}.")
+        U = torch.stack([torch.rand(tuple(x.shape[1:]), generator=g, dtype=x.dtype, device=x.device)
+                         for g in generator])
+    else:
+        U = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return lo + (hi - lo) * (k + U) / 2**bits
