@@ -1,6 +1,24 @@
 """flowsde.validation: analytic references, Fokker–Planck residuals, marginal tests,
 convergence orders and hypothesis strategies, for flowsde's tests and its users'."""
 
+from ._fokker_planck import (
+    FokkerPlanckTerms,
+    assert_fokker_planck,
+    fokker_planck_residual,
+    fokker_planck_terms,
+    reverse_time_log_prob,
+    reverse_time_sde,
+)
 from .references import DiracMixture, GaussianMixture, OU
 
-__all__ = ["GaussianMixture", "DiracMixture", "OU"]
+__all__ = [
+    "GaussianMixture",
+    "DiracMixture",
+    "OU",
+    "fokker_planck_residual",
+    "fokker_planck_terms",
+    "assert_fokker_planck",
+    "reverse_time_sde",
+    "reverse_time_log_prob",
+    "FokkerPlanckTerms",
+]
