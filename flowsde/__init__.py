@@ -12,7 +12,7 @@ from ._noise import BrownianPath, per_sample_generators
 from ._problem import ODE, SDE
 from ._solution import Solution, Status
 from ._solve import METHODS, get_solver, solve
-from ._solvers import PC, Euler, EulerMaruyama, Heun, Solver, TorchSDE, langevin_step
+from ._solvers import PC, Euler, EulerMaruyama, Heun, Solver, TorchSDE, langevin, langevin_step_size
 
 __version__ = "0.1.0"
 
@@ -31,7 +31,8 @@ __all__ = [
     "EulerMaruyama",
     "PC",
     "TorchSDE",
-    "langevin_step",
+    "langevin",
+    "langevin_step_size",
     "get_solver",
     "METHODS",
     "FlowSDEError",

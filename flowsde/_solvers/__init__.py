@@ -4,7 +4,7 @@ from .base import Solver
 from .euler import Euler
 from .euler_maruyama import EulerMaruyama
 from .heun import Heun
-from .pc import PC, langevin_step
+from .pc import PC, langevin, langevin_step_size
 from .torchsde_bridge import TorchSDE
 
-__all__ = ["Solver", "Euler", "EulerMaruyama", "Heun", "PC", "TorchSDE", "langevin_step"]
+__all__ = ["Solver", "Euler", "EulerMaruyama", "Heun", "PC", "TorchSDE", "langevin", "langevin_step_size"]

@@ -1,0 +1,214 @@
+"""flowsde.solve: validation, error contract, reproducibility, bookkeeping."""
+
+import math
+
+import pytest
+import torch
+
+import flowsde
+from flowsde import grids
+
+F64 = torch.float64
+
+
+def ou(b=1.0, s=0.5):
+    return flowsde.SDE(lambda t, x: -b * x, lambda t, x: torch.full((), s, dtype=x.dtype, device=x.device))
+
+
+def test_solution_bookkeeping_and_nfe():
+    ode = flowsde.ODE(lambda t, x: -x)
+    x0 = torch.ones(3, 2, dtype=F64)
+    ts = grids.uniform(0, 1, 10)
+    sol = flowsde.solve(ode, x0, ts, method="heun", save_all=True)
+    assert sol.nfe == 20 and sol.n_steps == 10 and sol.n_rejected == 0
+    assert sol.xs.shape == (11, 3, 2) and torch.equal(sol.xs[0], x0) and torch.equal(sol.xs[-1], sol.x)
+    assert sol.success and sol.status.shape == (3,) and torch.all(sol.t_final == 1.0)
+    sol = flowsde.solve(ode, x0, ts, method=flowsde.Heun(final_euler=True))
+    assert sol.nfe == 19  # EDM: last step Euler, 2N - 1
+    assert flowsde.solve(ode, x0, ts, method="euler").nfe == 10
+
+
+def test_pc_counts_score_evaluations():
+    sde = flowsde.SDE(lambda t, x: -x, lambda t, x: torch.ones((), dtype=x.dtype), score=lambda t, x: -x)
+    sol = flowsde.solve(sde, torch.zeros(4, 2, dtype=F64), grids.uniform(0, 1, 5),
+                        method=flowsde.PC(n_corrector=2), generator=torch.Generator().manual_seed(0))
+    assert sol.nfe == 5 * (1 + 2)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_ode_both_time_directions_are_inverse(method):
+    # dx/dt = -x: solving forward then backward on fine grids returns to the start.
+    ode = flowsde.ODE(lambda t, x: -x)
+    x0 = torch.randn(5, 3, dtype=F64)
+    fwd = flowsde.solve(ode, x0, grids.uniform(0, 1, 2000), method=method)
+    back = flowsde.solve(ode, fwd.x, grids.uniform(1, 0, 2000), method=method)
+    tol = 2e-3 if method == "euler" else 1e-6  # O(h) and O(h^2) with h = 5e-4
+    assert torch.allclose(back.x, x0, atol=tol)
+    assert torch.allclose(fwd.x, x0 * math.exp(-1), atol=tol)
+
+
+def test_inputs_are_not_modified():
+    sde = ou()
+    x0 = torch.randn(4, 3, dtype=F64)
+    ts = grids.uniform(0, 1, 5)
+    x0c, tsc = x0.clone(), ts.clone()
+    flowsde.solve(sde, x0, ts, method="euler_maruyama")
+    assert torch.equal(x0, x0c) and torch.equal(ts, tsc)
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "pc", "milstein", "srk"])
+def test_same_seed_same_result(method):
+    sde = flowsde.SDE(lambda t, x: -x, lambda t, x: 0.5 + 0.1 * x.sin(), noise="diagonal", score=lambda t, x: -x)
+    x0 = torch.randn(4, 3, dtype=F64)
+    ts = grids.uniform(1, 0, 7)
+    a = flowsde.solve(sde, x0, ts, method=method, generator=torch.Generator().manual_seed(3)).x
+    b = flowsde.solve(sde, x0, ts, method=method, generator=torch.Generator().manual_seed(3)).x
+    c = flowsde.solve(sde, x0, ts, method=method, generator=torch.Generator().manual_seed(4)).x
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", flowsde.PC(n_corrector=2)])
+def test_result_does_not_depend_on_batch_split(method):
+    sde = flowsde.SDE(lambda t, x: -x ** 3, lambda t, x: torch.full((), 0.7, dtype=x.dtype), score=lambda t, x: -x)
+    x0 = torch.randn(6, 2, 3, dtype=F64)
+    seeds = list(range(100, 106))
+    ts = grids.uniform(0, 1, 9)
+    whole = flowsde.solve(sde, x0, ts, method=method, generator=flowsde.per_sample_generators(seeds)).x
+    first = flowsde.solve(sde, x0[:2], ts, method=method, generator=flowsde.per_sample_generators(seeds[:2])).x
+    rest = flowsde.solve(sde, x0[2:], ts, method=method, generator=flowsde.per_sample_generators(seeds[2:])).x
+    assert torch.equal(whole, torch.cat([first, rest]))
+
+
+def test_brownian_path_is_the_same_for_every_step_size():
+    # Driving EM on a pure-noise SDE (dx = dW) by one path: the end state is W(1) - W(0) on every grid.
+    sde = flowsde.SDE(lambda t, x: torch.zeros_like(x), lambda t, x: torch.ones((), dtype=x.dtype))
+    x0 = torch.zeros(3, 2, dtype=F64)
+    path = flowsde.BrownianPath(0.0, 1.0, x0.shape, seed=7)
+    ends = [flowsde.solve(sde, x0, grids.uniform(0, 1, n), method="euler_maruyama", generator=path).x
+            for n in (1, 3, 16)]
+    for e in ends[1:]:
+        assert torch.allclose(e, ends[0], atol=1e-12)
+    back = flowsde.solve(sde, x0, grids.uniform(1, 0, 5), method="euler_maruyama", generator=path).x
+    assert torch.allclose(back, ends[0], atol=1e-12)  # |dt| increments, same path
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_unknown_method():
+    with pytest.raises(flowsde.InputError, match="method='rk4'.*unknown"):
+        flowsde.solve(ou(), torch.zeros(2, 1), grids.uniform(0, 1, 2), method="rk4")
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_ode_method_on_sde_is_refused(method):
+    with pytest.raises(flowsde.InputError, match="cannot solve an SDE"):
+        flowsde.solve(ou(), torch.zeros(2, 1), grids.uniform(0, 1, 2), method=method)
+
+
+@pytest.mark.parametrize("method", ["milstein", "srk"])
+def test_sde_only_method_on_ode_is_refused(method):
+    with pytest.raises(flowsde.InputError, match="solves SDEs only"):
+        flowsde.solve(flowsde.ODE(lambda t, x: x), torch.zeros(2, 1), grids.uniform(0, 1, 2), method=method)
+
+
+def test_pc_without_score():
+    with pytest.raises(flowsde.InputError, match="needs the marginal score"):
+        flowsde.solve(ou(), torch.zeros(2, 1), grids.uniform(0, 1, 2), method="pc")
+
+
+@pytest.mark.parametrize("ts, msg", [
+    (torch.tensor([0.0, 0.5, 0.4, 1.0]), r"ts\[1\] = 0.5, ts\[2\] = 0.4"),
+    (torch.tensor([0.0]), "at least 2"),
+    (torch.tensor([[0.0, 1.0]]), "1-D"),
+    (torch.tensor([0.0, float("nan")]), "NaN"),
+    (torch.tensor([0.0, 0.0]), "strictly"),
+])
+def test_bad_time_grids(ts, msg):
+    with pytest.raises(flowsde.InputError, match=msg):
+        flowsde.solve(flowsde.ODE(lambda t, x: x), torch.zeros(2, 1), ts)
+
+
+def test_bad_x0():
+    ode = flowsde.ODE(lambda t, x: x)
+    with pytest.raises(flowsde.InputError, match="floating point"):
+        flowsde.solve(ode, torch.zeros(2, 1, dtype=torch.int64), grids.uniform(0, 1, 2))
+    with pytest.raises(flowsde.InputError, match=r"samples \[1\]"):
+        flowsde.solve(ode, torch.tensor([[0.0], [float("inf")]]), grids.uniform(0, 1, 2))
+    with pytest.raises(flowsde.InputError, match="torch.Tensor"):
+        flowsde.solve(ode, [[0.0]], grids.uniform(0, 1, 2))
+
+
+def test_drift_wrong_shape_and_dtype():
+    x0 = torch.zeros(2, 3, dtype=F64)
+    with pytest.raises(flowsde.InputError, match=r"drift returned shape \(2, 1\) at step 0"):
+        flowsde.solve(flowsde.ODE(lambda t, x: x[:, :1]), x0, grids.uniform(0, 1, 2))
+    with pytest.raises(flowsde.InputError, match="drift returned dtype torch.float32"):
+        flowsde.solve(flowsde.ODE(lambda t, x: x.float()), x0, grids.uniform(0, 1, 2))
+
+
+def test_diffusion_returning_nan_names_step_and_time():
+    def g(t, x):
+        return torch.where(t < 0.45, 1.0, float("nan")).to(x.dtype).expand(x.shape[0])
+
+    sde = flowsde.SDE(lambda t, x: -x, g)
+    with pytest.raises(flowsde.SolveError, match=r"diffusion returned NaN/Inf at step 5 \(t = 0.5\)") as e:
+        flowsde.solve(sde, torch.zeros(3, 2, dtype=F64), grids.uniform(0, 1, 10), method="euler_maruyama")
+    assert e.value.step == 5 and e.value.t == pytest.approx(0.5)
+
+
+def test_drift_nan_mid_solve():
+    ode = flowsde.ODE(lambda t, x: torch.log(0.7 - t) * torch.ones_like(x))  # -Inf at t = 0.7 (Heun step 6 evaluates there), NaN beyond
+    with pytest.raises(flowsde.SolveError, match=r"drift returned NaN/Inf at step 6 \(t = 0.7\)"):
+        flowsde.solve(ode, torch.zeros(1, 1, dtype=F64), grids.uniform(0, 1, 10), method="heun")
+
+
+def test_generator_validation():
+    x0 = torch.zeros(3, 1, dtype=F64)
+    with pytest.raises(flowsde.InputError, match="2 per-sample generators for a batch of 3"):
+        flowsde.solve(ou(), x0, grids.uniform(0, 1, 2), method="euler_maruyama",
+                      generator=flowsde.per_sample_generators([1, 2]))
+    with pytest.raises(flowsde.InputError, match="BrownianPath has shape"):
+        flowsde.solve(ou(), x0, grids.uniform(0, 1, 2), method="euler_maruyama",
+                      generator=flowsde.BrownianPath(0, 1, (2, 1)))
+    with pytest.raises(flowsde.InputError, match="generator"):
+        flowsde.solve(ou(), x0, grids.uniform(0, 1, 2), method="euler_maruyama", generator=5)
+
+
+def test_srk_needs_levy_area_on_a_path():
+    x0 = torch.zeros(3, 1, dtype=F64)
+    with pytest.raises(flowsde.InputError, match="levy_area=True"):
+        flowsde.solve(ou(), x0, grids.uniform(0, 1, 2), method="srk", generator=flowsde.BrownianPath(0, 1, x0.shape))
+
+
+def test_problem_type_checked():
+    with pytest.raises(flowsde.InputError, match="flowsde.ODE or flowsde.SDE"):
+        flowsde.solve(lambda t, x: x, torch.zeros(1, 1), grids.uniform(0, 1, 2))
+
+
+def test_solver_orders_are_declared():
+    assert flowsde.Euler.order == 1 and flowsde.Heun.order == 2
+    assert flowsde.EulerMaruyama.strong_order == 0.5 and flowsde.EulerMaruyama.weak_order == 1.0
+    assert flowsde.TorchSDE("milstein").strong_order == 1.0 and flowsde.TorchSDE("srk").strong_order == 1.5
+    assert flowsde.PC.requires_score
+
+
+def test_pc_options_validated():
+    with pytest.raises(flowsde.InputError, match="snr"):
+        flowsde.PC(snr=0)
+    with pytest.raises(flowsde.InputError, match="step_rule"):
+        flowsde.PC(step_rule="batch")
+    with pytest.raises(flowsde.InputError, match="n_corrector"):
+        flowsde.PC(n_corrector=-1)
+
+
+def test_float32_and_time_as_batch_tensor():
+    # Callables receive a 0-dim t from the fixed-step solvers; a (B,)-aware callable works too.
+    def drift(t, x):
+        t = t.reshape(-1, *([1] * (x.dim() - 1))) if t.dim() else t
+        return -t * x
+
+    x0 = torch.ones(2, 3, 4)
+    sol = flowsde.solve(flowsde.ODE(drift), x0, grids.uniform(0, 1, 200), method="heun")
+    assert sol.x.dtype == torch.float32
+    assert torch.allclose(sol.x, torch.full_like(x0, math.exp(-0.5)), atol=1e-5)
