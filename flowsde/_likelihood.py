@@ -256,13 +256,20 @@ def log_likelihood(
         tt = t.to(dtype)
         with torch.enable_grad():
             xg = xs.requires_grad_(True)
-            u = ode.drift(tt, xg)
             if first[0]:
                 first[0] = False
+                try:
+                    u = ode.drift(tt, xg)
+                except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                    raise InputError(f"the ODE's drift failed on the data x of shape {tuple(x.shape)} {dtype} at "
+                                     f"t = {t_data:g}: {e}. Is the data shaped and typed as the model "
+                                     "expects?") from e
                 if not isinstance(u, torch.Tensor) or tuple(u.shape) != tuple(x.shape) or u.dtype != dtype:
                     got = (f"{tuple(u.shape)} {u.dtype}" if isinstance(u, torch.Tensor) else type(u).__name__)
                     raise InputError(f"the ODE's drift returned {got} for x of shape {tuple(x.shape)} {dtype}; "
                                      "it must return the shape and dtype of x (is the data shaped for the model?).")
+            else:
+                u = ode.drift(tt, xg)
             if not u.requires_grad:  # a drift that does not depend on x (divergence 0)
                 return u.detach(), torch.zeros(B, k, dtype=dtype, device=device)
             g = _batched_vjp(u, xg, cot)

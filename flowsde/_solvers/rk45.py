@@ -302,8 +302,8 @@ def failure_message(status: torch.Tensor, t_final: torch.Tensor, h: torch.Tensor
         why = (f"exhausted max_steps = {si} at t = {tf:.6g} with step size {hi:.3g}; increase max_steps "
                "or loosen rtol/atol")
     elif code == Status.NON_FINITE:
-        why = (f"got NaN/Inf from the function or state at step {si}, t = {tf:.6g} (last step size {hi:.3g}); "
-               "check the model near that time, or use float64")
+        why = (f"got NaN/Inf from the function or state in step {si}, t = {tf:.6g} (step size {hi:.3g}: the "
+               f"failing evaluation lay in [t, t + h]); check the model near that time, or use float64")
     else:
         why = (f"step size fell to {hi:.3g} at t = {tf:.6g}, step {si}: the problem is stiff or singular "
                "there")
