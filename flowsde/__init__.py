@@ -39,3 +39,9 @@ __all__ = [
     "InputError",
     "SolveError",
 ]
+
+# Adaptive RK45 and exact log-likelihoods (issue 4)
+from ._likelihood import LikelihoodResult, bits_per_dim, dequantize, log_likelihood  # noqa: E402
+from ._solvers.rk45 import RK45  # noqa: E402
+
+__all__ += ["RK45", "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize"]
