@@ -9,6 +9,7 @@ from ._fokker_planck import (
     reverse_time_log_prob,
     reverse_time_sde,
 )
+from ._marginals import MarginalTestResult, assert_marginals, check_marginals, required_samples
 from .references import DiracMixture, GaussianMixture, OU
 
 __all__ = [
@@ -21,4 +22,8 @@ __all__ = [
     "reverse_time_sde",
     "reverse_time_log_prob",
     "FokkerPlanckTerms",
+    "check_marginals",
+    "assert_marginals",
+    "required_samples",
+    "MarginalTestResult",
 ]
