@@ -94,7 +94,8 @@ class CheckedProblem:
                 f"{self.shape}; it must return the shape of x."
             )
         if self.check_finite:
-            self._records.append((name, self.step, t, out.sum(dtype=torch.float64)))
+            # A one-element output (a scalar diffusion) is kept as it is: no kernel launched.
+            self._records.append((name, self.step, t, out if out.numel() == 1 else out.sum(dtype=torch.float64)))
         return out
 
     def drift(self, t, x):
@@ -115,7 +116,7 @@ class CheckedProblem:
         """One host sync: raise :class:`SolveError` naming the first non-finite output."""
         if not self._records:
             return
-        sums = torch.stack([r[3] for r in self._records])
+        sums = torch.stack([r[3].reshape(()).to(torch.float64) for r in self._records])
         finite = torch.isfinite(sums)
         if x is not None:
             x_ok = torch.isfinite(x).all()
