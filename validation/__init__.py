@@ -9,6 +9,7 @@ from ._fokker_planck import (
     reverse_time_log_prob,
     reverse_time_sde,
 )
+from ._orders import OrderResult, convergence_order
 from ._marginals import MarginalTestResult, assert_marginals, check_marginals, required_samples
 from .references import DiracMixture, GaussianMixture, OU
 
@@ -26,4 +27,6 @@ __all__ = [
     "assert_marginals",
     "required_samples",
     "MarginalTestResult",
+    "convergence_order",
+    "OrderResult",
 ]
