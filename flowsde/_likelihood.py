@@ -7,9 +7,11 @@ For ``dx/dt = u(t, x)`` carried from ``t_data`` to ``t_prior``,
 (Chen et al. 2018, "Neural ODEs", Thm. 1; Song et al. 2021, score_sde, eq. (39)).
 The augmented state ``(x, L)`` with ``dL/dt = div u`` (``L`` of shape ``(B, k)``,
 one channel per Hutchinson probe, ``k = 1`` for the exact trace) is solved by the
-adaptive :class:`flowsde.RK45`; its error norm controls ``L`` in the max norm per
-channel (separately from the RMS over ``x``), so the log-density carries its own
-tolerance ``atol + rtol |L|``.
+adaptive :class:`flowsde.RK45`; its error norm controls each channel of ``L``
+separately from the RMS over ``x``, in absolute terms: ``|local error of L| <= atol``
+per step (a log-density error is measured in nats; ``L`` starts at 0 and its size
+says nothing about the accuracy needed, so a relative tolerance would loosen the
+control exactly when the divergence integral is large).
 
 Divergence:
 
@@ -187,8 +189,8 @@ def log_likelihood(
         trace: ``"exact"`` or ``"hutchinson"``.
         probes: number of Hutchinson probes ``k``, integrated in one solve.
         noise: ``"rademacher"`` or ``"gaussian"`` probes.
-        rtol, atol: tolerances of the RK45 solve (> 0), applied to ``x`` (RMS) and to each
-            log-density channel (max norm).
+        rtol, atol: tolerances of the RK45 solve (> 0): ``atol + rtol |x|`` on ``x`` (RMS over
+            the event), ``atol`` (absolute, nats) on each log-density channel.
         generator: for the probes: ``None``, a ``torch.Generator`` or a list of per-sample ones.
         per_sample: RK45 error-control mode (default: :data:`flowsde._solvers.rk45.DEFAULT_PER_SAMPLE`).
         max_steps: per-sample step budget.
@@ -281,7 +283,7 @@ def log_likelihood(
 
     ts = torch.tensor([t_data, t_prior], dtype=torch.float64, device=device)
     y0 = (x.detach(), torch.zeros(B, k, dtype=dtype, device=device))
-    out = solver.integrate(func, y0, ts, norms=("rms", "max"), progress=progress, desc="flowsde log-likelihood")
+    out = solver.integrate(func, y0, ts, norms=("rms", "abs"), progress=progress, desc="flowsde log-likelihood")
     if throw:
         solver.raise_on_failure(out, what="log_likelihood (rk45)")
     z, L = out["y"]

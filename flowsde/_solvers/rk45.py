@@ -9,7 +9,8 @@ One step from ``(t, y)`` with step ``h`` (``s = +1`` or ``-1`` the direction of 
 Error ratio per sample ``b`` and state component ``c`` (the state is a tuple; the
 likelihood uses ``(x, L)`` with ``L`` the log-density channels)::
 
-    w = atol + rtol max(|y|, |y_1|),    r_bc = RMS(err / w)  (or max|err / w| for "max" components)
+    w = atol + rtol max(|y|, |y_1|),    r_bc = RMS(err / w)  (or max|err / w| for "max" components,
+                                                          max|err / atol| for "abs" components)
     r_b = max_c r_bc
 
 A sample's step is accepted when ``r_b <= 1``. Step-size update: Hairer's PI
@@ -98,9 +99,12 @@ def _ratio(err: State, y0: State, y1: State, rtol: float, atol: float, norms: Se
     """Per-sample error ratio ``max_c norm_c(err / (atol + rtol max(|y0|, |y1|)))``, float64 ``(B,)``."""
     r = None
     for e, a, b, kind in zip(err, y0, y1, norms):
-        w = atol + rtol * torch.maximum(a.abs(), b.abs())
-        q = (e / w).reshape(e.shape[0], -1)
-        rc = q.abs().amax(1) if kind == "max" else q.square().mean(1).sqrt()
+        if kind == "abs":  # absolute control: |err| <= atol (for quantities measured in absolute units)
+            q = (e / atol).reshape(e.shape[0], -1)
+        else:
+            w = atol + rtol * torch.maximum(a.abs(), b.abs())
+            q = (e / w).reshape(e.shape[0], -1)
+        rc = q.abs().amax(1) if kind in ("max", "abs") else q.square().mean(1).sqrt()
         rc = rc.to(torch.float64)
         r = rc if r is None else torch.maximum(r, rc)
     # torch.maximum propagates NaN, so a non-finite component makes r non-finite.
@@ -115,7 +119,7 @@ def _scaled_norm(y: State, scale: State, norms) -> torch.Tensor:
     r = None
     for v, s, kind in zip(y, scale, norms):
         q = (v / s).reshape(v.shape[0], -1)
-        rc = (q.abs().amax(1) if kind == "max" else q.square().mean(1).sqrt()).to(torch.float64)
+        rc = (q.abs().amax(1) if kind in ("max", "abs") else q.square().mean(1).sqrt()).to(torch.float64)
         r = rc if r is None else torch.maximum(r, rc)
     return r
 
@@ -145,7 +149,8 @@ def dopri5(
             and ``y`` a tuple of tensors ``(B, ...)``; returns a tuple of the same shapes.
         y0: the initial tuple state (never modified).
         ts: 1-D strictly monotone float64 output times; ``ts[0]`` is the start.
-        norms: per component ``"rms"`` (default) or ``"max"`` error norm.
+        norms: per component ``"rms"`` (default), ``"max"`` (max norm, mixed tolerance) or ``"abs"``
+            (max norm, absolute tolerance ``atol`` only) error norm.
 
     Returns:
         a dict with ``y`` (final tuple), ``ys`` (list over components of ``(len(ts), B, ...)``
@@ -172,7 +177,7 @@ def dopri5(
     t = torch.full((B,), t_start, **f64)
     y = y0
     k1 = f(t, y)
-    scale0 = tuple(atol + rtol * v.abs() for v in y)
+    scale0 = tuple(torch.full_like(v, atol) if kind == "abs" else atol + rtol * v.abs() for v, kind in zip(y, norms))
 
     # Initial step: Hairer, Nørsett & Wanner, Solving ODEs I, II.4 (torchdiffeq _select_initial_step).
     if first_step is not None:
