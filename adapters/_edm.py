@@ -1,0 +1,265 @@
+"""EDM's samplers (Karras et al. 2022, Algorithms 1 and 2; NVlabs/edm ``generate.py``)
+on any schedule.
+
+Everything runs in EDM's scaled variable: ``x~ = x_t / alpha(t)`` at noise level
+``r = sigma(t) / alpha(t)``, where the probability-flow ODE is
+``dx~/dr = (x~ - D(x~, r)) / r`` whatever the schedule (NVlabs/edm
+``ablation_sampler`` with ``scaling="vp"``). The denoiser ``D`` comes from
+:class:`~flowsde.adapters.Denoiser` (``r -> t`` by ``schedule.t_from_sigma_ratio``),
+or is any k-diffusion style ``model(x, sigma)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from flowsde import InputError, Solution, SolveError, Status, grids
+from flowsde._noise import make_noise
+
+from ._precond import Denoiser, _per_sample
+
+__all__ = ["edm_sampler", "edm_heun", "LAST_STEPS"]
+
+LAST_STEPS = ("euler", "denoise", "stop")
+
+
+def _as_denoiser(model):
+    """``(D, sigma_min, sigma_max, schedule_or_None)`` for a Diffusion or a k-diffusion denoiser."""
+    if hasattr(model, "schedule") and callable(getattr(model, "x0", None)):
+        d = Denoiser(model)
+        return d._eval, d.sigma_min, d.sigma_max, d
+    if isinstance(model, Denoiser):
+        return model._eval, model.sigma_min, model.sigma_max, model
+    if callable(model):
+        lo = float(getattr(model, "sigma_min", 0.0))
+        hi = float(getattr(model, "sigma_max", math.inf))
+        return model, lo, hi, None
+    raise InputError(
+        f"edm_sampler: expected a flowsde.adapters.Diffusion or a denoiser model(x, sigma), got "
+        f"{type(model).__name__}."
+    )
+
+
+def _check_number(name, v, *, lo=0.0, allow_inf=False, strict=False):
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+    ok = ok and (allow_inf or math.isfinite(v)) and (v > lo if strict else v >= lo)
+    if not ok:
+        raise InputError(f"edm_sampler: {name} must be a number {'>' if strict else '>='} {lo}, got {v!r}.")
+
+
+def _grid(sigmas, num_steps, sigma_min, sigma_max, rho, round_sigma, lo, hi):
+    """The descending EDM-sigma grid, ending in 0 (host float64), and the effective range."""
+    if sigmas is not None:
+        g = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
+        if g.dim() != 1 or g.numel() < 2 or float(g[-1]) != 0.0:
+            raise InputError(f"edm_sampler: sigmas must be a 1-D grid of >= 2 values ending in 0 (k-diffusion "
+                             f"convention), got shape {tuple(g.shape)} ending in {g.reshape(-1)[-1:].tolist()}.")
+        if not bool(torch.isfinite(g).all()) or not bool((g[1:] < g[:-1]).all()):
+            raise InputError(f"edm_sampler: sigmas must be finite and strictly decreasing, got {g.tolist()}.")
+        pos = g[:-1]
+        if float(pos.min()) < lo * (1 - 1e-9) or float(pos.max()) > hi * (1 + 1e-9):
+            raise InputError(f"edm_sampler: sigmas span [{float(pos.min())}, {float(pos.max())}] but the model is "
+                             f"defined on [{lo}, {hi}]; pass a grid inside it.")
+        return g, float(pos.min()), float(pos.max())
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise InputError(f"edm_sampler: num_steps must be a positive int, got {num_steps!r}.")
+    _check_number("rho", rho, strict=True)
+    _check_number("sigma_min", sigma_min, strict=True)
+    _check_number("sigma_max", sigma_max, strict=True, allow_inf=True)
+    # NVlabs/edm generate.py: sigma_min = max(sigma_min, net.sigma_min); sigma_max = min(sigma_max, net.sigma_max).
+    s_lo, s_hi = max(float(sigma_min), lo), min(float(sigma_max), hi)
+    if not (s_lo < s_hi or (num_steps == 1 and s_lo <= s_hi)):
+        raise InputError(f"edm_sampler: the requested sigma range [{sigma_min}, {sigma_max}] and the model's "
+                         f"[{lo}, {hi}] leave [{s_lo}, {s_hi}]: empty.")
+    g = grids.edm(s_lo, s_hi, n=num_steps, rho=rho, final_zero=False) if num_steps > 1 else \
+        torch.tensor([s_hi], dtype=torch.float64)
+    if round_sigma is not None:
+        g = torch.as_tensor(round_sigma(g), dtype=torch.float64).cpu()
+    return grids.append_zero(g), s_lo, s_hi
+
+
+def edm_sampler(
+    model,
+    latents: torch.Tensor,
+    *,
+    num_steps: int = 18,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    sigmas=None,
+    S_churn: float = 0.0,
+    S_min: float = 0.0,
+    S_max: float = math.inf,
+    S_noise: float = 1.0,
+    last_step: str = "euler",
+    dtype: Optional[torch.dtype] = torch.float64,
+    model_dtype: Optional[torch.dtype] = None,
+    generator=None,
+    save_all: bool = False,
+    check_finite: bool = True,
+) -> Solution:
+    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2; NVlabs/edm ``generate.py``
+    ``edm_sampler``), in the scaled variable of any schedule.
+
+    Grid (EDM eq. 5), ``N = num_steps`` positive levels and a final zero:
+    ``r_i = (r_max^(1/rho) + i/(N-1) (r_min^(1/rho) - r_max^(1/rho)))^rho``, ``r_N = 0``,
+    with ``[r_min, r_max]`` clipped to the model's range (as NVlabs/edm). Step ``i``:
+
+        gamma_i = min(S_churn / N, sqrt(2) - 1)  if S_min <= r_i <= S_max  else 0,
+        r^ = r_i (1 + gamma_i),   x^ = x_i + sqrt(r^^2 - r_i^2) S_noise z,
+        d = (x^ - D(x^, r^)) / r^,   x_{i+1} = x^ + (r_{i+1} - r^) d,
+        if r_{i+1} > 0:  d' = (x_{i+1} - D(x_{i+1}, r_{i+1})) / r_{i+1},
+                         x_{i+1} = x^ + (r_{i+1} - r^) (d + d') / 2,
+
+    starting from ``x_0 = latents * r_0``. The network sees the churned pair
+    ``(x^, r^)`` (diffusers #8549 evaluated it before adding the noise).
+
+    Arguments:
+        model: a :class:`~flowsde.adapters.Diffusion` (any schedule; ``r -> t`` by
+            ``schedule.t_from_sigma_ratio``), or a k-diffusion denoiser ``model(x, sigma)``
+            (EDM sigma, scaled ``x``; optional ``sigma_min`` / ``sigma_max`` attributes).
+        latents: ``(B, *event)`` standard normal draws (scaled by ``r_0`` here).
+        num_steps, sigma_min, sigma_max, rho: the grid (EDM defaults: 18, 0.002, 80, 7).
+        sigmas: instead, an explicit descending grid ending in 0 (k-diffusion convention);
+            then ``N = len(sigmas) - 1``.
+        S_churn, S_min, S_max, S_noise: EDM's churn. With ``S_churn > 0`` one normal draw is
+            taken every step (also where ``gamma = 0``, as NVlabs/edm) so per-sample streams
+            line up with EDM's; with ``S_churn = 0`` no noise is drawn.
+        last_step: ``"euler"``: the last step is Euler to ``r = 0`` (EDM; NFE ``2N - 1``);
+            ``"denoise"``: Heun to ``r_{N-1}``, then return ``D(x, r_{N-1})`` (no churn on that
+            evaluation; NFE ``2N - 1``); ``"stop"``: Heun to ``r_{N-1}`` and return the noisy
+            state there, unscaled to ``x_t = alpha(t) x~`` at ``t = t(r_{N-1})`` (NFE ``2N - 2``).
+        dtype: the dtype of the state and of all sampler arithmetic (default float64, as
+            NVlabs/edm); ``None``: ``latents.dtype``.
+        model_dtype: the dtype the model is called in (default ``latents.dtype``); outputs are
+            cast back to ``dtype``.
+        generator: churn noise: ``None``, a ``torch.Generator``, per-sample generators
+            (:func:`flowsde.per_sample_generators`), as :func:`flowsde.solve`.
+        save_all: keep the state at every grid level (``Solution.xs``, scaled variable,
+            ``Solution.ts`` the EDM sigmas reached).
+        check_finite: raise :class:`flowsde.SolveError` naming the first step whose state is
+            non-finite (checked once, after the loop); if False, flag those samples in ``status``.
+
+    Returns:
+        :class:`flowsde.Solution` with ``x`` ``(B, *event)`` in ``dtype`` (the data-space
+        sample for ``"euler"`` / ``"denoise"``), ``nfe``, ``n_steps``, ``t_final`` (schedule
+        time; 0 for a data-space sample) and ``stats`` (``sigmas``, ``t``, the effective
+        ``sigma_min`` / ``sigma_max``, ``gammas``, ``last_step``).
+    """
+    D, lo, hi, den = _as_denoiser(model)
+    if not isinstance(latents, torch.Tensor) or not latents.is_floating_point() or latents.dim() < 1:
+        raise InputError(f"edm_sampler: latents must be a floating tensor (B, *event), got "
+                         f"{type(latents).__name__} {getattr(latents, 'dtype', '')} {tuple(getattr(latents, 'shape', ()))}.")
+    if not bool(torch.isfinite(latents).all()):
+        raise InputError("edm_sampler: latents contain NaN/Inf.")
+    if last_step not in LAST_STEPS:
+        raise InputError(f"edm_sampler: last_step={last_step!r}; choose one of {LAST_STEPS}.")
+    for name, v in (("S_churn", S_churn), ("S_noise", S_noise), ("S_min", S_min)):
+        _check_number(name, v)
+    _check_number("S_max", S_max, allow_inf=True)
+    dtype = latents.dtype if dtype is None else dtype
+    model_dtype = latents.dtype if model_dtype is None else model_dtype
+    if not (dtype.is_floating_point and model_dtype.is_floating_point):
+        raise InputError(f"edm_sampler: dtype={dtype} and model_dtype={model_dtype} must be floating point.")
+    # NVlabs/edm's net.round_sigma (identity for continuous nets; iDDPM rounds to its table).
+    round_sigma = getattr(model, "round_sigma", None) if den is None else None
+    g, s_lo, s_hi = _grid(sigmas, num_steps, sigma_min, sigma_max, rho, round_sigma, lo, hi)
+    sig = g.tolist()  # host floats: no device syncs in the loop
+    N = len(sig) - 1
+    n_loop = N if last_step == "euler" else N - 1
+    noise = make_noise(generator, latents) if S_churn > 0 else None
+    gamma_max = min(S_churn / N, math.sqrt(2) - 1)
+    dev = latents.device
+
+    def call(x, r):
+        r_t = torch.as_tensor(r, dtype=model_dtype, device=dev)
+        out = D(x.to(model_dtype), r_t)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x.shape):
+            raise InputError(f"edm_sampler: the model returned {tuple(getattr(out, 'shape', ()))} for x of shape "
+                             f"{tuple(x.shape)} at sigma={r}; it must return the shape of x.")
+        return out.to(dtype)
+
+    x = latents.to(dtype) * sig[0]
+    nfe, sums, gammas = 0, [], []
+    xs = [x] if save_all else None
+    for i in range(n_loop):
+        r_cur, r_next = sig[i], sig[i + 1]
+        gamma = gamma_max if S_min <= r_cur <= S_max else 0.0
+        gammas.append(gamma)
+        r_hat = r_cur + gamma * r_cur
+        if round_sigma is not None:
+            r_hat = float(round_sigma(torch.tensor(r_hat, dtype=torch.float64)))
+        if noise is not None:
+            x_hat = x + math.sqrt(r_hat ** 2 - r_cur ** 2) * S_noise * noise.randn_like(x)
+        else:
+            x_hat = x
+        d_cur = (x_hat - call(x_hat, r_hat)) / r_hat
+        x_next = x_hat + (r_next - r_hat) * d_cur
+        nfe += 1
+        if r_next > 0:
+            d_prime = (x_next - call(x_next, r_next)) / r_next
+            x_next = x_hat + (r_next - r_hat) * (0.5 * d_cur + 0.5 * d_prime)
+            nfe += 1
+        x = x_next
+        if check_finite:
+            sums.append(x.sum())
+        if save_all:
+            xs.append(x)
+    t_final = 0.0
+    if last_step == "denoise":
+        x = call(x, sig[N - 1])
+        nfe += 1
+        if check_finite:
+            sums.append(x.sum())
+    elif last_step == "stop" and den is not None:
+        t_end = den.time(torch.tensor(sig[N - 1], dtype=torch.float64))
+        a = den.schedule.alpha(t_end)
+        x = float(a) * x
+        t_final = float(t_end)
+    elif last_step == "stop":
+        t_final = sig[N - 1]
+    B = latents.shape[0]
+    status = torch.zeros(B, dtype=torch.int64, device=dev)
+    if check_finite and sums:
+        finite = torch.isfinite(torch.stack(sums))
+        if not bool(finite.all()):  # one sync, after the loop
+            k = int((~finite).nonzero()[0])
+            r_at = sig[min(k + 1, N)] if k < n_loop else sig[N - 1]
+            raise SolveError(
+                f"edm_sampler: the state became non-finite at step {k} (sigma -> {r_at}); check the model "
+                "near that noise level, raise sigma_min, or use dtype=torch.float64.", step=k, t=r_at)
+    elif not check_finite:
+        bad = ~torch.isfinite(x.reshape(B, -1)).all(1)
+        status = torch.where(bad, torch.full_like(status, int(Status.NON_FINITE)), status)
+    times = None
+    if den is not None:
+        pos = torch.tensor(sig[:N], dtype=torch.float64)
+        times = den.time(pos).tolist() + [0.0]
+    return Solution(
+        x=x,
+        nfe=nfe,
+        n_steps=n_loop,
+        status=status,
+        t_final=torch.full((B,), t_final, dtype=dtype, device=dev),
+        method="edm_sampler" if S_churn > 0 else "edm_heun",
+        ts=torch.tensor(sig[: n_loop + 1], dtype=dtype, device=dev) if save_all else None,
+        xs=torch.stack(xs) if save_all else None,
+        n_accepted=n_loop,
+        stats={"sigmas": g, "t": times, "sigma_min": s_lo, "sigma_max": s_hi, "gammas": gammas,
+               "last_step": last_step, "num_steps": N},
+    )
+
+
+def edm_heun(model, latents: torch.Tensor, *, num_steps: int = 18, sigma_min: float = 0.002,
+             sigma_max: float = 80.0, rho: float = 7.0, sigmas=None, last_step: str = "euler",
+             dtype: Optional[torch.dtype] = torch.float64, model_dtype: Optional[torch.dtype] = None,
+             save_all: bool = False, check_finite: bool = True) -> Solution:
+    """EDM's deterministic sampler (Karras et al. 2022, Algorithm 1): :func:`edm_sampler` with
+    ``S_churn = 0``, Heun steps on the rho-grid with a last Euler step (NFE ``2N - 1``).
+    Same as k-diffusion's ``sample_heun`` without churn."""
+    return edm_sampler(model, latents, num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
+                       sigmas=sigmas, S_churn=0.0, last_step=last_step, dtype=dtype, model_dtype=model_dtype,
+                       save_all=save_all, check_finite=check_finite)
