@@ -6,6 +6,9 @@ under a noise schedule, becomes a :class:`Diffusion` whose ``forward_sde``,
 """
 
 from . import schedules
+from ._diffusion import PREDICTIONS, Diffusion
+from ._prior import GaussianPrior
 from .schedules import EDM, VE, VP, Cosine, Discrete, Linear, Schedule, SubVP
 
-__all__ = ["schedules", "Schedule", "VP", "SubVP", "Cosine", "VE", "EDM", "Linear", "Discrete"]
+__all__ = ["schedules", "Schedule", "VP", "SubVP", "Cosine", "VE", "EDM", "Linear", "Discrete",
+           "Diffusion", "PREDICTIONS", "GaussianPrior"]
