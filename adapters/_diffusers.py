@@ -83,8 +83,8 @@ def from_diffusers(unet, scheduler, *, prediction: Optional[str] = None, label: 
             (:func:`diffusers_alphas_cumprod`) and ``prediction_type``.
         prediction: override of the scheduler's ``prediction_type`` (diffusers' names
             ``epsilon`` / ``v_prediction`` / ``sample``, or flowsde's ``eps`` / ``v`` / ``x0``).
-        label: the ``Discrete`` schedule's network-label convention (default: its own,
-            the training index).
+        label: the ``Discrete`` schedule's network-label convention (default ``"index"``,
+            the training step index diffusers UNets are trained on).
         unet_kwargs: passed to every call (e.g. ``class_labels``; tensors must have batch ``B``).
 
     Returns:
@@ -109,8 +109,9 @@ def from_diffusers(unet, scheduler, *, prediction: Optional[str] = None, label: 
     unet_dtype = p0.dtype if p0 is not None else None
 
     def net(x, t):
-        lab = schedule.label(t) if hasattr(schedule, "label") else t
-        lab = lab.expand(x.shape[0]) if lab.dim() == 0 else lab
+        # t arrives as the schedule's network label (Diffusion applies Discrete.net_time):
+        # the fractional training index N t - 1 with the default label="index".
+        lab = t.expand(x.shape[0]) if t.dim() == 0 else t
         xin = x if unet_dtype is None else x.to(unet_dtype)
         out = unet(xin, lab.to(xin.dtype), **unet_kwargs)
         if hasattr(out, "sample"):

@@ -1,0 +1,260 @@
+"""Ecosystem bridges: diffusers (UNet2DModel + scheduler -> Diffusion over Discrete) and the
+flow-matching convention (noise at s = 0, data at s = 1). Correctness against diffusers' own
+scheduler code and against closed forms of an exact Gaussian mixture."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowsde import InputError
+from flowsde.adapters import FlowMatchingSchedule, from_diffusers, from_flow_matching, to_flow_matching
+from flowsde.adapters.schedules import Discrete, Linear
+from flowsde.validation import GaussianMixture
+
+F64 = torch.float64
+
+
+def mixture():
+    return GaussianMixture(
+        torch.tensor([0.3, 0.7]),
+        torch.tensor([[-1.0, 0.5], [1.5, -0.5]]),
+        torch.tensor([[[0.5, 0.2], [0.2, 0.3]], [[0.2, -0.05], [-0.05, 0.4]]]),
+    )
+
+
+def _gen(seed):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+# ============================================================================ diffusers
+def _diffusers():
+    return pytest.importorskip(
+        "diffusers", reason="diffusers is an optional extra (pip install flowsde[diffusers]); bridge untested here")
+
+
+def tiny_unet():
+    diffusers = _diffusers()
+    torch.manual_seed(0)  # randomly initialised, nothing downloaded
+    return diffusers.UNet2DModel(
+        sample_size=8, in_channels=2, out_channels=2, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    ).eval()
+
+
+def _f32_tol(ac_n, *tensors):
+    """float32 round-off of diffusers' own arithmetic: a few ulps (2^-24) of the operands,
+    amplified by the 1/sqrt(abar) or 1/sqrt(1 - abar) divisions of the conversions."""
+    scale = max(float(t.abs().max()) for t in tensors)
+    return 64 * 2.0 ** -24 * scale / math.sqrt(min(ac_n, 1 - ac_n))
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_alphas_cumprod_from_config_matches_diffusers(beta_schedule):
+    diffusers = _diffusers()
+    from flowsde.adapters import diffusers_alphas_cumprod
+
+    sched = diffusers.DDIMScheduler(num_train_timesteps=200, beta_schedule=beta_schedule)
+    from_cfg = diffusers_alphas_cumprod(dict(sched.config))
+    assert torch.equal(from_cfg, sched.alphas_cumprod.to(F64))
+    assert torch.equal(diffusers_alphas_cumprod(sched), sched.alphas_cumprod.to(F64))
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction", "sample"])
+def test_unet_diffusion_matches_ddim_step(ptype):
+    """Our eps / x0 of the wrapped UNet equal diffusers' DDIMScheduler.step (eta = 0):
+    pred_original_sample = x0 and prev_sample = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps."""
+    diffusers = _diffusers()
+    unet = tiny_unet()
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, prediction_type=ptype, clip_sample=False,
+                                    set_alpha_to_one=False)
+    sched.set_timesteps(10)
+    d = from_diffusers(unet, sched)
+    assert isinstance(d.schedule, Discrete) and d.schedule.N == 1000
+    x = torch.randn(2, 2, 8, 8, generator=_gen(0))
+    N = 1000
+    with torch.no_grad():
+        for n in (0, 37, 500, 999):
+            t = torch.tensor((n + 1) / N, dtype=F64)  # Discrete: step n sits at t = (n + 1)/N
+            out = unet(x, torch.full((2,), n)).sample
+            # the network sees the integer training index n
+            if ptype == "epsilon":
+                torch.testing.assert_close(d.eps(t, x.to(F64)).float(), out, rtol=0, atol=1e-5)
+            step = sched.step(out, n, x, eta=0.0)
+            prev = max(n - N // 10, 0)
+            ac = sched.alphas_cumprod.to(F64)
+            ac_prev = float(ac[prev]) if n - N // 10 >= 0 else float(sched.final_alpha_cumprod)
+            x0 = d.x0(t, x.to(F64))
+            eps = d.eps(t, x.to(F64))
+            tol = _f32_tol(float(ac[n]), x, out)
+            torch.testing.assert_close(x0, step.pred_original_sample.to(F64), rtol=0, atol=tol)
+            ours_prev = math.sqrt(ac_prev) * x0 + math.sqrt(1 - ac_prev) * eps
+            torch.testing.assert_close(ours_prev, step.prev_sample.to(F64), rtol=0, atol=tol)
+
+
+def test_v_prediction_matches_diffusers_get_velocity():
+    """diffusers' v target: get_velocity(x0, noise, n) = sqrt(abar) noise - sqrt(1 - abar) x0 = our v."""
+    diffusers = _diffusers()
+    sched = diffusers.DDPMScheduler(num_train_timesteps=100)
+    d = from_diffusers(lambda x, n: torch.zeros_like(x), sched)  # any net: v of a state built from x0, eps
+    x0 = torch.randn(3, 2, 4, 4, generator=_gen(1), dtype=F64)
+    noise = torch.randn(3, 2, 4, 4, generator=_gen(2), dtype=F64)
+    n = torch.tensor([3, 40, 99])
+    xt = sched.add_noise(x0.float(), noise.float(), n).to(F64)
+    target = sched.get_velocity(x0.float(), noise.float(), n).to(F64)
+    ac = d.schedule.alpha((n + 1).to(F64) / 100)
+    sig = d.schedule.sigma((n + 1).to(F64) / 100)
+    ours = ac[:, None, None, None] * noise - sig[:, None, None, None] * x0
+    torch.testing.assert_close(ours, target, rtol=0, atol=1e-6)  # float32 of O(3) values
+    torch.testing.assert_close(xt, ac[:, None, None, None] * x0 + sig[:, None, None, None] * noise,
+                               rtol=0, atol=1e-6)
+
+
+def test_fractional_time_calls_fractional_index():
+    _diffusers()
+    seen = []
+
+    def net(x, n):
+        seen.append(n.clone())
+        return torch.zeros_like(x)
+
+    d = from_diffusers(net, {"num_train_timesteps": 100, "prediction_type": "epsilon"})
+    x = torch.zeros(2, 1, 2, 2, dtype=F64)
+    d.eps(torch.tensor([0.105, 0.5], dtype=F64), x)
+    torch.testing.assert_close(seen[-1].to(F64), torch.tensor([9.5, 49.0], dtype=F64), rtol=0, atol=1e-9)
+
+
+def test_learned_variance_channels_are_split():
+    _diffusers()
+    x = torch.randn(2, 3, 4, 4, dtype=F64, generator=_gen(3))
+
+    def net(xx, n):
+        return torch.cat([torch.ones_like(xx), 5 * torch.ones_like(xx)], 1)
+
+    d = from_diffusers(net, {"num_train_timesteps": 50, "variance_type": "learned_range"})
+    assert torch.equal(d.eps(torch.tensor(0.5, dtype=F64), x), torch.ones_like(x))
+
+
+def test_diffusers_bad_input():
+    _diffusers()
+    with pytest.raises(InputError, match="prediction_type"):
+        from_diffusers(lambda x, n: x, {"num_train_timesteps": 10, "prediction_type": "flow"})
+    with pytest.raises(InputError, match="zero-terminal-SNR"):
+        from_diffusers(lambda x, n: x, {"num_train_timesteps": 10, "rescale_betas_zero_snr": True})
+    with pytest.raises(InputError, match="callable"):
+        from_diffusers(None, {"num_train_timesteps": 10})
+
+
+# ============================================================================ flow matching
+class CosineFM:
+    """flow_matching's CosineScheduler written out: alpha_s = sin(pi s/2), sigma_s = cos(pi s/2)."""
+
+    class Out:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    def __call__(self, s):
+        h = math.pi / 2
+        return self.Out(alpha_t=torch.sin(h * s), sigma_t=torch.cos(h * s), d_alpha_t=h * torch.cos(h * s),
+                        d_sigma_t=-h * torch.sin(h * s))
+
+    def snr_inverse(self, snr):
+        return 2.0 * torch.atan(snr) / math.pi
+
+
+class PolyFM(CosineFM):
+    """flow_matching's PolynomialConvexScheduler(n): alpha_s = s^n, sigma_s = 1 - s^n (no snr_inverse: bisection)."""
+
+    n = 2.0
+
+    def __call__(self, s):
+        return self.Out(alpha_t=s ** self.n, sigma_t=1 - s ** self.n, d_alpha_t=self.n * s ** (self.n - 1),
+                        d_sigma_t=-self.n * s ** (self.n - 1))
+
+    snr_inverse = None
+
+
+def fm_velocity(gm, fm_sched):
+    """The exact flow-matching velocity of the mixture in the FM convention, from its closed form
+    u = alpha'_s x1^ + sigma'_s eps^ with x1^ = E[x1 | x_s] (the mixture's posterior mean, computed at
+    flowsde time 1 - s by the reference) and eps^ = (x - alpha_s x1^)/sigma_s (flow_matching
+    AffineProbPath conversions)."""
+    ours = Linear() if fm_sched is None else FlowMatchingSchedule(fm_sched)
+
+    def u(x, s):
+        s = torch.as_tensor(s, dtype=x.dtype).expand(x.shape[0])
+        if fm_sched is None:
+            a, sg, da, ds = s, 1 - s, torch.ones_like(s), -torch.ones_like(s)
+        else:
+            o = fm_sched(s)
+            a, sg, da, ds = o.alpha_t, o.sigma_t, o.d_alpha_t, o.d_sigma_t
+        x1 = gm.posterior_mean(ours, 1 - s, x)
+        eps = (x - a[:, None] * x1) / sg[:, None]
+        return da[:, None] * x1 + ds[:, None] * eps
+
+    return u
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(t=st.floats(0.02, 0.98), seed=st.integers(0, 2 ** 16))
+def test_cond_ot_conversions(t, seed):
+    gm = mixture()
+    u = fm_velocity(gm, None)
+    d = from_flow_matching(u)
+    assert isinstance(d.schedule, Linear)
+    x = 2 * torch.randn(5, 2, dtype=F64, generator=_gen(seed))
+    tt = torch.tensor(t, dtype=F64)
+    s = 1 - t
+    # flow_matching's CondOT conversions (AffineProbPath): x1 = x + (1 - s) u, eps = x - s u
+    u_s = u(x, torch.tensor(s, dtype=F64))
+    # float64 round-off of O(1/min(t, 1-t)) = O(50) amplification in the posterior-mean closed form
+    tol = dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(d.x0(tt, x), x + (1 - s) * u_s, **tol)
+    torch.testing.assert_close(d.eps(tt, x), x - s * u_s, **tol)
+    torch.testing.assert_close(d.velocity(tt, x), -u_s, **tol)
+    torch.testing.assert_close(d.score(tt, x), gm.score_t(Linear(), tt, x), **tol)
+    torch.testing.assert_close(d.pf_ode().drift(tt, x), -u_s, **tol)
+    torch.testing.assert_close(to_flow_matching(d)(x, torch.tensor(s, dtype=F64)), u_s, **tol)
+
+
+@pytest.mark.parametrize("fm", [CosineFM(), PolyFM()], ids=["cosine_snr_inverse", "poly_bisection"])
+def test_general_fm_scheduler(fm):
+    gm = mixture()
+    sched = FlowMatchingSchedule(fm)
+    t = torch.tensor([0.05, 0.3, 0.6, 0.9], dtype=F64)
+    s = 1 - t
+    o = fm(s)
+    torch.testing.assert_close(sched.alpha(t), o.alpha_t)
+    torch.testing.assert_close(sched.sigma(t), o.sigma_t)
+    # derivatives in flowsde time = -d/ds, checked against autograd
+    tg = t.clone().requires_grad_(True)
+    (ga,) = torch.autograd.grad(sched.alpha(tg).sum(), tg)
+    (gs,) = torch.autograd.grad(sched.sigma(tg).sum(), tg)
+    torch.testing.assert_close(sched.d_alpha(t), ga, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sched.d_sigma(t), gs, rtol=1e-12, atol=1e-12)
+    # inverse maps: closed form (cosine) to round-off; bisection (poly) to its 2^-60 resolution
+    torch.testing.assert_close(sched.t_from_sigma_ratio(sched.sigma_ratio(t)), t, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sched.t_from_log_snr(sched.log_snr(t)), t, rtol=1e-12, atol=1e-12)
+    d = from_flow_matching(fm_velocity(gm, fm), path=fm)
+    x = 2 * torch.randn(4, 2, dtype=F64, generator=_gen(4))
+    torch.testing.assert_close(d.score(t, x), gm.score_t(sched, t, x), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(d.x0(t, x), gm.posterior_mean(sched, t, x), rtol=1e-9, atol=1e-9)
+
+
+def test_flow_matching_bad_input():
+    with pytest.raises(InputError, match="path"):
+        from_flow_matching(lambda x, s: x, path="vp")
+    with pytest.raises(InputError, match="callable"):
+        from_flow_matching(None)
+    with pytest.raises(InputError, match="SchedulerOutput"):
+        from_flow_matching(lambda x, s: x, path=lambda s: s)
+    from flowsde.adapters import Diffusion
+    from flowsde.adapters.schedules import EDM
+
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        to_flow_matching(Diffusion(lambda x, t: x, EDM(), prediction="x0"))

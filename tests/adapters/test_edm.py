@@ -1,0 +1,455 @@
+"""EDM samplers and the k-diffusion / EDM-preconditioning conventions.
+
+Exactness is proven against (1) a re-derivation of k-diffusion's ``sample_heun``
+(and the installed one when present), (2) NVlabs/edm's grid formula, (3) the
+exact GaussianMixture denoiser, whose scaled-variable form is the same function
+under every schedule.
+"""
+
+import importlib.util
+import math
+import sys
+import types
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import flowsde
+from flowsde import InputError, SolveError
+from flowsde.adapters import (
+    Diffusion,
+    EDMPrecond,
+    VEPrecond,
+    VPPrecond,
+    edm_heun,
+    edm_sampler,
+    from_denoiser,
+    to_denoiser,
+)
+from flowsde.adapters.schedules import EDM, VE, VP, Cosine, Linear
+from flowsde.validation import GaussianMixture
+
+F64 = torch.float64
+# Round-off scale for the float64 checks: a handful of ulps per operation, amplified by
+# at most ~N steps of a contraction-bounded ODE map (|x| = O(sigma_max) = O(80)).
+RTOL64 = 1e-11
+
+
+def mixture():
+    return GaussianMixture(
+        torch.tensor([0.3, 0.7]),
+        torch.tensor([[-1.0, 0.5], [1.5, -0.5]]),
+        torch.tensor([[[0.5, 0.2], [0.2, 0.3]], [[0.2, -0.05], [-0.05, 0.4]]]),
+    )
+
+
+def edm_denoiser(gm):
+    """The exact denoiser D(x, sigma) = E[x0 | x0 + sigma eps = x] (EDM schedule: t = sigma)."""
+    return gm.oracle(EDM(), "x0")
+
+
+def nonlinear_denoiser(x, sigma):
+    """A deterministic, non-trivial 'network' (so the comparison is not only linear algebra)."""
+    s = sigma.reshape(-1, *([1] * (x.dim() - 1))) if sigma.dim() else sigma
+    return torch.tanh(x) / (1 + s) + 0.1 * torch.sin(3 * x) * s / (1 + s ** 2)
+
+
+# --------------------------------------------------------------------------------------------
+# k-diffusion reference. k-diffusion 0.1.1.post1's package __init__ imports torchvision, PIL,
+# clean-fid, wandb ... so it cannot be a light test dependency. This is its `sample_heun`
+# (k_diffusion/sampling.py, lines 159-184 of 0.1.1.post1) re-derived line by line, with only
+# `torch.randn_like` made injectable and tqdm/callback dropped. `test_matches_installed_kdiffusion`
+# checks this copy against the real file when k-diffusion is installed.
+def kdiff_to_d(x, sigma, denoised):
+    return (x - denoised) / sigma.reshape(sigma.shape + (1,) * (x.dim() - sigma.dim()))
+
+
+def kdiff_sample_heun(model, x, sigmas, randn_like, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(sigmas) - 1):
+        gamma = min(s_churn / (len(sigmas) - 1), 2 ** 0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
+        eps = randn_like(x) * s_noise
+        sigma_hat = sigmas[i] * (gamma + 1)
+        if gamma > 0:
+            x = x + eps * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
+        denoised = model(x, sigma_hat * s_in)
+        d = kdiff_to_d(x, sigma_hat * s_in, denoised)
+        dt = sigmas[i + 1] - sigma_hat
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+        else:
+            x_2 = x + d * dt
+            denoised_2 = model(x_2, sigmas[i + 1] * s_in)
+            d_2 = kdiff_to_d(x_2, sigmas[i + 1] * s_in, denoised_2)
+            d_prime = (d + d_2) / 2
+            x = x + d_prime * dt
+    return x
+
+
+def karras_sigmas(n, sigma_min, sigma_max, rho=7.0):
+    """k-diffusion get_sigmas_karras, in float64."""
+    ramp = torch.linspace(0, 1, n, dtype=F64)
+    a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return torch.cat([(a + ramp * (b - a)) ** rho, torch.zeros(1, dtype=F64)])
+
+
+def _gen(seed):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+@pytest.mark.parametrize("denoiser", ["exact", "nonlinear"])
+@pytest.mark.parametrize("churn", [0.0, 30.0])
+def test_reproduces_kdiffusion_sample_heun(denoiser, churn):
+    model = edm_denoiser(mixture()) if denoiser == "exact" else nonlinear_denoiser
+    sigmas = karras_sigmas(10, 0.002, 80.0)
+    latents = torch.randn(6, 2, dtype=F64, generator=_gen(1))
+    # k-diffusion draws eps every step (also when gamma = 0): same stream as ours with S_churn > 0.
+    g_ref = _gen(7)
+    ref = kdiff_sample_heun(model, latents * sigmas[0], sigmas,
+                            lambda x: torch.randn(x.shape, dtype=x.dtype, generator=g_ref),
+                            s_churn=churn, s_tmin=0.05, s_tmax=20.0)
+    for wrapped in (from_denoiser(model, sigma_min=0.002, sigma_max=80.0), model):
+        sol = edm_sampler(wrapped, latents, sigmas=sigmas, S_churn=churn, S_min=0.05, S_max=20.0,
+                          generator=_gen(7))
+        if churn == 0:
+            # identical operations: bit-for-bit
+            assert torch.equal(sol.x, ref)
+        else:
+            # EDM rounds r(1 + gamma) as r + gamma r: one ulp in r_hat, carried through 10 steps.
+            torch.testing.assert_close(sol.x, ref, rtol=RTOL64, atol=RTOL64)
+        assert sol.nfe == 2 * 10 - 1
+
+
+def _load_installed_kdiffusion_sampling():
+    spec = importlib.util.find_spec("k_diffusion")  # does not execute the package __init__
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = list(spec.submodule_search_locations)[0]
+    pkg = types.ModuleType("_kd_stub")
+    pkg.__path__ = [root]
+    utils = types.ModuleType("_kd_stub.utils")  # the real utils imports PIL/torchvision
+    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
+    pkg.utils = utils
+    saved = {k: sys.modules.get(k) for k in ("_kd_stub", "_kd_stub.utils")}
+    sys.modules["_kd_stub"], sys.modules["_kd_stub.utils"] = pkg, utils
+    try:
+        s = importlib.util.spec_from_file_location("_kd_stub.sampling", f"{root}/sampling.py")
+        mod = importlib.util.module_from_spec(s)
+        s.loader.exec_module(mod)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return mod
+
+
+def test_matches_installed_kdiffusion():
+    try:
+        kd = _load_installed_kdiffusion_sampling()
+    except ImportError as e:  # its sampling.py needs scipy, torchdiffeq, torchsde, tqdm
+        pytest.skip(f"k-diffusion's sampling.py could not be loaded: {e}")
+    if kd is None:
+        pytest.skip("k-diffusion is not installed (optional: pip install --no-deps k-diffusion==0.1.1.post1); "
+                    "test_reproduces_kdiffusion_sample_heun uses the re-derived loop instead")
+    model = nonlinear_denoiser
+    sigmas = kd.get_sigmas_karras(8, 0.002, 80.0).to(F64)
+    latents = torch.randn(4, 3, dtype=F64, generator=_gen(2))
+    torch.manual_seed(5)
+    ref = kd.sample_heun(model, latents * sigmas[0], sigmas, disable=True, s_churn=20.0, s_tmin=0.1, s_tmax=30.0)
+    torch.manual_seed(5)
+    mine = kdiff_sample_heun(model, latents * sigmas[0], sigmas, torch.randn_like, s_churn=20.0, s_tmin=0.1,
+                             s_tmax=30.0)
+    assert torch.equal(ref, mine)
+    torch.manual_seed(5)
+    sol = edm_sampler(model, latents, sigmas=sigmas, S_churn=20.0, S_min=0.1, S_max=30.0)
+    torch.testing.assert_close(sol.x, ref, rtol=RTOL64, atol=RTOL64)
+
+
+def test_grid_is_nvlabs_edm_grid():
+    sol = edm_heun(from_denoiser(edm_denoiser(mixture())), torch.zeros(1, 2, dtype=F64))
+    # NVlabs/edm generate.py, num_steps = 18, written out
+    i = torch.arange(18, dtype=F64)
+    t = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    assert torch.equal(sol.stats["sigmas"], torch.cat([t, torch.zeros(1, dtype=F64)]))
+    assert sol.nfe == 35 and sol.n_steps == 18
+
+
+def test_grid_is_clipped_to_the_model_range():
+    # VE(0.01, 50): EDM sigma in [0.01, 50]; NVlabs/edm clips the requested [0.002, 80] to the net's range.
+    d = Diffusion(mixture().oracle(VE(sigma_min=0.01, sigma_max=50.0), "eps"), VE(sigma_min=0.01, sigma_max=50.0),
+                  prediction="eps")
+    sol = edm_heun(d, torch.zeros(1, 2, dtype=F64), num_steps=5)
+    s = sol.stats["sigmas"]
+    assert math.isclose(float(s[0]), 50.0, rel_tol=1e-12) and math.isclose(float(s[-2]), 0.01, rel_tol=1e-12)
+
+
+class Counter:
+    def __init__(self, f):
+        self.f, self.calls = f, []
+
+    def __call__(self, x, sigma):
+        self.calls.append((x.clone(), torch.as_tensor(sigma).clone()))
+        return self.f(x, sigma)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 18])
+@pytest.mark.parametrize("last_step,expected", [("euler", lambda n: 2 * n - 1), ("denoise", lambda n: 2 * n - 1),
+                                                 ("stop", lambda n: 2 * n - 2)])
+def test_nfe(n, last_step, expected):
+    m = Counter(edm_denoiser(mixture()))
+    sol = edm_sampler(m, torch.randn(3, 2, dtype=F64), num_steps=n, last_step=last_step, S_churn=5.0,
+                      generator=_gen(0))
+    assert sol.nfe == len(m.calls) == expected(n)
+    # no evaluation ever at sigma = 0 (the singular point of score/eps conversions)
+    assert all(float(s) > 0 for _, s in m.calls)
+
+
+def test_last_step_policies_agree_without_churn():
+    gm = mixture()
+    lat = torch.randn(5, 2, dtype=F64, generator=_gen(3))
+    d = from_denoiser(edm_denoiser(gm))
+    e = edm_heun(d, lat, num_steps=12, last_step="euler")
+    dn = edm_heun(d, lat, num_steps=12, last_step="denoise")
+    st_ = edm_heun(d, lat, num_steps=12, last_step="stop")
+    # Euler from r to 0 is x + (0 - r)(x - D)/r = D(x, r): the same as denoising, up to round-off.
+    torch.testing.assert_close(e.x, dn.x, rtol=RTOL64, atol=RTOL64)
+    torch.testing.assert_close(dn.x, edm_denoiser(gm)(st_.x, torch.tensor(0.002, dtype=F64)), rtol=RTOL64,
+                               atol=RTOL64)
+    assert float(st_.t_final[0]) == pytest.approx(0.002, rel=1e-12) and float(e.t_final[0]) == 0.0
+
+
+def test_churn_noise_placement():
+    """The network sees (x_hat, t_hat) (NVlabs/edm; diffusers #8549 got it wrong)."""
+    m = Counter(edm_denoiser(mixture()))
+    lat = torch.randn(4, 2, dtype=F64, generator=_gen(4))
+    S_churn, S_noise, N = 12.0, 1.007, 6
+    sol = edm_sampler(m, lat, num_steps=N, S_churn=S_churn, S_noise=S_noise, generator=_gen(9), save_all=True)
+    g = _gen(9)
+    gamma = min(S_churn / N, math.sqrt(2) - 1)
+    sig = sol.stats["sigmas"].tolist()
+    for i in range(N):
+        r, r_hat = sig[i], sig[i] + gamma * sig[i]
+        z = torch.randn(lat.shape, dtype=F64, generator=g)
+        x_hat = sol.xs[i] + math.sqrt(r_hat ** 2 - r ** 2) * S_noise * z
+        x_in, s_in = m.calls[2 * i]
+        assert float(s_in) == r_hat and torch.equal(x_in, x_hat)
+        if i < N - 1:
+            x_in2, s_in2 = m.calls[2 * i + 1]
+            assert float(s_in2) == sig[i + 1]
+    assert sol.stats["gammas"] == [gamma] * N
+
+
+def test_churn_window():
+    sol = edm_sampler(edm_denoiser(mixture()), torch.zeros(2, 2, dtype=F64), num_steps=10, S_churn=40.0,
+                      S_min=0.05, S_max=50.0, generator=_gen(0))
+    sig = sol.stats["sigmas"].tolist()
+    g = min(40.0 / 10, math.sqrt(2) - 1)
+    assert sol.stats["gammas"] == [g if 0.05 <= s <= 50.0 else 0.0 for s in sig[:10]]
+    assert sol.stats["gammas"][0] == 0.0 and sol.stats["gammas"][3] == g
+
+
+def test_per_sample_generators_do_not_depend_on_batch():
+    model = edm_denoiser(mixture())
+    lat = torch.randn(4, 2, dtype=F64, generator=_gen(5))
+    full = edm_sampler(model, lat, num_steps=8, S_churn=20.0, generator=flowsde.per_sample_generators([0, 1, 2, 3]))
+    part = edm_sampler(model, lat[2:], num_steps=8, S_churn=20.0, generator=flowsde.per_sample_generators([2, 3]))
+    assert torch.equal(full.x[2:], part.x)
+
+
+def test_dtype_policy():
+    gm = mixture()
+    seen = []
+
+    def model(x, sigma):
+        seen.append((x.dtype, sigma.dtype))
+        return gm.oracle(EDM(), "x0")(x.to(F64), sigma.to(F64)).to(x.dtype)
+
+    lat = torch.randn(8, 2, generator=_gen(6))  # float32 latents
+    hi = edm_heun(model, lat, num_steps=10)  # default: float64 state, model called in float32
+    assert hi.x.dtype == F64 and set(seen) == {(torch.float32, torch.float32)}
+    seen.clear()
+    lo = edm_heun(model, lat, num_steps=10, dtype=None)
+    assert lo.x.dtype == torch.float32
+    seen.clear()
+    full = edm_heun(model, lat, num_steps=10, model_dtype=F64)
+    assert set(seen) == {(F64, F64)}
+    # float32 vs float64: the same discretization; differences are float32 round-off of
+    # O(sigma_max) = 80 values over ~20 evaluations: 80 * 20 * 6e-8 ~ 1e-4.
+    torch.testing.assert_close(lo.x.to(F64), full.x, rtol=0, atol=1e-4)
+    torch.testing.assert_close(hi.x, full.x, rtol=0, atol=1e-4)
+
+
+SCHEDULES = [
+    (VP(), "eps"),
+    (VP(beta_min=0.5, beta_max=10.0), "v"),
+    (Cosine(), "x0"),
+    (VE(sigma_min=0.002, sigma_max=80.0), "score"),
+    (Linear(), "velocity"),
+]
+
+
+@pytest.mark.parametrize("schedule,prediction", SCHEDULES, ids=lambda v: getattr(v, "__name__", str(v))[:30])
+def test_same_trajectory_across_schedules(schedule, prediction):
+    """The scaled-variable PF-ODE dx/dr = (x - D(x, r))/r does not depend on the schedule, and the
+    exact mixture denoiser is the same function under every schedule; with the same grid, the same
+    latents and the same Heun discretization the trajectories agree up to round-off (the only
+    differences: r -> t -> r round trips and the alpha scaling)."""
+    gm = mixture()
+    ref = Diffusion(gm.oracle(EDM(), "x0"), EDM(), prediction="x0")
+    other = Diffusion(gm.oracle(schedule, prediction), schedule, prediction=prediction)
+    den = to_denoiser(other)
+    lo, hi = max(0.002, den.sigma_min * 1.0001), min(80.0, den.sigma_max / 1.0001)
+    lat = torch.randn(16, 2, dtype=F64, generator=_gen(8))
+    a = edm_heun(ref, lat, num_steps=12, sigma_min=lo, sigma_max=hi, save_all=True)
+    b = edm_heun(other, lat, num_steps=12, sigma_min=lo, sigma_max=hi, save_all=True)
+    assert torch.equal(a.stats["sigmas"], b.stats["sigmas"])
+    # round-off of r(t(r)) (relative ~1e-13 for the log/expm1 inversions) times |dD/dr| <= |x|/r,
+    # over 12 Heun steps of states of size <= hi: 1e-9 absolute is a generous round-off bound.
+    torch.testing.assert_close(b.xs, a.xs, rtol=1e-9, atol=1e-9)
+
+
+def test_denoiser_view_equals_oracle_denoiser():
+    gm = mixture()
+    sched = VP()
+    den = to_denoiser(Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps"))
+    x = torch.randn(7, 2, dtype=F64, generator=_gen(10)) * 3
+    r = torch.tensor([0.01, 0.1, 0.5, 1.0, 5.0, 20.0, 80.0], dtype=F64)
+    torch.testing.assert_close(den(x, r), edm_denoiser(gm)(x, r), rtol=1e-10, atol=1e-10)
+    with pytest.raises(InputError, match="outside the schedule's range"):
+        den(x, torch.full((7,), 1e4, dtype=F64))
+
+
+def test_from_denoiser_is_x0_diffusion_under_edm():
+    gm = mixture()
+    d = from_denoiser(edm_denoiser(gm))
+    x = torch.randn(5, 2, dtype=F64, generator=_gen(11))
+    t = torch.tensor(0.7, dtype=F64)
+    torch.testing.assert_close(d.score(t, x), gm.score_t(EDM(), t, x), rtol=1e-12, atol=1e-12)
+    assert d.schedule.t_min == 0.002 and d.schedule.t_max == 80.0
+
+
+# ------------------------------------------------------------------ preconditioning
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(sigma=st.floats(1e-3, 200.0), sd=st.floats(0.1, 2.0))
+def test_edm_precond_table(sigma, sd):
+    p = EDMPrecond(lambda x, c: x, sigma_data=sd)
+    s = torch.tensor(sigma, dtype=F64)
+    c_skip, c_out, c_in, c_noise = p.coefficients(s)
+    # Karras et al. 2022, eqs. (7)-(8), Table 1
+    assert float(c_skip) == pytest.approx(sd ** 2 / (sigma ** 2 + sd ** 2), rel=1e-14)
+    assert float(c_out) == pytest.approx(sigma * sd / math.sqrt(sigma ** 2 + sd ** 2), rel=1e-14)
+    assert float(c_in) == pytest.approx(1 / math.sqrt(sigma ** 2 + sd ** 2), rel=1e-14)
+    assert float(c_noise) == pytest.approx(math.log(sigma) / 4, rel=1e-14, abs=1e-15)
+    # the design criteria: unit-variance input, unit-variance training target (EDM appendix B.6)
+    assert float(c_in ** 2 * (sd ** 2 + sigma ** 2)) == pytest.approx(1.0, rel=1e-14)
+    target_var = (sd ** 2 * (1 - c_skip) ** 2 + c_skip ** 2 * sigma ** 2) / c_out ** 2
+    assert float(target_var) == pytest.approx(1.0, rel=1e-12)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(sigma=st.floats(0.01, 150.0))
+def test_vp_ve_precond_tables(sigma):
+    s = torch.tensor(sigma, dtype=F64)
+    vp = VPPrecond(lambda x, c: x)
+    c_skip, c_out, c_in, c_noise = vp.coefficients(s)
+    t = (math.sqrt(0.1 ** 2 + 2 * 19.9 * math.log1p(sigma ** 2)) - 0.1) / 19.9
+    assert (float(c_skip), float(c_out)) == (1.0, -sigma)
+    assert float(c_in) == pytest.approx(1 / math.sqrt(sigma ** 2 + 1), rel=1e-14)
+    assert float(c_noise) == pytest.approx(999 * t, rel=1e-12)
+    # sigma^-1 inverts sigma(t) = sqrt(exp(beta_d t^2/2 + beta_min t) - 1)
+    assert float(vp.sigma(torch.tensor(t, dtype=F64))) == pytest.approx(sigma, rel=1e-10)
+    ve = VEPrecond(lambda x, c: x)
+    c_skip, c_out, c_in, c_noise = ve.coefficients(s)
+    assert (float(c_skip), float(c_out), float(c_in)) == (1.0, sigma, 1.0)
+    assert float(c_noise) == pytest.approx(math.log(sigma / 2), rel=1e-14, abs=1e-15)
+
+
+def test_precond_ranges():
+    vp = VPPrecond(lambda x, c: x)
+    assert vp.sigma_min == pytest.approx(math.sqrt(math.expm1(0.5 * 19.9 * 1e-10 + 0.1 * 1e-5)), rel=1e-9)
+    assert vp.sigma_max == pytest.approx(math.sqrt(math.expm1(0.5 * 19.9 + 0.1)), rel=1e-12)
+    assert (VEPrecond(lambda x, c: x).sigma_min, VEPrecond(lambda x, c: x).sigma_max) == (0.02, 100.0)
+
+
+def _exact_F(precond, D):
+    """The F for which precond(F) = D: invert c_noise and c_in, then F = (D - c_skip x) / c_out."""
+
+    def F(x_in, c_noise):
+        sigma = precond.sigma_from_noise(c_noise)
+        c_skip, c_out, c_in, _ = precond.coefficients(sigma)
+        x = x_in / c_in[:, None]
+        return (D(x, sigma) - c_skip[:, None] * x) / c_out[:, None]
+
+    return F
+
+
+@pytest.mark.parametrize("cls", [EDMPrecond, VPPrecond, VEPrecond])
+def test_precond_of_exact_F_is_exact(cls):
+    gm = mixture()
+    D = edm_denoiser(gm)
+    p = cls(lambda x, c: x)
+    p = cls(_exact_F(p, D))
+    x = torch.randn(6, 2, dtype=F64, generator=_gen(12)) * 4
+    sigma = torch.tensor([0.03, 0.2, 1.0, 3.0, 10.0, 60.0], dtype=F64)
+    # round-off only: c_noise inversions (exp/log1p/sqrt, ~1e-15 relative in sigma) times dD/dsigma
+    torch.testing.assert_close(p(x, sigma), D(x, sigma), rtol=1e-10, atol=1e-10)
+
+
+def test_vp_precond_with_vp_eps_network_is_the_vp_diffusion():
+    """VPPrecond(F) with F the eps network of VP(0.1, 20) at label (M-1) t is the scaled denoiser of
+    that VP diffusion (the EDM paper's reading of Song et al.'s VP model)."""
+    gm = mixture()
+    sched = VP(beta_min=0.1, beta_max=20.0)
+    eps_net = gm.oracle(sched, "eps")
+    p = VPPrecond(lambda x, c_noise: eps_net(x, c_noise / 999))
+    x = torch.randn(6, 2, dtype=F64, generator=_gen(13)) * 4
+    sigma = torch.tensor([0.01, 0.2, 1.0, 3.0, 10.0, 60.0], dtype=F64)
+    torch.testing.assert_close(p(x, sigma), edm_denoiser(gm)(x, sigma), rtol=1e-9, atol=1e-9)
+    # and it samples: edm_heun on the precond directly (uses its sigma_min / sigma_max attributes)
+    sol = edm_heun(p, torch.randn(4, 2, dtype=F64, generator=_gen(14)), num_steps=6)
+    ref = edm_heun(edm_denoiser(gm), torch.randn(4, 2, dtype=F64, generator=_gen(14)), num_steps=6)
+    torch.testing.assert_close(sol.x, ref.x, rtol=1e-8, atol=1e-8)
+
+
+def test_precond_as_diffusion():
+    gm = mixture()
+    p = EDMPrecond(lambda x, c: x)
+    p = EDMPrecond(_exact_F(p, edm_denoiser(gm)))
+    d = p.diffusion()
+    x = torch.randn(3, 2, dtype=F64, generator=_gen(15))
+    t = torch.tensor(1.3, dtype=F64)
+    torch.testing.assert_close(d.score(t, x), gm.score_t(EDM(), t, x), rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_input():
+    model = edm_denoiser(mixture())
+    lat = torch.randn(2, 2, dtype=F64)
+    with pytest.raises(InputError, match="last_step"):
+        edm_sampler(model, lat, last_step="ddim")
+    with pytest.raises(InputError, match="S_churn"):
+        edm_sampler(model, lat, S_churn=-1.0)
+    with pytest.raises(InputError, match="num_steps"):
+        edm_sampler(model, lat, num_steps=0)
+    with pytest.raises(InputError, match="ending in 0"):
+        edm_sampler(model, lat, sigmas=torch.tensor([3.0, 1.0]))
+    with pytest.raises(InputError, match="strictly decreasing"):
+        edm_sampler(model, lat, sigmas=torch.tensor([1.0, 3.0, 0.0]))
+    with pytest.raises(InputError, match="defined on"):
+        edm_sampler(from_denoiser(model), lat, sigmas=torch.tensor([200.0, 1.0, 0.0]))
+    with pytest.raises(InputError, match="shape"):
+        edm_sampler(lambda x, s: x[:, :1], lat)
+    with pytest.raises(InputError, match="latents"):
+        edm_sampler(model, torch.tensor([[float("nan"), 0.0]]))
+    with pytest.raises(InputError, match="callable"):
+        from_denoiser(3)
+    with pytest.raises(SolveError, match="non-finite"):
+        edm_sampler(lambda x, s: x / (s - s), lat, num_steps=3)
+    bad = edm_sampler(lambda x, s: x / (s - s), lat, num_steps=3, check_finite=False)
+    assert bool((bad.status == flowsde.Status.NON_FINITE).all())
