@@ -48,6 +48,16 @@ def _as_tensor(t) -> torch.Tensor:
     raise InputError(f"schedule time must be a float tensor or a Python number, got {type(t).__name__}.")
 
 
+def _zero(t) -> torch.Tensor:
+    """Zeros shaped like ``t`` that stay on ``t``'s autograd graph (derivative 0, not "unused")."""
+    t = _as_tensor(t)
+    return t * 0
+
+
+def _one(t) -> torch.Tensor:
+    return _zero(t) + 1
+
+
 def _check_finite_positive(cls: str, **vals) -> None:
     for k, v in vals.items():
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
@@ -309,19 +319,19 @@ class VE(Schedule):
         return math.log(self.sigma_max / self.sigma_min)
 
     def alpha(self, t):
-        return torch.ones_like(_as_tensor(t))
+        return _one(t)
 
     def sigma(self, t):
         return self.sigma_min * torch.exp(_as_tensor(t) * self._log_ratio)
 
     def d_alpha(self, t):
-        return torch.zeros_like(_as_tensor(t))
+        return _zero(t)
 
     def d_sigma(self, t):
         return self.sigma(t) * self._log_ratio
 
     def f(self, t):
-        return torch.zeros_like(_as_tensor(t))
+        return _zero(t)
 
     def g2(self, t):
         return 2 * self._log_ratio * self.sigma(t) ** 2
@@ -360,19 +370,19 @@ class EDM(Schedule):
         return float(self.sigma_max)
 
     def alpha(self, t):
-        return torch.ones_like(_as_tensor(t))
+        return _one(t)
 
     def sigma(self, t):
         return _as_tensor(t).clone()
 
     def d_alpha(self, t):
-        return torch.zeros_like(_as_tensor(t))
+        return _zero(t)
 
     def d_sigma(self, t):
-        return torch.ones_like(_as_tensor(t))
+        return _one(t)
 
     def f(self, t):
-        return torch.zeros_like(_as_tensor(t))
+        return _zero(t)
 
     def g2(self, t):
         return 2 * _as_tensor(t)
@@ -411,10 +421,10 @@ class Linear(Schedule):
         return _as_tensor(t).clone()
 
     def d_alpha(self, t):
-        return -torch.ones_like(_as_tensor(t))
+        return _one(t).neg()
 
     def d_sigma(self, t):
-        return torch.ones_like(_as_tensor(t))
+        return _one(t)
 
     def t_from_sigma_ratio(self, r):
         r = _as_tensor(r)
