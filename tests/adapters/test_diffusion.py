@@ -1,0 +1,354 @@
+"""Diffusion: every prediction type x every schedule against an exact analytic data distribution.
+
+The data distribution is a single Gaussian N(m, s0^2 I) (written inline, independent of the
+library): x_t | x_0 ~ N(alpha x_0, sigma^2 I) gives the marginal N(alpha m, (alpha^2 s0^2 + sigma^2) I),
+score -(x - alpha m)/var_t, posterior mean E[x0|x] = m + alpha s0^2 (x - alpha m)/var_t and
+E[eps|x] = sigma (x - alpha m)/var_t. The exact "network" of each prediction type is built
+from these closed forms.
+
+Tolerance: float64 throughout; a conversion multiplies round-off by at most its condition
+number (1/alpha, 1/sigma, the ratio of derivative magnitudes: below ~1e4 over the drawn
+parameters), so results agree to ~1e-12 relative to the size of the quantity; REL = 1e-8
+leaves a 1e4 margin while any wrong coefficient gives an O(1e-2) or larger relative error.
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import flowsde
+from flowsde import InputError
+from flowsde.adapters import PREDICTIONS, Diffusion, GaussianPrior
+from flowsde.adapters.schedules import EDM, VE, VP, Cosine, Discrete, Linear, SubVP
+
+f64 = torch.float64
+REL = 1e-8
+IDENT = lambda t: t  # noqa: E731  Discrete label: call the net with the schedule's own time
+
+
+def _discrete(seed: int, n: int) -> Discrete:
+    g = torch.Generator().manual_seed(seed)
+    return Discrete.from_betas(1e-4 + 0.2 * torch.rand(n, generator=g, dtype=f64), label=IDENT)
+
+
+SCHEDULES = [VP(), SubVP(), Cosine(), VE(), EDM(), Linear(), _discrete(0, 50)]
+
+
+@st.composite
+def schedules(draw):
+    kind = draw(st.sampled_from(["VP", "SubVP", "Cosine", "VE", "EDM", "Linear", "Discrete"]))
+    if kind in ("VP", "SubVP"):
+        b0 = draw(st.floats(0.05, 2.0))
+        return (VP if kind == "VP" else SubVP)(beta_min=b0, beta_max=b0 + draw(st.floats(0.0, 30.0)))
+    if kind == "Cosine":
+        return Cosine(s=draw(st.floats(1e-3, 0.1)))
+    if kind == "VE":
+        smin = draw(st.floats(1e-2, 1.0))
+        return VE(sigma_min=smin, sigma_max=smin * draw(st.floats(2.0, 1e3)))
+    if kind == "EDM":
+        return EDM(sigma_min=draw(st.floats(1e-2, 0.1)), sigma_max=draw(st.floats(1.0, 100.0)))
+    if kind == "Linear":
+        return Linear(t_min=1e-3)
+    return _discrete(draw(st.integers(0, 10**6)), draw(st.integers(2, 60)))
+
+
+class Gauss:
+    """Exact data distribution N(m, s0^2 I) pushed through a schedule."""
+
+    def __init__(self, m: torch.Tensor, s0: float):
+        self.m, self.s0 = m, s0
+
+    def parts(self, sch, t, x):
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        a, s, da, ds = (c(t)[:, None] for c in (sch.alpha, sch.sigma, sch.d_alpha, sch.d_sigma))
+        var = a**2 * self.s0**2 + s**2
+        r = x - a * self.m
+        score = -r / var
+        x0 = self.m + a * self.s0**2 * r / var
+        eps = s * r / var
+        return dict(score=score, x0=x0, eps=eps, velocity=da * x0 + ds * eps, v=a * eps - s * x0)
+
+    def net(self, sch, prediction):
+        return lambda x, t: self.parts(sch, t, x)[prediction]
+
+
+def _assert_rel(out, ref, rel=REL):
+    scale = float(ref.abs().max()) + 1e-300
+    err = float((out - ref).abs().max())
+    assert err <= rel * scale, f"relative error {err / scale:.3g} > {rel:g}"
+
+
+def _t_range(sch, us):
+    """Times in [t_lo, t_max] with t_lo >= t_min where sigma/alpha >= 1e-3: there every conversion's
+    round-off amplification (at worst ~|x|/(sigma^2 |score|) for an x0-prediction's score) stays
+    below ~1e6, so REL holds; the sigma -> 0 end is tested with its own bound below."""
+    lo = max(sch.t_min, float(sch.t_from_sigma_ratio(torch.tensor(1e-3, dtype=f64))))
+    return lo + torch.as_tensor(us, dtype=f64) * (sch.t_max - lo)
+
+
+def _setup(sch, us, seed):
+    g = torch.Generator().manual_seed(seed)
+    D = 3
+    gauss = Gauss(torch.randn(D, generator=g, dtype=f64), 0.3 + float(torch.rand(1, generator=g, dtype=f64)))
+    t = _t_range(sch, us)
+    a, s = sch.alpha(t)[:, None], sch.sigma(t)[:, None]
+    x = a * gauss.m + torch.sqrt(a**2 * gauss.s0**2 + s**2) * torch.randn(len(us), D, generator=g, dtype=f64)
+    return gauss, t, x
+
+
+UNITS = st.lists(st.floats(0.0, 0.999), min_size=1, max_size=5)
+
+
+@settings(max_examples=70)
+@given(sch=schedules(), pred=st.sampled_from(PREDICTIONS), us=UNITS, seed=st.integers(0, 2**31 - 1))
+def test_every_conversion_is_exact(sch, pred, us, seed):
+    if pred == "v" and not sch.variance_preserving:
+        pred = "eps"
+    gauss, t, x = _setup(sch, us, seed)
+    dif = Diffusion(gauss.net(sch, pred), sch, pred)
+    ref = gauss.parts(sch, t, x)
+    for name in ("score", "eps", "x0", "velocity") + (("v",) if sch.variance_preserving else ()):
+        out = getattr(dif, name)(t, x)
+        assert out.shape == x.shape and out.dtype == f64
+        _assert_rel(out, ref[name])
+    # t as 0-dim gives the same as t as (B,)
+    t0 = t[0]
+    _assert_rel(dif.score(t0, x), gauss.parts(sch, t0.expand(len(us)), x)["score"])
+
+
+@settings(max_examples=50)
+@given(sch=schedules(), pred=st.sampled_from(PREDICTIONS), us=UNITS, seed=st.integers(0, 2**31 - 1),
+       beta=st.floats(0.0, 3.0))
+def test_sde_family_coefficients(sch, pred, us, seed, beta):
+    if pred == "v" and not sch.variance_preserving:
+        pred = "velocity"
+    gauss, t, x = _setup(sch, us, seed)
+    dif = Diffusion(gauss.net(sch, pred), sch, pred)
+    score = gauss.parts(sch, t, x)["score"]
+    f, g2 = sch.f(t)[:, None], sch.g2(t)[:, None]
+    _assert_rel(dif.pf_ode().drift(t, x), f * x - g2 / 2 * score)
+    assert dif.pf_ode().diffusion(t, x) is None
+    tmax = sch.t_max
+    for b, bt in ((beta, torch.full_like(t, beta)), (lambda tt: beta * tt / tmax, beta * t / tmax)):
+        rev, fwd = dif.reverse_sde(b), dif.forward_sde(b)
+        bt = bt[:, None]
+        _assert_rel(rev.drift(t, x), f * x - (1 + bt) / 2 * g2 * score)
+        _assert_rel(fwd.drift(t, x), f * x - (1 - bt) / 2 * g2 * score)
+        for sde in (rev, fwd):
+            g = sde.diffusion(t, x)
+            assert g.shape == (len(us), 1) and sde.noise == "scalar" and sde.has_score
+            torch.testing.assert_close(g, torch.sqrt(bt * g2), rtol=1e-12, atol=0)  # same closed form: round-off
+        _assert_rel(rev.score(t, x), score)
+
+
+def test_gaussian_mixture_oracle():
+    """A 2-component mixture (flowsde.validation.GaussianMixture, full covariances) through every
+    schedule x prediction: the adapter's score equals the mixture's exact score."""
+    from flowsde.validation import GaussianMixture
+
+    gm = GaussianMixture(torch.tensor([0.35, 0.65], dtype=f64), torch.tensor([[1.0, -0.5], [-1.0, 1.5]], dtype=f64),
+                         torch.tensor([[[0.3, 0.1], [0.1, 0.2]], [[0.5, -0.2], [-0.2, 0.4]]], dtype=f64))
+    g = torch.Generator().manual_seed(7)
+    for sch in SCHEDULES:
+        t = _t_range(sch, [0.0, 0.013, 0.37, 0.8, 0.999])
+        # x drawn from the marginal at its own t: an x0-prediction's score -(x - alpha x0)/sigma^2 is
+        # ill-conditioned (cancellation ~ |x|/(sigma^2 |score|)) far out in the tails at tiny sigma.
+        x = torch.cat([gm.marginal(sch, float(ti)).sample(1, generator=g) for ti in t])
+        ref = gm.score_t(sch, t, x)
+        for pred in PREDICTIONS:
+            if pred == "v" and not sch.variance_preserving:
+                continue
+            dif = Diffusion(gm.oracle(sch, pred), sch, pred)
+            _assert_rel(dif.score(t, x), ref, rel=1e-7)  # same float64 bound; mixture responsibilities add ~10x
+            drift = sch.f(t)[:, None] * x - sch.g2(t)[:, None] / 2 * ref
+            _assert_rel(dif.pf_ode().drift(t, x), drift, rel=1e-7)
+
+
+@pytest.mark.parametrize("sch", SCHEDULES, ids=lambda s: type(s).__name__)
+def test_x0_prediction_near_data_end_is_round_off_limited(sch):
+    """At t_min an x0-model's score -(x - alpha x0)/sigma^2 cancels: the error is bounded by the round-off
+    of x and x0 (a few ulps of |x|) amplified by 1/sigma^2 -- a property of the parameterization."""
+    gauss = Gauss(torch.tensor([0.3, -0.2], dtype=f64), 0.5)
+    t = torch.full((4,), sch.t_min, dtype=f64)
+    a, s = float(sch.alpha(t[0])), float(sch.sigma(t[0]))
+    x = a * gauss.m + math.sqrt(a**2 * 0.25 + s**2) * torch.randn(4, 2, dtype=f64)
+    out = Diffusion(gauss.net(sch, "x0"), sch, "x0").score(t, x)
+    err = float((out - gauss.parts(sch, t, x)["score"]).abs().max())
+    assert err <= 16 * torch.finfo(f64).eps * float(x.abs().max() + 1) / s**2
+
+
+def test_one_net_call_per_drift_and_net_sees_schedule_time():
+    calls = []
+    sch = _discrete(1, 20)
+    gauss = Gauss(torch.zeros(2, dtype=f64), 1.0)
+
+    def net(x, t):
+        calls.append(t.clone())
+        return gauss.parts(sch, t, x)["eps"]
+
+    dif = Diffusion(net, sch, "eps")
+    x, t = torch.randn(4, 2, dtype=f64), torch.tensor(0.5, dtype=f64)
+    for problem in (dif.reverse_sde(1.0), dif.forward_sde(lambda tt: tt), dif.pf_ode()):
+        calls.clear()
+        problem.drift(t, x)
+        assert len(calls) == 1 and calls[0].shape == (4,)
+    # the Discrete label is applied: label="index" calls the net with N t - 1
+    seen = []
+    d2 = Diffusion(lambda x, lab: seen.append(lab) or torch.zeros_like(x), Discrete(sch.alphas_cumprod), "eps")
+    d2.score(torch.tensor(0.5, dtype=f64), x)
+    torch.testing.assert_close(seen[0], torch.full((4,), 20 * 0.5 - 1, dtype=f64))
+
+
+def test_dtype_policy():
+    sch = VP()
+    gauss = Gauss(torch.tensor([0.5, -1.0], dtype=f64), 0.7)
+    seen = []
+
+    def net32(x, t):
+        seen.append((x.dtype, t.dtype))
+        return gauss.parts(sch, t.to(f64), x.to(f64))["x0"].to(x.dtype)
+
+    x = torch.randn(6, 2, dtype=f64)
+    t = torch.linspace(0.01, 1.0, 6, dtype=f64)
+    exact = gauss.parts(sch, t, x)["score"]
+    for dt in (None, f64):
+        dif = Diffusion(net32, sch, "x0", dtype=dt)
+        out = dif.score(t.float(), x.float())
+        assert out.dtype == torch.float32 and seen[-1] == (torch.float32, torch.float32)
+        # float32 round-off in x, t and the net output, amplified by 1/sigma^2 <= ~60 here
+        _assert_rel(out.double(), exact, rel=1e-4)
+
+
+def test_prior():
+    for sch, std in ((VP(), math.sqrt(1 - math.exp(-0.5 * 19.9 - 0.1))), (VE(), 50.0), (EDM(), 80.0), (Linear(), 1.0)):
+        p = Diffusion(lambda x, t: x, sch, "eps").prior()
+        assert isinstance(p, GaussianPrior)
+        assert p.std == pytest.approx(std, rel=1e-12)
+    p = GaussianPrior(2.0)
+    x = torch.randn(5, 3, 2, dtype=f64)
+    ref = torch.distributions.Normal(torch.tensor(0.0, dtype=f64), torch.tensor(2.0, dtype=f64)).log_prob(x).sum((1, 2))
+    torch.testing.assert_close(p.log_prob(x), ref, rtol=1e-12, atol=1e-12)
+    # per-sample generators: sample i depends only on generator i (batch-size independent)
+    a = p.sample((3, 4), generator=flowsde.per_sample_generators([1, 2, 3]), dtype=f64)
+    b = p.sample((2, 4), generator=flowsde.per_sample_generators([1, 2]), dtype=f64)
+    assert torch.equal(a[:2], b) and a.shape == (3, 4)
+    assert p.sample((2, 3), generator=torch.Generator().manual_seed(0)).dtype == torch.get_default_dtype()
+
+
+def test_log_likelihood_delegates():
+    """``Diffusion.log_likelihood`` = ``adapters._likelihood.log_likelihood(self, ...)``; with the exact
+    prior at T and the exact trace it recovers the exact Gaussian marginal log-density at t_eps."""
+    from flowsde.adapters import _likelihood
+
+    sch = VP()
+    gauss = Gauss(torch.tensor([0.5, -0.5], dtype=f64), 0.8)
+    dif = Diffusion(gauss.net(sch, "eps"), sch, "eps")
+    x = torch.randn(3, 2, dtype=f64, generator=torch.Generator().manual_seed(3))
+
+    def normal_logp(t):
+        a, s = float(sch.alpha(torch.tensor(t, dtype=f64))), float(sch.sigma(torch.tensor(t, dtype=f64)))
+        return lambda z: torch.distributions.Normal(a * gauss.m, math.sqrt(a**2 * 0.64 + s**2)).log_prob(z).sum(1)
+
+    kw = dict(t_eps=1e-3, prior_logp=normal_logp(1.0), rtol=1e-8, atol=1e-8)
+    a = dif.log_likelihood(x, **kw)
+    b = _likelihood.log_likelihood(dif, x, **kw)
+    torch.testing.assert_close(a.logp, b.logp, rtol=0, atol=0)  # same deterministic computation
+    # rtol = atol = 1e-8 on the ODE: the accumulated error is a few 1e-8 per unit of log-density
+    torch.testing.assert_close(a.logp, normal_logp(1e-3)(x), rtol=0, atol=1e-5)
+
+
+def test_velocity_model_has_score_and_sde_family():
+    """A flow-matching velocity model on the Linear path gets a score and an SDE family; the PF-ODE of a
+    velocity model is its own output, defined at both ends t = 0 and t = 1."""
+    sch = Linear()
+    gauss = Gauss(torch.tensor([1.0, -2.0], dtype=f64), 0.5)
+    dif = Diffusion(gauss.net(sch, "velocity"), sch, "velocity")
+    x = torch.randn(4, 2, dtype=f64)
+    for tv in (0.0, 1.0):
+        t = torch.tensor(tv, dtype=f64)
+        _assert_rel(dif.pf_ode().drift(t, x), gauss.parts(sch, t, x)["velocity"])
+    t = torch.tensor(1.0, dtype=f64)
+    _assert_rel(dif.score(t, x), -x)  # at t = 1 the marginal is N(0, I)
+    with pytest.raises(InputError, match="alpha"):
+        dif.reverse_sde(1.0).drift(t, x)  # g^2 = 2t/(1-t) is infinite at t = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_construction():
+    net = lambda x, t: x  # noqa: E731
+    with pytest.raises(InputError, match="prediction"):
+        Diffusion(net, VP(), "noise")
+    for sch in (VE(), EDM(), Linear(), SubVP()):
+        with pytest.raises(InputError, match="alpha\\^2 \\+ sigma\\^2"):
+            Diffusion(net, sch, "v")
+    with pytest.raises(InputError, match="callable"):
+        Diffusion("unet", VP())
+    with pytest.raises(InputError, match="Schedule"):
+        Diffusion(net, "vp")
+    with pytest.raises(InputError, match="dtype"):
+        Diffusion(net, VP(), dtype="float64")
+    with pytest.raises(InputError, match="check_t"):
+        Diffusion(net, VP(), check_t="yes")
+    with pytest.raises(InputError, match="undefined"):
+        Diffusion(net, VE(), "eps").v(torch.tensor(0.5), torch.zeros(2, 2))
+    for beta in (-0.5, float("nan"), "1"):
+        with pytest.raises(InputError, match="beta"):
+            Diffusion(net, VP()).reverse_sde(beta)
+    with pytest.raises(InputError, match=">= 0"):
+        Diffusion(net, VP()).forward_sde(lambda t: -t).drift(torch.tensor(0.5), torch.zeros(2, 2))
+
+
+def test_bad_net_output():
+    x = torch.zeros(3, 4)
+    with pytest.raises(InputError, match=r"returned \(3, 2\).*shape of x"):
+        Diffusion(lambda x, t: x[:, :2], VP()).score(torch.tensor(0.5), x)
+    with pytest.raises(InputError, match="returned list"):
+        Diffusion(lambda x, t: [0.0], VP()).score(torch.tensor(0.5), x)
+    # non-finite output: caught by flowsde.solve's end-of-solve finiteness check
+    dif = Diffusion(lambda x, t: torch.full_like(x, float("nan")), VP())
+    with pytest.raises(flowsde.SolveError):
+        flowsde.solve(dif.pf_ode(), x, flowsde.grids.uniform(1.0, 1e-3, 4), method="euler")
+
+
+def test_bad_times():
+    x = torch.zeros(3, 2, dtype=f64)
+    dif = Diffusion(lambda x, t: torch.zeros_like(x), VP(), "eps")
+    for tv in (0.0, 1.5, -0.1):
+        with pytest.raises(InputError, match=r"t = .*valid range"):
+            dif.score(torch.tensor(tv, dtype=f64), x)
+    with pytest.raises(InputError, match="valid range"):
+        dif.pf_ode().drift(torch.tensor([0.5, 0.0, 0.5], dtype=f64), x)
+    with pytest.raises(InputError, match=r"shape \(B,\)"):
+        dif.score(torch.tensor([0.5, 0.5], dtype=f64), x)
+    # the endpoints themselves are valid, also as float32 (bounds compared in t's dtype)
+    dif.score(torch.tensor(VP().t_min, dtype=torch.float32), x.float())
+    dif.score(torch.tensor(1.0), x.float())
+    # the native prediction is passed through without a range check; check_t=False skips all checks
+    dif.eps(torch.tensor(0.0, dtype=f64), x)
+    Diffusion(lambda x, t: torch.zeros_like(x), VP(), "eps", check_t=False).velocity(torch.tensor(1.5, dtype=f64), x)
+    # Linear: alpha(1) = 0, so x0 / velocity from an eps model is undefined at t = 1 (score is fine)
+    lin = Diffusion(lambda x, t: x.clone(), Linear(), "eps")
+    one = torch.tensor(1.0, dtype=f64)
+    lin.score(one, x)
+    with pytest.raises(InputError, match="alpha"):
+        lin.x0(one, x)
+    with pytest.raises(InputError, match="alpha"):
+        lin.pf_ode().drift(one, x)
+
+
+def test_inputs_not_mutated():
+    sch = Cosine()
+    gauss = Gauss(torch.zeros(2, dtype=f64), 1.0)
+    dif = Diffusion(gauss.net(sch, "v"), sch, "v", dtype=f64)
+    x, t = torch.randn(3, 2, dtype=f64), torch.full((3,), 0.4, dtype=f64)
+    x_c, t_c = x.clone(), t.clone()
+    for m in ("score", "eps", "x0", "v", "velocity"):
+        getattr(dif, m)(t, x)
+    dif.reverse_sde(0.5).drift(t, x)
+    assert torch.equal(x, x_c) and torch.equal(t, t_c)
