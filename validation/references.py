@@ -92,7 +92,8 @@ class _Mixture:
         tt = self._times(t, B, device)
         a = schedule.alpha(tt).to(self.dtype)
         s = schedule.sigma(tt).to(self.dtype)
-        return tt, a.expand(B), s.expand(B)
+        # contiguous: stride-0 (expanded) coefficients hit slow broadcasting kernels (~20x on CPU)
+        return tt, a.expand(B).contiguous(), s.expand(B).contiguous()
 
     # ---------------------------------------------------------------- kernel
     def _components(self, a, s, x):
