@@ -139,6 +139,7 @@ def dopri5(
     safety: float = 0.9,
     ifactor: float = 10.0,
     dfactor: float = 0.2,
+    pi: Tuple[float, float] = (0.17, 0.04),
     progress: bool = False,
     desc: str = "flowsde rk45",
 ) -> dict:
@@ -228,9 +229,12 @@ def dopri5(
         h_eff = torch.where(running, torch.minimum(h, remaining), torch.zeros_like(h))
         sh = direction * h_eff
         ks = [k1]
+        # stage times stay inside [t, target]: t + c h can round past the end time (c = 1), where
+        # a model may be undefined (sigma = 0, or a schedule's range check)
+        t_lo, t_hi = torch.minimum(t, target), torch.maximum(t, target)
         for i in range(1, 7):
             yi = _lincomb(y, sh, _A[i], ks)
-            ks.append(f(t + _C[i] * sh, yi))
+            ks.append(f(torch.clamp(t + _C[i] * sh, t_lo, t_hi), yi))
         y1 = _lincomb(y, sh, _B, ks[:6])  # b_7 = 0: y1 uses k1..k6
         err = _lincomb(tuple(torch.zeros_like(v) for v in y), sh, _E, ks)
         r = _ratio(err, y, y1, rtol, atol, norms)
@@ -259,7 +263,7 @@ def dopri5(
 
         # PI controller (dopri5.f): safety r^-0.17 r_prev^0.04, in [dfactor, ifactor]; <= 1 after a rejection.
         rc = r.clamp_min(1e-10)
-        fac = (safety * rc.pow(-0.17) * r_prev.pow(0.04)).clamp(dfactor, ifactor)
+        fac = (safety * rc.pow(-pi[0]) * r_prev.pow(pi[1])).clamp(dfactor, ifactor)
         fac = torch.where(accept, fac, fac.clamp(max=1.0))
         h_next = torch.where(running & finite, h_eff * fac, h)
         # a step clipped onto an output time should not shrink the next one
