@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from flowsde import InputError
 
-from .schedules import Schedule, _as_tensor
+from .schedules import Schedule, _as_tensor, _logsigmoid
 
 __all__ = ["Discrete"]
 
@@ -113,7 +113,7 @@ class Discrete(Schedule):
         j = torch.clamp(torch.floor(k.detach()), 0, N - 2).long()
         l0, l1 = lam_tab[j], lam_tab[j + 1]
         lam = l0 + (k - j) * (l1 - l0)
-        la_seg = 0.5 * F.logsigmoid(lam)
+        la_seg = 0.5 * _logsigmoid(lam)
         dla_seg = 0.5 * torch.sigmoid(-lam) * N * (l1 - l0)
         first = k < 0
         la = torch.where(first, 0.5 * N * log_ac0 * t, la_seg)
@@ -155,7 +155,7 @@ class Discrete(Schedule):
         l0, l1 = lam_tab[j], lam_tab[j + 1]
         k = j + (l0 - lam) / (l0 - l1)
         t_seg = (k + 1) / N
-        t_first = F.logsigmoid(lam) / (N * log_ac0)
+        t_first = _logsigmoid(lam) / (N * log_ac0)
         return torch.where(lam > lam_tab[0], t_first, t_seg).to(lam_in.dtype)
 
     def index_from_t(self, t):
