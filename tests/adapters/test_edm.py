@@ -453,3 +453,21 @@ def test_bad_input():
         edm_sampler(lambda x, s: x / (s - s), lat, num_steps=3)
     bad = edm_sampler(lambda x, s: x / (s - s), lat, num_steps=3, check_finite=False)
     assert bool((bad.status == flowsde.Status.NON_FINITE).all())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("S_churn", [0.0, 10.0])
+def test_samples_follow_the_mixture(S_churn):
+    """edm_sampler on a VP eps-model (exact oracle) samples the data mixture. Family-wise
+    false-alarm rate 1e-3 for exact samples (projected KS + moments, Holm). The discretization
+    bias at N = 40 (measured: relative covariance error ~1%, shrinking ~4x per doubling of N)
+    is below what n = 3000 samples resolve (~2.6%); the same test rejects N = 6 (power check)."""
+    from flowsde.validation import assert_marginals, check_marginals
+
+    gm = mixture()
+    d = Diffusion(gm.oracle(VP(), "eps"), VP(), prediction="eps")
+    lat = torch.randn(3000, 2, dtype=F64, generator=_gen(0))
+    sol = edm_sampler(d, lat, num_steps=40, S_churn=S_churn, generator=_gen(1))
+    assert_marginals(sol.x, gm, alpha=1e-3)
+    coarse = edm_sampler(d, lat, num_steps=6, S_churn=S_churn, generator=_gen(1))
+    assert not check_marginals(coarse.x, gm, alpha=1e-3).passed
