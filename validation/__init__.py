@@ -11,6 +11,7 @@ from ._fokker_planck import (
 )
 from ._orders import OrderResult, convergence_order
 from ._marginals import MarginalTestResult, assert_marginals, check_marginals, required_samples
+from . import strategies
 from .references import DiracMixture, GaussianMixture, OU
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "MarginalTestResult",
     "convergence_order",
     "OrderResult",
+    "strategies",
 ]

@@ -157,11 +157,16 @@ class _Mixture:
         _, a, s = self._coeffs(schedule, t, xf.shape[0], xf.device)
         return self._posterior(a, s, xf)[2]
 
-    def oracle(self, schedule, prediction: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def oracle(self, schedule, prediction: str, *, time: str = "net") -> Callable[[torch.Tensor, torch.Tensor],
+                                                                                   torch.Tensor]:
         """The exact network ``net(x, t)`` of a prediction type, for ``schedule``.
 
-        ``x``: ``(B, *event)`` (``prod(event) = D``); ``t``: ``(B,)`` or 0-dim, the
-        schedule's time. Returns the shape and dtype of ``x``:
+        ``x``: ``(B, *event)`` (``prod(event) = D``); ``t``: ``(B,)`` or 0-dim. With
+        ``time="net"`` (default) ``t`` is the label ``schedule.net_time(t)`` that
+        :class:`flowsde.adapters.Diffusion` calls its network with (the schedule's time for
+        every schedule but ``Discrete``, whose step labels are mapped back to its
+        continuous time); with ``time="schedule"`` it is the schedule's continuous time.
+        Returns the shape and dtype of ``x``:
 
         * ``"score"``: ``grad_x log p_t(x)``;
         * ``"x0"``: ``E[x_0 | x_t]`` (posterior mean, no division by alpha);
@@ -173,9 +178,14 @@ class _Mixture:
         """
         if prediction not in PREDICTIONS:
             raise InputError(f"oracle(prediction={prediction!r}): must be one of {PREDICTIONS}.")
+        if time not in ("net", "schedule"):
+            raise InputError(f"oracle(time={time!r}): must be 'net' or 'schedule'.")
+        to_t = _inverse_net_time(schedule) if time == "net" else None
 
         def net(x, t):
             xf = self._flat(x)
+            if to_t is not None:
+                t = to_t(torch.as_tensor(t, dtype=self.dtype))
             tt, a, s = self._coeffs(schedule, t, xf.shape[0], xf.device)
             _, score, x0, _ = self._posterior(a, s, xf)
             eps = -s[:, None] * score
@@ -195,6 +205,22 @@ class _Mixture:
 
         net.__name__ = f"{type(self).__name__}_oracle_{prediction}"
         return net
+
+
+def _inverse_net_time(schedule):
+    """Map a network time label back to the schedule's time (``None``: identity)."""
+    label = getattr(schedule, "label", None)
+    if label is None or not hasattr(schedule, "alphas_cumprod"):
+        return None  # continuous schedules call the net with their own time
+    N = int(schedule.alphas_cumprod.shape[0])
+    if label == "index":
+        return lambda k: (k + 1) / N
+    if label == "score_sde":
+        return lambda k: k / (N - 1)
+    if label == "dpm_solver":
+        return lambda k: k / 1000.0 + 1.0 / N
+    raise InputError(f"oracle(time='net'): cannot invert the custom net_time label {label!r} of {schedule!r}; "
+                     "use time='schedule' and wrap the oracle yourself.")
 
 
 def _check_var(var):

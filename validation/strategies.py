@@ -130,7 +130,8 @@ def schedules(draw, names=SCHEDULE_NAMES):
     n = draw(st.integers(10, 1000))
     b0, b1 = draw(st.floats(1e-4, 1e-3)), draw(st.floats(0.01, 0.03))
     betas = torch.linspace(b0, b1 * 1000 / n, n, dtype=torch.float64).clamp(max=0.5)
-    return S.Discrete(torch.cumprod(1 - betas, 0), label=f"linear-betas(n={n})")
+    label = draw(st.sampled_from(("index", "score_sde", "dpm_solver")))
+    return S.Discrete(torch.cumprod(1 - betas, 0), label=label)
 
 
 @st.composite
