@@ -159,13 +159,8 @@ def _vp_t_from_log_alpha(log_alpha, b0, b1):
 
 
 @dataclasses.dataclass(frozen=True)
-class VP(Schedule):
-    """Variance-preserving, linear ``beta(t) = b0 + t (b1 - b0)`` (score_sde ``VPSDE``; DDPM's limit):
-
-        alpha = exp(-(b1-b0) t^2/4 - b0 t/2),  sigma = sqrt(1 - alpha^2),  f = -beta/2,  g^2 = beta.
-
-    Defaults: ``t_min = 1e-5`` (score_sde's likelihood eps), ``t_max = 1``.
-    """
+class _LinearBeta(Schedule):
+    """Shared part of VP and SubVP: linear ``beta(t) = b0 + t (b1 - b0)``, ``log alpha = -int_0^t beta/2``."""
 
     beta_min: float = 0.1
     beta_max: float = 20.0
@@ -193,18 +188,28 @@ class VP(Schedule):
     def alpha(self, t):
         return torch.exp(self._log_alpha(t))
 
-    def sigma(self, t):
-        return torch.sqrt(-torch.expm1(2 * self._log_alpha(t)))
-
     def d_alpha(self, t):
         return -0.5 * self.beta(t) * self.alpha(t)
+
+    def f(self, t):
+        return -0.5 * self.beta(t)
+
+
+@dataclasses.dataclass(frozen=True)
+class VP(_LinearBeta):
+    """Variance-preserving, linear ``beta(t) = b0 + t (b1 - b0)`` (score_sde ``VPSDE``; DDPM's limit):
+
+        alpha = exp(-(b1-b0) t^2/4 - b0 t/2),  sigma = sqrt(1 - alpha^2),  f = -beta/2,  g^2 = beta.
+
+    Defaults: ``t_min = 1e-5`` (score_sde's likelihood eps), ``t_max = 1``.
+    """
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(2 * self._log_alpha(t)))
 
     def d_sigma(self, t):
         # d/dt sqrt(1 - alpha^2) = -alpha alpha'/sigma = beta alpha^2 / (2 sigma)
         return 0.5 * self.beta(t) * torch.exp(2 * self._log_alpha(t)) / self.sigma(t)
-
-    def f(self, t):
-        return -0.5 * self.beta(t)
 
     def g2(self, t):
         return self.beta(t)
@@ -223,7 +228,7 @@ class VP(Schedule):
 
 
 @dataclasses.dataclass(frozen=True)
-class SubVP(VP):
+class SubVP(_LinearBeta):
     """score_sde's sub-VP: same alpha as :class:`VP`, ``sigma = 1 - alpha^2`` (variance = its square),
 
         g^2 = beta (1 - exp(-2 b0 t - (b1 - b0) t^2)) = beta (1 - alpha^4).
@@ -238,9 +243,6 @@ class SubVP(VP):
     def g2(self, t):
         return self.beta(t) * -torch.expm1(4 * self._log_alpha(t))
 
-    def log_snr(self, t):
-        return Schedule.log_snr(self, t)
-
     def t_from_sigma_ratio(self, r):
         # r = (1 - a^2)/a  =>  a = 2/(r + sqrt(r^2 + 4))
         r = _as_tensor(r)
@@ -249,10 +251,6 @@ class SubVP(VP):
 
     def t_from_log_snr(self, lam):
         return self.t_from_sigma_ratio(torch.exp(-0.5 * _as_tensor(lam)))
-
-    @property
-    def variance_preserving(self):
-        return False
 
 
 @dataclasses.dataclass(frozen=True)
