@@ -188,6 +188,21 @@ def test_x0_prediction_near_data_end_is_round_off_limited(sch):
     assert err <= 16 * torch.finfo(f64).eps * float(x.abs().max() + 1) / s**2
 
 
+@pytest.mark.parametrize("label", ["index", "score_sde", "dpm_solver"])
+def test_discrete_labels_agree_with_mixture_oracle(label):
+    """GaussianMixture's default oracle takes the network label (``time="net"``) and maps it back;
+    Diffusion calls the network with ``schedule.net_time(t)``: the two conventions must agree."""
+    from flowsde.validation import GaussianMixture
+
+    gm = GaussianMixture(torch.tensor([0.4, 0.6], dtype=f64), torch.tensor([[1.0, 0.0], [-1.0, 0.5]], dtype=f64),
+                         torch.tensor([[[0.2, 0.0], [0.0, 0.3]], [[0.4, 0.1], [0.1, 0.2]]], dtype=f64))
+    sch = Discrete.from_betas(torch.linspace(1e-4, 0.02, 1000, dtype=f64), label=label)
+    t = torch.tensor([0.0013, 0.25, 0.5004, 0.97], dtype=f64)
+    x = torch.cat([gm.marginal(sch, float(ti)).sample(1, generator=torch.Generator().manual_seed(2)) for ti in t])
+    net = gm.oracle(sch, "eps", time="net")
+    _assert_rel(Diffusion(net, sch, "eps").score(t, x), gm.score_t(sch, t, x), rel=1e-7)
+
+
 def test_one_net_call_per_drift_and_net_sees_schedule_time():
     calls = []
     sch = _discrete(1, 20)
