@@ -263,6 +263,15 @@ class Diffusion:
     def _sde(self, beta: BetaLike, sign: float, name: str) -> SDE:
         bf = self._beta_fn(beta, name)
 
+        if sign > 0 and not callable(bf) and bf == 1.0:
+            # beta = 1 forward: the noising SDE dx = f x dt + g dW itself, no network needed
+            def drift(t, x):
+                wd = self.dtype or x.dtype
+                tb = t.to(wd).expand(x.shape[0]) if t.dim() == 0 else t.to(wd)
+                return (_bc(self.schedule.f(tb), x) * x.to(wd)).to(x.dtype)
+
+            return SDE(drift, self._diffusion_fn(bf), noise="scalar", score=self.score)
+
         def drift(t, x):
             p = _Pred(self, t, x)
             u = p.velocity()
@@ -274,6 +283,9 @@ class Diffusion:
             corr = (_bc(b, p.xw) if isinstance(b, torch.Tensor) and b.dim() == 1 else b) * p.c("g2") * p.score()
             return p.out(u + sign * 0.5 * corr)
 
+        return SDE(drift, self._diffusion_fn(bf), noise="scalar", score=self.score)
+
+    def _diffusion_fn(self, bf) -> Callable:
         def diffusion(t, x):
             wd = self.dtype or x.dtype
             tb = t.to(wd).expand(x.shape[0]) if t.dim() == 0 else t.to(wd)
@@ -281,7 +293,7 @@ class Diffusion:
             g = torch.sqrt(b * self.schedule.g2(tb))
             return _bc(g, x).to(x.dtype)
 
-        return SDE(drift, diffusion, noise="scalar", score=self.score)
+        return diffusion
 
     def reverse_sde(self, beta: BetaLike = 1.0) -> SDE:
         """The reverse-time family ``dx = [f x - (1+beta)/2 g^2 score] dt + sqrt(beta) g dW``.
@@ -297,7 +309,8 @@ class Diffusion:
 
     def forward_sde(self, beta: BetaLike = 1.0) -> SDE:
         """The forward-time family ``dx = [f x - (1-beta)/2 g^2 score] dt + sqrt(beta) g dW``
-        (solve with increasing ``ts``); ``beta = 1`` is the noising SDE ``dx = f x dt + g dW``."""
+        (solve with increasing ``ts``); ``beta = 1`` is the noising SDE ``dx = f x dt + g dW``, whose
+        drift is computed without calling the network."""
         return self._sde(beta, +1.0, "forward_sde")
 
     def pf_ode(self) -> ODE:

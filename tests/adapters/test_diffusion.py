@@ -214,10 +214,14 @@ def test_one_net_call_per_drift_and_net_sees_schedule_time():
 
     dif = Diffusion(net, sch, "eps")
     x, t = torch.randn(4, 2, dtype=f64), torch.tensor(0.5, dtype=f64)
-    for problem in (dif.reverse_sde(1.0), dif.forward_sde(lambda tt: tt), dif.pf_ode()):
+    for problem in (dif.reverse_sde(1.0), dif.forward_sde(lambda tt: tt), dif.forward_sde(0.5), dif.pf_ode()):
         calls.clear()
         problem.drift(t, x)
         assert len(calls) == 1 and calls[0].shape == (4,)
+    # beta = 1 forward is the noising SDE dx = f x dt + g dW: no network call, drift exactly f x
+    calls.clear()
+    torch.testing.assert_close(dif.forward_sde(1.0).drift(t, x), sch.f(t) * x, rtol=0, atol=0)
+    assert calls == []
     # the Discrete label is applied: label="index" calls the net with N t - 1
     seen = []
     d2 = Diffusion(lambda x, lab: seen.append(lab) or torch.zeros_like(x), Discrete(sch.alphas_cumprod), "eps")

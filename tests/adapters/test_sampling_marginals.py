@@ -22,7 +22,7 @@ from scipy import stats
 
 import flowsde
 from flowsde.adapters import Diffusion
-from flowsde.adapters.schedules import VP, Linear
+from flowsde.adapters.schedules import VP, Cosine, Linear
 from flowsde.validation import GaussianMixture
 
 pytestmark = pytest.mark.slow
@@ -100,6 +100,18 @@ def test_reverse_sde_beta1_euler_maruyama_vp_eps():
                         generator=torch.Generator().manual_seed(5))
     assert sol.success and sol.nfe == 400  # one network call per step
     assert _passes(sol.x, gm.marginal(sch, t_end))
+
+
+def test_forward_sde_family_cosine_v():
+    """The forward-time family with beta = 0.5 (a v-model on the cosine schedule), from t_min up to
+    t = 0.5, keeps the exact marginals too."""
+    gm, sch = _mixture(), Cosine()
+    dif = Diffusion(_oracle(gm, sch, "v"), sch, "v")
+    t0, t1 = 1e-3, 0.5
+    sol = flowsde.solve(dif.forward_sde(0.5), _start(gm, sch, t0), flowsde.grids.uniform(t0, t1, 200),
+                        method="euler_maruyama", generator=torch.Generator().manual_seed(8))
+    assert sol.success
+    assert _passes(sol.x, gm.marginal(sch, t1))
 
 
 def test_pf_ode_heun_vp_x0():
