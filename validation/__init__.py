@@ -1,6 +1,7 @@
 """flowsde.validation: analytic references, Fokker–Planck residuals, marginal tests,
 convergence orders and hypothesis strategies, for flowsde's tests and its users'."""
 
+from ._compare import Comparison, ComparisonRow, compare_solvers
 from ._fokker_planck import (
     FokkerPlanckTerms,
     assert_fokker_planck,
@@ -31,4 +32,8 @@ __all__ = [
     "convergence_order",
     "OrderResult",
     "strategies",
+    # the solver-comparison harness (validation/_compare.py, owned by the lead)
+    "compare_solvers",
+    "Comparison",
+    "ComparisonRow",
 ]

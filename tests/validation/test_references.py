@@ -32,6 +32,8 @@ def _schedules():
     for name, kw in (("VP", {}), ("Cosine", {}), ("SubVP", {}), ("VE", {}), ("EDM", {}), ("Linear", {})):
         if hasattr(S, name):
             out.append(getattr(S, name)(**kw))
+    if hasattr(S, "Discrete"):
+        out.append(S.Discrete.from_betas(torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)))
     return out
 
 
