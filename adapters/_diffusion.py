@@ -62,9 +62,9 @@ class _Pred:
         self.t = t
         self.x = x
         self.wd = dif.dtype or x.dtype  # working dtype of the schedule math
-        tb = t.to(self.wd).expand(B) if t.dim() == 0 else t.to(self.wd)
-        self.tb = tb
-        out = dif.net(x, sched.net_time(tb).to(x.dtype))
+        tb = t.to(device=x.device, dtype=self.wd)
+        self.tb = tb.expand(B) if t.dim() == 0 else tb
+        out = dif.net(x, sched.net_time(self.tb).to(x.dtype))
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x.shape):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise InputError(f"Diffusion: net(x, t) returned {got} for x of shape {tuple(x.shape)}; a "
@@ -72,7 +72,6 @@ class _Pred:
         self.o = out.to(self.wd)
         self.xw = x.to(self.wd)
         self._c = {}
-        self._checked = set()
 
     # coefficients, (B, 1, ..., 1), computed on demand
     def c(self, name: str) -> torch.Tensor:
