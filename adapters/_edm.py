@@ -120,7 +120,8 @@ def edm_sampler(
     Arguments:
         model: a :class:`~flowsde.adapters.Diffusion` (any schedule; ``r -> t`` by
             ``schedule.t_from_sigma_ratio``), or a k-diffusion denoiser ``model(x, sigma)``
-            (EDM sigma, scaled ``x``; optional ``sigma_min`` / ``sigma_max`` attributes).
+            (EDM sigma as a ``(B,)`` tensor, scaled ``x``; optional ``sigma_min`` /
+            ``sigma_max`` / ``round_sigma`` attributes, used as NVlabs/edm does).
         latents: ``(B, *event)`` standard normal draws (scaled by ``r_0`` here).
         num_steps, sigma_min, sigma_max, rho: the grid (EDM defaults: 18, 0.002, 80, 7).
         sigmas: instead, an explicit descending grid ending in 0 (k-diffusion convention);
@@ -148,6 +149,12 @@ def edm_sampler(
         sample for ``"euler"`` / ``"denoise"``), ``nfe``, ``n_steps``, ``t_final`` (schedule
         time; 0 for a data-space sample) and ``stats`` (``sigmas``, ``t``, the effective
         ``sigma_min`` / ``sigma_max``, ``gammas``, ``last_step``).
+
+    Raises:
+        flowsde.InputError: bad arguments (with the offending value), a grid outside the
+            model's range, a model output of the wrong shape.
+        flowsde.SolveError: the state became non-finite (``check_finite=True``), naming the
+            first step and its noise level.
     """
     D, lo, hi, den = _as_denoiser(model)
     if not isinstance(latents, torch.Tensor) or not latents.is_floating_point() or latents.dim() < 1:
@@ -174,8 +181,11 @@ def edm_sampler(
     gamma_max = min(S_churn / N, math.sqrt(2) - 1)
     dev = latents.device
 
+    B = latents.shape[0]
+
     def call(x, r):
-        r_t = torch.as_tensor(r, dtype=model_dtype, device=dev)
+        # sigma as a (B,) tensor: k-diffusion's `sigma * s_in`; NVlabs/edm nets reshape it anyway
+        r_t = torch.full((B,), r, dtype=model_dtype, device=dev)
         out = D(x.to(model_dtype), r_t)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x.shape):
             raise InputError(f"edm_sampler: the model returned {tuple(getattr(out, 'shape', ()))} for x of shape "
@@ -221,7 +231,6 @@ def edm_sampler(
         t_final = float(t_end)
     elif last_step == "stop":
         t_final = sig[N - 1]
-    B = latents.shape[0]
     status = torch.zeros(B, dtype=torch.int64, device=dev)
     if check_finite and sums:
         finite = torch.isfinite(torch.stack(sums))
