@@ -47,12 +47,13 @@ def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.reshape((-1,) + (1,) * (x.dim() - 1)) if v.dim() == 1 else v
 
 
-def log_snr_ode(ode: ODE, schedule) -> ODE:
+def log_snr_ode(ode: ODE, schedule, t_range: Tuple[float, float]) -> ODE:
     """The ODE ``dx/dt = u(t, x)`` rewritten in ``lambda = log(alpha^2/sigma^2)``:
-    ``dx/dlambda = u(t(lambda), x) / (dlambda/dt)``, ``dlambda/dt = 2 (alpha'/alpha - sigma'/sigma)``."""
+    ``dx/dlambda = u(t(lambda), x) / (dlambda/dt)``, ``dlambda/dt = 2 (alpha'/alpha - sigma'/sigma)``.
+    ``t(lambda)`` is clamped to ``t_range`` (the round trip ``t -> lambda -> t`` may round outside it)."""
 
     def drift(lam, x):
-        t = schedule.t_from_log_snr(lam)
+        t = schedule.t_from_log_snr(lam).clamp(min(t_range), max(t_range))
         dlam_dt = 2 * (schedule.d_alpha(t) / schedule.alpha(t) - schedule.d_sigma(t) / schedule.sigma(t))
         return ode.drift(t, x) / _bcast(dlam_dt, x)
 
@@ -147,7 +148,7 @@ def log_likelihood(
         if not bool(torch.isfinite(lam).all()):
             raise InputError(f"time='log_snr': log-SNR is {lam.tolist()} at (t_eps, t_max) = {(t_eps, T)} for "
                              f"{schedule!r}; use time='t' or an interior t_max.")
-        ode, span = log_snr_ode(pf, schedule), (float(lam[0]), float(lam[1]))
+        ode, span = log_snr_ode(pf, schedule, (t_eps, T)), (float(lam[0]), float(lam[1]))
     else:
         ode, span = pf, (t_eps, T)
     kw = dict(trace=trace, probes=probes, noise=noise, rtol=rtol, atol=atol, generator=generator,
