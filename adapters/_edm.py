@@ -19,7 +19,7 @@ import torch
 from flowsde import InputError, Solution, SolveError, Status, grids
 from flowsde._noise import make_noise
 
-from ._precond import Denoiser, _per_sample
+from ._precond import Denoiser
 
 __all__ = ["edm_sampler", "edm_heun", "LAST_STEPS"]
 
@@ -159,7 +159,8 @@ def edm_sampler(
     D, lo, hi, den = _as_denoiser(model)
     if not isinstance(latents, torch.Tensor) or not latents.is_floating_point() or latents.dim() < 1:
         raise InputError(f"edm_sampler: latents must be a floating tensor (B, *event), got "
-                         f"{type(latents).__name__} {getattr(latents, 'dtype', '')} {tuple(getattr(latents, 'shape', ()))}.")
+                         f"{type(latents).__name__} {getattr(latents, 'dtype', '')} "
+                         f"{tuple(getattr(latents, 'shape', ()))}.")
     if not bool(torch.isfinite(latents).all()):
         raise InputError("edm_sampler: latents contain NaN/Inf.")
     if last_step not in LAST_STEPS:

@@ -1,4 +1,4 @@
-"""Ecosystem bridges: diffusers (UNet2DModel + scheduler -> Diffusion over Discrete) and the
+"""Ecosystem bridges: the k-diffusion denoiser convention and EDM preconditioning, diffusers (UNet2DModel + scheduler -> Diffusion over Discrete) and the
 flow-matching convention (noise at s = 0, data at s = 1). Correctness against diffusers' own
 scheduler code and against closed forms of an exact Gaussian mixture."""
 
@@ -10,8 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowsde import InputError
-from flowsde.adapters import FlowMatchingSchedule, from_diffusers, from_flow_matching, to_flow_matching
-from flowsde.adapters.schedules import Discrete, Linear
+from flowsde.adapters import (
+    Diffusion,
+    EDMPrecond,
+    FlowMatchingSchedule,
+    VEPrecond,
+    VPPrecond,
+    from_denoiser,
+    from_diffusers,
+    from_flow_matching,
+    to_denoiser,
+    to_flow_matching,
+)
+from flowsde.adapters.schedules import EDM, VP, Discrete, Linear
 from flowsde.validation import GaussianMixture
 
 F64 = torch.float64
@@ -29,6 +40,116 @@ def _gen(seed):
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+# ============================================================================ k-diffusion / EDM conventions
+def edm_denoiser(gm):
+    """The exact denoiser D(x, sigma) = E[x0 | x0 + sigma eps = x] (EDM schedule: t = sigma)."""
+    return gm.oracle(EDM(), "x0")
+
+
+# float64 round-off scale (states/values O(10); measured differences <= 2e-15): ~100 ulps of margin
+RTOL64 = 1e-12
+
+
+def test_denoiser_view_equals_oracle_denoiser():
+    gm = mixture()
+    sched = VP()
+    den = to_denoiser(Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps"))
+    x = torch.randn(7, 2, dtype=F64, generator=_gen(10)) * 3
+    r = torch.tensor([0.01, 0.1, 0.5, 1.0, 5.0, 20.0, 80.0], dtype=F64)
+    torch.testing.assert_close(den(x, r), edm_denoiser(gm)(x, r), rtol=RTOL64, atol=RTOL64)
+    with pytest.raises(InputError, match="outside the schedule's range"):
+        den(x, torch.full((7,), 1e4, dtype=F64))
+
+
+def test_from_denoiser_is_x0_diffusion_under_edm():
+    gm = mixture()
+    d = from_denoiser(edm_denoiser(gm))
+    x = torch.randn(5, 2, dtype=F64, generator=_gen(11))
+    t = torch.tensor(0.7, dtype=F64)
+    torch.testing.assert_close(d.score(t, x), gm.score_t(EDM(), t, x), rtol=1e-12, atol=1e-12)
+    assert d.schedule.t_min == 0.002 and d.schedule.t_max == 80.0
+
+
+# ------------------------------------------------------------------ preconditioning
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(sigma=st.floats(1e-3, 200.0), sd=st.floats(0.1, 2.0))
+def test_edm_precond_table(sigma, sd):
+    p = EDMPrecond(lambda x, c: x, sigma_data=sd)
+    s = torch.tensor(sigma, dtype=F64)
+    c_skip, c_out, c_in, c_noise = p.coefficients(s)
+    # Karras et al. 2022, eqs. (7)-(8), Table 1
+    assert float(c_skip) == pytest.approx(sd ** 2 / (sigma ** 2 + sd ** 2), rel=1e-14)
+    assert float(c_out) == pytest.approx(sigma * sd / math.sqrt(sigma ** 2 + sd ** 2), rel=1e-14)
+    assert float(c_in) == pytest.approx(1 / math.sqrt(sigma ** 2 + sd ** 2), rel=1e-14)
+    assert float(c_noise) == pytest.approx(math.log(sigma) / 4, rel=1e-14, abs=1e-15)
+    # the design criteria: unit-variance input, unit-variance training target (EDM appendix B.6)
+    assert float(c_in ** 2 * (sd ** 2 + sigma ** 2)) == pytest.approx(1.0, rel=1e-14)
+    target_var = (sd ** 2 * (1 - c_skip) ** 2 + c_skip ** 2 * sigma ** 2) / c_out ** 2
+    assert float(target_var) == pytest.approx(1.0, rel=1e-12)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(sigma=st.floats(0.01, 150.0))
+def test_vp_ve_precond_tables(sigma):
+    s = torch.tensor(sigma, dtype=F64)
+    vp = VPPrecond(lambda x, c: x)
+    c_skip, c_out, c_in, c_noise = vp.coefficients(s)
+    t = (math.sqrt(0.1 ** 2 + 2 * 19.9 * math.log1p(sigma ** 2)) - 0.1) / 19.9
+    assert (float(c_skip), float(c_out)) == (1.0, -sigma)
+    assert float(c_in) == pytest.approx(1 / math.sqrt(sigma ** 2 + 1), rel=1e-14)
+    assert float(c_noise) == pytest.approx(999 * t, rel=1e-12)
+    # sigma^-1 inverts sigma(t) = sqrt(exp(beta_d t^2/2 + beta_min t) - 1); NVlabs/edm's exp() - 1
+    # (kept as published, not expm1) loses log10(1/sigma^2) digits: <= 1e-12 relative at sigma = 0.01
+    assert float(vp.sigma(torch.tensor(t, dtype=F64))) == pytest.approx(sigma, rel=1e-10)
+    ve = VEPrecond(lambda x, c: x)
+    c_skip, c_out, c_in, c_noise = ve.coefficients(s)
+    assert (float(c_skip), float(c_out), float(c_in)) == (1.0, sigma, 1.0)
+    assert float(c_noise) == pytest.approx(math.log(sigma / 2), rel=1e-14, abs=1e-15)
+
+
+def test_precond_ranges():
+    vp = VPPrecond(lambda x, c: x)
+    # exp() - 1 at an argument of 1e-6 (NVlabs/edm's formula) keeps ~10 digits; the reference uses expm1
+    assert vp.sigma_min == pytest.approx(math.sqrt(math.expm1(0.5 * 19.9 * 1e-10 + 0.1 * 1e-5)), rel=1e-9)
+    assert vp.sigma_max == pytest.approx(math.sqrt(math.expm1(0.5 * 19.9 + 0.1)), rel=1e-12)
+    assert (VEPrecond(lambda x, c: x).sigma_min, VEPrecond(lambda x, c: x).sigma_max) == (0.02, 100.0)
+
+
+def _exact_F(precond, D):
+    """The F for which precond(F) = D: invert c_noise and c_in, then F = (D - c_skip x) / c_out."""
+
+    def F(x_in, c_noise):
+        sigma = precond.sigma_from_noise(c_noise)
+        c_skip, c_out, c_in, _ = precond.coefficients(sigma)
+        x = x_in / c_in[:, None]
+        return (D(x, sigma) - c_skip[:, None] * x) / c_out[:, None]
+
+    return F
+
+
+@pytest.mark.parametrize("cls", [EDMPrecond, VPPrecond, VEPrecond])
+def test_precond_of_exact_F_is_exact(cls):
+    gm = mixture()
+    D = edm_denoiser(gm)
+    p = cls(lambda x, c: x)
+    p = cls(_exact_F(p, D))
+    x = torch.randn(6, 2, dtype=F64, generator=_gen(12)) * 4
+    sigma = torch.tensor([0.03, 0.2, 1.0, 3.0, 10.0, 60.0], dtype=F64)
+    # round-off only: c_noise inversions (exp/log1p/sqrt, a few ulps in sigma) times dD/dsigma
+    # (measured <= 2e-15)
+    torch.testing.assert_close(p(x, sigma), D(x, sigma), rtol=RTOL64, atol=RTOL64)
+
+
+def test_precond_as_diffusion():
+    gm = mixture()
+    p = EDMPrecond(lambda x, c: x)
+    p = EDMPrecond(_exact_F(p, edm_denoiser(gm)))
+    d = p.diffusion()
+    x = torch.randn(3, 2, dtype=F64, generator=_gen(15))
+    t = torch.tensor(1.3, dtype=F64)
+    torch.testing.assert_close(d.score(t, x), gm.score_t(EDM(), t, x), rtol=RTOL64, atol=RTOL64)
 
 
 # ============================================================================ diffusers
