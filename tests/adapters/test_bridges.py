@@ -273,6 +273,63 @@ def test_diffusers_bad_input():
         from_diffusers(None, {"num_train_timesteps": 10})
 
 
+class _KDiscrete:
+    """k-diffusion 0.1.1.post1 external.py `DiscreteSchedule.sigma_to_t` (quantize=False) and the
+    forward passes of `DiscreteEpsDDPMDenoiser` / `DiscreteVDDPMDenoiser` (sigma_data = 1),
+    re-derived in float64 (k-diffusion's package __init__ is too heavy to import in tests)."""
+
+    def __init__(self, model, alphas_cumprod, v):
+        self.model, self.v = model, v
+        self.log_sigmas = (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).log()
+
+    def sigma_to_t(self, sigma):
+        log_sigma = sigma.log()
+        dists = log_sigma - self.log_sigmas[:, None]
+        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
+        high_idx = low_idx + 1
+        low, high = self.log_sigmas[low_idx], self.log_sigmas[high_idx]
+        w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+        return ((1 - w) * low_idx + w * high_idx).view(sigma.shape)
+
+    def __call__(self, x, sigma):
+        s = sigma[:, None]
+        c_in = 1 / (s ** 2 + 1) ** 0.5
+        out = self.model(x * c_in, self.sigma_to_t(sigma))
+        if self.v:
+            return out * (-s / (s ** 2 + 1) ** 0.5) + x / (s ** 2 + 1)
+        return x + out * (-s)
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction"])
+def test_discrete_denoiser_matches_kdiffusion_external(ptype):
+    """A DDPM-style model through from_diffusers -> Discrete -> to_denoiser is k-diffusion's
+    Discrete{Eps,V}DDPMDenoiser: both interpolate log sigma (= -log-SNR/2) linearly in the index."""
+    N = 1000
+    ac = torch.cumprod(1 - torch.linspace(1e-4, 0.02, N, dtype=F64), 0)
+
+    def net(x, idx):  # smooth, index-dependent stand-in for a UNet
+        return torch.tanh(x) * torch.cos(idx / 300)[:, None] + 0.1 * x * (idx / N)[:, None]
+
+    class Sched:  # a duck-typed diffusers scheduler: no diffusers needed
+        alphas_cumprod = ac
+        config = {"prediction_type": ptype}
+
+    ours = to_denoiser(from_diffusers(net, Sched()))
+    ref = _KDiscrete(net, ac, v=ptype == "v_prediction")
+    table = (((1 - ac) / ac) ** 0.5)
+    sigma = torch.cat([table[[0, 1, 10, 500, 998, 999]],
+                       torch.tensor([0.0173, 0.3, 1.0, 7.5, 80.0], dtype=F64)])
+    x = 3 * torch.randn(sigma.shape[0], 2, dtype=F64, generator=_gen(30))
+    assert ours.sigma_min == pytest.approx(float(table[0]), rel=1e-12)
+    assert ours.sigma_max == pytest.approx(float(table[-1]), rel=1e-12)
+    # the fractional index: Discrete's label N t - 1 at t = t_from_sigma_ratio(sigma)
+    idx = N * ours.time(sigma) - 1
+    # index O(1000), ulp 1.1e-13 (measured 1.1e-13): 100 ulps
+    torch.testing.assert_close(idx, ref.sigma_to_t(sigma), rtol=0, atol=1e-11)
+    # values O(10) (x ~ 3, sigma up to 157 times an O(1) eps): RTOL64 on both
+    torch.testing.assert_close(ours(x, sigma), ref(x, sigma), rtol=RTOL64, atol=RTOL64)
+
+
 # ============================================================================ flow matching
 class CosineFM:
     """flow_matching's CosineScheduler written out: alpha_s = sin(pi s/2), sigma_s = cos(pi s/2)."""
