@@ -3,8 +3,11 @@ on any schedule.
 
 Everything runs in EDM's scaled variable: ``x~ = x_t / alpha(t)`` at noise level
 ``r = sigma(t) / alpha(t)``, where the probability-flow ODE is
-``dx~/dr = (x~ - D(x~, r)) / r`` whatever the schedule (NVlabs/edm
-``ablation_sampler`` with ``scaling="vp"``). The denoiser ``D`` comes from
+``dx~/dr = (x~ - D(x~, r)) / r`` whatever the schedule (Karras et al. 2022, eq. 4
+and appendix D.1: the ODE of any (s, sigma) pair is this one after the change of
+variables). The steps are EDM's, in ``r``; NVlabs/edm's ``ablation_sampler`` instead
+steps the same ODE in its own time ``t``, so its VP/VE runs differ by discretization.
+The denoiser ``D`` comes from
 :class:`~flowsde.adapters.Denoiser` (``r -> t`` by ``schedule.t_from_sigma_ratio``),
 or is any k-diffusion style ``model(x, sigma)``.
 """

@@ -64,7 +64,7 @@ class Denoiser:
     """Any :class:`~flowsde.adapters.Diffusion` seen as a k-diffusion / EDM denoiser ``D(x, sigma)``.
 
     With the schedule's ``alpha``, ``sigma`` and ``r = sigma(t) / alpha(t)``
-    (EDM's sigma; NVlabs/edm ``ablation_sampler`` does this for VP and VE):
+    (EDM's sigma; the map NVlabs/edm's ``ablation_sampler`` uses for VP and VE, ``D(x/s; sigma)``):
 
         t = schedule.t_from_sigma_ratio(r),
         D(x, r) = diffusion.x0(t, alpha(t) x),
