@@ -220,6 +220,8 @@ class EDMPrecond(Precond):
         super().__init__(F)
         if not (math.isfinite(sigma_data) and sigma_data > 0):
             raise InputError(f"EDMPrecond: sigma_data must be finite and > 0, got {sigma_data!r}.")
+        if not (0 <= sigma_min < sigma_max):
+            raise InputError(f"EDMPrecond: need 0 <= sigma_min < sigma_max, got {sigma_min!r} and {sigma_max!r}.")
         self.sigma_data = float(sigma_data)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 

@@ -398,6 +398,8 @@ def test_cond_ot_conversions(t, seed):
     torch.testing.assert_close(d.x0(tt, x), x + (1 - s) * u_s, **tol)
     torch.testing.assert_close(d.eps(tt, x), x - s * u_s, **tol)
     torch.testing.assert_close(d.velocity(tt, x), -u_s, **tol)
+    # the FM-convention velocity is the sign-flipped, time-reversed exact mixture velocity oracle
+    torch.testing.assert_close(gm.oracle(Linear(), "velocity")(x, tt.expand(5)), -u_s, **tol)
     torch.testing.assert_close(d.score(tt, x), gm.score_t(Linear(), tt, x), **tol)
     torch.testing.assert_close(d.pf_ode().drift(tt, x), -u_s, **tol)
     torch.testing.assert_close(to_flow_matching(d)(x, torch.tensor(s, dtype=F64)), u_s, **tol)
