@@ -152,6 +152,24 @@ def test_precond_as_diffusion():
     torch.testing.assert_close(d.score(t, x), gm.score_t(EDM(), t, x), rtol=RTOL64, atol=RTOL64)
 
 
+def test_convention_bad_input():
+    x = torch.zeros(3, 2, dtype=F64)
+    with pytest.raises(InputError, match="callable"):
+        EDMPrecond(None)
+    with pytest.raises(InputError, match="sigma has shape"):
+        EDMPrecond(lambda y, c: y)(x, torch.ones(2, dtype=F64))
+    with pytest.raises(InputError, match="returned shape"):
+        EDMPrecond(lambda y, c: y[:, :1])(x, 1.0)
+    with pytest.raises(InputError, match="sigma_data"):
+        EDMPrecond(lambda y, c: y, sigma_data=0.0)
+    with pytest.raises(InputError, match="sigma_min < sigma_max"):
+        VEPrecond(lambda y, c: y, sigma_min=5.0, sigma_max=1.0)
+    with pytest.raises(InputError, match="Diffusion"):
+        to_denoiser(lambda y, s: y)
+    with pytest.raises(InputError, match="sigma_min < sigma_max"):
+        from_denoiser(lambda y, s: y, sigma_min=1.0, sigma_max=0.5)
+
+
 # ============================================================================ diffusers
 def _diffusers():
     return pytest.importorskip(
