@@ -10,7 +10,8 @@ install:
 demo: install
 	$(PYTHON) -m flowsde demo
 
-test: install
+test:
+	@$(PYTHON) scripts/install.py --torch-version $(TORCH_VERSION) --anchors
 	$(PYTHON) -m pytest -q -p no:cacheprovider
 
 test-fast: install

@@ -7,7 +7,11 @@
   takes; pinning the version keeps pip from resolving an unpinned ``torch`` to
   a multi-gigabyte CUDA build of a newer release.
 
-Then ``pip install -e .[test,plots,data]``.
+Then ``pip install -e .[test,plots,data,weights,diffusers]`` (diffusers is an
+optional integration; installing it does not touch torch). With
+``--anchors``, also k-diffusion's wheel without its (heavy) dependencies: the
+test suite loads only its ``sampling.py`` to compare samplers with the real
+thing.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def pip(*args: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--torch-version", default="2.13.0")
+    ap.add_argument("--anchors", action="store_true", help="also install reference implementations for tests")
     args = ap.parse_args()
     if importlib.util.find_spec("torch") is None:
         pip(f"torch=={args.torch_version}")
@@ -35,7 +40,9 @@ def main() -> None:
 
         print(f"torch {torch.__version__} already installed; keeping it.", flush=True)
     # torch is satisfied now, so the editable install cannot replace it.
-    pip("-e", ".[test,plots,data,weights]")
+    pip("-e", ".[test,plots,data,weights,diffusers]")
+    if args.anchors and importlib.util.find_spec("k_diffusion") is None:
+        pip("--no-deps", "k-diffusion==0.1.1.post1")
 
 
 if __name__ == "__main__":
