@@ -221,7 +221,7 @@ def assert_fokker_planck(problem: ODE, log_prob: Callable, t, x: torch.Tensor, *
             else torch.as_tensor(t)
         n_bad = int((~(res <= tol)).sum())
         tsign = -1.0 if direction == "reverse" else 1.0
-        terms = ", ".join(f"{k}={float(v[i]) * tsign:.6g}" for k, v in ft.terms.items())
+        terms = ", ".join(f"{k}={float(v[i]) * tsign + 0.0:.6g}" for k, v in ft.terms.items())
         raise AssertionError(
             f"Fokker-Planck residual {worst:.3g} > tol {tol:g} at {n_bad}/{res.numel()} points "
             f"({direction} time). Worst point: index {i}, t={float(tb[i]):.6g}, x={x[i].reshape(-1).tolist()}; "
