@@ -67,11 +67,14 @@ def _gbm(mu=0.5, s=0.8):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, order", [("euler_maruyama", 0.5), ("milstein", 1.0)])
-def test_strong_order_on_gbm(method, order):
-    """Geometric Brownian motion (x-dependent diffusion): EM strong 0.5, Milstein strong 1."""
-    x0 = torch.ones(64, 2, dtype=F64)
-    res = convergence_order(_gbm(), x0, 0.0, 1.0, method=method, kind="strong", levels=range(3, 8), ref_level=10)
+@pytest.mark.parametrize("method, order, levels, ref, n", [("euler_maruyama", 0.5, range(3, 8), 10, 64),
+                                                          ("milstein", 1.0, range(3, 8), 10, 64),
+                                                          ("srk", 1.5, range(2, 7), 9, 32)])
+def test_strong_order_on_gbm(method, order, levels, ref, n):
+    """Geometric Brownian motion (x-dependent diagonal noise): EM strong 0.5, Milstein 1, SRK 1.5
+    (Roessler 2010, torchsde's srk; space-time Levy area from the shared path)."""
+    x0 = torch.ones(n, 2, dtype=F64)
+    res = convergence_order(_gbm(), x0, 0.0, 1.0, method=method, kind="strong", levels=levels, ref_level=ref)
     _assert_order(res, order)
 
 
