@@ -181,3 +181,16 @@ def test_simulated_wrong_member_is_rejected():
     sde = _controls(sched, MIX)["wrong_sign"]
     x = _simulate(sde, MIX, sched, 0.7, 0.2, 3000, 300, seed=11)
     assert not check_marginals(x, MIX.marginal(sched, 0.2), alpha=0.01, seed=1).passed
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(data=st.data(), sched=strategies.schedules(), dm=strategies.dirac_mixtures(dim=st.integers(1, 2)),
+       seed=st.integers(0, 10_000))
+def test_family_on_a_finite_data_set(data, sched, dm, seed):
+    """The finite-data case (EDM's ideal denoiser as the x0 network): same residual bound at sigma > 0."""
+    beta = data.draw(strategies.beta_functions(t_max=float(sched.t_max)), label="beta")
+    dif = Diffusion(dm.denoiser(sched), sched, prediction="x0")
+    t, x = _points(dm, sched, seed)
+    lp = _lp(dm, sched)
+    assert_fokker_planck(dif.forward_sde(beta), lp, t, x, tol=TOL)
+    assert_fokker_planck(dif.reverse_sde(beta), lp, t, x, tol=TOL, direction="reverse")
