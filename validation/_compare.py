@@ -215,7 +215,7 @@ def compare_solvers(
                 x, nfe = sol.x, sol.nfe
             elif method == "pc":
                 sol = flowsde.solve(diffusion.reverse_sde(1.0), xT, ts,
-                                    method=flowsde.PC(step_rule="score_sde" if data.dim < 30 else "per_sample"),
+                                    method=flowsde.PC(),
                                     generator=g)
                 x, nfe = sol.x, sol.nfe
             else:  # edm_churn

@@ -67,7 +67,7 @@ def test_same_seed_same_result(method):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("method", ["euler_maruyama", flowsde.PC(n_corrector=2)])
+@pytest.mark.parametrize("method", ["euler_maruyama", flowsde.PC(n_corrector=2, step_rule="per_sample")])
 def test_result_does_not_depend_on_batch_split(method):
     sde = flowsde.SDE(lambda t, x: -x ** 3, lambda t, x: torch.full((), 0.7, dtype=x.dtype), score=lambda t, x: -x)
     x0 = torch.randn(6, 2, 3, dtype=F64)
@@ -212,3 +212,11 @@ def test_float32_and_time_as_batch_tensor():
     sol = flowsde.solve(flowsde.ODE(drift), x0, grids.uniform(0, 1, 200), method="heun")
     assert sol.x.dtype == torch.float32
     assert torch.allclose(sol.x, torch.full_like(x0, math.exp(-0.5)), atol=1e-5)
+
+
+def test_pc_auto_step_rule_depends_on_dimension():
+    from flowsde._solvers.pc import resolve_step_rule
+
+    assert resolve_step_rule("auto", torch.zeros(3, 2)) == "score_sde"
+    assert resolve_step_rule("auto", torch.zeros(3, 1, 8, 8)) == "per_sample"
+    assert resolve_step_rule("score_sde", torch.zeros(3, 1, 8, 8)) == "score_sde"
