@@ -74,8 +74,9 @@ _B = _A[6] + (0.0,)
 _B_STAR = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
 _E = tuple(b - bs for b, bs in zip(_B, _B_STAR))
 
-#: default per-sample mode (measured in benchmarks/bench_likelihood.py, docs/benchmarks.md)
-DEFAULT_PER_SAMPLE = True
+#: default error-control mode: batch-shared steps, measured more accurate per NFE (and cheaper per
+#: step) than per-sample steps on benchmarks/bench_likelihood.py (docs/benchmarks.md)
+DEFAULT_PER_SAMPLE = False
 
 State = Tuple[torch.Tensor, ...]
 
