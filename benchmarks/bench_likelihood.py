@@ -17,7 +17,8 @@ Methods (float64, rtol = atol = 1e-5 unless swept):
 * score_sde's recipe (yang-song/score_sde ``likelihood.py``: ``scipy.integrate.solve_ivp(method="RK45")``
   on the flattened ``(B (D + 1),)`` numpy state, a host round trip per evaluation), exact trace.
 
-Run: ``python benchmarks/bench_likelihood.py`` (``--quick`` for a smoke run).
+Run: ``python benchmarks/bench_likelihood.py`` (~2-3 min on 2 cores; ``--quick`` for a smoke run;
+``--repeats 3 --sweep 1e-3 1e-4 1e-6`` for the figures in ``docs/benchmarks.md``, ~4.5 min).
 """
 
 from __future__ import annotations
@@ -184,9 +185,9 @@ def main(argv=None):
     ap.add_argument("--dims", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--tol", type=float, default=1e-5)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: least sensitive to load)")
-    ap.add_argument("--sweep", type=float, nargs="*", default=[1e-3, 1e-4, 1e-6],
+    ap.add_argument("--sweep", type=float, nargs="*", default=[1e-3, 1e-4],
                     help="extra tolerances for the per-sample vs batch vs torchdiffeq error/NFE sweep")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
