@@ -255,7 +255,8 @@ def main(argv=None):
             res.append((name, float(err.max()), float(err.mean()), nfe, wall))
         ref = next(r for r in res if r[0].startswith("torchdiffeq"))
         print(f"### d = {d}\n")
-        print("| method | max abs err (nats) | mean abs err | NFE | wall (s) | NFE / torchdiffeq | wall / torchdiffeq |")
+        print("| method | max abs err (nats) | mean abs err | NFE | wall (s) | NFE / torchdiffeq "
+              "| wall / torchdiffeq |")
         print("|---|---|---|---|---|---|---|")
         for name, emax, emean, nfe, wall in res:
             print(f"| {name} | {emax:.2e} | {emean:.2e} | {nfe} | {wall:.3f} | {nfe / ref[3]:.2f} | "

@@ -170,3 +170,30 @@ def test_method_names_and_attributes():
     with pytest.raises(InputError):
         flowsde.solve(flowsde.SDE(lambda t, x: x, lambda t, x: torch.ones_like(x)), torch.zeros(1, 1),
                       torch.tensor([0.0, 1.0]), method="rk45")
+
+
+def test_at_most_one_host_sync_per_step(monkeypatch):
+    # Count every tensor -> Python conversion (the host syncs on an accelerator) inside the
+    # integrator: 2 at the start (float(ts[0]), float(ts[-1])), then one per step.
+    from flowsde._solvers import rk45 as mod
+
+    count = [0]
+    for name in ("__bool__", "item", "tolist", "__float__", "__int__"):
+        orig = getattr(torch.Tensor, name)
+
+        def wrapped(self, *a, _orig=orig, **k):
+            count[0] += 1
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+    out = mod.dopri5(lambda t, y: (-y[0],), (torch.ones(3, 2, dtype=torch.float64),),
+                     torch.tensor([0.0, 2.0], dtype=torch.float64), rtol=1e-6, atol=1e-6, per_sample=True,
+                     max_steps=1000)
+    monkeypatch.undo()
+    assert out["n_iter"] > 5
+    assert count[0] == out["n_iter"] + 2, (count[0], out["n_iter"])
+
+
+def test_progress_bar_runs():
+    sol = flowsde.solve(_linear(A2), torch.randn(2, 2, dtype=torch.float64), torch.tensor([0.0, 1.0]),
+                        method="rk45", progress=True)
+    assert sol.success
