@@ -126,7 +126,8 @@ def test_per_sample_steps_differ_and_batch_mode_shares_them():
         assert ((s.x - exact).abs() / (1e-8 + 1e-8 * exact)).max() < 100  # 100 x the local tolerance
 
 
-def test_nan_in_one_sample_is_isolated():
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_nan_in_one_sample_is_isolated(per_sample):
     def f(t, x):
         bad = (t > 0.5) if t.dim() == 0 else (t > 0.5).reshape(-1, 1)
         out = -x
@@ -136,20 +137,22 @@ def test_nan_in_one_sample_is_isolated():
 
     ode = flowsde.ODE(f)
     x0 = torch.ones(3, 2, dtype=torch.float64)
-    sol = flowsde.solve(ode, x0, torch.tensor([0.0, 1.0]), method=RK45(throw=False))
+    sol = flowsde.solve(ode, x0, torch.tensor([0.0, 1.0]), method=RK45(throw=False, per_sample=per_sample))
     assert sol.status.tolist() == [Status.SUCCESS, Status.NON_FINITE, Status.SUCCESS]
     assert float(sol.t_final[1]) <= 0.5 + 1e-12 and float(sol.t_final[1]) > 0.0
     assert torch.isfinite(sol.x).all()  # frozen at its last finite state
     assert (sol.x[[0, 2]] - math.exp(-1.0)).abs().max() < 1e-3
     with pytest.raises(SolveError, match=r"sample 1 .*NaN/Inf.*step \d+, t = 0\.") as e:
-        flowsde.solve(ode, x0, torch.tensor([0.0, 1.0]), method="rk45")
+        flowsde.solve(ode, x0, torch.tensor([0.0, 1.0]), method=RK45(per_sample=per_sample))
     assert e.value.t is not None and e.value.step is not None
 
 
-def test_max_steps_partial_result_and_error():
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_max_steps_partial_result_and_error(per_sample):
     ode = _linear(A2)
     x0 = torch.randn(2, 2, dtype=torch.float64)
-    sol = flowsde.solve(ode, x0, torch.tensor([0.0, 10.0]), method=RK45(1e-9, 1e-9, max_steps=5, throw=False))
+    sol = flowsde.solve(ode, x0, torch.tensor([0.0, 10.0]),
+                        method=RK45(1e-9, 1e-9, max_steps=5, throw=False, per_sample=per_sample))
     assert (sol.status == Status.MAX_STEPS).all()
     assert (sol.t_final > 0).all() and (sol.t_final < 10).all()
     with pytest.raises(SolveError, match=r"max_steps = 5 at t = .* with step size"):
