@@ -221,7 +221,8 @@ def dopri5(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=span, desc=desc, leave=False)
+        bar = tqdm(total=span, desc=desc, leave=False,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| |t - t0| = {n:.4g}/{total:.4g} [{elapsed}<{remaining}]")
         done_so_far = 0.0
     n_iter = 0
     while True:
