@@ -74,7 +74,9 @@ class CheckedProblem:
         self.check_finite = check_finite
         self.step = 0
         self.nfe = 0
-        self._records: list = []  # (name, step, t, sum)
+        self._records: list = []  # (name, step, t, is_scalar, index into its list)
+        self._sums: list = []  # float64 0-dim sums of the non-scalar outputs
+        self._scalars: list = []  # one-element outputs, as 0-dim views (dtype of x)
 
     def _check(self, name, t, out, allow_broadcast=False):
         if not isinstance(out, torch.Tensor):
@@ -95,7 +97,12 @@ class CheckedProblem:
             )
         if self.check_finite:
             # A one-element output (a scalar diffusion) is kept as it is: no kernel launched.
-            self._records.append((name, self.step, t, out if out.numel() == 1 else out.sum(dtype=torch.float64)))
+            if out.numel() == 1:
+                self._records.append((name, self.step, t, True, len(self._scalars)))
+                self._scalars.append(out.reshape(()))
+            else:
+                self._records.append((name, self.step, t, False, len(self._sums)))
+                self._sums.append(out.sum(dtype=torch.float64))
         return out
 
     def drift(self, t, x):
@@ -116,22 +123,27 @@ class CheckedProblem:
         """One host sync: raise :class:`SolveError` naming the first non-finite output."""
         if not self._records:
             return
-        sums = torch.stack([r[3].reshape(()).to(torch.float64) for r in self._records])
-        finite = torch.isfinite(sums)
+        flags, sums, scalars = [], None, None
+        if self._sums:
+            sums = torch.isfinite(torch.stack(self._sums))
+            flags.append(sums.all())
+        if self._scalars:
+            scalars = torch.isfinite(torch.stack(self._scalars))
+            flags.append(scalars.all())
         if x is not None:
-            x_ok = torch.isfinite(x).all()
-            ok = bool(finite.all()) and bool(x_ok)
-        else:
-            ok = bool(finite.all())
-        if ok:
+            flags.append(torch.isfinite(x).all())
+        if bool(torch.stack(flags).all()):  # the solve's one host sync
             self._records.clear()
+            self._sums.clear()
+            self._scalars.clear()
             return
+        finite = torch.tensor([bool((scalars if sc else sums)[j]) for (_, _, _, sc, j) in self._records])
         if bool(finite.all()):
             raise SolveError(
                 "the state became non-finite (overflow) although every function output was finite; "
                 "use float64 or smaller steps.", step=self.step)
         i = int((~finite).nonzero()[0])
-        name, step, t, _ = self._records[i]
+        name, step, t, _, _ = self._records[i]
         tf = _fmt_t(t)
         raise SolveError(
             f"{name} returned NaN/Inf at step {step} (t = {tf}). Check the model/function near that time "
