@@ -99,7 +99,7 @@ def main(argv=None) -> int:
 
     d = sub.add_parser("demo", help="the main job on the built-in default model (a quick comparison)")
     _common(d)
-    d.set_defaults(n=1000, budgets=[10, 20, 40, 80], methods=None, likelihood_tols=[1e-3, 1e-5], grid="edm",
+    d.set_defaults(n=4000, budgets=[10, 20, 40, 80], methods=None, likelihood_tols=[1e-3, 1e-5], grid="edm",
                    plot=None, csv=None, func=cmd_compare)
 
     c = sub.add_parser("compare", help="compare solvers NFE for NFE against exact answers")
