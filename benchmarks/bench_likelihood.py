@@ -18,7 +18,8 @@ Methods (float64, rtol = atol = 1e-5 unless swept):
   on the flattened ``(B (D + 1),)`` numpy state, a host round trip per evaluation), exact trace.
 
 Run: ``python benchmarks/bench_likelihood.py`` (~2-3 min on 2 cores; ``--quick`` for a smoke run;
-``--repeats 3 --sweep 1e-3 1e-4 1e-6`` for the figures in ``docs/benchmarks.md``, ~4.5 min).
+``--repeats 3 --sweep 1e-3 1e-4 1e-6`` for the figures in ``docs/benchmarks.md``, ~4.5 min;
+``--frontier`` for the equal-accuracy NFE comparison, ~5 min).
 """
 
 from __future__ import annotations
@@ -180,6 +181,46 @@ def time_variable_table():
             print(f"| {type(sched).__name__} | {d} | " + " | ".join(cells) + " |")
 
 
+def equal_accuracy(curve, e_ref):
+    """NFE flowsde needs for a max error <= ``e_ref``, from a tolerance sweep ``[(err, nfe), ...]``.
+
+    ``best``: the fewest NFE of any swept tolerance reaching it (a lucky tolerance counts);
+    ``reliable``: the fewest NFE from which on every swept point with as many or more NFE
+    reaches it (the error of an adaptive solve is not monotone in the tolerance). ``None``
+    when no point reaches it."""
+    ok = [n for e, n in curve if e <= e_ref]
+    best = min(ok) if ok else None
+    bad = [n for e, n in curve if e > e_ref]
+    above = [n for n in ok if not bad or n > max(bad)]
+    return best, (min(above) if above else None)
+
+
+def frontier(dims, lo=1.0, hi=6.0, step=0.25):
+    """flowsde (batch, the default) at rtol = atol = 10^-lo .. 10^-hi vs torchdiffeq at 1e-3 .. 1e-6:
+    the NFE flowsde needs to reach torchdiffeq's accuracy (the issue's target: <= 0.8x)."""
+    n = int(round((hi - lo) / step))
+    tols = [10 ** -(lo + i * step) for i in range(n + 1)]
+    for d in dims:
+        p = make_problem(d)
+        curve = []
+        for s in tols:
+            logp, nfe = run_flowsde(p, s, s, False)
+            curve.append((float((logp - p["exact"]).abs().max()), nfe))
+        print(f"### d = {d}: flowsde batch, rtol = atol = 10^-{lo:g} .. 10^-{hi:g} (step 10^-{step:g}), "
+              "max abs err / NFE\n")
+        print(" ".join(f"{e:.1e}/{nf}" for e, nf in curve) + "\n")
+        print("| torchdiffeq rtol = atol | torchdiffeq err / NFE | flowsde NFE for <= that err, best (ratio) "
+              "| reliable (ratio) |")
+        print("|---|---|---|---|")
+        for s in (1e-3, 1e-4, 1e-5, 1e-6):
+            logp, nfe = run_torchdiffeq(p, s, s)
+            e = float((logp - p["exact"]).abs().max())
+            best, rel = equal_accuracy(curve, e)
+            cell = lambda v: "not reached" if v is None else f"{v} ({v / nfe:.2f}x)"
+            print(f"| {s:g} | {e:.1e} / {nfe} | {cell(best)} | {cell(rel)} |")
+        print()
+
+
 def timed(fn, repeats):
     best, out = float("inf"), None
     for _ in range(repeats):
@@ -217,7 +258,15 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--time-variable", action="store_true",
                     help="only the t vs log-SNR table of docs/likelihood.md (mixture tests, rtol = atol = 1e-5)")
+    ap.add_argument("--frontier", action="store_true",
+                    help="only the equal-accuracy comparison: flowsde swept over rtol = atol = 1e-1 .. 1e-6 "
+                         "(quarter decades) vs torchdiffeq at 1e-3 .. 1e-6")
     a = ap.parse_args(argv)
+    if a.frontier:
+        torch.set_num_threads(a.threads)
+        print(f"machine: {machine()}\n")
+        frontier(a.dims)
+        return
     if a.time_variable:
         time_variable_table()
         return
