@@ -187,7 +187,7 @@ class Precond:
 
     def coefficients(self, sigma: torch.Tensor):
         """``(c_skip, c_out, c_in, c_noise)``, each the shape of ``sigma``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement coefficients(sigma).")
 
     def round_sigma(self, sigma):
         """Identity (continuous nets), as NVlabs/edm."""

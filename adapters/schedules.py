@@ -86,19 +86,19 @@ class Schedule:
 
     # -- to implement ----------------------------------------------------------------
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement alpha(t).")
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement sigma(t).")
 
     def d_alpha(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement d_alpha(t).")
 
     def d_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement d_sigma(t).")
 
     def t_from_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement t_from_log_snr(lam).")
 
     # -- derived ---------------------------------------------------------------------
     def f(self, t: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
+from ._checks import check_x0
 from ._errors import InputError
 from ._solution import Status
 
@@ -95,18 +96,10 @@ class LikelihoodResult:
 
 
 def _check_data(x, name="x") -> None:
-    if not isinstance(x, torch.Tensor):
-        raise InputError(f"{name}: expected a torch.Tensor (B, *event_shape), got {type(x).__name__}.")
-    if not x.is_floating_point():
-        raise InputError(f"{name}: dtype {x.dtype} is not floating point; convert the data to float32/float64 "
-                         "(scaled as the model expects).")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise InputError(f"{name}: expected a batch-first tensor (B, *event_shape) with B >= 1 and an event "
-                         f"dimension, got shape {tuple(x.shape)}.")
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = (~finite).reshape(x.shape[0], -1).any(1).nonzero().flatten().tolist()
-        raise InputError(f"{name}: contains NaN/Inf in samples {bad[:10]}{' ...' if len(bad) > 10 else ''}.")
+    check_x0(x, name)  # tensor, floating, batch-first, finite (the solver's own checks)
+    if x.dim() < 2:
+        raise InputError(f"{name}: expected a batch-first tensor (B, *event_shape) with an event dimension, got "
+                         f"shape {tuple(x.shape)}; add one, e.g. x[:, None].")
 
 
 def _check_tols(rtol, atol) -> None:

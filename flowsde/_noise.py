@@ -99,7 +99,7 @@ class _Noise:
     """Internal protocol: ``randn_like(x)`` and ``dW(t0, t1, sqrt_abs_dt, x)``."""
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement randn_like(x).")
 
     def dW(self, t0: torch.Tensor, t1: torch.Tensor, sqrt_abs_dt: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return sqrt_abs_dt * self.randn_like(x)

@@ -49,7 +49,7 @@ class Solver:
             )
 
     def step(self, problem, t0, t1, x, noise, last: bool):  # pragma: no cover - interface
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement step(problem, t0, t1, x, noise, last).")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
