@@ -34,6 +34,7 @@ __all__ = ["GaussianResidualMLP", "KINDS"]
 
 KINDS = ("eps-vp", "velocity-fm")
 LOG_SNR_CLAMP = 30.0
+GATE_LOG_SNR = -4.0
 
 
 class GaussianResidualMLP(nn.Module):
@@ -47,6 +48,15 @@ class GaussianResidualMLP(nn.Module):
         n_freq: number of Fourier frequencies of the log-SNR features (``2 n_freq`` features).
         beta_min, beta_max: the VP schedule (``"eps-vp"`` only).
         dropout: dropout rate on each residual branch (training only; ``eval()`` turns it off).
+        inputs: ``"z"`` (whitened state, default) or ``"x"`` (the state as given) into the MLP.
+        skip: add the Gaussian's exact prediction to the MLP's output (default True).
+        bound: if > 0, the MLP's output is ``bound * tanh(F / bound)``: bounded, so that far from the
+            data the network stays the Gaussian model (an unbounded residual sent atypical test digits
+            to ``|z| ~ 300`` under the PF-ODE, measured).
+        gate: multiply the residual by ``sigmoid(lambda + 4)``: at low SNR the exact prediction's
+            departure from the Gaussian's vanishes like ``e^lambda``; without the gate an atypical
+            test digit was driven from ``|x| = 15`` at ``lambda = -5`` to ``|x| = 319`` at ``lambda = -10``
+            along the PF-ODE (measured), i.e. a likelihood of ~1000 bits/dim.
 
     Buffers ``mean`` ``(D,)``, ``basis`` ``(D, D)`` (orthonormal columns) and ``var`` ``(D,)``
     (eigenvalues, > 0) hold the Gaussian; :meth:`set_gaussian` sets them.
@@ -54,7 +64,7 @@ class GaussianResidualMLP(nn.Module):
 
     def __init__(self, dim: int, *, kind: str, width: int = 256, depth: int = 3, n_freq: int = 16,
                  beta_min: float = 0.1, beta_max: float = 20.0, dropout: float = 0.0, inputs: str = "z",
-                 skip: bool = True):
+                 skip: bool = True, bound: float = 0.0, gate: bool = False):
         super().__init__()
         if kind not in KINDS:
             raise InputError(f"GaussianResidualMLP(kind={kind!r}): choose one of {KINDS}.")
@@ -63,7 +73,12 @@ class GaussianResidualMLP(nn.Module):
                 raise InputError(f"GaussianResidualMLP({name}={v!r}): must be a positive int.")
         self.config: Dict[str, object] = dict(dim=dim, kind=kind, width=width, depth=depth, n_freq=n_freq,
                                               beta_min=float(beta_min), beta_max=float(beta_max),
-                                              dropout=float(dropout), inputs=inputs, skip=bool(skip))
+                                              dropout=float(dropout), inputs=inputs, skip=bool(skip),
+                                              bound=float(bound), gate=bool(gate))
+        self.gate = bool(gate)
+        if not (bound >= 0 and math.isfinite(bound)):
+            raise InputError(f"GaussianResidualMLP(bound={bound!r}): must be a finite number >= 0 (0: unbounded).")
+        self.bound = float(bound)
         if inputs not in ("z", "x"):
             raise InputError(f"GaussianResidualMLP(inputs={inputs!r}): 'z' (whitened) or 'x' (raw state).")
         self.inputs, self.skip = inputs, bool(skip)
@@ -122,6 +137,10 @@ class GaussianResidualMLP(nn.Module):
         for lin, tl in zip(self.hidden, self.temb):
             h = h + self.drop(nn.functional.silu(lin(h) + tl(emb)))
         res = self.out(h)
+        if self.bound > 0:  # |residual| < bound: no runaway extrapolation off the data
+            res = self.bound * torch.tanh(res / self.bound)
+        if self.gate:  # the data's departure from the Gaussian fades like e^lambda at low SNR
+            res = res * torch.sigmoid(lam - GATE_LOG_SNR)
         if not self.skip:
             return res
         if self.kind == "eps-vp":

@@ -41,11 +41,11 @@ LAMBDA_FLOOR = -20.0
 
 # per model: architecture and optimisation defaults (the shipped weights used these)
 DEFAULTS: Dict[str, dict] = {
-    "digits-eps": dict(kind="eps-vp", width=256, depth=3, dropout=0.2, steps=12000, batch_size=256, lr=1e-3,
+    "digits-eps": dict(kind="eps-vp", width=256, depth=3, dropout=0.2, bound=4.0, gate=True, steps=12000, batch_size=256, lr=1e-3,
                        ema=0.999, holdout=200),
-    "digits-velocity": dict(kind="velocity-fm", width=256, depth=3, dropout=0.2, steps=12000, batch_size=256,
+    "digits-velocity": dict(kind="velocity-fm", width=256, depth=3, dropout=0.2, bound=4.0, gate=True, steps=12000, batch_size=256,
                             lr=1e-3, ema=0.999, holdout=200),
-    "moons": dict(kind="eps-vp", width=128, depth=3, skip=False, steps=6000, batch_size=256, lr=1e-3, ema=0.999),
+    "moons": dict(kind="eps-vp", width=128, depth=3, skip=False, steps=20000, batch_size=256, lr=1e-3, ema=0.999),
 }
 
 
@@ -144,7 +144,7 @@ def train(name: str, *, steps: Optional[int] = None, batch_size: Optional[int] =
     D = mean.shape[0]
     net = GaussianResidualMLP(D, kind=cfg["kind"], width=cfg["width"], depth=cfg["depth"],
                               dropout=cfg.get("dropout", 0.0), inputs=cfg.get("inputs", "z"),
-                              skip=cfg.get("skip", True))
+                              skip=cfg.get("skip", True), bound=cfg.get("bound", 0.0), gate=cfg.get("gate", False))
     net.set_gaussian(mean, cov)
     ema_net = copy.deepcopy(net).requires_grad_(False)
     dif = build(name, net)
