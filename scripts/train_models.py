@@ -73,7 +73,7 @@ def main(argv=None) -> int:
 
 def evaluate(models, limit=None) -> int:
     """Exact-trace bits/dim of the shipped digits models and of the full-covariance Gaussian on the test
-    split, under one dequantization (``torch.Generator().manual_seed(0)``), RK45 rtol = atol = 1e-5."""
+    split, under one dequantization (``torch.Generator().manual_seed(0)``), RK45 rtol = atol = 1e-4."""
     import time
 
     import flowsde
@@ -88,10 +88,10 @@ def evaluate(models, limit=None) -> int:
     print(f"full-covariance Gaussian: {float(gauss.mean()):.4f} +- {se(gauss):.4f} bits/dim ({n} test digits)")
     for name in models:
         t0 = time.perf_counter()
-        res = M.load(name).log_likelihood(xq.float(), rtol=1e-5, atol=1e-5)
+        res = M.load(name).log_likelihood(xq.float(), rtol=1e-4, atol=1e-4)
         bpd = flowsde.bits_per_dim(res.logp.double(), 64, levels=L, data_range=R)
         d = bpd - gauss
-        print(f"{name}: {float(bpd.mean()):.4f} +- {se(bpd):.4f} bits/dim; paired difference to the Gaussian "
+        print(f"{name}: median {float(bpd.median()):.4f}, max {float(bpd.max()):.2f}; mean {float(bpd.mean()):.4f} +- {se(bpd):.4f} bits/dim; paired difference to the Gaussian "
               f"{float(d.mean()):.4f} +- {se(d):.4f}; NFE {res.nfe}; all succeeded: {res.success};"
               f" {time.perf_counter() - t0:.0f} s")
     return 0
