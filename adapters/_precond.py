@@ -25,6 +25,7 @@ import torch
 
 from flowsde import InputError
 
+from ._diffusion import Diffusion
 from .schedules import EDM
 
 __all__ = ["Denoiser", "from_denoiser", "to_denoiser", "Precond", "EDMPrecond", "VPPrecond", "VEPrecond"]
@@ -156,8 +157,6 @@ def from_denoiser(model: Callable, *, sigma_min: Optional[float] = None, sigma_m
     hi = _default(sigma_max, "sigma_max", 80.0)
     if not (0 < lo < hi < math.inf):
         raise InputError(f"from_denoiser: need 0 < sigma_min < sigma_max < inf, got {lo} and {hi}.")
-    from ._diffusion import Diffusion
-
     def net(x, t):
         return model(x, t)
 
