@@ -385,6 +385,7 @@ class Diffusion:
                            "diffusion" if by_w else "beta")
         pred = self.prediction
         where = f"Diffusion.{name}()"
+        direction = "reverse" if sign < 0 else "forward"
 
         def w2(co: _Coef, tb) -> torch.Tensor:
             """``beta g^2`` or ``w^2`` in float64 (0-dim for a constant knob, else ``(B,)``)."""
@@ -400,7 +401,8 @@ class Diffusion:
                 co = self._coefs(t, x, f"{where}.drift")
                 return (_bc(co.get("f"), x) * (x if x.dtype == co.wd else x.to(co.wd))).to(x.dtype)
 
-            return SDE(drift, self._diffusion_fn(w2, not callable(bf), where), noise="scalar", score=self.score)
+            return SDE(drift, self._diffusion_fn(w2, not callable(bf), where), noise_type="scalar", score=self.score,
+                       direction=direction, time_dtype=_F64)
 
         def drift(t, x):
             p = _Pred(self, t, x, f"{where}.drift")
@@ -421,7 +423,8 @@ class Diffusion:
                 A, C = (v.to(device=co.device, dtype=co.wd) for v in combine(sign * 0.5 * w2(co, p.tb)))
             return p.out(torch.addcmul(_bc(C, p.xw) * p.o, _bc(A, p.xw), p.xw))
 
-        return SDE(drift, self._diffusion_fn(w2, not callable(bf), where), noise="scalar", score=self.score)
+        return SDE(drift, self._diffusion_fn(w2, not callable(bf), where), noise_type="scalar", score=self.score,
+                   direction=direction, time_dtype=_F64)
 
     def _refuse_infinite_g(self, co: _Coef, where: str, b) -> None:
         if co.at_end and self.check_t is not False and not (isinstance(b, float) and b == 0.0):
@@ -472,7 +475,7 @@ class Diffusion:
 
     def pf_ode(self) -> ODE:
         """The probability-flow ODE ``dx/dt = f x - g^2/2 score = alpha' x0 + sigma' eps`` (one net call)."""
-        return ODE(self.velocity, score=self.score)
+        return ODE(self.velocity, score=self.score, time_dtype=_F64)
 
     def prior(self) -> GaussianPrior:
         """``N(0, sigma(T)^2 I)`` at ``T = schedule.t_max`` (see :class:`GaussianPrior`)."""
