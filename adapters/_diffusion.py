@@ -27,6 +27,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from flowsde import ODE, SDE, InputError
+from flowsde.utils import batch_broadcast
 
 from ._inputs import check_call, check_net, swapped_output_hint
 from ._prior import GaussianPrior
@@ -36,11 +37,6 @@ __all__ = ["Diffusion", "PREDICTIONS"]
 
 PREDICTIONS = ("eps", "score", "x0", "v", "velocity")
 BetaLike = Union[float, int, Callable[[torch.Tensor], Union[torch.Tensor, float]]]
-
-
-def _bc(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """0-dim stays 0-dim; (B,) -> (B, 1, ..., 1) to broadcast against x."""
-    return c if c.dim() == 0 else c.reshape((-1,) + (1,) * (x.dim() - 1))
 
 
 _F64 = torch.float64
@@ -139,7 +135,9 @@ class _Pred:
         p = self.dif.prediction
         self.dif._refuse(self.co, self.where, p in ("eps", "score") and target in ("x0", "velocity", "v"))
         A, C = self.co.affine(p, target)
-        return _bc(A, self.xw), _bc(C, self.xw)
+        if A.dim():  # per-sample times: (B,) -> (B, 1, ..., 1)
+            A, C = batch_broadcast(A, self.xw), batch_broadcast(C, self.xw)
+        return A, C
 
     def get(self, target: str) -> torch.Tensor:
         """``target`` of the network output: the output itself when native (unchecked: the network
@@ -399,7 +397,7 @@ class Diffusion:
             # beta = 1 forward: the noising SDE dx = f x dt + g dW itself, no network needed
             def drift(t, x):
                 co = self._coefs(t, x, f"{where}.drift")
-                return (_bc(co.get("f"), x) * (x if x.dtype == co.wd else x.to(co.wd))).to(x.dtype)
+                return (batch_broadcast(co.get("f"), x) * (x if x.dtype == co.wd else x.to(co.wd))).to(x.dtype)
 
             return SDE(drift, self._diffusion_fn(w2, not callable(bf), where), noise_type="scalar", score=self.score,
                        direction=direction, time_dtype=_F64)
@@ -421,7 +419,7 @@ class Diffusion:
                     v.to(device=co.device, dtype=co.wd) for v in combine(sign * 0.5 * w2(co, None))))
             else:
                 A, C = (v.to(device=co.device, dtype=co.wd) for v in combine(sign * 0.5 * w2(co, p.tb)))
-            return p.out(torch.addcmul(_bc(C, p.xw) * p.o, _bc(A, p.xw), p.xw))
+            return p.out(torch.addcmul(batch_broadcast(C, p.xw) * p.o, batch_broadcast(A, p.xw), p.xw))
 
         return SDE(drift, self._diffusion_fn(w2, not callable(bf), where), noise_type="scalar", score=self.score,
                    direction=direction, time_dtype=_F64)
@@ -444,7 +442,7 @@ class Diffusion:
             else:
                 tb = co.t.expand(x.shape[0]) if co.t.dim() == 0 else co.t
                 g = torch.sqrt(w2(co, tb)).to(device=co.device, dtype=x.dtype)
-            return _bc(g, x)
+            return batch_broadcast(g, x)
 
         return diffusion
 

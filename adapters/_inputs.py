@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from flowsde import InputError
+from flowsde.utils import check_time_and_state
 
 __all__ = ["check_call", "check_tensor", "check_net"]
 
@@ -41,28 +42,31 @@ def _shape(v) -> str:
 
 
 def check_call(where: str, t, x, *, order: str = "(t, x)") -> None:
-    """Validate the arguments of a ``f(t, x)`` entry point (``order`` names the expected order).
+    """Validate the arguments of an entry point taking a time and a state; ``order`` names the
+    expected order: ``"(t, x)"``, or ``"(x, sigma)"`` for the k-diffusion denoiser convention.
 
     ``x`` must be a floating tensor ``(B, *event)``; ``t`` a number, a 0-dim or a ``(B,)`` tensor
     (its shape against ``B`` is checked where it is used). Arguments that fit only the other
-    order (a state-shaped ``t`` with a time-shaped ``x``) are reported as swapped.
+    order (a state-shaped ``t`` with a time-shaped ``x``) are reported as swapped
+    (:func:`flowsde.utils.check_time_and_state` for ``(t, x)``).
     """
     # the common case in a few attribute reads (this runs once per network call)
     if isinstance(x, torch.Tensor) and x.dim() >= 1 and not x.is_meta and x.is_floating_point() and (
             not isinstance(t, torch.Tensor) or (t.dim() <= 1 and not t.is_meta)):
         return
-    x_is_time = (isinstance(x, (int, float)) and not isinstance(x, bool)) or (
-        isinstance(x, torch.Tensor) and x.dim() == 0)
-    if isinstance(t, torch.Tensor) and t.dim() >= 1 and (
-            x_is_time or (t.dim() >= 2 and isinstance(x, torch.Tensor) and x.dim() == 1 and x.shape[0] == t.shape[0])):
-        raise InputError(f"{where}{order}: the arguments look swapped: t is {_shape(t)} and x is {_shape(x)}. "
-                         f"The time comes first: call it as {where}{order} with x of shape (B, *event) and t a "
-                         "number, a 0-dim or a (B,) tensor.")
+    check_tensor(x, "x", where)
+    check_tensor(t, "t" if order == "(t, x)" else "sigma", where)
+    if order == "(t, x)":
+        check_time_and_state(t, x, where=f"{where}{order}")  # swapped arguments, meta tensors, shapes
+    elif isinstance(t, torch.Tensor) and t.dim() >= 1 and (
+            (isinstance(x, (int, float)) and not isinstance(x, bool)) or
+            (isinstance(x, torch.Tensor) and (x.dim() == 0 or (x.dim() == 1 and t.dim() >= 2)))):
+        raise InputError(f"{where}{order}: the arguments look swapped: got x {_shape(x)} and "
+                         f"sigma {_shape(t)}; call it as {where}{order} with x the state "
+                         "(B, *event) and sigma a number, 0-dim or (B,).")
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.is_floating_point():
         raise InputError(f"{where}: x must be a floating tensor of shape (B, *event), got {_shape(x)}"
                          f"{f' of dtype {x.dtype}' if isinstance(x, torch.Tensor) else ''}.")
-    check_tensor(x, "x", where)
-    check_tensor(t, "t", where)
 
 
 def check_net(net, where: str, *, order: str = "net(x, t)") -> None:

@@ -9,7 +9,6 @@ each other: imports inside the adapters run one way (``_schedule`` <-
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +42,6 @@ def _zero(t) -> torch.Tensor:
 
 def _one(t) -> torch.Tensor:
     return _zero(t) + 1
-
-
-def _check_finite_positive(cls: str, **vals) -> None:
-    for k, v in vals.items():
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
-            raise InputError(f"{cls}: {k} must be a finite number > 0, got {v!r}.")
 
 
 def _check_range(cls: str, t_min: float, t_max: float, lo: float, hi: float) -> None:

@@ -34,7 +34,9 @@ import torch
 from flowsde import InputError
 
 from ._discrete import Discrete
-from ._schedule import Schedule, _as_tensor, _check_finite_positive, _check_range, _logsigmoid, _one, _zero
+from flowsde.utils import check_positive
+
+from ._schedule import Schedule, _as_tensor, _check_range, _logsigmoid, _one, _zero
 
 __all__ = ["Schedule", "VP", "Cosine", "SubVP", "VE", "EDM", "Linear", "Discrete"]
 
@@ -68,7 +70,7 @@ class _LinearBeta(Schedule):
         name = type(self).__name__
         if not (isinstance(self.beta_min, (int, float)) and math.isfinite(self.beta_min) and self.beta_min >= 0):
             raise InputError(f"{name}: beta_min must be a finite number >= 0, got {self.beta_min!r}.")
-        _check_finite_positive(name, beta_max=self.beta_max)
+        check_positive("beta_max", self.beta_max, where=name)
         if self.beta_max < self.beta_min:
             raise InputError(f"{name}: need beta_min <= beta_max, got {self.beta_min!r} > {self.beta_max!r}.")
         _check_range(name, self.t_min, self.t_max, 0.0, math.inf)
@@ -165,7 +167,7 @@ class Cosine(Schedule):
     t_max: float = 0.9946
 
     def __post_init__(self):
-        _check_finite_positive("Cosine", s=self.s)
+        check_positive("s", self.s, where="Cosine")
         _check_range("Cosine", self.t_min, self.t_max, 0.0, 1.0)
         if self.t_min <= 0 or self.t_max >= 1:
             raise InputError(f"Cosine: need 0 < t_min < t_max < 1, got t_min={self.t_min!r}, t_max={self.t_max!r}.")
@@ -211,7 +213,8 @@ class VE(Schedule):
     t_max: float = 1.0
 
     def __post_init__(self):
-        _check_finite_positive("VE", sigma_min=self.sigma_min, sigma_max=self.sigma_max)
+        check_positive("sigma_min", self.sigma_min, where="VE")
+        check_positive("sigma_max", self.sigma_max, where="VE")
         if self.sigma_min >= self.sigma_max:
             raise InputError(f"VE: need sigma_min < sigma_max, got {self.sigma_min!r} >= {self.sigma_max!r}.")
         _check_range("VE", self.t_min, self.t_max, 0.0, math.inf)
@@ -259,7 +262,8 @@ class EDM(Schedule):
     sigma_max: float = 80.0
 
     def __post_init__(self):
-        _check_finite_positive("EDM", sigma_min=self.sigma_min, sigma_max=self.sigma_max)
+        check_positive("sigma_min", self.sigma_min, where="EDM")
+        check_positive("sigma_max", self.sigma_max, where="EDM")
         if self.sigma_min >= self.sigma_max:
             raise InputError(f"EDM: need sigma_min < sigma_max, got {self.sigma_min!r} >= {self.sigma_max!r}.")
 
