@@ -41,7 +41,7 @@ __all__ = [
     "SolveError",
 ]
 
-# Adaptive RK45 and exact log-likelihoods (issue 4)
+# Adaptive RK45 and exact log-likelihoods (docs/likelihood.md)
 from ._likelihood import LikelihoodResult, bits_per_dim, dequantize, log_likelihood  # noqa: E402
 from ._solvers.rk45 import RK45  # noqa: E402
 

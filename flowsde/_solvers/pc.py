@@ -25,8 +25,11 @@ dimensions on and ``"score_sde"`` below; with either, a sample depends on the
 others in its batch. See :func:`langevin` for why a per-sample step is not
 recomputed at every step, and for its weakness in low dimension.
 
-Strong order 0.5 / weak order 1 refer to the predictor alone; the corrector
-is an MCMC step, not a discretization of the SDE.
+Orders: none. The corrector is an MCMC step whose size is set by the
+signal-to-noise ratio, not by the grid, so PC does not converge to the SDE's
+solution as the grid is refined (its predictor alone, Euler–Maruyama, has
+strong order 0.5 and weak order 1); ``order``, ``strong_order`` and
+``weak_order`` are ``None``.
 """
 
 from __future__ import annotations
@@ -144,9 +147,9 @@ class PC(Solver):
     """
 
     name = "pc"
-    order = 1
-    strong_order = 0.5
-    weak_order = 1.0
+    order = None
+    strong_order = None
+    weak_order = None
     noise_types = ("scalar", "diagonal")
     requires_score = True
 

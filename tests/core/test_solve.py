@@ -187,10 +187,28 @@ def test_problem_type_checked():
 
 
 def test_solver_orders_are_declared():
+    # The values the slow order tests (tests/core/test_orders.py) read and fit.
     assert flowsde.Euler.order == 1 and flowsde.Heun.order == 2
-    assert flowsde.EulerMaruyama.strong_order == 0.5 and flowsde.EulerMaruyama.weak_order == 1.0
+    em = flowsde.EulerMaruyama()
+    assert em.strong_order == 0.5 and em.weak_order == 1.0
+    assert [em.strong_order_for(k) for k in ("scalar", "diagonal", "additive")] == [0.5, 0.5, 1.0]
     assert flowsde.TorchSDE("milstein").strong_order == 1.0 and flowsde.TorchSDE("srk").strong_order == 1.5
-    assert flowsde.PC.requires_score
+    assert flowsde.TorchSDE("euler").strong_order_for("additive") == 1.0
+    assert flowsde.Heun().strong_order_for("additive") is None  # an ODE solver
+    pc = flowsde.PC()
+    assert pc.requires_score and pc.strong_order is None and pc.strong_order_for("diagonal") is None
+    with pytest.raises(flowsde.InputError, match="noise must be one of"):
+        em.strong_order_for("multiplicative")
+
+
+@pytest.mark.parametrize("method", sorted(flowsde.METHODS))
+def test_every_method_declares_its_orders(method):
+    s = flowsde.get_solver(method)
+    assert s.solves_ode == (s.order is not None) or s.requires_score
+    for noise_type in s.noise_types:
+        so = s.strong_order_for(noise_type)
+        assert so is None or so <= s.strong_order_for("additive")
+    assert isinstance(s.evals_per_step, int) and s.evals_per_step >= 1
 
 
 def test_pc_options_validated():
