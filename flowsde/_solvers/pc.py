@@ -81,8 +81,8 @@ def langevin_step_size(s, z, *, snr: float, a=1.0, step_rule: str = "per_sample"
     return eps
 
 
-def langevin(score_fn, t, x, noise=None, *, n_steps: int = 1, snr: float = 0.16, a: Union[float, Callable] = 1.0,
-             step_rule: str = "per_sample"):
+def langevin(score_fn, t, x, generator=None, *, n_steps: int = 1, snr: float = 0.16,
+             a: Union[float, Callable] = 1.0, step_rule: str = "per_sample"):
     """``n_steps`` Langevin MCMC steps at time ``t`` (the corrector of :class:`PC`); returns ``x``.
 
         x <- x + eps s(t, x) + sqrt(2 eps) z,      z ~ N(0, I)
@@ -113,15 +113,15 @@ def langevin(score_fn, t, x, noise=None, *, n_steps: int = 1, snr: float = 0.16,
         score_fn: ``s(t, x)``, shape of ``x``.
         t: 0-dim tensor.
         x: ``(B, *event_shape)``.
-        noise: ``None``, a ``torch.Generator``, per-sample generators or a flowsde noise source.
+        generator: where ``z`` comes from: ``None``, a ``torch.Generator``, per-sample generators
+            (as :func:`flowsde.solve`'s ``generator``) or a solver's noise source.
         n_steps, snr, a, step_rule: see :class:`PC`.
     """
-    from .._noise import NoiseSource, make_noise
+    from .._noise import make_noise_source
 
     if step_rule not in STEP_RULES:
         raise InputError(f"langevin(step_rule={step_rule!r}): must be one of {STEP_RULES}.")
-    if not isinstance(noise, NoiseSource):
-        noise = make_noise(noise, x)
+    noise = make_noise_source(generator, x)
     step_rule = resolve_step_rule(step_rule, x)
     a_t = a(t) if callable(a) else a
     eps = None
