@@ -98,7 +98,7 @@ def test_hutchinson_mean_agrees_with_exact_within_stderr():
     ex = log_likelihood(ode, x, (0.0, 1.0), std_normal_logp, rtol=1e-7, atol=1e-7)
     for noise in ("rademacher", "gaussian"):
         g = torch.Generator().manual_seed(7)
-        h = log_likelihood(ode, x, (0.0, 1.0), std_normal_logp, trace="hutchinson", probes=256, noise=noise,
+        h = log_likelihood(ode, x, (0.0, 1.0), std_normal_logp, trace="hutchinson", probes=256, probe=noise,
                            generator=g, rtol=1e-7, atol=1e-7)
         assert h.logp_probes.shape == (4, 256)
         assert (h.stderr > 0).all()
@@ -209,7 +209,7 @@ def test_bad_input():
     bad[1, 0] = float("nan")
     with pytest.raises(InputError, match=r"NaN/Inf in samples \[1\]"):
         log_likelihood(ode, bad, (0.0, 1.0), prior)
-    for kw in (dict(rtol=0.0), dict(atol=-1.0), dict(trace="diag"), dict(noise="uniform"), dict(probes=0),
+    for kw in (dict(rtol=0.0), dict(atol=-1.0), dict(trace="diag"), dict(probe="uniform"), dict(probes=0),
                dict(trace="exact", probes=4)):
         with pytest.raises(InputError):
             log_likelihood(ode, x, (0.0, 1.0), prior, **kw)
