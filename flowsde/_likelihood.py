@@ -282,8 +282,8 @@ def log_likelihood(
     probes: int = 1,
     probe: str = "rademacher",
     bpd_tol: float = DEFAULT_BPD_TOL,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
     method="rk45",
     generator=None,
     per_sample: Optional[bool] = None,
@@ -306,7 +306,9 @@ def log_likelihood(
         bpd_tol: accuracy of the log-density in **bits per dimension**: each log-density channel is
             held to the absolute local error ``bpd_tol * D * ln 2`` nats per step (``D`` the number of
             data dimensions); see ``docs/likelihood.md``, "Error control".
-        rtol, atol: tolerances of the state ``x``: ``atol + rtol |x|``, RMS over the event.
+        rtol, atol: tolerances of the state ``x``: ``atol + rtol |x|``, RMS over the event (default:
+            ``bpd_tol`` each, raised to ``10 eps`` of the dtype if below; measured in ``docs/likelihood.md``:
+            the state's error reaches the log-density through the prior and the path).
         method: the engine: ``"rk45"`` (flowsde's Dormand-Prince, default), a :class:`flowsde.RK45`
             (its ``per_sample``/``max_steps``/controller options; its rtol/atol are replaced by the
             arguments here), or ``"torchdiffeq:<name>"`` / :class:`flowsde.TorchDiffEq` (torchdiffeq's
@@ -354,7 +356,10 @@ def log_likelihood(
         raise InputError(f"probes={probes} applies to trace='hutchinson'; the exact trace has no probes.")
     B, event, dtype, device = x.shape[0], tuple(x.shape[1:]), x.dtype, x.device
     D = math.prod(event)
-    bpd_tol, rtol, atol = _check_tol("bpd_tol", bpd_tol), _check_tol("rtol", rtol), _check_tol("atol", atol)
+    bpd_tol = _check_tol("bpd_tol", bpd_tol)
+    floor = 10 * torch.finfo(dtype).eps
+    rtol = max(bpd_tol, floor) if rtol is None else _check_tol("rtol", rtol)
+    atol = max(bpd_tol, floor) if atol is None else _check_tol("atol", atol)
     check_rtol(rtol, dtype, where="log_likelihood")
     tol_L = bpd_tol * D * math.log(2)  # nats per sample, per step
     engine = _engine(method, rtol, atol, per_sample, max_steps)
