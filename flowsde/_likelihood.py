@@ -39,6 +39,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 
 from ._checks import check_x0
+from ._solvers.rk45 import check_tolerances
 from .utils import rademacher, rand, randn
 from ._errors import InputError
 from ._solution import Status
@@ -106,15 +107,10 @@ class LikelihoodResult:
 
 
 def _check_data(x, name="x") -> None:
-    check_x0(x, name)  # tensor, floating, batch-first, finite (the solver's own checks)
+    check_x0(x, name)  # tensor, floating (not half precision), batch-first, finite, real device: the solver's checks
     if x.dim() < 2:
         raise InputError(f"{name}: expected a batch-first tensor (B, *event_shape) with an event dimension, got "
                          f"shape {tuple(x.shape)}; add one, e.g. x[:, None].")
-    if x.dtype in (torch.float16, torch.bfloat16):
-        raise InputError(f"{name}: {x.dtype} data: half precision cannot carry a log-likelihood (its resolution, "
-                         f"{torch.finfo(x.dtype).eps:.1g}, is coarser than any useful tolerance, and the step-size "
-                         "control fails on round-off). Pass float32 or float64 data; the network may still run in "
-                         "half precision inside its own forward (cast its input and output).")
 
 
 def _check_tol(name, v, dtype=None) -> float:
@@ -360,7 +356,7 @@ def log_likelihood(
     floor = 10 * torch.finfo(dtype).eps
     rtol = max(bpd_tol, floor) if rtol is None else _check_tol("rtol", rtol)
     atol = max(bpd_tol, floor) if atol is None else _check_tol("atol", atol)
-    check_rtol(rtol, dtype, where="log_likelihood")
+    check_tolerances(rtol, atol, dtype, where="log_likelihood")
     tol_L = bpd_tol * D * math.log(2)  # nats per sample, per step
     engine = _engine(method, rtol, atol, per_sample, max_steps)
 
@@ -444,15 +440,6 @@ def log_likelihood(
                    bpd_tol=bpd_tol, logp_atol_per_step=tol_L, rtol=rtol, atol=atol, mode=engine.mode,
                    t_span=(t_data, t_prior), vjps_per_eval=D if trace == "exact" else k),
     )
-
-
-def check_rtol(rtol: float, dtype: torch.dtype, *, where: str) -> None:
-    """Refuse a relative tolerance below the resolution of ``dtype`` (no step could meet it)."""
-    eps = torch.finfo(dtype).eps
-    if rtol < eps:
-        raise InputError(f"{where}: rtol={rtol:g} is below what {dtype} can meet (its resolution is "
-                         f"{eps:.3g}: a relative error below that is round-off); use rtol >= {10 * eps:.0e}, or "
-                         "float64 data for tighter tolerances.")
 
 
 def _engine(method, rtol, atol, per_sample, max_steps):

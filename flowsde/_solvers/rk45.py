@@ -319,6 +319,16 @@ def dopri5(
                 err_sum=err_sum)
 
 
+def check_tolerances(rtol: float, atol: float, dtype: torch.dtype, *, where: str) -> None:
+    """Refuse tolerances that ``dtype`` cannot meet: ``rtol`` and ``atol`` both below its resolution (the
+    error estimate is then round-off, and ``atol + rtol |y|`` can underflow to 0)."""
+    eps = torch.finfo(dtype).eps
+    if rtol < eps and atol < eps:
+        raise InputError(f"{where}: rtol={rtol:g} and atol={atol:g} are below what {dtype} can meet (its resolution "
+                         f"is {eps:.3g}: a relative error below that is round-off); use rtol >= {10 * eps:.0e}, or "
+                         "float64 for tighter tolerances.")
+
+
 def failure_message(status: torch.Tensor, t_final: torch.Tensor, h: torch.Tensor, n_steps: torch.Tensor,
                     what: str = "rk45") -> Optional[Tuple[str, int, float]]:
     """A message for the first failed sample (or ``None``), with its step index and time."""
@@ -410,6 +420,7 @@ class RK45(Solver):
 
     def solve(self, checked, x0, ts, *, noise=None, save_all=False, progress=False) -> Solution:
         dtype = x0.dtype
+        check_tolerances(self.rtol, self.atol, dtype, where="RK45")
         first = [True]
 
         def func(t, y):
@@ -429,7 +440,7 @@ class RK45(Solver):
             n_accepted=int(out["n_acc"].max()),
             n_rejected=int(out["n_rej"].max()),
             status=out["status"],
-            t_final=out["t_final"].to(dtype),
+            t_final=out["t_final"],  # float64, as the fixed-step loop
             method=self.name,
             ts=ts if save_all else None,
             xs=out["ys"][0] if save_all else None,
