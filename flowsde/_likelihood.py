@@ -56,6 +56,9 @@ DEFAULT_BPD_TOL = 1e-5
 class LikelihoodResult:
     """What :func:`log_likelihood` returns.
 
+    The log-densities are float64 whatever the data's dtype (they are accumulated in float64: at
+    ``|logp| ~ 3000`` float32 resolves only 2e-4 nats).
+
     Attributes:
         logp: ``(B,)`` log-density (nats) of the data at ``t_data`` (mean over probes for Hutchinson).
         stderr: ``(B,)`` standard error of ``logp`` from the probes (Hutchinson; NaN with one probe: no
@@ -421,21 +424,21 @@ def log_likelihood(
         raise InputError(f"prior_logp returned {got}; it must return a (B,) = ({B},) tensor summed over the event.")
     per_probe = lp.to(torch.float64).unsqueeze(1) + L  # (B, k), float64
     logp = per_probe.mean(1)
+    f64 = dict(dtype=torch.float64, device=device)
     if trace == "exact":
         stderr = None
     elif k == 1:
-        stderr = torch.full((B,), float("nan"), dtype=dtype, device=device)
+        stderr = torch.full((B,), float("nan"), **f64)
     else:
-        stderr = (per_probe.std(1, unbiased=True) / math.sqrt(k)).to(dtype)
+        stderr = per_probe.std(1, unbiased=True) / math.sqrt(k)
     err_L = out["err_sum"][1]
-    solver_error = (err_L.mean(1).abs() if err_L is not None
-                    else torch.full((B,), float("nan"), dtype=torch.float64, device=device))
+    solver_error = err_L.mean(1).abs() if err_L is not None else torch.full((B,), float("nan"), **f64)
     return LikelihoodResult(
-        logp=logp.to(dtype), stderr=stderr, solver_error=solver_error.to(dtype), nfe=out["calls"], dims=D,
-        prior_logp=lp.to(dtype), delta_logp=L.mean(1).to(dtype), z=z, status=out["status"],
+        logp=logp, stderr=stderr, solver_error=solver_error, nfe=out["calls"], dims=D,
+        prior_logp=lp.to(torch.float64), delta_logp=L.mean(1), z=z, status=out["status"],
         t_final=out["t_final"], n_steps=out["n_iter"],
         n_accepted=int(out["n_acc"].max()), n_rejected=int(out["n_rej"].max()),
-        logp_probes=None if trace == "exact" else per_probe.to(dtype),
+        logp_probes=None if trace == "exact" else per_probe,
         stats=dict(engine=engine.name, trace=trace, probes=k, probe=probe if trace == "hutchinson" else None,
                    bpd_tol=bpd_tol, logp_atol_per_step=tol_L, rtol=rtol, atol=atol, mode=engine.mode,
                    t_span=(t_data, t_prior), vjps_per_eval=D if trace == "exact" else k),
