@@ -111,8 +111,8 @@ def log_likelihood(
     Arguments:
         diffusion: a :class:`flowsde.adapters.Diffusion`.
         x: data ``(B, *event)`` in the model's data space (e.g. scaled to ``[-1, 1]``).
-        t_eps: data-end time of the ODE (default ``schedule.t_min``; a value off by float32 rounding
-            is clamped).
+        t_eps: data-end time of the ODE (default ``schedule.t_min``, and ``0`` for a ``"velocity"`` model,
+            whose drift is defined at ``t = 0``; a value off the range by float32 rounding is clamped).
         t_max: prior-end time (default ``schedule.t_max``).
         time: integration variable, ``"t"`` or ``"log_snr"``.
         prior_logp: ``z -> (B,)`` log-density at ``t_max`` (default ``diffusion.prior().log_prob``;
@@ -152,6 +152,10 @@ def log_likelihood(
     if time not in TIMES:
         raise InputError(f"time={time!r}: choose one of {TIMES}.")
     t_lo, t_hi = float(schedule.t_min), float(schedule.t_max)
+    if getattr(diffusion, "prediction", None) == "velocity":
+        # a velocity model's PF-ODE drift is the network's output itself, defined at t = 0 (nothing
+        # divides by sigma): the likelihood is taken at the data end, as flow_matching does
+        t_lo = 0.0
     t_eps = t_lo if t_eps is None else _time_in_range("t_eps", float(t_eps), t_lo, t_hi)
     T = t_hi if t_max is None else _time_in_range("t_max", float(t_max), t_lo, t_hi)
     if not t_eps < T:
@@ -193,7 +197,7 @@ def log_likelihood(
         lam = schedule.log_snr(torch.tensor([t_eps, T], dtype=torch.float64))
         if not bool(torch.isfinite(lam).all()):
             raise InputError(f"time='log_snr': log-SNR is {lam.tolist()} at (t_eps, t_max) = {(t_eps, T)} for "
-                             f"{schedule!r}; use time='t' or an interior t_max.")
+                             f"{schedule!r}; use time='t', or t_eps and t_max where alpha and sigma are both > 0.")
         ode, span = log_snr_ode(pf, schedule, (t_eps, T)), (float(lam[0]), float(lam[1]))
     else:
         ode, span = pf, (t_eps, T)
