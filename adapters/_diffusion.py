@@ -21,6 +21,7 @@ written here as ``u -/+ beta/2 g^2 score`` so that each drift costs one network 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional, Union
 
@@ -30,6 +31,7 @@ from flowsde import ODE, SDE, InputError
 from flowsde.utils import batch_broadcast
 
 from ._inputs import check_call, check_net, swapped_output_hint
+from ._likelihood import log_likelihood as _log_likelihood
 from ._prior import GaussianPrior
 from .schedules import Schedule
 
@@ -480,8 +482,6 @@ class Diffusion:
         T = torch.tensor(float(self.schedule.t_max), dtype=torch.float64)
         return GaussianPrior(float(self.schedule.sigma(T)))
 
-    def log_likelihood(self, x: torch.Tensor, **kw):
-        """Exact ``log p_0(x)`` under the PF-ODE; see :func:`flowsde.adapters._likelihood.log_likelihood`."""
-        from ._likelihood import log_likelihood
-
-        return log_likelihood(self, x, **kw)
+    @functools.wraps(_log_likelihood)  # one definition of the parameters and their documentation
+    def log_likelihood(self, x: torch.Tensor, **options):
+        return _log_likelihood(self, x, **options)
