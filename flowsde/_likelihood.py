@@ -225,7 +225,7 @@ def log_likelihood(
     if trace == "exact" and probes != 1:
         raise InputError(f"probes={probes} applies to trace='hutchinson'; the exact trace has no probes.")
     _check_tols(rtol, atol)
-    solver = RK45(rtol, atol, per_sample=per_sample, max_steps=max_steps, throw=throw)
+    solver = RK45(rtol, atol, per_sample=per_sample, max_steps=max_steps)
 
     B, event, dtype, device = x.shape[0], tuple(x.shape[1:]), x.dtype, x.device
     D = math.prod(event)
