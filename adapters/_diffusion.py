@@ -29,6 +29,7 @@ import torch
 from flowsde import ODE, SDE, InputError
 
 from ._prior import GaussianPrior
+from ._semilinear import semilinear_ode, semilinear_sde
 from .schedules import Schedule
 
 __all__ = ["Diffusion", "PREDICTIONS"]
@@ -304,7 +305,7 @@ class Diffusion:
         (``t`` a ``(B,)`` tensor). EDM's ``beta(t)`` (Karras et al. eq. 6, alpha = 1,
         sigma = t) is the same family: ``beta_here(t) = 2 beta_EDM(t) sigma(t)^2 / g(t)^2``.
         """
-        return self._sde(beta, -1.0, "reverse_sde")
+        return semilinear_sde(self, self._sde(beta, -1.0, "reverse_sde"), beta)
 
     def forward_sde(self, beta: BetaLike = 1.0) -> SDE:
         """The forward-time family ``dx = [f x - (1-beta)/2 g^2 score] dt + sqrt(beta) g dW``
@@ -314,7 +315,7 @@ class Diffusion:
 
     def pf_ode(self) -> ODE:
         """The probability-flow ODE ``dx/dt = f x - g^2/2 score = alpha' x0 + sigma' eps`` (one net call)."""
-        return ODE(self.velocity, score=self.score)
+        return semilinear_ode(self)
 
     def prior(self) -> GaussianPrior:
         """``N(0, sigma(T)^2 I)`` at ``T = schedule.t_max`` (see :class:`GaussianPrior`)."""

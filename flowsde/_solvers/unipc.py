@@ -14,8 +14,9 @@ evaluation); the last state is the predictor's. ``q = min(order, i + 1)``, and w
 ``lower_order_final`` also ``<= n - i`` (diffusers' default). All weights depend on the grid only
 and are computed once per solve.
 
-Order ``order + 1`` with ``lower_order_final=False``; with ``lower_order_final=True`` (diffusers'
-default) the final first-order step caps it at 2. 1 NFE per step. The step to zero noise is
+Order ``min(order + 1, 3)`` with ``lower_order_final=False`` (UniC raises each step by one; the
+first-order warm-up step, corrected, caps ``order = 3`` at 3); with ``lower_order_final=True``
+(diffusers' default) the final first-order step caps it at 2 (all measured). 1 NFE per step. The step to zero noise is
 first order and returns ``a1 m`` exactly, as diffusers with ``final_sigmas_type="zero"``.
 """
 
@@ -59,7 +60,7 @@ class UniPC(SemiLinearSolver):
         self.unipc_order = order
         self.variant = variant
         self.lower_order_final = bool(lower_order_final)
-        self.order = min(order + 1, 2) if self.lower_order_final else order + 1
+        self.order = 2 if self.lower_order_final else min(order + 1, 3)
 
     def _orders(self, n: int, grid) -> list:
         out = []
