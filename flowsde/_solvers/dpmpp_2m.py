@@ -26,6 +26,9 @@ class DPMpp2M(SemiLinearSolver):
     def prepare(self, problem, grid, state):
         coef = []
         for i in range(grid.n_steps):
+            if grid.to_zero(i):
+                coef.append(None)
+                continue
             h = grid.h(i)
             w = 0.0 if i == 0 else 1.0 / (2.0 * (grid.h(i - 1) / h))
             coef.append((grid.s[i + 1] / grid.s[i], grid.a[i + 1] * -math.expm1(-h), w))
