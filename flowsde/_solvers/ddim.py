@@ -17,6 +17,8 @@ Order 1 (ODE), weak order 1 (SDE); 1 NFE per step. A step to zero noise (``s1 = 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import math
 
 from .._errors import InputError
@@ -29,6 +31,10 @@ class DDIM(SemiLinearSolver):
     weak_order = 1.0
     noise_types = ("scalar",)
     eta_name = "sqrt"
+
+    def __init__(self, eta: Optional[float] = None):
+        """``eta``: optional, the peer's eta; it must agree with the problem's beta (see the module)."""
+        self._set_eta(eta)
 
     def prepare(self, problem, grid, state):
         eta = state["eta"]

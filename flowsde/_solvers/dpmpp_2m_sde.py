@@ -33,7 +33,7 @@ class DPMpp2MSDE(SemiLinearSolver):
     eta_name = "beta"
 
     def __init__(self, solver_type: str = "midpoint", eta=None):
-        super().__init__(eta)
+        self._set_eta(eta)
         if solver_type not in SOLVER_TYPES:
             raise InputError(f"DPMpp2MSDE(solver_type={solver_type!r}): must be one of {SOLVER_TYPES}.")
         self.solver_type = solver_type

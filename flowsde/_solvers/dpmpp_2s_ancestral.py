@@ -17,6 +17,8 @@ k-diffusion: ``2n - 1`` evaluations for a grid ending at zero noise. Needs ``t_f
 
 from __future__ import annotations
 
+from typing import Optional
+
 import math
 
 from .semilinear import SemiLinearSolver, ancestral_step, denoise, scale, unscale
@@ -32,6 +34,10 @@ class DPMpp2SAncestral(SemiLinearSolver):
     needs_t_from_ratio = True
     eta_name = "sqrt"
     evals_per_step = 2
+
+    def __init__(self, eta: Optional[float] = None):
+        """``eta``: optional, the peer's eta; it must agree with the problem's beta (see the module)."""
+        self._set_eta(eta)
 
     def nfe(self, n_steps: int) -> int:
         """``2n - 1`` on a grid ending at zero noise (k-diffusion's); ``2n`` otherwise."""

@@ -18,6 +18,8 @@ order to 2, measured), weak order 1; 1 NFE per step. The step to zero noise retu
 
 from __future__ import annotations
 
+from typing import Optional
+
 import math
 
 from .semilinear import SemiLinearSolver, denoise, scale
@@ -30,6 +32,10 @@ class DPMpp3MSDE(SemiLinearSolver):
     solves_ode = False
     noise_types = ("scalar",)
     eta_name = "beta"
+
+    def __init__(self, eta: Optional[float] = None):
+        """``eta``: optional, the peer's eta; it must agree with the problem's beta (see the module)."""
+        self._set_eta(eta)
 
     def prepare(self, problem, grid, state):
         eta, coef = state["eta"], []

@@ -58,7 +58,6 @@ class EDM(SemiLinearSolver):
 
     def __init__(self, S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0,
                  last_step: str = "euler", round_sigma: Optional[Callable] = None):
-        super().__init__()
         self.S_churn = _number("S_churn", S_churn)
         self.S_tmin = _number("S_tmin", S_tmin)
         self.S_tmax = _number("S_tmax", S_tmax, allow_inf=True)

@@ -18,6 +18,8 @@ as k-diffusion. Needs ``alpha > 0`` on the grid.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from .semilinear import SemiLinearSolver, ancestral_step, denoise, scale, unscale
 
 
@@ -29,6 +31,10 @@ class EulerAncestral(SemiLinearSolver):
     noise_types = ("scalar",)
     scaled = True
     eta_name = "sqrt"
+
+    def __init__(self, eta: Optional[float] = None):
+        """``eta``: optional, the peer's eta; it must agree with the problem's beta (see the module)."""
+        self._set_eta(eta)
 
     def prepare(self, problem, grid, state):
         state["ancestral"] = [ancestral_step(grid.r[i], grid.r[i + 1], state["eta"]) for i in range(grid.n_steps)]

@@ -43,7 +43,6 @@ class LMS(SemiLinearSolver):
     scaled = True
 
     def __init__(self, order: int = 4):
-        super().__init__()
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
             raise InputError(f"LMS(order={order!r}): order must be an int >= 1 (k-diffusion's default is 4).")
         self.lms_order = order

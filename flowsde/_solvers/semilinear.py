@@ -148,7 +148,10 @@ class SemiLinearSolver(Solver):
     needs_t_from_ratio = False
     eta_name: Optional[str] = None
 
-    def __init__(self, eta: Optional[float] = None):
+    eta: Optional[float] = None
+
+    def _set_eta(self, eta: Optional[float]) -> None:
+        """Stochastic methods take the peer's ``eta`` as an option; it must agree with the problem."""
         if eta is not None and not (isinstance(eta, numbers.Real) and not isinstance(eta, bool)
                                     and math.isfinite(eta) and eta >= 0):
             raise InputError(f"{type(self).__name__}(eta={eta!r}): eta must be a finite number >= 0 or None.")

@@ -52,7 +52,6 @@ class UniPC(SemiLinearSolver):
     name = "unipc"
 
     def __init__(self, order: int = 2, variant: str = "bh2", lower_order_final: bool = True):
-        super().__init__()
         if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 3:
             raise InputError(f"UniPC(order={order!r}): order must be 1, 2 or 3 (diffusers' default is 2).")
         if variant not in VARIANTS:
