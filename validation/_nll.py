@@ -124,7 +124,8 @@ class NLLResult:
         mean_nats, stderr_nats: the same for the NLL in nats.
         n: number of samples evaluated (after ``limit``); ``n_ok``: those with ``SUCCESS``.
         failed: ``(index, status)`` of the samples whose solve did not succeed.
-        resumed: rows read from a previous run instead of computed.
+        resumed: samples read from a previous run instead of computed (those of the batches
+            complete on disk; a batch with a missing row is computed again).
         world_size: processes that took part.
         out: the CSV written (``None`` without ``out=``).
         settings: the settings that define the rows (stored with the file for resumes).
@@ -403,7 +404,15 @@ def _rows_of(res, idx: List[int], D: int, continuous: bool) -> List[NLLRow]:
         bpd = (-logp / (D * math.log(2))).tolist()
     else:  # pragma: no cover - the adapters always fill bpd when levels/bits are given
         raise FlowSDEError("dataset_nll: the likelihood returned no bpd for discrete data.")
-    stderr = res.stderr.detach().to("cpu", torch.float64).tolist() if res.stderr is not None else [math.nan] * B
+    probes = getattr(res, "logp_probes", None)
+    if probes is not None and probes.dim() == 2 and probes.shape[1] >= 2:
+        # std over the probes per row, in Python: torch's reduction over a (B, k) tensor rounds
+        # differently with B, and a row must not depend on its batch
+        stderr = [_mean_se(list(v))[1] for v in probes.detach().to("cpu", torch.float64).tolist()]
+    elif res.stderr is not None:
+        stderr = res.stderr.detach().to("cpu", torch.float64).tolist()
+    else:
+        stderr = [math.nan] * B
     per = getattr(res, "nfe_per_sample", None)
     if per is None:
         per = (getattr(res, "stats", None) or {}).get("nfe_per_sample")
@@ -560,6 +569,7 @@ def dataset_nll(
     batches = [list(range(b * batch_size, min((b + 1) * batch_size, n))) for b in range(n_batches)]
     pending = [b for b, idx in enumerate(batches) if any(i not in done for i in idx)]
     mine = pending[rank::world]
+    skipped = n - sum(len(batches[b]) for b in pending)
 
     writer = None
     if out_path is not None and mine:
@@ -613,11 +623,8 @@ def dataset_nll(
     outcome = None
     if rank == 0:
         all_failures = [f for _, fs in gathered for f in fs]
-        computed = 0
         for rows, _ in gathered:
             for r in rows:
-                if r.index not in done:
-                    computed += 1
                 done.setdefault(r.index, r)
         if all_failures:
             bad = sorted(i for _, idx, _ in all_failures for i in idx)
@@ -636,7 +643,7 @@ def dataset_nll(
             mn, sn = _mean_se([r.nats for r in ok])
             result = NLLResult(rows=rows, mean_bpd=mb, stderr_bpd=sb, mean_nats=mn, stderr_nats=sn, n=n,
                                n_ok=len(ok), failed=[(r.index, r.status) for r in rows if r.status != "SUCCESS"],
-                               resumed=n - computed, world_size=world, out=out_path, settings=settings)
+                               resumed=skipped, world_size=world, out=out_path, settings=settings)
             if out_path is not None:
                 _write_atomic(out_path, HEADER + "\n" + "".join(r.line() + "\n" for r in rows), "r0")
                 summary = dict(settings=settings, n=n, n_ok=len(ok), mean_bpd=mb, stderr_bpd=sb, mean_nats=mn,
