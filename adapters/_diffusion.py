@@ -269,7 +269,7 @@ class Diffusion:
                 tb = t.to(wd).expand(x.shape[0]) if t.dim() == 0 else t.to(wd)
                 return (_bc(self.schedule.f(tb), x) * x.to(wd)).to(x.dtype)
 
-            return SDE(drift, self._diffusion_fn(bf), noise="scalar", score=self.score)
+            return SDE(drift, self._diffusion_fn(bf), noise_type="scalar", score=self.score)
 
         def drift(t, x):
             p = _Pred(self, t, x)
@@ -282,7 +282,7 @@ class Diffusion:
             corr = (_bc(b, p.xw) if isinstance(b, torch.Tensor) and b.dim() == 1 else b) * p.c("g2") * p.score()
             return p.out(u + sign * 0.5 * corr)
 
-        return SDE(drift, self._diffusion_fn(bf), noise="scalar", score=self.score)
+        return SDE(drift, self._diffusion_fn(bf), noise_type="scalar", score=self.score)
 
     def _diffusion_fn(self, bf) -> Callable:
         def diffusion(t, x):

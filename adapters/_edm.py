@@ -102,7 +102,7 @@ def edm_sampler(
     model_dtype: Optional[torch.dtype] = None,
     generator=None,
     save_all: bool = False,
-    check_finite: bool = True,
+    throw: bool = True,
 ) -> Solution:
     """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2; NVlabs/edm ``generate.py``
     ``edm_sampler``), in the scaled variable of any schedule.
@@ -144,7 +144,7 @@ def edm_sampler(
             (:func:`flowsde.per_sample_generators`), as :func:`flowsde.solve`.
         save_all: keep the state at every grid level (``Solution.xs``, scaled variable,
             ``Solution.ts`` the EDM sigmas reached).
-        check_finite: raise :class:`flowsde.SolveError` naming the first step whose state is
+        throw: raise :class:`flowsde.SolveError` naming the first step whose state is
             non-finite (checked once, after the loop); if False, flag those samples in ``status``.
 
     Returns:
@@ -156,7 +156,7 @@ def edm_sampler(
     Raises:
         flowsde.InputError: bad arguments (with the offending value), a grid outside the
             model's range, a model output of the wrong shape.
-        flowsde.SolveError: the state became non-finite (``check_finite=True``), naming the
+        flowsde.SolveError: the state became non-finite (``throw=True``), naming the
             first step and its noise level.
     """
     D, lo, hi, den = _as_denoiser(model)
@@ -218,7 +218,7 @@ def edm_sampler(
             x_next = x_hat + (r_next - r_hat) * (0.5 * d_cur + 0.5 * d_prime)
             nfe += 1
         x = x_next
-        if check_finite:
+        if throw:
             sums.append(x.sum())
         if save_all:
             xs.append(x)
@@ -226,7 +226,7 @@ def edm_sampler(
     if last_step == "denoise":
         x = call(x, sig[N - 1])
         nfe += 1
-        if check_finite:
+        if throw:
             sums.append(x.sum())
     elif last_step == "stop" and den is not None:
         t_end = den.time(torch.tensor(sig[N - 1], dtype=torch.float64))
@@ -236,7 +236,7 @@ def edm_sampler(
     elif last_step == "stop":
         t_final = sig[N - 1]
     status = torch.zeros(B, dtype=torch.int64, device=dev)
-    if check_finite and sums:
+    if throw and sums:
         finite = torch.isfinite(torch.stack(sums))
         if not bool(finite.all()):  # one sync, after the loop
             k = int((~finite).nonzero()[0])
@@ -244,7 +244,7 @@ def edm_sampler(
             raise SolveError(
                 f"edm_sampler: the state became non-finite at step {k} (sigma -> {r_at}); check the model "
                 "near that noise level, raise sigma_min, or use dtype=torch.float64.", step=k, t=r_at)
-    elif not check_finite:
+    elif not throw:
         bad = ~torch.isfinite(x.reshape(B, -1)).all(1)
         status = torch.where(bad, torch.full_like(status, int(Status.NON_FINITE)), status)
     times = None
@@ -269,10 +269,10 @@ def edm_sampler(
 def edm_heun(model, latents: torch.Tensor, *, num_steps: int = 18, sigma_min: float = 0.002,
              sigma_max: float = 80.0, rho: float = 7.0, sigmas=None, last_step: str = "euler",
              dtype: Optional[torch.dtype] = torch.float64, model_dtype: Optional[torch.dtype] = None,
-             save_all: bool = False, check_finite: bool = True) -> Solution:
+             save_all: bool = False, throw: bool = True) -> Solution:
     """EDM's deterministic sampler (Karras et al. 2022, Algorithm 1): :func:`edm_sampler` with
     ``S_churn = 0``, Heun steps on the rho-grid with a last Euler step (NFE ``2N - 1``).
     Same as k-diffusion's ``sample_heun`` without churn."""
     return edm_sampler(model, latents, num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
                        sigmas=sigmas, S_churn=0.0, last_step=last_step, dtype=dtype, model_dtype=model_dtype,
-                       save_all=save_all, check_finite=check_finite)
+                       save_all=save_all, throw=throw)

@@ -35,6 +35,8 @@ from flowsde._likelihood import (
     _check_data,
     _check_range,
     bits_per_dim,
+    check_in_range,
+    quantization_levels,
     dequantize as _dequantize,
     log_likelihood as _core_log_likelihood,
 )
@@ -81,8 +83,9 @@ def log_likelihood(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     generator=None,
+    levels: Optional[int] = None,
     bits: Optional[int] = None,
-    data_range: Tuple[float, float] = (-1.0, 1.0),
+    data_range: Optional[Tuple[float, float]] = None,
     dequantize: Optional[bool] = None,
     corrected: bool = False,
     per_sample: Optional[bool] = None,
@@ -105,15 +108,21 @@ def log_likelihood(
             as :func:`flowsde.log_likelihood`.
         generator: ``None``, a ``torch.Generator`` or a list of per-sample generators; draws, in
             order: the dequantization noise, the probes, then (``corrected``) ``e`` and its probes.
-        bits: bit depth of discrete data; enables ``bpd`` (and dequantization).
-        data_range: ``(lo, hi)`` the discrete data were scaled to.
+        levels: the number of quantization bins ``L`` of discrete data (e.g. 17 for values 0..16);
+            enables ``bpd`` (and dequantization). Overrides ``bits``.
+        bits: bit depth of discrete data (``L = 2^bits``).
+        data_range: ``(lo, hi)``, the values the discrete data's ``k = 0`` and ``k = L - 1`` were scaled to
+            (default ``(-1, 1)`` when ``levels``/``bits`` is given; refused without them). Data outside it
+            are refused. Convention and bits/dim formula: :func:`flowsde.bits_per_dim`.
         dequantize: add uniform noise within each quantization bin first (default: ``True`` when
-            ``bits`` is given). ``x`` must then lie on the grid ``lo + (hi - lo) k / (2^bits - 1)``.
+            ``levels``/``bits`` is given). ``x`` must then lie on the grid ``lo + k (hi - lo) / (L - 1)``;
+            with ``False`` the (already continuous) data must lie within the bins' support
+            ``[lo - Delta/2, hi + Delta/2]``.
         corrected: also compute the t_eps-corrected ``logp_corrected`` / ``bpd_corrected``
             (a second ODE solve from the noised data).
 
     Returns:
-        :class:`flowsde.LikelihoodResult` with ``logp`` (score_sde-comparable), ``bpd`` (if ``bits``),
+        :class:`flowsde.LikelihoodResult` with ``logp`` (score_sde-comparable), ``bpd`` (if ``levels``/``bits``),
         and with ``corrected``: ``logp_corrected``, ``stderr_corrected``, ``bpd_corrected``,
         ``residual`` (decoder log-likelihood + entropy); ``nfe`` counts both solves.
     """
@@ -129,18 +138,28 @@ def log_likelihood(
     if not (t_lo <= t_eps < T <= t_hi):
         raise InputError(f"log_likelihood: need schedule.t_min = {t_lo:g} <= t_eps = {t_eps:g} < t_max = {T:g} <= "
                          f"schedule.t_max = {t_hi:g} (the score is undefined below t_min).")
-    if bits is not None:
-        _check_range(data_range)
-    if dequantize is None:
-        dequantize = bits is not None
-    if dequantize and bits is None:
-        raise InputError("dequantize=True needs bits= (the bit depth of the data).")
+    L = quantization_levels(levels, bits, default_bits=None, where="log_likelihood")
+    if L is None:
+        if data_range is not None:
+            raise InputError(f"log_likelihood: data_range={data_range!r} given without levels= or bits=: bits/dim "
+                             "needs the number of quantization bins of the data (e.g. levels=17 for values "
+                             "0..16, bits=8 for 8-bit images); pass one, or drop data_range for nats only.")
+        if dequantize:
+            raise InputError("log_likelihood: dequantize=True needs levels= or bits= (the number of quantization "
+                             "bins of the data).")
+        dequantize = False
+    else:
+        data_range = (-1.0, 1.0) if data_range is None else _check_range(data_range)
+        if dequantize is None:
+            dequantize = True
+        if not dequantize:
+            check_in_range(x, data_range, levels=L, where="log_likelihood")
     if prior_logp is None:
         prior_logp = diffusion.prior().log_prob
 
     dtype, device = x.dtype, x.device
     B, D = x.shape[0], x[0].numel()
-    data = _dequantize(x, bits=bits, data_range=data_range, generator=generator) if dequantize else x
+    data = _dequantize(x, levels=L, data_range=data_range, generator=generator) if dequantize else x
 
     pf = diffusion.pf_ode()
     if time == "log_snr":
@@ -155,10 +174,10 @@ def log_likelihood(
               per_sample=per_sample, max_steps=max_steps, throw=throw, progress=progress,
               exact_max_bytes=exact_max_bytes)
     res = _core_log_likelihood(ode, data, span, prior_logp, **kw)
-    res.stats.update(time=time, t_eps=t_eps, t_max=T, dequantized=bool(dequantize), bits=bits,
-                     data_range=tuple(data_range) if bits is not None else None)
-    if bits is not None:
-        res.bpd = bits_per_dim(res.logp, D, bits=bits, data_range=data_range)
+    res.stats.update(time=time, t_eps=t_eps, t_max=T, dequantized=bool(dequantize), levels=L,
+                     data_range=tuple(data_range) if L is not None else None)
+    if L is not None:
+        res.bpd = bits_per_dim(res.logp, D, levels=L, data_range=data_range)
 
     if corrected:
         te = torch.full((B,), t_eps, dtype=dtype, device=device)
@@ -174,8 +193,8 @@ def log_likelihood(
         res.stderr_corrected = res2.stderr
         res.nfe += res2.nfe + 1
         res.status = torch.maximum(res.status, res2.status)
-        if bits is not None:
-            res.bpd_corrected = bits_per_dim(res.logp_corrected, D, bits=bits, data_range=data_range)
+        if L is not None:
+            res.bpd_corrected = bits_per_dim(res.logp_corrected, D, levels=L, data_range=data_range)
     return res
 
 

@@ -9,7 +9,7 @@ Anchors, side by side in one run (ratios = flowsde time / anchor time):
 * a bare Euler–Maruyama loop.
 
 flowsde runs the same grid with ``Heun(final_euler=True)`` (NFE 2N - 1) and
-``euler_maruyama``, with ``check_finite`` on (default) and off.
+``euler_maruyama``, with ``throw`` on (default) and off.
 
     python benchmarks/bench_overhead.py            # CPU, tiny MLP
     python benchmarks/bench_overhead.py --device cuda --width 4096 --depth 8   # a larger net on GPU
@@ -118,7 +118,7 @@ def main():
 
     def fl_em(check):
         gen = torch.Generator(device=dev).manual_seed(gen_seed)
-        return flowsde.solve(sde, x0, ts_em, method="euler_maruyama", generator=gen, check_finite=check).x
+        return flowsde.solve(sde, x0, ts_em, method="euler_maruyama", generator=gen, throw=check).x
 
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     with torch.no_grad():
@@ -131,7 +131,7 @@ def main():
             "kdiff_heun": lambda: kdiff_heun(True),
             "bare_heun": lambda: kdiff_heun(False),
             "flowsde_heun": lambda: flowsde.solve(ode, x0, sigmas, method=heun),
-            "flowsde_heun_nocheck": lambda: flowsde.solve(ode, x0, sigmas, method=heun, check_finite=False),
+            "flowsde_heun_nocheck": lambda: flowsde.solve(ode, x0, sigmas, method=heun, throw=False),
             "bare_em": bare_em,
             "flowsde_em": lambda: fl_em(True),
             "flowsde_em_nocheck": lambda: fl_em(False),

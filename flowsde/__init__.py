@@ -6,7 +6,7 @@ turns a network and schedule into core problems, and ``flowsde.validation``
 holds analytic references and checks.
 """
 
-from . import grids
+from . import grids, utils
 from ._errors import FlowSDEError, InputError, SolveError
 from ._noise import BrownianPath, per_sample_generators
 from ._problem import ODE, SDE
@@ -23,6 +23,7 @@ __all__ = [
     "Solution",
     "Status",
     "grids",
+    "utils",
     "BrownianPath",
     "per_sample_generators",
     "Solver",

@@ -225,7 +225,7 @@ def log_likelihood(
     if trace == "exact" and probes != 1:
         raise InputError(f"probes={probes} applies to trace='hutchinson'; the exact trace has no probes.")
     _check_tols(rtol, atol)
-    solver = RK45(rtol, atol, per_sample=per_sample, max_steps=max_steps, throw=throw)
+    solver = RK45(rtol, atol, per_sample=per_sample, max_steps=max_steps)
 
     B, event, dtype, device = x.shape[0], tuple(x.shape[1:]), x.dtype, x.device
     D = math.prod(event)
@@ -304,29 +304,57 @@ def log_likelihood(
     )
 
 
-def bits_per_dim(logp: torch.Tensor, dims: int, *, bits: int = 8, data_range: Tuple[float, float] = (-1.0, 1.0)):
+def quantization_levels(levels, bits, *, default_bits: Optional[int] = 8, where: str = "") -> Optional[int]:
+    """The number of quantization bins ``L``: ``levels`` if given, else ``2**bits`` (``bits`` defaults
+    to ``default_bits``; ``None`` when neither is given and ``default_bits`` is ``None``)."""
+    pre = f"{where}: " if where else ""
+    if levels is not None:
+        if not isinstance(levels, int) or isinstance(levels, bool) or levels < 2:
+            raise InputError(f"{pre}levels must be an int >= 2 (the number of quantization bins, e.g. 17 for "
+                             f"values 0..16), got {levels!r}.")
+    if bits is not None:
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1:
+            raise InputError(f"{pre}bits must be a positive int (the bit depth), got {bits!r}.")
+        if levels is not None and levels != 2**bits:
+            raise InputError(f"{pre}levels={levels} contradicts bits={bits} (2**bits = {2**bits}); pass one of them.")
+    if levels is not None:
+        return levels
+    if bits is None:
+        bits = default_bits
+    return None if bits is None else 2**bits
+
+
+def bin_width(levels: int, data_range: Tuple[float, float]) -> float:
+    """``Delta = (hi - lo) / (L - 1)``: the spacing of the data grid and the width of each dequantization bin."""
+    lo, hi = _check_range(data_range)
+    return (hi - lo) / (levels - 1)
+
+
+def bits_per_dim(logp: torch.Tensor, dims: int, *, levels: Optional[int] = None, bits: Optional[int] = None,
+                 data_range: Tuple[float, float] = (-1.0, 1.0)):
     """Bits per dimension of discrete data from the log-density of its dequantized version.
 
-    For ``n``-bit data ``k in {0..2^n-1}^D`` dequantized to ``u = (k + U) / 2^n`` and
-    scaled to ``y = lo + (hi - lo) u`` (the model's data space), Jensen gives
-    ``log P(k) >= E_U log p_y(y) + D log(hi - lo) - n D log 2``, so
+    Convention (``docs/likelihood.md``): the ``L`` values ``k = 0..L-1`` of each dimension sit on the grid
+    ``x_k = lo + k Delta``, ``Delta = (hi - lo) / (L - 1)`` (``lo`` and ``hi`` included: ``ToTensor()``
+    then ``2x - 1``, or digits' ``k / 16`` scaled). Bin ``k`` is ``[x_k - Delta/2, x_k + Delta/2)``;
+    the bins tile ``[lo - Delta/2, hi + Delta/2)``, so ``P(k) = int_bin p_y`` is a distribution over the
+    ``L^D`` values and Jensen gives ``log P(k) >= E_U log p_y(y) + D log Delta``, hence
 
-        bpd = -logp / (D ln 2) - log2(hi - lo) + n
+        bpd = -logp / (D ln 2) - log2(Delta) = -logp / (D ln 2) - log2(hi - lo) + log2(L - 1)
 
-    (score_sde's offset: 7 for 8-bit data in [-1, 1], 8 for [0, 1]).
+    (a uniform density over the bins gives ``log2 L`` bits/dim).
 
     Arguments:
-        logp: ``(B,)`` log-density of the dequantized, scaled data ``y``.
+        logp: ``(B,)`` log-density (nats) of the dequantized data ``y`` (:func:`dequantize`).
         dims: ``D``, the number of data dimensions.
-        bits: bit depth ``n`` of the discrete data.
-        data_range: ``(lo, hi)`` of the scaled data.
+        levels: the number of quantization bins ``L`` (e.g. 17 for values 0..16); overrides ``bits``.
+        bits: bit depth ``n`` (``L = 2^n``); default 8 when ``levels`` is not given.
+        data_range: ``(lo, hi)``: the values of ``k = 0`` and ``k = L - 1``.
     """
-    lo, hi = _check_range(data_range)
-    if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1:
-        raise InputError(f"bits must be a positive int (the bit depth), got {bits!r}.")
-    if not isinstance(dims, int) or dims < 1:
-        raise InputError(f"dims must be a positive int, got {dims!r}.")
-    return -logp / (dims * math.log(2)) - math.log2(hi - lo) + bits
+    L = quantization_levels(levels, bits, where="bits_per_dim")
+    if not isinstance(dims, int) or isinstance(dims, bool) or dims < 1:
+        raise InputError(f"bits_per_dim: dims must be a positive int, got {dims!r}.")
+    return -logp / (dims * math.log(2)) - math.log2(bin_width(L, data_range))
 
 
 def _check_range(data_range):
@@ -339,31 +367,64 @@ def _check_range(data_range):
     return lo, hi
 
 
-def dequantize(x: torch.Tensor, *, bits: int = 8, data_range: Tuple[float, float] = (-1.0, 1.0), generator=None,
-               grid_tol: float = 1e-3) -> torch.Tensor:
-    """Uniform dequantization of ``n``-bit data given on its grid.
+def check_in_range(x: torch.Tensor, data_range, *, levels: Optional[int] = None, where: str = "x") -> None:
+    """Refuse data outside ``data_range`` (widened by half a bin when ``levels`` is given: the support of
+    dequantized data)."""
+    lo, hi = _check_range(data_range)
+    half = 0.0 if levels is None else 0.5 * (hi - lo) / (levels - 1)
+    # relative slack for the rounding of the scaling to the data range
+    slack = 8 * torch.finfo(x.dtype).eps * max(abs(lo), abs(hi), hi - lo)
+    mn, mx = (float(v) for v in torch.stack([x.amin(), x.amax()]).tolist())
+    if mn < lo - half - slack or mx > hi + half + slack:
+        bad = ((x < lo - half - slack) | (x > hi + half + slack)).reshape(x.shape[0], -1).any(1)
+        idx = bad.nonzero().flatten().tolist()
+        support = (f"[{lo!r}, {hi!r}]" if levels is None else
+                   f"[{lo - half!r}, {hi + half!r}] (data_range {(lo, hi)} widened by half a bin, the support "
+                   f"of data dequantized into {levels} levels)")
+        raise InputError(f"{where}: values in [{mn:.6g}, {mx:.6g}] lie outside {support} in samples "
+                         f"{idx[:10]}{' ...' if len(idx) > 10 else ''}; bits/dim of such data is meaningless. "
+                         "Scale the data into data_range, or pass the data_range it was scaled to.")
 
-    ``x = lo + (hi - lo) k / (2^n - 1)`` (e.g. ``ToTensor()`` then ``2x - 1``) is mapped to
-    ``lo + (hi - lo) (k + U) / 2^n``, ``U ~ Uniform[0, 1)^D`` (score_sde's ``(U + 255 img) / 256``).
-    Raises :class:`flowsde.InputError` if ``x`` is not on the grid (within ``grid_tol`` levels).
+
+def dequantize(x: torch.Tensor, *, levels: Optional[int] = None, bits: Optional[int] = None,
+               data_range: Tuple[float, float] = (-1.0, 1.0), generator=None, grid_tol: float = 1e-3) -> torch.Tensor:
+    """Uniform dequantization of discrete data given on its grid.
+
+    ``x = lo + k Delta``, ``Delta = (hi - lo) / (L - 1)``, ``k in 0..L-1`` (e.g. ``ToTensor()`` then
+    ``2x - 1`` for ``L = 256``; digits' values ``0..16`` scaled for ``L = 17``) is mapped to
+    ``y = x + (U - 1/2) Delta``, ``U ~ Uniform[0, 1)^D``: uniform over bin ``k``, centred on the value the
+    model was trained on (see :func:`bits_per_dim` for the matching bits/dim).
+
+    Arguments:
+        x: ``(B, *event)`` data on the grid.
+        levels: the number of quantization bins ``L``; overrides ``bits``.
+        bits: bit depth (``L = 2^bits``); default 8 when ``levels`` is not given.
+        data_range: ``(lo, hi)``, the values of ``k = 0`` and ``k = L - 1``.
+        generator: ``None``, a ``torch.Generator`` or a list of per-sample generators (one per sample:
+            a sample's noise then does not depend on its batch).
+        grid_tol: how far (in bins) ``x`` may be off the grid (rounding of the scaling).
+
+    Raises:
+        InputError: ``x`` outside ``data_range`` or off the grid.
     """
     _check_data(x)
+    L = quantization_levels(levels, bits, where="dequantize")
     lo, hi = _check_range(data_range)
-    if not isinstance(bits, int) or isinstance(bits, bool) or bits < 1:
-        raise InputError(f"bits must be a positive int (the bit depth), got {bits!r}.")
-    levels = 2**bits - 1
-    kf = (x - lo) / (hi - lo) * levels
+    check_in_range(x, data_range, where="dequantize")
+    delta = (hi - lo) / (L - 1)
+    kf = (x - lo) / delta
     k = kf.round()
-    off = (kf - k).abs().amax()
-    if float(off) > grid_tol or float(k.amin()) < 0 or float(k.amax()) > levels:
-        raise InputError(f"dequantize: x is not {bits}-bit data on the grid {lo} + ({hi} - {lo}) k / {levels} "
-                         f"(off by up to {float(off):.3g} levels, k in [{float(k.amin()):g}, {float(k.amax()):g}]); "
-                         "pass bits/data_range matching the data, or dequantize=False for already-continuous data.")
+    off = float((kf - k).abs().amax())
+    if off > grid_tol:
+        raise InputError(f"dequantize: x is not on the grid of {L} levels lo + k (hi - lo) / {L - 1} with "
+                         f"(lo, hi) = {(lo, hi)} (off by up to {off:.3g} bins; not {L}-level data). Pass levels/bits/"
+                         "data_range matching the data, or dequantize=False for already-continuous data.")
     if isinstance(generator, (list, tuple)):
         if len(generator) != x.shape[0]:
-            raise InputError(f"generator: {len(generator)} generators for a batch of {x.shape[0]}.")
+            raise InputError(f"dequantize: {len(generator)} generators for a batch of {x.shape[0]}; pass one per "
+                             "sample.")
         U = torch.stack([torch.rand(tuple(x.shape[1:]), generator=g, dtype=x.dtype, device=x.device)
                          for g in generator])
     else:
         U = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return lo + (hi - lo) * (k + U) / 2**bits
+    return lo + (k + U - 0.5) * delta

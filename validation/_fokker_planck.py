@@ -86,7 +86,7 @@ def reverse_time_sde(problem: ODE, T: float) -> ODE:
     score = (lambda s, y: problem.score(T - s, y)) if problem.has_score else None
     if not problem.is_sde:
         return ODE(drift, score=score)
-    return SDE(drift, lambda s, y: problem.diffusion(T - s, y), noise=problem.noise, score=score)
+    return SDE(drift, lambda s, y: problem.diffusion(T - s, y), noise_type=problem.noise_type, score=score)
 
 
 def reverse_time_log_prob(log_prob: Callable, T: float) -> Callable:

@@ -1,7 +1,7 @@
-"""The solver interface shared by every method.
+"""The solver interface shared by every method (docs/design.md, "Solvers").
 
-A fixed-step solver implements ``step(problem, t0, t1, x, noise, last)`` and
-returns the new state; the driver loop in :mod:`flowsde._solve` owns time,
+A fixed-step solver implements ``step(problem, t0, t1, x, noise, last, state)``
+and returns the new state; the driver loop in :mod:`flowsde._solve` owns time,
 saving and checks. Orders are class attributes that tests read.
 """
 
@@ -21,6 +21,21 @@ class Solver:
         solves_ode: whether an :class:`flowsde.ODE` is accepted.
         requires_score: the problem must carry ``score(t, x)``.
         adaptive: chooses its own steps (``ts`` are then only the output times).
+        evals_per_step: network evaluations (drift + score calls) per fixed step;
+            :meth:`nfe` gives the total for a solve.
+
+    Protocol of a fixed-step solve (:func:`flowsde.solve`)::
+
+        state = solver.init_state(problem, x0, ts)       # once; a dict the solver owns
+        for i in range(len(ts) - 1):
+            state["i"], state["ts"] = i, ts              # set by the loop
+            x = solver.step(problem, ts[i], ts[i + 1], x, noise, i == len(ts) - 2, state)
+
+    ``problem`` is the checked problem (its ``drift``, ``diffusion``, ``score``
+    take float64 ``t`` and cast it for the user's functions); ``t0``, ``t1`` are
+    0-dim float64 tensors; ``noise`` is the solve's noise source
+    (``noise.randn_like(x)``, ``noise.dW(t0, t1, sqrt(|t1 - t0|), x)``). A
+    multistep solver keeps its history in ``state``.
     """
 
     name = "solver"
@@ -31,14 +46,23 @@ class Solver:
     solves_ode = True
     requires_score = False
     adaptive = False
+    evals_per_step: int = 1
+
+    def nfe(self, n_steps: int) -> int:
+        """Network evaluations of a solve of ``n_steps`` fixed steps."""
+        return int(n_steps) * int(self.evals_per_step)
+
+    def init_state(self, problem, x0, ts) -> dict:
+        """The per-solve state passed to every :meth:`step` (default: an empty dict)."""
+        return {}
 
     def check_problem(self, problem) -> None:
         if problem.is_sde:
-            if problem.noise not in self.noise_types:
+            if problem.noise_type not in self.noise_types:
                 hint = ("use method='euler_maruyama', 'pc', 'milstein' or 'srk'" if not self.noise_types
                         else f"it supports noise types {self.noise_types}")
                 raise InputError(
-                    f"method={self.name!r} cannot solve an SDE with noise={problem.noise!r}: {hint}."
+                    f"method={self.name!r} cannot solve an SDE with noise_type={problem.noise_type!r}: {hint}."
                 )
         elif not self.solves_ode:
             raise InputError(f"method={self.name!r} solves SDEs only; for an ODE use 'euler', 'heun' or 'rk45'.")
@@ -48,8 +72,10 @@ class Solver:
                 "(adapters' Diffusion.reverse_sde() attaches it)."
             )
 
-    def step(self, problem, t0, t1, x, noise, last: bool):  # pragma: no cover - interface
-        raise NotImplementedError(f"{type(self).__name__} must implement step(problem, t0, t1, x, noise, last).")
+    def step(self, problem, t0, t1, x, noise, last: bool, state: dict):  # pragma: no cover - interface
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement step(problem, t0, t1, x, noise, last, state)."
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

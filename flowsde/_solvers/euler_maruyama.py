@@ -18,7 +18,7 @@ class EulerMaruyama(Solver):
     weak_order = 1.0
     noise_types = ("scalar", "diagonal")
 
-    def step(self, problem, t0, t1, x, noise, last):
+    def step(self, problem, t0, t1, x, noise, last, state):
         h = t1 - t0
         x1 = x + h * problem.drift(t0, x)
         if problem.is_sde:

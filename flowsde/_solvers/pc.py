@@ -109,11 +109,11 @@ def langevin(score_fn, t, x, noise=None, *, n_steps: int = 1, snr: float = 0.16,
         noise: ``None``, a ``torch.Generator``, per-sample generators or a flowsde noise source.
         n_steps, snr, a, step_rule: see :class:`PC`.
     """
-    from .._noise import _Noise, make_noise
+    from .._noise import NoiseSource, make_noise
 
     if step_rule not in STEP_RULES:
         raise InputError(f"langevin(step_rule={step_rule!r}): must be one of {STEP_RULES}.")
-    if not isinstance(noise, _Noise):
+    if not isinstance(noise, NoiseSource):
         noise = make_noise(noise, x)
     step_rule = resolve_step_rule(step_rule, x)
     a_t = a(t) if callable(a) else a
@@ -160,11 +160,16 @@ class PC(Solver):
         self.a = a
         self.step_rule = step_rule
 
-    def step(self, problem, t0, t1, x, noise, last):
+    @property
+    def evals_per_step(self) -> int:
+        """One drift evaluation (predictor) and ``n_corrector`` score evaluations."""
+        return 1 + self.n_corrector
+
+    def step(self, problem, t0, t1, x, noise, last, state):
         if self.n_corrector:
             x = langevin(problem.score, t0, x, noise, n_steps=self.n_corrector, snr=self.snr, a=self.a,
                          step_rule=self.step_rule)
-        return _PREDICTOR.step(problem, t0, t1, x, noise, last)
+        return _PREDICTOR.step(problem, t0, t1, x, noise, last, state)
 
     def __repr__(self) -> str:
         return f"PC(snr={self.snr}, n_corrector={self.n_corrector}, a={self.a!r}, step_rule={self.step_rule!r})"

@@ -332,8 +332,6 @@ class RK45(Solver):
             ``mode="per_sample"|"batch"``. Default: :data:`DEFAULT_PER_SAMPLE`
             (the faster one at equal accuracy in ``benchmarks/bench_likelihood.py``).
         max_steps: step budget per sample (accepted + rejected).
-        throw: raise :class:`flowsde.SolveError` if a sample fails (default); with
-            ``False`` the :class:`flowsde.Solution` carries the per-sample status.
         first_step: initial step size (default: Hairer's rule).
         safety, ifactor, dfactor: controller constants.
 
@@ -347,7 +345,7 @@ class RK45(Solver):
     noise_types: tuple = ()
 
     def __init__(self, rtol: float = 1e-5, atol: float = 1e-5, *, per_sample: Optional[bool] = None,
-                 mode: Optional[str] = None, max_steps: int = 10_000, throw: bool = True,
+                 mode: Optional[str] = None, max_steps: int = 10_000,
                  first_step: Optional[float] = None, safety: float = 0.9, ifactor: float = 10.0,
                  dfactor: float = 0.2):
         for name, v in (("rtol", rtol), ("atol", atol)):
@@ -369,7 +367,6 @@ class RK45(Solver):
         self.rtol, self.atol = float(rtol), float(atol)
         self.per_sample = DEFAULT_PER_SAMPLE if per_sample is None else bool(per_sample)
         self.max_steps = max_steps
-        self.throw = bool(throw)
         self.first_step = first_step
         self.safety, self.ifactor, self.dfactor = float(safety), float(ifactor), float(dfactor)
 
@@ -396,15 +393,14 @@ class RK45(Solver):
         first = [True]
 
         def func(t, y):
-            tt = t.to(dtype)
             if first[0]:  # shape/dtype/device checks on the first call
                 first[0] = False
-                return (checked.drift(tt, y[0]),)
+                return (checked.drift(t, y[0]),)
             checked.nfe += 1
-            return (checked.problem.drift(tt, y[0]),)
+            return (checked.problem.drift(checked.time(t), y[0]),)
 
         out = self.integrate(func, (x0,), ts.to(torch.float64), save_all=save_all, progress=progress)
-        if self.throw:
+        if checked.throw:  # solve(..., throw=...)
             self.raise_on_failure(out)
         return Solution(
             x=out["y"][0],
@@ -422,5 +418,4 @@ class RK45(Solver):
         )
 
     def __repr__(self) -> str:
-        return (f"RK45(rtol={self.rtol:g}, atol={self.atol:g}, mode={self.mode!r}, max_steps={self.max_steps}, "
-                f"throw={self.throw})")
+        return (f"RK45(rtol={self.rtol:g}, atol={self.atol:g}, mode={self.mode!r}, max_steps={self.max_steps})")

@@ -409,7 +409,7 @@ def test_bad_input():
         from_denoiser(3)
     with pytest.raises(SolveError, match="non-finite"):
         edm_sampler(lambda x, s: x / (s - s), lat, num_steps=3)
-    bad = edm_sampler(lambda x, s: x / (s - s), lat, num_steps=3, check_finite=False)
+    bad = edm_sampler(lambda x, s: x / (s - s), lat, num_steps=3, throw=False)
     assert bool((bad.status == flowsde.Status.NON_FINITE).all())
 
 

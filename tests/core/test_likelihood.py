@@ -149,31 +149,49 @@ def test_one_fixed_probe_equals_path_integral_of_zJz():
 
 
 def test_bits_per_dim_hand_cases():
-    # the uniform density on the data cube: every n-bit value has probability 2^-nD -> n bits/dim
+    # the uniform density over the L bins (width Delta = (hi - lo)/(L - 1), centred on the grid
+    # lo + k Delta) gives every value probability L^-D -> log2(L) bits/dim
     D = 6
     for lo, hi in ((-1.0, 1.0), (0.0, 1.0), (0.0, 255.0)):
-        logp = torch.full((2,), -D * math.log(hi - lo), dtype=torch.float64)
-        for bits in (1, 5, 8, 16):
-            bpd = bits_per_dim(logp, D, bits=bits, data_range=(lo, hi))
-            assert torch.allclose(bpd, torch.full((2,), float(bits), dtype=torch.float64), atol=1e-12)
-    # score_sde's offsets: 7 for [-1, 1], 8 for [0, 1] (8-bit)
+        for kw, L in ((dict(bits=1), 2), (dict(bits=5), 32), (dict(bits=8), 256), (dict(levels=17), 17),
+                      (dict(levels=3), 3), (dict(levels=16, bits=4), 16)):
+            width = L * (hi - lo) / (L - 1)
+            logp = torch.full((2,), -D * math.log(width), dtype=torch.float64)
+            bpd = bits_per_dim(logp, D, data_range=(lo, hi), **kw)
+            assert torch.allclose(bpd, torch.full((2,), math.log2(L), dtype=torch.float64), atol=1e-12)
+    # offset: -log2(Delta); 8 bits (the default) in [-1, 1]: log2(255 / 2)
     zero = torch.zeros(1, dtype=torch.float64)
-    assert float(bits_per_dim(zero, 3)) == 7.0 and float(bits_per_dim(zero, 3, data_range=(0, 1))) == 8.0
-    with pytest.raises(InputError):
-        bits_per_dim(zero, 3, bits=0)
-    with pytest.raises(InputError):
-        bits_per_dim(zero, 3, data_range=(1.0, -1.0))
+    assert abs(float(bits_per_dim(zero, 3)) - math.log2(127.5)) < 1e-12
+    assert abs(float(bits_per_dim(zero, 3, levels=17, data_range=(0, 16))) - 0.0) < 1e-12
+    for kw in (dict(bits=0), dict(levels=1), dict(levels=16, bits=3), dict(levels=2.5),
+               dict(data_range=(1.0, -1.0))):
+        with pytest.raises(InputError):
+            bits_per_dim(zero, 3, **kw)
 
 
-def test_dequantize_stays_in_bins():
+@pytest.mark.parametrize("kw, L", [(dict(bits=4), 16), (dict(levels=17), 17), (dict(levels=17, bits=None), 17)])
+def test_dequantize_stays_in_bins(kw, L):
     g = torch.Generator().manual_seed(0)
-    k = torch.randint(0, 16, (5, 7), generator=g).to(torch.float64)
-    x = -1 + 2 * k / 15  # 4-bit data in [-1, 1]
-    y = dequantize(x, bits=4, data_range=(-1, 1), generator=g)
-    u = (y + 1) / 2 * 16
-    assert ((u >= k) & (u < k + 1)).all()
-    with pytest.raises(InputError, match="not 4-bit data"):
-        dequantize(x + 0.01, bits=4)
+    k = torch.randint(0, L, (5, 7), generator=g).to(torch.float64)
+    k[0, :2] = torch.tensor([0.0, L - 1.0])  # both ends of the range
+    x = -1 + 2 * k / (L - 1)  # L-level data in [-1, 1], endpoints included
+    y = dequantize(x, data_range=(-1, 1), generator=g, **kw)
+    delta = 2 / (L - 1)
+    u = (y - x) / delta  # U - 1/2 in [-1/2, 1/2): the bin centred on x
+    assert ((u >= -0.5) & (u < 0.5)).all()
+    assert u.std() > 0.2  # uniform over the bin (std 0.29), not a constant shift
+    with pytest.raises(InputError, match=f"not {L}-level data"):
+        dequantize((x + 0.3 * delta).clamp(-1, 1), data_range=(-1, 1), **kw)
+
+
+def test_data_outside_range_refused():
+    # issue 11: data in [-2, 2] with data_range (-1, 1) must not give a number
+    x = torch.tensor([[-2.0, 0.0, 2.0], [0.0, 0.5, 1.0]], dtype=torch.float64)
+    with pytest.raises(InputError, match=r"outside \[-1.0, 1.0\] in samples \[0\]"):
+        dequantize(x, levels=5, data_range=(-1, 1))
+    # the scaling's rounding is not an excursion: lo - 1 ulp is on the grid
+    x = torch.tensor([[-1.0 - 2e-16, 1.0 + 2e-16]], dtype=torch.float64)
+    assert dequantize(x, levels=5, data_range=(-1, 1)).shape == x.shape
 
 
 def test_bad_input():

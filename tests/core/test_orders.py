@@ -69,7 +69,7 @@ class _MLP(torch.nn.Module):
 def nonlinear_sde():
     # diffrax test_sde1.py's problem: d = 3, t in [0, 2], drift 0.5 MLP, diffusion 0.25 tanh-MLP (diagonal).
     f, g = _MLP(3, 8, 1, False), _MLP(3, 8, 2, True)
-    return flowsde.SDE(lambda t, x: 0.5 * f(x), lambda t, x: 0.25 * g(x), noise="diagonal")
+    return flowsde.SDE(lambda t, x: 0.5 * f(x), lambda t, x: 0.25 * g(x), noise_type="diagonal")
 
 
 @pytest.mark.parametrize("t0, t1", [(0.0, 2.0), (2.0, 0.0)])

@@ -137,7 +137,7 @@ def test_nan_in_one_sample_is_isolated(per_sample):
 
     ode = flowsde.ODE(f)
     x0 = torch.ones(3, 2, dtype=torch.float64)
-    sol = flowsde.solve(ode, x0, torch.tensor([0.0, 1.0]), method=RK45(throw=False, per_sample=per_sample))
+    sol = flowsde.solve(ode, x0, torch.tensor([0.0, 1.0]), method=RK45(per_sample=per_sample), throw=False)
     assert sol.status.tolist() == [Status.SUCCESS, Status.NON_FINITE, Status.SUCCESS]
     assert float(sol.t_final[1]) <= 0.5 + 1e-12 and float(sol.t_final[1]) > 0.0
     assert torch.isfinite(sol.x).all()  # frozen at its last finite state
@@ -152,7 +152,7 @@ def test_max_steps_partial_result_and_error(per_sample):
     ode = _linear(A2)
     x0 = torch.randn(2, 2, dtype=torch.float64)
     sol = flowsde.solve(ode, x0, torch.tensor([0.0, 10.0]),
-                        method=RK45(1e-9, 1e-9, max_steps=5, throw=False, per_sample=per_sample))
+                        method=RK45(1e-9, 1e-9, max_steps=5, per_sample=per_sample), throw=False)
     assert (sol.status == Status.MAX_STEPS).all()
     assert (sol.t_final > 0).all() and (sol.t_final < 10).all()
     with pytest.raises(SolveError, match=r"max_steps = 5 at t = .* with step size"):

@@ -58,7 +58,7 @@ def test_inputs_are_not_modified():
 
 @pytest.mark.parametrize("method", ["euler_maruyama", "pc", "milstein", "srk"])
 def test_same_seed_same_result(method):
-    sde = flowsde.SDE(lambda t, x: -x, lambda t, x: 0.5 + 0.1 * x.sin(), noise="diagonal", score=lambda t, x: -x)
+    sde = flowsde.SDE(lambda t, x: -x, lambda t, x: 0.5 + 0.1 * x.sin(), noise_type="diagonal", score=lambda t, x: -x)
     x0 = torch.randn(4, 3, dtype=F64)
     ts = grids.uniform(1, 0, 7)
     a = flowsde.solve(sde, x0, ts, method=method, generator=torch.Generator().manual_seed(3)).x

@@ -63,7 +63,7 @@ def test_euler_maruyama_on_ou(t0, t1):
 
 
 def _gbm(mu=0.5, s=0.8):
-    return flowsde.SDE(lambda t, x: mu * x, lambda t, x: s * x, noise="diagonal")
+    return flowsde.SDE(lambda t, x: mu * x, lambda t, x: s * x, noise_type="diagonal")
 
 
 @pytest.mark.slow
