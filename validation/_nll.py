@@ -144,6 +144,11 @@ class NLLResult:
     out: Optional[Path]
     settings: dict = field(default_factory=dict)
 
+    @property
+    def stderr(self) -> float:
+        """``stderr_bpd``: the standard error of ``mean_bpd`` over samples."""
+        return self.stderr_bpd
+
     def summary(self) -> str:
         """One line: mean bits/dim and its standard error over samples."""
         s = (f"bits/dim {self.mean_bpd:.4f} +- {self.stderr_bpd:.4f} (mean +- standard error over "
@@ -433,8 +438,8 @@ def dataset_nll(
     data_range: Optional[Tuple[float, float]] = None,
     trace: str = "exact",
     probes: int = 1,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
     batch_size: int = 64,
     seed: int = 0,
     limit: Optional[int] = None,
@@ -456,7 +461,8 @@ def dataset_nll(
             are dequantized with their own noise and ``bpd`` is the dequantization bound. Neither:
             continuous data, no dequantization, ``bpd = nats / (D ln 2)``.
         data_range: ``(lo, hi)`` the discrete data were scaled to (the likelihood's default if ``None``).
-        trace, probes, rtol, atol: as :meth:`Diffusion.log_likelihood`.
+        trace, probes: as :meth:`Diffusion.log_likelihood`.
+        rtol, atol: RK45 tolerances (``None``: :meth:`Diffusion.log_likelihood`'s defaults).
         batch_size: samples per solve; batch ``b`` holds the global indices
             ``b*batch_size .. (b+1)*batch_size - 1``.
         seed: base seed of the per-sample generators (:func:`sample_seeds`).
@@ -516,6 +522,9 @@ def dataset_nll(
         else:
             device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
+    if isinstance(dtype, str):
+        name = dtype[len("torch."):] if dtype.startswith("torch.") else dtype
+        dtype = getattr(torch, name, None) if name in ("float16", "bfloat16", "float32", "float64") else dtype
     if dtype is None:
         if p is not None and p.dtype.is_floating_point:
             dtype = p.dtype
@@ -526,7 +535,11 @@ def dataset_nll(
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise InputError(f"dataset_nll: dtype must be a floating torch.dtype, got {dtype!r}.")
 
-    lik_kw = dict(trace=trace, probes=probes, rtol=rtol, atol=atol, per_sample=per_sample, **likelihood_options)
+    lik_kw = dict(trace=trace, probes=probes, per_sample=per_sample, **likelihood_options)
+    if rtol is not None:
+        lik_kw["rtol"] = rtol
+    if atol is not None:
+        lik_kw["atol"] = atol
     if levels is not None:
         lik_kw["levels"] = levels
     if bits is not None:
