@@ -37,3 +37,5 @@ __all__ = [
     "Comparison",
     "ComparisonRow",
 ]
+from ._nll import DatasetNLLError, NLLResult, NLLRow, dataset_nll  # data-set NLL (validation/_nll.py, owner dist)
+__all__ += ["dataset_nll", "NLLResult", "NLLRow", "DatasetNLLError"]
