@@ -21,6 +21,7 @@ written here as ``u -/+ beta/2 g^2 score`` so that each drift costs one network 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional, Union
 
@@ -30,7 +31,9 @@ from flowsde import ODE, SDE, InputError
 from flowsde.utils import batch_broadcast
 
 from ._inputs import check_call, check_net, swapped_output_hint
+from ._likelihood import log_likelihood as _log_likelihood
 from ._prior import GaussianPrior
+from ._semilinear import semilinear_ode, semilinear_sde
 from .schedules import Schedule
 
 __all__ = ["Diffusion", "PREDICTIONS"]
@@ -485,8 +488,15 @@ class Diffusion:
         ``beta = w^2/g^2``. It stays finite where ``g`` is not: at ``t_max`` of a schedule with
         ``alpha(t_max) = 0`` (``Linear``: pure noise at ``t = 1``), where every ``beta > 0`` has
         infinite drift and diffusion, so a flow-matching model can start sampling there.
+
+        Returns a :class:`flowsde.SemiLinearSDE` (the exponential-integrator samplers of
+        ``docs/samplers.md`` solve it) when ``beta`` is given, a plain :class:`flowsde.SDE` with
+        ``diffusion=w``.
         """
-        return self._sde(beta, -1.0, "reverse_sde", diffusion)
+        sde = self._sde(beta, -1.0, "reverse_sde", diffusion)
+        if diffusion is not None:
+            return sde
+        return semilinear_sde(self, sde, 1.0 if beta is None else beta)
 
     def forward_sde(self, beta: Optional[BetaLike] = None, *, diffusion: Optional[BetaLike] = None) -> SDE:
         """The forward-time family ``dx = [f x - (1-beta)/2 g^2 score] dt + sqrt(beta) g dW``
@@ -497,15 +507,13 @@ class Diffusion:
 
     def pf_ode(self) -> ODE:
         """The probability-flow ODE ``dx/dt = f x - g^2/2 score = alpha' x0 + sigma' eps`` (one net call)."""
-        return ODE(self.velocity, score=self.score, time_dtype=_F64)
+        return semilinear_ode(self)
 
     def prior(self) -> GaussianPrior:
         """``N(0, sigma(T)^2 I)`` at ``T = schedule.t_max`` (see :class:`GaussianPrior`)."""
         T = torch.tensor(float(self.schedule.t_max), dtype=torch.float64)
         return GaussianPrior(float(self.schedule.sigma(T)))
 
-    def log_likelihood(self, x: torch.Tensor, **kw):
-        """Exact ``log p_0(x)`` under the PF-ODE; see :func:`flowsde.adapters._likelihood.log_likelihood`."""
-        from ._likelihood import log_likelihood
-
-        return log_likelihood(self, x, **kw)
+    @functools.wraps(_log_likelihood)  # one definition of the parameters and their documentation
+    def log_likelihood(self, x: torch.Tensor, **options):
+        return _log_likelihood(self, x, **options)
