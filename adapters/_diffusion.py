@@ -446,7 +446,9 @@ class Diffusion:
                     co.tensor(v) for v in combine(sign * 0.5 * w2(co, None))))
             else:
                 A, C = (co.tensor(v) for v in combine(sign * 0.5 * w2(co, p.tb)))
-            return p.out(torch.addcmul(batch_broadcast(C, p.xw) * p.o, batch_broadcast(A, p.xw), p.xw))
+            if A.dim():  # per-sample times
+                A, C = batch_broadcast(A, p.xw), batch_broadcast(C, p.xw)
+            return p.out(torch.addcmul(C * p.o, A, p.xw))
 
         return SDE(drift, self._diffusion_fn(w2, not callable(bf), where), noise_type="scalar", score=self.score,
                    direction=direction, time_dtype=_F64)
@@ -469,7 +471,7 @@ class Diffusion:
             else:
                 tb = co.t.expand(x.shape[0]) if co.t.dim() == 0 else co.t
                 g = _sqrt(w2(co, tb), x.dtype, co.device)
-            return batch_broadcast(g, x)
+            return g if g.dim() == 0 else batch_broadcast(g, x)
 
         return diffusion
 
