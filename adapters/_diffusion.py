@@ -223,16 +223,24 @@ class Diffusion:
             (``grad_x log p_t``), ``"x0"`` (denoised data), ``"v"``
             (``alpha eps - sigma x0``, Salimans & Ho 2022; variance-preserving schedules only)
             or ``"velocity"`` (``dx_t/dt`` of the path, flow matching).
-        dtype: ``None`` (schedule math in the dtype of ``x``) or e.g. ``torch.float64``:
-            coefficients and conversions in that dtype, the result cast back to ``x.dtype``.
-            The network is always called with ``x`` as given.
+        dtype: ``None`` (conversions applied in the dtype of ``x``) or e.g. ``torch.float64``:
+            applied in that dtype, the result cast back to ``x.dtype``. Coefficients are always
+            computed in float64 from the float64 time. The network is called with ``x`` as given.
         check_t: range check of ``t`` for conversions: ``"auto"`` (when ``t`` is on the CPU,
-            where it costs no device sync), ``True`` (always), ``False`` (never).
+            where it costs no device sync; a device time is only clamped within rounding of
+            the bounds), ``True`` (always), ``False`` (never). A time off the range by rounding
+            only (:data:`ROUNDING` relative to the bound) is accepted and clamped.
+
+    Time and cost: ``t`` is used in float64 (the problems declare ``time_dtype=torch.float64``)
+    and cast once, at the network call. The coefficients of each 0-dim CPU time are computed
+    once and kept (see ``docs/adapters.md``, "Guards").
 
     Raises:
         InputError: unknown prediction, ``"v"`` on a schedule with ``alpha^2 + sigma^2 != 1``, a
-            non-callable net, a bad schedule / dtype / check_t; at call time, ``t`` outside
-            ``[t_min, t_max]`` for a conversion, or a net output of the wrong shape.
+            non-callable net, a net with parameters on the meta device or a ``(t, x)`` signature,
+            a bad schedule / dtype / check_t; at call time, swapped ``(t, x)``, meta tensors,
+            ``t`` outside ``[t_min, t_max]`` beyond rounding for a conversion, or a net output of
+            the wrong shape.
     """
 
     def __init__(self, net: Callable, schedule: Schedule, prediction: str = "eps", *,
