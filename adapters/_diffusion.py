@@ -47,6 +47,7 @@ _F64 = torch.float64
 #: float32 grid: 1e-5 is ~80 float32 ulps) is accepted and clamped onto the bound.
 ROUNDING = 1e-5
 _CACHE_SIZE = 4096
+_FOUR = ("alpha", "sigma", "d_alpha", "d_sigma")
 
 
 class _Coef:
@@ -77,11 +78,18 @@ class _Coef:
         return v
 
     def raw(self, name: str):
-        """Schedule coefficient ``name`` at ``t`` in float64: a Python float for a scalar time, else a tensor."""
-        def build():
-            v = getattr(self.sched, name)(self.t)
-            return float(v) if self.scalar else v
-        return self.cached(("raw", name), build)
+        """Schedule coefficient ``name`` at ``t`` in float64: a Python float for a scalar time, else a tensor.
+        ``alpha, sigma, d_alpha, d_sigma`` come from one ``schedule.coefficients(t)`` call."""
+        key = ("raw", name)
+        v = self.vals.get(key)
+        if v is None:
+            if name in _FOUR:
+                for n, c in zip(_FOUR, self.sched.coefficients(self.t)):
+                    self.vals[("raw", n)] = float(c) if self.scalar else c
+                return self.vals[key]
+            c = getattr(self.sched, name)(self.t)
+            v = self.vals[key] = float(c) if self.scalar else c
+        return v
 
     def tensor(self, v) -> torch.Tensor:
         """A float64 value (float or tensor) in the working dtype, on the state's device."""
