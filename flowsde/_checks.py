@@ -127,6 +127,7 @@ class CheckedProblem:
         self.is_sde = problem.is_sde
         self.has_score = getattr(problem, "has_score", False)
         self.shape = tuple(x0.shape)
+        self._size = x0.shape  # torch.Size: compared without building a tuple per call
         self.dtype = x0.dtype
         self.device = x0.device
         self.ts = ts
@@ -135,9 +136,10 @@ class CheckedProblem:
         self.time_dtype = torch.float64 if tdt == torch.float64 else x0.dtype
         # The grid cast once: a grid time ts[k] (a view, as the fixed-step loop passes) is looked
         # up by address instead of cast at every call.
-        self._ts_cast = None if self.time_dtype == torch.float64 else ts.to(self.time_dtype)
+        self._ts_cast = None if self.time_dtype == torch.float64 else ts.to(self.time_dtype).unbind(0)
         self._ts_ptr = ts.data_ptr() if ts.is_contiguous() else None
         self._ts_n = ts.numel()
+        self._ts_item = ts.element_size()
         self.step = 0
         self.nfe = 0
         self._records: List[Tuple[str, int, torch.Tensor, bool, int]] = []  # name, step, t, is_scalar, index
@@ -149,7 +151,7 @@ class CheckedProblem:
         if self._ts_cast is None or not isinstance(t, torch.Tensor):
             return t
         if t.dim() == 0 and t.dtype == torch.float64 and self._ts_ptr is not None:
-            k, r = divmod(t.data_ptr() - self._ts_ptr, 8)
+            k, r = divmod(t.data_ptr() - self._ts_ptr, self._ts_item)
             if r == 0 and 0 <= k < self._ts_n:
                 return self._ts_cast[k]
         return t.to(self.time_dtype)
@@ -166,19 +168,21 @@ class CheckedProblem:
             raise InputError(
                 f"{name} returned a tensor on {out.device} at step {self.step} but x is on {self.device}."
             )
-        if not allow_broadcast and tuple(out.shape) != self.shape:
+        if not allow_broadcast and out.shape != self._size:
             raise InputError(
                 f"{name} returned shape {tuple(out.shape)} at step {self.step} (t = {_fmt_t(t)}) for x of shape "
                 f"{self.shape}; it must return the shape of x."
             )
-        o = out.detach()
+        o = out.detach() if out.requires_grad else out
         # A one-element output (a scalar diffusion) is kept as it is: no kernel launched.
         if o.numel() == 1:
             self._records.append((name, self.step, t, True, len(self._scalars)))
-            self._scalars.append(o.reshape(()))
+            self._scalars.append(o if o.dim() == 0 else o.reshape(()))
         else:
             self._records.append((name, self.step, t, False, len(self._sums)))
-            self._sums.append(o.reshape(self.shape[0], -1).sum(1, dtype=torch.float64))
+            if o.dim() != 2:
+                o = o.reshape(self.shape[0], -1)
+            self._sums.append(o.sum(1, dtype=torch.float64))
         return out
 
     def drift(self, t, x):
