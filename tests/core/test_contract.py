@@ -293,3 +293,19 @@ def test_grid_times_reach_the_user_exactly_as_cast():
     ts_user = ts.clone()
     flowsde.solve(flowsde.ODE(f), torch.ones(1, 1, dtype=F64), ts_user)
     assert torch.equal(ts_user, ts)
+
+
+def test_autograd_inside_a_function_works_with_enable_grad():
+    # docs/solvers.md: a score by autograd of a log-density, inside a no-grad solve
+    def score(t, x):
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            return torch.autograd.grad((-0.5 * x ** 2).sum(), x)[0]
+
+    sde = flowsde.SDE(lambda t, x: -x, lambda t, x: torch.zeros((), dtype=x.dtype), score=score)
+    x0 = torch.ones(3, 2, dtype=F64)
+    a = flowsde.solve(sde, x0, grids.uniform(0, 1, 4), method=flowsde.PC(n_corrector=2),
+                      generator=torch.Generator().manual_seed(0))
+    assert a.success and a.x.grad_fn is None
+    s = flowsde.solve(flowsde.ODE(score), x0, grids.uniform(0, 1, 4), method="euler").x
+    assert torch.allclose(s, x0 * 0.75 ** 4) and s.grad_fn is None  # score = -x: Euler gives (1 - h)^n
