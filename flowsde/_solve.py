@@ -13,7 +13,7 @@ from ._errors import InputError
 from ._noise import make_noise_source
 from ._problem import ODE
 from ._solution import Solution
-from ._solvers import PC, RK45, Euler, EulerMaruyama, Heun, Solver, TorchSDE
+from ._solvers import PC, RK45, SAMPLERS, Euler, EulerMaruyama, Heun, Solver, TorchSDE
 
 #: ``method=`` names and the solver class (or factory) each one builds.
 METHODS = {
@@ -28,6 +28,7 @@ METHODS = {
     "rk45": RK45,
     "dopri5": RK45,
 }
+METHODS.update(SAMPLERS)  # ddim, euler_ancestral, dpm_2, dpmpp_*, lms, unipc, edm (docs/samplers.md)
 
 
 def _option_names(factory) -> list:
