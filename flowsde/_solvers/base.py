@@ -18,7 +18,9 @@ class Solver:
 
     Attributes:
         name: the ``method=`` string.
-        order: global order for ODEs (``None`` if it does not solve ODEs).
+        order: global order for ODEs; for a stochastic sampler of a semi-linear SDE
+            (``solves_ode = False``), the order of its deterministic (``beta = 0``) limit
+            (``None`` if neither applies).
         strong_order, weak_order: for SDEs (``None`` if it does not solve SDEs, or does
             not converge to their solution); ``strong_order`` holds for every supported
             noise type, whatever ``g``.
