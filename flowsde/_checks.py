@@ -4,8 +4,10 @@ Shapes, dtypes and devices are host-side metadata and are checked on every
 call at no cost. Finiteness needs the values: instead of a host sync per
 call, each function output is reduced on the device to one float64 sum per
 sample (NaN and Inf propagate through a sum; a float32 output cannot overflow
-a float64 sum) and the sums are inspected once, at the end of the solve.
-They give each sample's status (``Status.NON_FINITE`` where any of its
+a float64 sum); every 256 outputs the pending sums are folded, still on the
+device, into one ``(B,)`` tensor holding each sample's first non-finite
+output (so memory stays ``O(B)``), which is inspected once, at the end of the
+solve. It gives each sample's status (``Status.NON_FINITE`` where any of its
 outputs, or its final state, is not finite) and, with ``throw=True``, an
 error naming the first failing function, step, time and samples.
 """
