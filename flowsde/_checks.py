@@ -21,13 +21,42 @@ from ._errors import InputError, SolveError
 from ._solution import Status
 
 
+#: state dtypes the solvers refuse: a state accumulated over many steps in them loses the
+#: increments (float16 has an 11-bit significand: 1 + 1e-4 == 1) and overflows at 65504.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_device(t: torch.Tensor, name: str) -> None:
+    """Refuse tensors on the ``meta`` device (shapes without values: nothing to solve)."""
+    if isinstance(t, torch.Tensor) and t.device.type == "meta":
+        raise InputError(
+            f"{name}: is on the 'meta' device, which carries shapes but no values, so there is nothing to "
+            f"compute; create it on a real device (e.g. {name}.to_empty(device='cpu') and fill it, or build it "
+            "with device='cpu' / 'cuda')."
+        )
+
+
 def check_x0(x0, name: str = "x0") -> None:
-    """``x0`` must be a finite floating tensor ``(B, *event_shape)`` with ``B >= 1``."""
+    """``x0`` must be a finite float32/float64 tensor ``(B, *event_shape)`` with ``B >= 1``
+    on a real device."""
     if not isinstance(x0, torch.Tensor):
         raise InputError(f"{name}: expected a torch.Tensor of shape (B, *event_shape), got {type(x0).__name__}.")
+    check_device(x0, name)
     if not x0.is_floating_point():
         raise InputError(f"{name}: dtype {x0.dtype} is not floating point; use float32 or float64.")
-    if x0.dim() < 1 or x0.shape[0] == 0:
+    if x0.dtype in HALF_DTYPES:
+        raise InputError(
+            f"{name}: dtype {x0.dtype} is too coarse for the solver's state (its increments round away and it "
+            f"overflows early); solve in float32 or float64 ({name}.float()). The network may still run in half "
+            "precision inside your function: cast x to half there and its output back to x.dtype."
+        )
+    if x0.dim() == 0:
+        raise InputError(
+            f"{name}: got a 0-dim tensor ({x0.item()!r}), which looks like a time, not a state; the state is "
+            "batch-first (B, *event_shape). Did you swap the arguments? The state comes before the times: "
+            "solve(problem, x0, ts), problem functions f(t, x)."
+        )
+    if x0.shape[0] == 0:
         raise InputError(f"{name}: expected a batch-first tensor (B, *event_shape) with B >= 1, got shape "
                          f"{tuple(x0.shape)}.")
     finite = torch.isfinite(x0)
@@ -47,8 +76,11 @@ def check_ts(ts, x0: torch.Tensor, name: str = "ts", *, direction: Optional[str]
             ts = torch.as_tensor(ts, dtype=torch.float64)
         except Exception as e:  # noqa: BLE001
             raise InputError(f"{name}: expected a 1-D tensor of times, got {type(ts).__name__}.") from e
+    check_device(ts, name)
     if ts.dim() != 1:
-        raise InputError(f"{name}: expected a 1-D tensor of times, got shape {tuple(ts.shape)}.")
+        swap = (" It looks like the state: did you swap the arguments? solve(problem, x0, ts) takes the state "
+                "first." if ts.dim() >= 2 and x0.dim() == 1 else "")
+        raise InputError(f"{name}: expected a 1-D tensor of times, got shape {tuple(ts.shape)}.{swap}")
     if ts.numel() < 2:
         raise InputError(f"{name}: needs at least 2 times (start and end), got {ts.numel()}.")
     if ts.is_complex() or ts.dtype == torch.bool:
@@ -76,7 +108,8 @@ def check_ts(ts, x0: torch.Tensor, name: str = "ts", *, direction: Optional[str]
             f"increases from {a!r} to {b!r}; solve it on a decreasing grid, e.g. flowsde.grids.uniform({b!r}, "
             f"{a!r}, n)."
         )
-    return ts.detach().to(device=x0.device, dtype=torch.float64)
+    # a contiguous copy the solve owns (CheckedProblem.time looks grid times up by address)
+    return ts.detach().to(device=x0.device, dtype=torch.float64, copy=True).contiguous()
 
 
 class CheckedProblem:
@@ -100,6 +133,11 @@ class CheckedProblem:
         self.throw = bool(throw)
         tdt = getattr(problem, "time_dtype", None)
         self.time_dtype = torch.float64 if tdt == torch.float64 else x0.dtype
+        # The grid cast once: a grid time ts[k] (a view, as the fixed-step loop passes) is looked
+        # up by address instead of cast at every call.
+        self._ts_cast = None if self.time_dtype == torch.float64 else ts.to(self.time_dtype)
+        self._ts_ptr = ts.data_ptr() if ts.is_contiguous() else None
+        self._ts_n = ts.numel()
         self.step = 0
         self.nfe = 0
         self._records: List[Tuple[str, int, torch.Tensor, bool, int]] = []  # name, step, t, is_scalar, index
@@ -108,7 +146,13 @@ class CheckedProblem:
 
     def time(self, t):
         """``t`` as the user's functions receive it (the state dtype, or float64)."""
-        return t.to(self.time_dtype) if isinstance(t, torch.Tensor) else t
+        if self._ts_cast is None or not isinstance(t, torch.Tensor):
+            return t
+        if t.dim() == 0 and t.dtype == torch.float64 and self._ts_ptr is not None:
+            k, r = divmod(t.data_ptr() - self._ts_ptr, 8)
+            if r == 0 and 0 <= k < self._ts_n:
+                return self._ts_cast[k]
+        return t.to(self.time_dtype)
 
     def _check(self, name, t, out, allow_broadcast=False):
         if not isinstance(out, torch.Tensor):

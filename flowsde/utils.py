@@ -6,7 +6,9 @@
   does not depend on the batch it is computed in);
 * :func:`batch_broadcast`: a 0-dim or per-sample ``(B,)`` coefficient made
   broadcastable against a batch ``(B, *event_shape)``;
-* :func:`check_positive`: a finite number ``> 0`` or an :class:`flowsde.InputError`.
+* :func:`check_positive`: a finite number ``> 0`` or an :class:`flowsde.InputError`;
+* :func:`check_time_and_state`: the ``(t, x)`` arguments of a problem function, with
+  a message that names swapped arguments as such.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from ._errors import InputError
 
-__all__ = ["randn", "rand", "rademacher", "batch_broadcast", "check_positive"]
+__all__ = ["randn", "rand", "rademacher", "batch_broadcast", "check_positive", "check_time_and_state"]
 
 Generators = Union[None, torch.Generator, Sequence[torch.Generator]]
 
@@ -116,3 +118,36 @@ def check_positive(name: str, value, *, where: str = "") -> float:
         prefix = f"{where}: " if where else ""
         raise InputError(f"{prefix}{name} must be a finite number > 0, got {value!r}.")
     return float(value)
+
+
+def check_time_and_state(t, x, *, where: str = "") -> None:
+    """Check the ``(t, x)`` arguments of a function ``f(t, x)``.
+
+    ``t``: a number, a 0-dim tensor or a ``(B,)`` tensor; ``x``: a tensor ``(B, *event_shape)``
+    on a real device. Arguments given the wrong way round (``f(x, t)``: a batch tensor as
+    ``t`` and a number or 0-dim tensor as ``x``) are named as swapped.
+
+    Raises:
+        InputError: the message says what was given, where, and the expected form.
+    """
+    prefix = f"{where}: " if where else ""
+    x_is_time = (isinstance(x, numbers.Real) and not isinstance(x, bool)) or (
+        isinstance(x, torch.Tensor) and x.dim() == 0)
+    t_dims = t.dim() if isinstance(t, torch.Tensor) else 0
+    if (x_is_time and t_dims >= 1) or (isinstance(x, torch.Tensor) and x.dim() == 1 and t_dims >= 2):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(
+            f"{prefix}the arguments look swapped: got t of shape {tuple(t.shape)} and x of shape {got}; "
+            "call f(t, x) with t the time (a number, 0-dim or (B,)) and x the state (B, *event_shape)."
+        )
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"{prefix}x must be a batch-first tensor (B, *event_shape), got {got}.")
+    if x.device.type == "meta" or (isinstance(t, torch.Tensor) and t.device.type == "meta"):
+        raise InputError(f"{prefix}got a tensor on the 'meta' device (shapes without values); use a real device.")
+    if isinstance(t, torch.Tensor):
+        if not (t.dim() == 0 or (t.dim() == 1 and t.shape[0] in (1, x.shape[0]))):
+            raise InputError(f"{prefix}t must be a number, 0-dim or (B,) = ({x.shape[0]},), got shape "
+                             f"{tuple(t.shape)}.")
+    elif not isinstance(t, numbers.Real) or isinstance(t, bool):
+        raise InputError(f"{prefix}t must be a number or a tensor, got {type(t).__name__}.")

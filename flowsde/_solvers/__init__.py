@@ -9,7 +9,7 @@ from .torchsde_bridge import TorchSDE
 
 __all__ = ["Solver", "Euler", "EulerMaruyama", "Heun", "PC", "TorchSDE", "langevin", "langevin_step_size"]
 
-from .rk45 import RK45  # noqa: E402  (engineer C, issue 4)
+from .rk45 import RK45  # noqa: E402
 
 __all__ += ["RK45"]
 
