@@ -8,6 +8,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from flowsde import InputError
+from flowsde.utils import check_positive, randn
 
 __all__ = ["GaussianPrior"]
 
@@ -26,9 +27,7 @@ class GaussianPrior:
     """
 
     def __init__(self, std: float):
-        if not (isinstance(std, (int, float)) and math.isfinite(std) and std > 0):
-            raise InputError(f"GaussianPrior: std must be a finite number > 0, got {std!r}.")
-        self.std = float(std)
+        self.std = check_positive("std", std, where="GaussianPrior")
 
     def sample(
         self,
@@ -48,13 +47,7 @@ class GaussianPrior:
         if len(shape) < 1 or any(s < 1 for s in shape):
             raise InputError(f"prior.sample: shape must be (B, *event) with positive sizes, got {shape}.")
         dtype = torch.get_default_dtype() if dtype is None else dtype
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != shape[0]:
-                raise InputError(f"prior.sample: got {len(generator)} per-sample generators for batch size {shape[0]}.")
-            z = torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype, device=device) for g in generator])
-        else:
-            z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
-        return self.std * z
+        return self.std * randn(shape, generator, dtype, device)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log N(x; 0, std^2 I)`` summed over the event dimensions: ``(B,)``, dtype of ``x``."""

@@ -1,28 +1,62 @@
-"""Validation done before and during a solve (the error contract of DESIGN.md).
+"""Validation done before and during a solve (docs/design.md, "Errors").
 
 Shapes, dtypes and devices are host-side metadata and are checked on every
 call at no cost. Finiteness needs the values: instead of a host sync per
-call, each function output is reduced to one float64 sum on the device
-(NaN and Inf propagate through a sum) and the sums are inspected once, at the
-end of the solve, where the first non-finite one names the function, step and
-time.
+call, each function output is reduced on the device to one float64 sum per
+sample (NaN and Inf propagate through a sum; a float32 output cannot overflow
+a float64 sum) and the sums are inspected once, at the end of the solve.
+They give each sample's status (``Status.NON_FINITE`` where any of its
+outputs, or its final state, is not finite) and, with ``throw=True``, an
+error naming the first failing function, step, time and samples.
 """
 
 from __future__ import annotations
 
 import math
+from typing import List, Optional, Tuple
 
 import torch
 
 from ._errors import InputError, SolveError
+from ._solution import Status
+
+
+#: state dtypes the solvers refuse: a state accumulated over many steps in them loses the
+#: increments (float16 has an 11-bit significand: 1 + 1e-4 == 1) and overflows at 65504.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_device(t: torch.Tensor, name: str) -> None:
+    """Refuse tensors on the ``meta`` device (shapes without values: nothing to solve)."""
+    if isinstance(t, torch.Tensor) and t.device.type == "meta":
+        raise InputError(
+            f"{name}: is on the 'meta' device, which carries shapes but no values, so there is nothing to "
+            f"compute; create it on a real device (e.g. {name}.to_empty(device='cpu') and fill it, or build it "
+            "with device='cpu' / 'cuda')."
+        )
 
 
 def check_x0(x0, name: str = "x0") -> None:
+    """``x0`` must be a finite float32/float64 tensor ``(B, *event_shape)`` with ``B >= 1``
+    on a real device."""
     if not isinstance(x0, torch.Tensor):
         raise InputError(f"{name}: expected a torch.Tensor of shape (B, *event_shape), got {type(x0).__name__}.")
+    check_device(x0, name)
     if not x0.is_floating_point():
         raise InputError(f"{name}: dtype {x0.dtype} is not floating point; use float32 or float64.")
-    if x0.dim() < 1 or x0.shape[0] == 0:
+    if x0.dtype in HALF_DTYPES:
+        raise InputError(
+            f"{name}: dtype {x0.dtype} is too coarse for the solver's state (its increments round away and it "
+            f"overflows early); solve in float32 or float64 ({name}.float()). The network may still run in half "
+            "precision inside your function: cast x to half there and its output back to x.dtype."
+        )
+    if x0.dim() == 0:
+        raise InputError(
+            f"{name}: got a 0-dim tensor ({x0.item()!r}), which looks like a time, not a state; the state is "
+            "batch-first (B, *event_shape). Did you swap the arguments? The state comes before the times: "
+            "solve(problem, x0, ts), problem functions f(t, x)."
+        )
+    if x0.shape[0] == 0:
         raise InputError(f"{name}: expected a batch-first tensor (B, *event_shape) with B >= 1, got shape "
                          f"{tuple(x0.shape)}.")
     finite = torch.isfinite(x0)
@@ -31,17 +65,26 @@ def check_x0(x0, name: str = "x0") -> None:
         raise InputError(f"{name}: contains NaN/Inf in samples {bad[:10]}{' ...' if len(bad) > 10 else ''}.")
 
 
-def check_ts(ts, x0: torch.Tensor, name: str = "ts") -> torch.Tensor:
-    """Validate a 1-D strictly monotone grid; return it on x0's device and dtype."""
+def check_ts(ts, x0: torch.Tensor, name: str = "ts", *, direction: Optional[str] = None) -> torch.Tensor:
+    """Validate a 1-D strictly monotone grid; return it in float64 on x0's device.
+
+    ``direction`` (a problem's): ``"forward"`` needs an increasing grid,
+    ``"reverse"`` a decreasing one, ``None`` either.
+    """
     if not isinstance(ts, torch.Tensor):
         try:
             ts = torch.as_tensor(ts, dtype=torch.float64)
         except Exception as e:  # noqa: BLE001
             raise InputError(f"{name}: expected a 1-D tensor of times, got {type(ts).__name__}.") from e
+    check_device(ts, name)
     if ts.dim() != 1:
-        raise InputError(f"{name}: expected a 1-D tensor of times, got shape {tuple(ts.shape)}.")
+        swap = (" It looks like the state: did you swap the arguments? solve(problem, x0, ts) takes the state "
+                "first." if ts.dim() >= 2 and x0.dim() == 1 else "")
+        raise InputError(f"{name}: expected a 1-D tensor of times, got shape {tuple(ts.shape)}.{swap}")
     if ts.numel() < 2:
         raise InputError(f"{name}: needs at least 2 times (start and end), got {ts.numel()}.")
+    if ts.is_complex() or ts.dtype == torch.bool:
+        raise InputError(f"{name}: expected real times, got dtype {ts.dtype}.")
     host = ts.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(host).all()):
         raise InputError(f"{name}: contains NaN/Inf: {host.tolist()[:10]}.")
@@ -52,31 +95,64 @@ def check_ts(ts, x0: torch.Tensor, name: str = "ts") -> torch.Tensor:
             f"{name}: times must be strictly increasing or strictly decreasing; "
             f"ts[{i}] = {host[i].item()!r}, ts[{i + 1}] = {host[i + 1].item()!r} break the order."
         )
-    return ts.to(device=x0.device, dtype=x0.dtype)
+    increasing = bool(d[0] > 0)
+    a, b = host[0].item(), host[-1].item()
+    if direction == "forward" and not increasing:
+        raise InputError(
+            f"{name}: this problem runs forward in time (direction='forward') but ts decreases from {a!r} to "
+            f"{b!r}; solve it on an increasing grid, e.g. flowsde.grids.uniform({b!r}, {a!r}, n)."
+        )
+    if direction == "reverse" and increasing:
+        raise InputError(
+            f"{name}: this problem runs backward in time (direction='reverse', e.g. a reverse-time SDE) but ts "
+            f"increases from {a!r} to {b!r}; solve it on a decreasing grid, e.g. flowsde.grids.uniform({b!r}, "
+            f"{a!r}, n)."
+        )
+    # a contiguous copy the solve owns (CheckedProblem.time looks grid times up by address)
+    return ts.detach().to(device=x0.device, dtype=torch.float64, copy=True).contiguous()
 
 
 class CheckedProblem:
-    """Wraps a problem; checks every output's shape, dtype and device, and records a
-    device-side sum of each output so that non-finite values are found after the solve.
+    """Wraps a problem for a solver: casts ``t`` for the user's functions, checks every
+    output's shape, dtype and device, and keeps per-sample finiteness sums on the device.
 
-    The driver sets ``.step`` before each step (a Python int) so a failure names it.
+    The fixed-step driver sets ``.step`` before each step (a Python int) so a failure
+    names it. ``t`` is given in float64 (the solve's time) and cast to the state dtype
+    right before the user's function, unless the problem has ``time_dtype=torch.float64``.
     """
 
-    def __init__(self, problem, x0: torch.Tensor, ts: torch.Tensor, check_finite: bool = True):
+    def __init__(self, problem, x0: torch.Tensor, ts: torch.Tensor, throw: bool = True):
         self.problem = problem
-        self.noise = problem.noise
+        self.noise_type = problem.noise_type
         self.is_sde = problem.is_sde
         self.has_score = getattr(problem, "has_score", False)
         self.shape = tuple(x0.shape)
         self.dtype = x0.dtype
         self.device = x0.device
         self.ts = ts
-        self.check_finite = check_finite
+        self.throw = bool(throw)
+        tdt = getattr(problem, "time_dtype", None)
+        self.time_dtype = torch.float64 if tdt == torch.float64 else x0.dtype
+        # The grid cast once: a grid time ts[k] (a view, as the fixed-step loop passes) is looked
+        # up by address instead of cast at every call.
+        self._ts_cast = None if self.time_dtype == torch.float64 else ts.to(self.time_dtype)
+        self._ts_ptr = ts.data_ptr() if ts.is_contiguous() else None
+        self._ts_n = ts.numel()
         self.step = 0
         self.nfe = 0
-        self._records: list = []  # (name, step, t, is_scalar, index into its list)
-        self._sums: list = []  # float64 0-dim sums of the non-scalar outputs
-        self._scalars: list = []  # one-element outputs, as 0-dim views (dtype of x)
+        self._records: List[Tuple[str, int, torch.Tensor, bool, int]] = []  # name, step, t, is_scalar, index
+        self._sums: list = []  # (B,) float64 per-sample sums of the batched outputs
+        self._scalars: list = []  # one-element outputs, as 0-dim views
+
+    def time(self, t):
+        """``t`` as the user's functions receive it (the state dtype, or float64)."""
+        if self._ts_cast is None or not isinstance(t, torch.Tensor):
+            return t
+        if t.dim() == 0 and t.dtype == torch.float64 and self._ts_ptr is not None:
+            k, r = divmod(t.data_ptr() - self._ts_ptr, 8)
+            if r == 0 and 0 <= k < self._ts_n:
+                return self._ts_cast[k]
+        return t.to(self.time_dtype)
 
     def _check(self, name, t, out, allow_broadcast=False):
         if not isinstance(out, torch.Tensor):
@@ -95,61 +171,95 @@ class CheckedProblem:
                 f"{name} returned shape {tuple(out.shape)} at step {self.step} (t = {_fmt_t(t)}) for x of shape "
                 f"{self.shape}; it must return the shape of x."
             )
-        if self.check_finite:
-            # A one-element output (a scalar diffusion) is kept as it is: no kernel launched.
-            if out.numel() == 1:
-                self._records.append((name, self.step, t, True, len(self._scalars)))
-                self._scalars.append(out.reshape(()))
-            else:
-                self._records.append((name, self.step, t, False, len(self._sums)))
-                self._sums.append(out.sum(dtype=torch.float64))
+        o = out.detach()
+        # A one-element output (a scalar diffusion) is kept as it is: no kernel launched.
+        if o.numel() == 1:
+            self._records.append((name, self.step, t, True, len(self._scalars)))
+            self._scalars.append(o.reshape(()))
+        else:
+            self._records.append((name, self.step, t, False, len(self._sums)))
+            self._sums.append(o.reshape(self.shape[0], -1).sum(1, dtype=torch.float64))
         return out
 
     def drift(self, t, x):
         self.nfe += 1
-        return self._check("drift", t, self.problem.drift(t, x))
+        return self._check("drift", t, self.problem.drift(self.time(t), x))
 
     def diffusion(self, t, x):
-        g = self.problem.diffusion(t, x)
+        g = self.problem.diffusion(self.time(t), x)
         if g is None:
             return None
         return self._check("diffusion", t, g, allow_broadcast=True)
 
     def score(self, t, x):
         self.nfe += 1
-        return self._check("score", t, self.problem.score(t, x))
+        return self._check("score", t, self.problem.score(self.time(t), x))
 
-    def raise_if_non_finite(self, x: torch.Tensor | None = None) -> None:
-        """One host sync: raise :class:`SolveError` naming the first non-finite output."""
-        if not self._records:
-            return
-        flags, sums, scalars = [], None, None
-        if self._sums:
-            sums = torch.isfinite(torch.stack(self._sums))
-            flags.append(sums.all())
-        if self._scalars:
-            scalars = torch.isfinite(torch.stack(self._scalars))
-            flags.append(scalars.all())
-        if x is not None:
-            flags.append(torch.isfinite(x).all())
-        if bool(torch.stack(flags).all()):  # the solve's one host sync
-            self._records.clear()
-            self._sums.clear()
-            self._scalars.clear()
-            return
-        finite = torch.tensor([bool((scalars if sc else sums)[j]) for (_, _, _, sc, j) in self._records])
-        if bool(finite.all()):
+    def finish(self, x: torch.Tensor, ts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample ``(status, t_final)`` of a fixed-step solve ending in state ``x``.
+
+        A sample is ``NON_FINITE`` when one of its function outputs or its final state is
+        not finite; its ``t_final`` is the start of the step where that was first seen
+        (``ts[-1]`` when only the final state is). Without ``throw`` nothing syncs with the
+        host; with ``throw`` one sync decides, and a failure raises :class:`SolveError`.
+        """
+        B = self.shape[0]
+        dev = x.device
+        n = len(self._records)
+        bad_x = ~torch.isfinite(x.detach()).reshape(B, -1).all(1)
+        if n:
+            bad = torch.zeros(n, B, dtype=torch.bool, device=dev)
+            rows_s = [k for k, r in enumerate(self._records) if not r[3]]
+            rows_c = [k for k, r in enumerate(self._records) if r[3]]
+            if rows_s:
+                bad[torch.tensor(rows_s, device=dev)] = ~torch.isfinite(torch.stack(self._sums))
+            if rows_c:
+                bad[torch.tensor(rows_c, device=dev)] = (~torch.isfinite(torch.stack(self._scalars)))[:, None].expand(
+                    len(rows_c), B)
+            bad_calls = bad.any(0)
+            first = bad.to(torch.uint8).argmax(0)  # first failing call per sample
+            steps = torch.tensor([r[1] for r in self._records], dtype=torch.int64, device=dev)
+            t_fail = ts[steps[first].clamp_max(ts.shape[0] - 1)]
+            t_final = torch.where(bad_calls, t_fail, ts[-1].expand(B))
+            bad_any = bad_calls | bad_x
+        else:
+            bad, bad_any, t_final = None, bad_x, ts[-1].expand(B).clone()
+        status = torch.where(bad_any, int(Status.NON_FINITE), int(Status.SUCCESS)).to(torch.int64)
+        if self.throw and bool(bad_any.any()):  # the solve's one host sync
+            self._raise(bad, bad_x)
+        return status, t_final
+
+    def _raise(self, bad: Optional[torch.Tensor], bad_x: torch.Tensor) -> None:
+        if bad is not None and bool(bad.any()):
+            k = int(bad.any(1).nonzero()[0])
+            name, step, t, _, _ = self._records[k]
+            samples = bad[k].nonzero().flatten().tolist()
             raise SolveError(
-                "the state became non-finite (overflow) although every function output was finite; "
-                "use float64 or smaller steps.", step=self.step)
-        i = int((~finite).nonzero()[0])
-        name, step, t, _, _ = self._records[i]
-        tf = _fmt_t(t)
+                f"{name} returned NaN/Inf at step {step} (t = {_fmt_t(t)}) in sample{_plural(samples)} "
+                f"{_list(samples)}. Check the model/function near that time (a singular point such as "
+                "sigma = 0?), use float64, or use smaller steps; pass throw=False to get the result with "
+                "per-sample status.",
+                step=step, t=_float_t(t), samples=samples,
+            )
+        samples = bad_x.nonzero().flatten().tolist()
         raise SolveError(
-            f"{name} returned NaN/Inf at step {step} (t = {tf}). Check the model/function near that time "
-            f"(a singular point such as sigma = 0?), use float64, or use smaller steps.",
-            step=step, t=float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else t,
-        )
+            f"the state became non-finite (overflow) in sample{_plural(samples)} {_list(samples)} although every "
+            "function output was finite; use float64 or smaller steps (throw=False returns the result with "
+            "per-sample status).", step=self.step, samples=samples)
+
+
+def _plural(xs) -> str:
+    return "s" if len(xs) != 1 else ""
+
+
+def _list(xs) -> str:
+    return f"{xs[:10]}{' ...' if len(xs) > 10 else ''}" if len(xs) != 1 else str(xs[0])
+
+
+def _float_t(t):
+    if isinstance(t, torch.Tensor):
+        return float(t.reshape(-1)[0])
+    return float(t) if t is not None else None
 
 
 def _fmt_t(t):

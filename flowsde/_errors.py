@@ -16,14 +16,18 @@ class InputError(FlowSDEError, ValueError):
 
 
 class SolveError(FlowSDEError, RuntimeError):
-    """A solve failed part-way (non-finite state, step budget exhausted).
+    """A solve failed part-way (non-finite state, step budget exhausted); raised when
+    ``throw=True`` (with ``throw=False`` the failure is a per-sample ``Solution.status``).
 
     Attributes:
         step: the step index at which the failure was detected (or ``None``).
         t: the time at which the failure was detected (a float, or ``None``).
+        samples: the indices of the failing samples (or ``None`` when not known).
     """
 
-    def __init__(self, message: str, *, step: int | None = None, t: float | None = None):
+    def __init__(self, message: str, *, step: int | None = None, t: float | None = None,
+                 samples: list | None = None):
         super().__init__(message)
         self.step = step
         self.t = t
+        self.samples = samples

@@ -21,6 +21,7 @@ from typing import Sequence, Union
 import torch
 
 from ._errors import InputError
+from .utils import randn
 
 
 def per_sample_generators(seeds: Union[Sequence[int], torch.Tensor], device: Union[str, torch.device] = "cpu"):
@@ -95,8 +96,10 @@ class BrownianPath:
         return f"BrownianPath([{self.t_lo}, {self.t_hi}], shape={self.shape}, seed={self.seed}, tol={self.tol})"
 
 
-class _Noise:
-    """Internal protocol: ``randn_like(x)`` and ``dW(t0, t1, sqrt_abs_dt, x)``."""
+class NoiseSource:
+    """The noise a solver draws from (built by :func:`make_noise_source` from ``solve``'s
+    ``generator``): ``randn_like(x)`` standard normals shaped like ``x`` and
+    ``dW(t0, t1, sqrt_abs_dt, x)`` the Brownian increment over ``[t0, t1]``."""
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError(f"{type(self).__name__} must implement randn_like(x).")
@@ -105,30 +108,17 @@ class _Noise:
         return sqrt_abs_dt * self.randn_like(x)
 
 
-class _GlobalNoise(_Noise):
-    def randn_like(self, x):
-        return torch.randn_like(x)
+class _GeneratorNoise(NoiseSource):
+    """``None``, one ``torch.Generator`` or a list of per-sample generators (:func:`flowsde.utils.randn`)."""
 
-
-class _GeneratorNoise(_Noise):
-    def __init__(self, gen: torch.Generator):
-        self.gen = gen
+    def __init__(self, generator):
+        self.generator = generator
 
     def randn_like(self, x):
-        return torch.randn(x.shape, generator=self.gen, dtype=x.dtype, device=x.device)
+        return randn(x.shape, self.generator, x.dtype, x.device)
 
 
-class _PerSampleNoise(_Noise):
-    def __init__(self, gens):
-        self.gens = list(gens)
-
-    def randn_like(self, x):
-        return torch.stack(
-            [torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=x.device) for g in self.gens]
-        )
-
-
-class _PathNoise(_Noise):
+class _PathNoise(NoiseSource):
     def __init__(self, path: BrownianPath):
         self.path = path
         # Standard normals that are not increments (Langevin corrector, churn) come
@@ -143,11 +133,11 @@ class _PathNoise(_Noise):
         return self.path.increment(t0, t1).to(dtype=x.dtype, device=x.device)
 
 
-def make_noise(generator, x: torch.Tensor) -> _Noise:
+def make_noise_source(generator, x: torch.Tensor) -> NoiseSource:
     """Turn ``solve``'s ``generator`` argument into a noise source (validated)."""
     if generator is None:
-        return _GlobalNoise()
-    if isinstance(generator, _Noise):
+        return _GeneratorNoise(None)
+    if isinstance(generator, NoiseSource):
         return generator
     if isinstance(generator, torch.Generator):
         if generator.device.type != x.device.type:
@@ -172,8 +162,12 @@ def make_noise(generator, x: torch.Tensor) -> _Noise:
         for i, g in enumerate(generator):
             if not isinstance(g, torch.Generator):
                 raise InputError(f"generator[{i}] is {type(g).__name__}, expected torch.Generator.")
-        return _PerSampleNoise(generator)
+        return _GeneratorNoise(list(generator))
     raise InputError(
         f"generator: expected None, a torch.Generator, a list of them (one per sample) or a BrownianPath; "
         f"got {type(generator).__name__}."
     )
+
+
+#: the former name, still imported by ``flowsde.adapters``' EDM sampler
+make_noise = make_noise_source

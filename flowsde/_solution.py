@@ -21,6 +21,12 @@ class Status(enum.IntEnum):
     def message(self) -> str:
         return _MESSAGES[self]
 
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        return format(self.name, spec)
+
 
 _MESSAGES = {
     Status.SUCCESS: "success",
@@ -66,9 +72,14 @@ class Solution:
         """True when every sample reached the end time."""
         return bool((self.status == Status.SUCCESS).all())
 
+    def status_names(self) -> list:
+        """Each sample's status as a name (``"SUCCESS"``, ``"NON_FINITE"``, ...)."""
+        return [Status(int(s)).name for s in self.status.tolist()]
+
     def __repr__(self) -> str:
-        ok = int((self.status == Status.SUCCESS).sum())
+        codes = torch.bincount(self.status.detach().cpu().flatten(), minlength=len(Status)).tolist()
+        counts = ", ".join(f"{Status(c).name}={n}" for c, n in enumerate(codes) if n)
         return (
             f"Solution(method={self.method!r}, x={tuple(self.x.shape)}, nfe={self.nfe}, n_steps={self.n_steps}, "
-            f"accepted={self.n_accepted}, rejected={self.n_rejected}, success={ok}/{self.status.numel()})"
+            f"accepted={self.n_accepted}, rejected={self.n_rejected}, status: {counts})"
         )

@@ -2,48 +2,71 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Union
 
 import torch
 
 from ._checks import CheckedProblem, check_ts, check_x0
 from ._errors import InputError
-from ._noise import make_noise
+from ._noise import make_noise_source
 from ._problem import ODE
-from ._solution import Solution, Status
-from ._solvers import PC, Euler, EulerMaruyama, Heun, Solver, TorchSDE
+from ._solution import Solution
+from ._solvers import PC, RK45, SAMPLERS, Euler, EulerMaruyama, Heun, Solver, TorchSDE
 
-
-def _rk45(**kw):
-    from ._solvers.rk45 import RK45
-
-    return RK45(**kw)
-
-
+#: ``method=`` names and the solver class (or factory) each one builds.
 METHODS = {
     "euler": Euler,
     "heun": Heun,
     "euler_maruyama": EulerMaruyama,
     "em": EulerMaruyama,
     "pc": PC,
-    "milstein": lambda: TorchSDE("milstein"),
-    "srk": lambda: TorchSDE("srk"),
-    "torchsde_euler": lambda: TorchSDE("euler"),
-    "rk45": _rk45,
-    "dopri5": _rk45,
+    "milstein": functools.partial(TorchSDE, "milstein"),
+    "srk": functools.partial(TorchSDE, "srk"),
+    "torchsde_euler": functools.partial(TorchSDE, "euler"),
+    "rk45": RK45,
+    "dopri5": RK45,
 }
+METHODS.update(SAMPLERS)  # ddim, euler_ancestral, dpm_2, dpmpp_*, lms, unipc, edm (docs/samplers.md)
 
 
-def get_solver(method: Union[str, Solver]) -> Solver:
-    """A solver instance from a ``method=`` string (default options) or an instance."""
+def _option_names(factory) -> list:
+    params = inspect.signature(factory).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def get_solver(method: Union[str, Solver], **options) -> Solver:
+    """A solver instance from a ``method=`` name and its constructor options, or an instance.
+
+    ``get_solver("rk45", rtol=1e-3)`` is ``flowsde.RK45(rtol=1e-3)``.
+
+    Raises:
+        InputError: an unknown name, an option the method does not take (the message
+            lists the valid ones), or options given with a solver instance.
+    """
     if isinstance(method, Solver):
+        if options:
+            raise InputError(
+                f"options {sorted(options)} were given with the solver instance {method!r}; pass them to its "
+                f"constructor instead (e.g. flowsde.{type(method).__name__}(...)), or give method by name."
+            )
         return method
-    if isinstance(method, str) and method in METHODS:
-        return METHODS[method]()
-    raise InputError(
-        f"method={method!r} is unknown; choose one of {sorted(METHODS)} or pass a solver instance "
-        "(e.g. flowsde.PC(snr=0.1), flowsde.Heun(final_euler=True))."
-    )
+    if not (isinstance(method, str) and method in METHODS):
+        raise InputError(
+            f"method={method!r} is unknown; choose one of {sorted(METHODS)} or pass a solver instance "
+            "(e.g. flowsde.PC(snr=0.1), flowsde.Heun(final_euler=True))."
+        )
+    factory = METHODS[method]
+    valid = _option_names(factory)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        names = ", ".join(repr(u) for u in unknown)
+        raise InputError(
+            f"method={method!r} has no option{'s' if len(unknown) > 1 else ''} {names}; its options are "
+            f"{valid if valid else 'none'}."
+        )
+    return factory(**options)
 
 
 def solve(
@@ -54,56 +77,73 @@ def solve(
     method: Union[str, Solver] = "euler",
     generator=None,
     save_all: bool = False,
-    check_finite: bool = True,
+    throw: bool = True,
+    grad: bool = False,
     progress: bool = False,
+    **options,
 ) -> Solution:
     """Solve an ODE or Itô SDE from ``ts[0]`` to ``ts[-1]``.
 
     Arguments:
         problem: an :class:`flowsde.ODE` or :class:`flowsde.SDE`.
-        x0: the state at ``ts[0]``, ``(B, *event_shape)``; never modified.
+        x0: the state at ``ts[0]``, ``(B, *event_shape)``, float32 or float64; never modified.
         ts: 1-D times, strictly increasing or strictly decreasing. For a
             fixed-step method the step grid; for an adaptive one the output times.
+            Carried in float64 whatever the state dtype (docs/design.md, "Time").
         method: a name (``"euler"``, ``"heun"``, ``"euler_maruyama"``, ``"pc"``,
             ``"rk45"``, ``"milstein"``, ``"srk"``, ``"torchsde_euler"``) or a solver
             instance carrying options (``flowsde.Heun(final_euler=True)``,
             ``flowsde.PC(snr=0.16, n_corrector=1)``, ``flowsde.RK45(rtol=1e-5)``).
-        generator: the noise: ``None`` (global RNG), a ``torch.Generator``, a list
-            of generators (one per sample: results do not depend on the batch
+        generator: the noise: ``None`` (global RNG), a ``torch.Generator``, a list of
+            generators (one per sample: results do not depend on the batch
             split) or a :class:`flowsde.BrownianPath`.
         save_all: keep the state at every time of ``ts`` (``Solution.xs``).
-        check_finite: detect NaN/Inf in function outputs (one host sync at the
-            end of the solve, not per step) and raise :class:`flowsde.SolveError`
-            naming the function, step and time.
+        throw: ``True``: a numerical failure (NaN/Inf in a function output or the
+            state, an exhausted step budget, a step size underflow) raises
+            :class:`flowsde.SolveError` naming the samples, step and time (checked
+            with one host sync at the end of the solve, not per step). ``False``:
+            never raises for a numerical failure; ``Solution.status`` marks each
+            failed sample (:class:`flowsde.Status`).
+        grad: ``False`` (default): the solve runs under ``torch.no_grad()`` and keeps
+            no autograd graph (sampling memory stays O(batch x state)). ``True``:
+            the graph is kept so that ``Solution.x`` can be differentiated.
         progress: show a tqdm progress bar.
+        **options: constructor options of a method given by name
+            (``solve(..., method="rk45", rtol=1e-3)`` is
+            ``method=flowsde.RK45(rtol=1e-3)``).
 
     Returns:
         :class:`flowsde.Solution`.
 
     Raises:
-        InputError: bad arguments (shapes, dtypes, grid, method for the problem).
-        SolveError: non-finite values during the solve.
+        InputError: bad arguments (shapes, dtypes, grid, method for the problem,
+            unknown option, a grid against the problem's ``direction``).
+        SolveError: a numerical failure, when ``throw=True``.
     """
     if not isinstance(problem, ODE):
         raise InputError(
             f"problem: expected flowsde.ODE or flowsde.SDE, got {type(problem).__name__}; wrap your functions "
             "as flowsde.SDE(drift, diffusion) or flowsde.ODE(drift)."
         )
-    solver = get_solver(method)
+    solver = get_solver(method, **options)
     check_x0(x0)
-    ts = check_ts(ts, x0)
+    ts = check_ts(ts, x0, direction=getattr(problem, "direction", None))
     solver.check_problem(problem)
-    noise = make_noise(generator, x0)
-    checked = CheckedProblem(problem, x0, ts, check_finite=check_finite)
-    if solver.adaptive:
-        return solver.solve(checked, x0, ts, noise=noise, save_all=save_all, progress=progress)
-    return _fixed_step_loop(solver, checked, x0, ts, noise, save_all, progress)
+    noise_source = make_noise_source(generator, x0)
+    checked = CheckedProblem(problem, x0, ts, throw=throw)
+    with torch.set_grad_enabled(bool(grad)):
+        if solver.adaptive:
+            return solver.solve(checked, x0, ts, noise=noise_source, save_all=save_all, progress=progress)
+        return _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress)
 
 
-def _fixed_step_loop(solver, checked, x0, ts, noise, save_all, progress):
+def _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress):
     n = ts.shape[0] - 1
     x = x0
     xs = [x0] if save_all else None
+    state = solver.init_state(checked, x0, ts)
+    if not isinstance(state, dict):
+        raise InputError(f"{solver.name}: init_state must return a dict, got {type(state).__name__}.")
     steps = range(n)
     if progress:
         from tqdm.auto import tqdm
@@ -111,20 +151,21 @@ def _fixed_step_loop(solver, checked, x0, ts, noise, save_all, progress):
         steps = tqdm(steps, desc=f"flowsde {solver.name}", leave=False)
     for i in steps:
         checked.step = i
-        x = solver.step(checked, ts[i], ts[i + 1], x, noise, i == n - 1)
+        state["i"] = i
+        state["ts"] = ts
+        x = solver.step(checked, ts[i], ts[i + 1], x, noise_source, i == n - 1, state)
         if save_all:
             xs.append(x)
     if tuple(x.shape) != tuple(x0.shape):
         raise InputError(f"{solver.name}: the state changed shape from {tuple(x0.shape)} to {tuple(x.shape)}.")
-    checked.raise_if_non_finite(x)
-    B = x0.shape[0]
+    status, t_final = checked.finish(x, ts)
     return Solution(
         x=x,
         nfe=checked.nfe,
         n_steps=n,
         n_accepted=n,
-        status=torch.full((B,), int(Status.SUCCESS), dtype=torch.int64, device=x0.device),
-        t_final=ts[-1].expand(B).clone(),
+        status=status,
+        t_final=t_final,
         method=solver.name,
         ts=ts if save_all else None,
         xs=torch.stack(xs) if save_all else None,

@@ -41,6 +41,8 @@ __all__ = [
     "sliced_w2",
     "steps_for_budget",
 ]
+from ._nll import DatasetNLLError, NLLResult, NLLRow, dataset_nll  # data-set NLL (docs/nll.md)
+__all__ += ["dataset_nll", "NLLResult", "NLLRow", "DatasetNLLError"]
 
 
 def __getattr__(name):

@@ -381,7 +381,7 @@ class OU:
         """The SDE as a :class:`flowsde.SDE` (scalar noise)."""
         b, s = self.b, self.s
         return SDE(lambda t, x: -b * x, lambda t, x: torch.full((), s, dtype=x.dtype, device=x.device),
-                   noise="scalar")
+                   noise_type="scalar")
 
     def mean(self, t, x0: torch.Tensor) -> torch.Tensor:
         """``E[X_t | X_0 = x0] = x0 e^{-b t}`` (``t`` number or tensor broadcastable to ``x0``)."""

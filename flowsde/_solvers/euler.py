@@ -9,5 +9,5 @@ class Euler(Solver):
     name = "euler"
     order = 1
 
-    def step(self, problem, t0, t1, x, noise, last):
+    def step(self, problem, t0, t1, x, noise, last, state):
         return x + (t1 - t0) * problem.drift(t0, x)

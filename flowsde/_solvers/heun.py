@@ -19,11 +19,17 @@ from .base import Solver
 class Heun(Solver):
     name = "heun"
     order = 2
+    evals_per_step = 2
 
     def __init__(self, final_euler: bool = False):
         self.final_euler = bool(final_euler)
 
-    def step(self, problem, t0, t1, x, noise, last):
+    def nfe(self, n_steps: int) -> int:
+        """``2 N``, or ``2 N - 1`` with ``final_euler``."""
+        n = 2 * int(n_steps)
+        return n - 1 if self.final_euler and n_steps > 0 else n
+
+    def step(self, problem, t0, t1, x, noise, last, state):
         h = t1 - t0
         d = problem.drift(t0, x)
         x_pred = x + h * d

@@ -5,7 +5,7 @@ torchsde takes ``(B, D)`` states and increasing times only. The bridge
 flattens the event dimensions and, for a decreasing grid, solves in
 ``s = -t``: ``dx = -f(-s, x) ds + g(-s, x) dW_s`` (a backward Brownian motion
 has the law of a forward one, so the diffusion keeps its sign). flowsde's
-``noise="scalar"`` (one ``g`` per sample times the identity, independent
+``noise_type="scalar"`` (one ``g`` per sample times the identity, independent
 noise per coordinate) is torchsde's ``"diagonal"`` with ``g`` broadcast.
 
 Each grid interval is one step of torchsde's solver object (its ``step``
@@ -34,6 +34,9 @@ class TorchSDE(Solver):
     solves_ode = False
 
     _ORDERS = {"euler": (0.5, 1.0), "milstein": (1.0, 1.0), "srk": (1.5, 1.5)}
+    #: drift evaluations per step: torchsde's srk (Rößler's SRI2, 4 stages) re-evaluates the
+    #: drift at every earlier stage inside each stage, 1 + 2 + 3 + 4 = 10 (counted by a test)
+    _EVALS = {"euler": 1, "milstein": 1, "srk": 10}
 
     def __init__(self, method: str):
         if method not in self._ORDERS:
@@ -41,9 +44,13 @@ class TorchSDE(Solver):
         self.torchsde_method = method
         self.name = "torchsde_euler" if method == "euler" else method
         self.strong_order, self.weak_order = self._ORDERS[method]
+        # additive noise: Euler-Maruyama is Milstein there (strong 1); the others keep their order
+        self.strong_orders = {"scalar": self.strong_order, "diagonal": self.strong_order,
+                              "additive": max(self.strong_order, 1.0)}
+        self.evals_per_step = self._EVALS[method]
         self.needs_levy_area = method == "srk"
 
-    def step(self, problem, t0, t1, x, noise, last):
+    def step(self, problem, t0, t1, x, noise, last, state):
         from torchsde._core import base_sde, methods
 
         B = x.shape[0]

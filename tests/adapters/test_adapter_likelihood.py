@@ -40,11 +40,13 @@ def test_mixture_logp_exact_within_1e3(sched, pred, d):
     x = gm.sample(6, generator=g)
     dif = Diffusion(gm.oracle(sched, pred), sched, prediction=pred)
     T = torch.tensor(float(sched.t_max), dtype=DT)
-    r = dif.log_likelihood(x, prior_logp=lambda z: gm.log_prob_t(sched, T, z), rtol=1e-5, atol=1e-5)
-    exact = gm.log_prob_t(sched, torch.tensor(float(sched.t_min), dtype=DT), x)
+    r = dif.log_likelihood(x, prior_logp=lambda z: gm.log_prob_t(sched, T, z))  # the documented defaults
+    # a velocity model is evaluated at the data end t = 0 (its drift is defined there), the others at t_min
+    t_eps = 0.0 if pred == "velocity" else float(sched.t_min)
+    exact = gm.log_prob_t(sched, torch.tensor(t_eps, dtype=DT), x)
     assert r.success and r.stderr is None
     assert (r.logp - exact).abs().max() < 1e-3, (r.logp - exact, r.nfe)
-    assert r.stats["t_eps"] == float(sched.t_min) and r.stats["time"] == "t"
+    assert r.stats["t_eps"] == t_eps and r.stats["time"] == "t"
 
 
 def test_log_snr_time_variable_agrees():
@@ -62,7 +64,8 @@ def _gauss(d, m, s2):
     return GaussianMixture(torch.ones(1, dtype=DT), m.reshape(1, d), s2 * torch.eye(d, dtype=DT).unsqueeze(0))
 
 
-def test_bits_per_dim_and_corrected_form_by_hand():
+@pytest.mark.parametrize("kw, L", [(dict(bits=8), 256), (dict(levels=17), 17)])
+def test_bits_per_dim_and_corrected_form_by_hand(kw, L):
     # Data N(m, s^2 I); VP; t_eps = 0.05 so the noise at t_eps matters. Everything below is a
     # closed form for Gaussians: p_eps = N(alpha m, v I), v = alpha^2 s^2 + sigma^2.
     d, s2 = 4, 0.25
@@ -71,14 +74,14 @@ def test_bits_per_dim_and_corrected_form_by_hand():
     sched = VP()
     t_eps = 0.05
     dif = Diffusion(gm.oracle(sched, "score"), sched, prediction="score")
-    k = torch.randint(0, 256, (3, d), generator=torch.Generator().manual_seed(1)).to(DT)
-    x = -1 + 2 * k / 255  # 8-bit data in [-1, 1]
+    k = torch.randint(0, L, (3, d), generator=torch.Generator().manual_seed(1)).to(DT)
+    x = -1 + 2 * k / (L - 1)  # L-level data in [-1, 1]
     T = torch.tensor(1.0, dtype=DT)
-    r = dif.log_likelihood(x, t_eps=t_eps, prior_logp=lambda z: gm.log_prob_t(sched, T, z), bits=8,
+    r = dif.log_likelihood(x, t_eps=t_eps, prior_logp=lambda z: gm.log_prob_t(sched, T, z), **kw,
                            corrected=True, generator=torch.Generator().manual_seed(5))
     # replay the generator: dequantization noise first, then e
     g = torch.Generator().manual_seed(5)
-    y = -1 + 2 * (k + torch.rand(x.shape, generator=g, dtype=DT)) / 256
+    y = x + (torch.rand(x.shape, generator=g, dtype=DT) - 0.5) * 2 / (L - 1)  # the bin centred on x
     e = torch.randn(x.shape, generator=g, dtype=DT)
     a = float(sched.alpha(torch.tensor(t_eps, dtype=DT)))
     s = float(sched.sigma(torch.tensor(t_eps, dtype=DT)))
@@ -88,7 +91,8 @@ def test_bits_per_dim_and_corrected_form_by_hand():
         return (-0.5 * (z - mean).square() / var - 0.5 * math.log(2 * math.pi * var)).sum(1)
 
     logp_clean = logN(y, a * m, v)
-    bpd = -logp_clean / (d * math.log(2)) + 7.0  # offset: 8 bits - log2(2)
+    offset = math.log2((L - 1) / 2)  # -log2(bin width)
+    bpd = -logp_clean / (d * math.log(2)) + offset
     x_eps = a * y + s * e
     score = -(x_eps - a * m) / v
     residual = logN(y, (x_eps + s * s * score) / a, (s / a) ** 2) + 0.5 * d * (1 + math.log(2 * math.pi * s * s))
@@ -98,8 +102,8 @@ def test_bits_per_dim_and_corrected_form_by_hand():
     assert (r.bpd - bpd).abs().max() < 1e-3
     assert (r.residual - residual).abs().max() < 1e-9  # closed form vs closed form: round-off
     assert (r.logp_corrected - corrected).abs().max() < 1e-3
-    assert (r.bpd_corrected + corrected / (d * math.log(2)) - 7.0).abs().max() < 1e-3
-    assert r.stats["dequantized"] and r.stats["bits"] == 8
+    assert (r.bpd_corrected + corrected / (d * math.log(2)) - offset).abs().max() < 1e-3
+    assert r.stats["dequantized"] and r.stats["levels"] == L
 
 
 def test_default_prior_and_hutchinson_run():
@@ -124,10 +128,19 @@ def test_bad_input():
         dif.log_likelihood(x, t_eps=0.0)
     with pytest.raises(InputError, match="time="):
         dif.log_likelihood(x, time="sigma")
-    with pytest.raises(InputError, match="bits"):
+    with pytest.raises(InputError, match="levels= or bits="):
         dif.log_likelihood(x, dequantize=True)
-    with pytest.raises(InputError, match="not 8-bit"):
-        dif.log_likelihood(x, bits=8)  # continuous data is not on the 8-bit grid
+    with pytest.raises(InputError, match="not 256-level"):
+        dif.log_likelihood(x.clamp(-0.9, 0.9), bits=8)  # continuous data is not on the 8-bit grid
+    with pytest.raises(InputError, match="without levels= or bits="):
+        dif.log_likelihood(x, data_range=(-1, 1))  # issue 11: bpd=None in silence before
+    # issue 11: data in [-2, 2] with data_range (-1, 1) gave 15.6 bits/dim
+    wide = torch.tensor([[-2.0, 0.5], [1.5, 2.0]], dtype=DT)
+    for kw in (dict(bits=8), dict(levels=17, dequantize=False)):
+        with pytest.raises(InputError, match="outside"):
+            dif.log_likelihood(wide, data_range=(-1, 1), **kw)
+    with pytest.raises(InputError, match="contradicts"):
+        dif.log_likelihood(x, levels=17, bits=4)
     with pytest.raises(InputError):
         dif.log_likelihood(torch.randn(2, 3, dtype=DT))  # the mixture has D = 2
     with pytest.raises(InputError, match="log-SNR"):
@@ -150,6 +163,51 @@ def test_image_shaped_event_and_float32():
     assert r.z.shape == (3, 1, 2, 2)
     assert (r.logp - exact).abs().max() < 1e-3  # same bound as the mixture test
     r32 = dif.log_likelihood(x.reshape(3, 1, 2, 2).float(), prior_logp=prior)
-    assert r32.logp.dtype == torch.float32
+    assert r32.logp.dtype == torch.float64 and r32.z.dtype == torch.float32
     # float32: tolerance 1e-5 plus round-off of ~40 steps on log-densities of size ~10 (~1e-4)
     assert (r32.logp.double() - exact).abs().max() < 2e-3
+
+
+def test_result_types_and_one_signature():
+    import inspect
+
+    import flowsde
+    from flowsde.adapters import DiffusionLikelihood
+
+    core_fields = set(flowsde.LikelihoodResult.__dataclass_fields__)
+    assert not core_fields & {"bpd", "logp_corrected", "bpd_corrected", "residual", "stderr_corrected"}
+    gm, g = mixture(2)
+    sched = VP()
+    dif = Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps")
+    r = dif.log_likelihood(gm.sample(2, generator=g))
+    assert isinstance(r, DiffusionLikelihood) and r.bpd is None and r.solver_error.shape == (2,)
+    # Diffusion.log_likelihood spells out the core's options, from the core's own signature
+    params = inspect.signature(dif.log_likelihood).parameters
+    core = inspect.signature(flowsde.log_likelihood).parameters
+    for name, p in core.items():
+        if p.kind is p.KEYWORD_ONLY:
+            assert params[name].default == p.default, name
+    assert "levels" in params and "corrected" in params and "options" not in params
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['noise'\]"):
+        dif.log_likelihood(gm.sample(2, generator=g), noise="gaussian")
+
+
+def test_t_eps_rounding_clamped_real_excursion_refused():
+    gm, g = mixture(2)
+    sched = EDM()
+    dif = Diffusion(gm.oracle(sched, "x0"), sched, prediction="x0")
+    x = gm.sample(2, generator=g)
+    # k-diffusion's float32 sigma_min: 0.0019999996 for 0.002, off by rounding only
+    r = dif.log_likelihood(x, t_eps=0.0019999996)
+    assert r.stats["t_eps"] == 0.002
+    with pytest.raises(InputError, match=r"t_eps = 0\.0019 lies outside .* by 0\.0001"):
+        dif.log_likelihood(x, t_eps=0.0019)
+
+
+def test_prior_end_where_alpha_vanishes_is_explained():
+    # Linear with t_max = 1: alpha(1) = 0; an eps model's velocity divides by alpha there
+    gm, g = mixture(2)
+    lin = Linear()
+    dif = Diffusion(gm.oracle(lin, "eps"), lin, prediction="eps")
+    with pytest.raises(InputError, match="alpha = 0.*velocity.*not N\\(0, sigma\\^2 I\\)"):
+        dif.log_likelihood(gm.sample(2, generator=g))

@@ -139,7 +139,7 @@ def test_sde_family_coefficients(sch, pred, us, seed, beta):
         _assert_rel(fwd.drift(t, x), f * x - (1 - bt) / 2 * g2 * score)
         for sde in (rev, fwd):
             g = sde.diffusion(t, x)
-            assert g.shape == (len(us), 1) and sde.noise == "scalar" and sde.has_score
+            assert g.shape == (len(us), 1) and sde.noise_type == "scalar" and sde.has_score
             torch.testing.assert_close(g, torch.sqrt(bt * g2), rtol=1e-12, atol=0)  # same closed form: round-off
         _assert_rel(rev.score(t, x), score)
 

@@ -13,7 +13,7 @@ from flowsde import grids
 
 def test_sde_and_ode_expose_drift_and_diffusion_methods():
     ode = flowsde.ODE(lambda t, x: -x)
-    sde = flowsde.SDE(lambda t, x: -x, lambda t, x: 2.0 * torch.ones(x.shape[0], dtype=x.dtype), noise="scalar")
+    sde = flowsde.SDE(lambda t, x: -x, lambda t, x: 2.0 * torch.ones(x.shape[0], dtype=x.dtype), noise_type="scalar")
     x = torch.randn(3, 2, 4)
     t = torch.tensor(0.5)
     assert torch.equal(ode.drift(t, x), -x)
@@ -25,7 +25,7 @@ def test_sde_and_ode_expose_drift_and_diffusion_methods():
 
 
 def test_diffusion_shape_errors_name_the_shapes():
-    sde = flowsde.SDE(lambda t, x: -x, lambda t, x: torch.ones(x.shape[0], 3), noise="diagonal")
+    sde = flowsde.SDE(lambda t, x: -x, lambda t, x: torch.ones(x.shape[0], 3), noise_type="diagonal")
     with pytest.raises(flowsde.InputError, match=r"\(4, 3\).*\(4, 2\)"):
         sde.diffusion(torch.tensor(0.0), torch.randn(4, 2))
 
@@ -38,7 +38,7 @@ def test_score_missing_raises():
 @pytest.mark.parametrize("noise", ["gaussian", None, 3])
 def test_unknown_noise_type(noise):
     with pytest.raises(flowsde.InputError, match="noise"):
-        flowsde.SDE(lambda t, x: x, lambda t, x: x, noise=noise)
+        flowsde.SDE(lambda t, x: x, lambda t, x: x, noise_type=noise)
 
 
 def test_edm_grid_matches_the_formula():

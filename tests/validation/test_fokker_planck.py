@@ -68,17 +68,17 @@ def test_x_dependent_diffusion_gbm(noise):
         # scalar noise = one g per sample broadcast over coordinates; with x-dependent g = s x that is a
         # GBM only in D = 1, where a (B,) scalar g and a (B, 1) diagonal g must agree.
         mu, s = mu[:1], s[:1]
-        sde = SDE(lambda t, x: mu * x, lambda t, x: s * x, noise="diagonal")
-        sde_s = SDE(lambda t, x: mu * x, lambda t, x: 0.5 * x[:, 0], noise="scalar")
+        sde = SDE(lambda t, x: mu * x, lambda t, x: s * x, noise_type="diagonal")
+        sde_s = SDE(lambda t, x: mu * x, lambda t, x: 0.5 * x[:, 0], noise_type="scalar")
         problems = [sde, sde_s]
     else:
-        problems = [SDE(lambda t, x: mu * x, lambda t, x: s * x, noise="diagonal")]
+        problems = [SDE(lambda t, x: mu * x, lambda t, x: s * x, noise_type="diagonal")]
     lp = _gbm_log_prob(mu, s, 1.0)
     t = torch.linspace(0.1, 2.0, 30, dtype=F64)
     x = torch.exp(torch.randn(30, mu.numel(), dtype=F64) * 0.6)
     for p in problems:
         assert_fokker_planck(p, lp, t, x, tol=1e-6)
-    wrong = SDE(lambda t, x: mu * x, lambda t, x: s * x.detach(), noise="diagonal")  # drops d(g^2)/dx terms
+    wrong = SDE(lambda t, x: mu * x, lambda t, x: s * x.detach(), noise_type="diagonal")  # drops d(g^2)/dx terms
     assert fokker_planck_residual(wrong, lp, t, x).max() > 1e-3
 
 
