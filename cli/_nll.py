@@ -204,6 +204,15 @@ def summary(res, model, what, levels, bits, dr, args, seconds) -> str:
     else:
         q = "continuous data (no dequantization)"
     est = "exact trace" if args.trace == "exact" else f"Hutchinson, {args.probes} probe(s)"
-    mean, se = float(res.mean_bpd), float(res.stderr)
-    return (f"{model.spec} on {what}: {n} samples, {q}, {est}, RK45 rtol={args.rtol:g} atol={args.atol:g}\n"
-            f"mean bits/dim {mean:.4f} +- {se:.4f} (standard error over samples)  ({seconds:.1f} s)")
+    mean, se = float(res.mean_bpd), float(res.stderr_bpd)
+    nfe = sum(r.nfe for r in res.rows) / max(1, n)
+    lines = [f"{model.spec} on {what}: {n} samples, {q}, {est}, RK45 rtol={args.rtol:g} atol={args.atol:g}"]
+    if res.failed:
+        shown = ", ".join(f"{i} ({s})" for i, s in res.failed[:5])
+        lines.append(f"{len(res.failed)} sample(s) failed and are left out of the mean: {shown}"
+                     f"{' ...' if len(res.failed) > 5 else ''}")
+    if res.resumed:
+        lines.append(f"{res.resumed} row(s) read back from a previous run of the same settings")
+    lines.append(f"mean bits/dim {mean:.4f} +- {se:.4f} (standard error over {res.n_ok} samples); "
+                 f"mean NLL {res.mean_nats:.3f} nats; mean NFE {nfe:.0f}; {seconds:.1f} s")
+    return "\n".join(lines)
