@@ -146,7 +146,7 @@ def quantization(model, args):
     if levels is None and args.bits is None:
         levels = model.levels
         if levels is None:
-            if model.exact is not None:
+            if model.exact is not None or model.kind == "shipped":  # their data are continuous
                 return None, None, None
             raise CLIError(f"{model.spec}: the data's quantization is unknown; pass --levels L (e.g. 256 for "
                            f"8-bit images), --bits B, or --continuous.")
@@ -158,7 +158,6 @@ def main(args, model) -> int:
 
     if args.probes > 1 and args.trace == "exact":
         raise CLIError("--probes: only with --trace hutchinson (the exact trace needs no probes).")
-    levels, bits, dr = quantization(model, args)
     exact = None
     if args.data is not None:
         data, what = load_data(args.data, model)
@@ -174,6 +173,7 @@ def main(args, model) -> int:
         what = f"{n} exact samples of the mixture's marginal at t = {t_end:g}"
     else:
         raise CLIError(f"--model {model.spec}: has no data set of its own; pass --data FILE.npy|FILE.pt|pkg.mod:factory.")
+    levels, bits, dr = quantization(model, args)
     out = out_file(args.out) if args.out else None
     t0 = time.perf_counter()
     res = dataset_nll(model.diffusion, data, levels=levels, bits=bits, data_range=dr, trace=args.trace,
