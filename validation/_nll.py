@@ -474,7 +474,8 @@ def dataset_nll(
         out: CSV path (rows written as they finish, resumable; see the module docstring).
         progress: a tqdm bar (stderr, rank 0) over the samples of this rank.
         device, dtype: where and in which dtype to evaluate (default: the network's parameters',
-            else the data's device and floating dtype; ``cuda:LOCAL_RANK`` under ``nccl``).
+            else the data's device and floating dtype; under ``nccl``, ``cuda:LOCAL_RANK``, where the
+            network, if an ``nn.Module`` elsewhere, is moved: each process holds its own copy).
         per_sample: per-sample RK45 error control (default ``True``: a sample's result then does
             not depend on the other samples of its batch, nor on ``batch_size``); ``False``:
             batch-shared steps (rows then depend on ``batch_size``, not on the world size).
@@ -555,6 +556,9 @@ def _dataset_nll(diffusion, data, *, levels, bits, data_range, trace, probes, rt
         if td is not None and td.get_backend() == "nccl":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1))))
             torch.cuda.set_device(device)
+            if p is not None and p.device != device:  # each process holds its own copy of the network
+                diffusion.net.to(device)
+                p = _net_param(diffusion)
         elif p is not None:
             device = p.device
         else:
