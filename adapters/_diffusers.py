@@ -15,6 +15,7 @@ import torch
 
 from flowsde import InputError
 
+from ._diffusion import Diffusion
 from .schedules import Discrete
 
 __all__ = ["from_diffusers", "DIFFUSERS_PREDICTIONS", "diffusers_alphas_cumprod"]
@@ -121,7 +122,5 @@ def from_diffusers(unet, scheduler, *, prediction: Optional[str] = None, label: 
         if learned_var and out.dim() == x.dim() and out.shape[1] == 2 * x.shape[1]:
             out = out[:, : x.shape[1]]
         return out.to(x.dtype)
-
-    from ._diffusion import Diffusion
 
     return Diffusion(net, schedule, prediction=ptype)

@@ -24,7 +24,9 @@ import torch
 
 from flowsde import InputError
 
-from .schedules import Linear, Schedule, _as_tensor
+from ._diffusion import Diffusion
+from ._schedule import Schedule, _as_tensor
+from .schedules import Linear
 
 __all__ = ["from_flow_matching", "to_flow_matching", "FlowMatchingSchedule"]
 
@@ -129,8 +131,6 @@ def from_flow_matching(velocity_net: Callable, path: Union[str, Any] = "cond_ot"
         schedule = Linear(**schedule_kw)
     else:
         schedule = FlowMatchingSchedule(path, **schedule_kw)
-    from ._diffusion import Diffusion
-
     return Diffusion(_time_map(velocity_net), schedule, prediction="velocity")
 
 

@@ -24,17 +24,12 @@ from typing import Callable, Optional
 import torch
 
 from flowsde import InputError
+from flowsde.utils import batch_broadcast, check_positive
 
+from ._diffusion import Diffusion
 from .schedules import EDM
 
 __all__ = ["Denoiser", "from_denoiser", "to_denoiser", "Precond", "EDMPrecond", "VPPrecond", "VEPrecond"]
-
-
-def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A 0-dim or ``(B,)`` tensor reshaped to broadcast against ``x`` ``(B, *event)``."""
-    if v.dim() == 0:
-        return v
-    return v.reshape((v.shape[0],) + (1,) * (x.dim() - 1))
 
 
 def _sigma_tensor(sigma, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -104,7 +99,7 @@ class Denoiser:
         """``D(x, sigma)`` without range validation (for samplers that validated their grid)."""
         t = self.time(sigma)
         a = self.schedule.alpha(t)
-        return self.diffusion.x0(t, _per_sample(a, x) * x)
+        return self.diffusion.x0(t, batch_broadcast(a, x) * x)
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
         sigma = _sigma_tensor(sigma, x, "Denoiser")
@@ -156,8 +151,6 @@ def from_denoiser(model: Callable, *, sigma_min: Optional[float] = None, sigma_m
     hi = _default(sigma_max, "sigma_max", 80.0)
     if not (0 < lo < hi < math.inf):
         raise InputError(f"from_denoiser: need 0 < sigma_min < sigma_max < inf, got {lo} and {hi}.")
-    from ._diffusion import Diffusion
-
     def net(x, t):
         return model(x, t)
 
@@ -197,8 +190,8 @@ class Precond:
         sigma = _sigma_tensor(sigma, x, type(self).__name__)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         c_noise = c_noise.expand(x.shape[0]) if c_noise.dim() == 0 else c_noise
-        Fx = _check_out(f"{type(self).__name__}: F", self.F(_per_sample(c_in, x) * x, c_noise), x)
-        return _per_sample(c_skip, x) * x + _per_sample(c_out, x) * Fx
+        Fx = _check_out(f"{type(self).__name__}: F", self.F(batch_broadcast(c_in, x) * x, c_noise), x)
+        return batch_broadcast(c_skip, x) * x + batch_broadcast(c_out, x) * Fx
 
     def diffusion(self, *, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None):
         """This denoiser as a ``Diffusion`` over the ``EDM`` schedule (see :func:`from_denoiser`)."""
@@ -218,8 +211,7 @@ class EDMPrecond(Precond):
     def __init__(self, F: Callable, *, sigma_data: float = 0.5, sigma_min: float = 0.0,
                  sigma_max: float = math.inf):
         super().__init__(F)
-        if not (math.isfinite(sigma_data) and sigma_data > 0):
-            raise InputError(f"EDMPrecond: sigma_data must be finite and > 0, got {sigma_data!r}.")
+        check_positive("sigma_data", sigma_data, where="EDMPrecond")
         if not (0 <= sigma_min < sigma_max):
             raise InputError(f"EDMPrecond: need 0 <= sigma_min < sigma_max, got {sigma_min!r} and {sigma_max!r}.")
         self.sigma_data = float(sigma_data)
@@ -254,8 +246,7 @@ class VPPrecond(Precond):
                  epsilon_t: float = 1e-5):
         super().__init__(F)
         for k, v in (("beta_d", beta_d), ("M", M), ("epsilon_t", epsilon_t)):
-            if not (math.isfinite(v) and v > 0):
-                raise InputError(f"VPPrecond: {k} must be finite and > 0, got {v!r}.")
+            check_positive(k, v, where="VPPrecond")
         if not (math.isfinite(beta_min) and beta_min >= 0):
             raise InputError(f"VPPrecond: beta_min must be finite and >= 0, got {beta_min!r}.")
         self.beta_d, self.beta_min, self.M, self.epsilon_t = float(beta_d), float(beta_min), M, float(epsilon_t)

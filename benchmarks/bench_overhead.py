@@ -11,13 +11,20 @@ Anchors, side by side in one run (ratios = flowsde time / anchor time):
 flowsde runs the same grid with ``Heun(final_euler=True)`` (NFE 2N - 1) and
 ``euler_maruyama``, with ``throw`` on (default) and off.
 
-    python benchmarks/bench_overhead.py            # CPU, tiny MLP
+The adapter part (``--part adapter``) times ``flowsde.solve`` on a
+``flowsde.adapters.Diffusion``'s PF-ODE and reverse SDE against bare loops that
+call the same network with precomputed schedule coefficients (see
+:func:`adapter_part`), for MLPs of about 150 us and 20 us per call.
+
+    python benchmarks/bench_overhead.py            # CPU, tiny MLP; both parts
+    python benchmarks/bench_overhead.py --part adapter --reps 30
     python benchmarks/bench_overhead.py --device cuda --width 4096 --depth 8   # a larger net on GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import time
@@ -35,9 +42,9 @@ def make_mlp(d, width, depth, device, dtype):
     return torch.nn.Sequential(*layers).to(device=device, dtype=dtype).eval()
 
 
-def timed_interleaved(fns: dict, reps, sync):
-    """Median wall time of each function, measured round-robin so that load changes on the
-    machine hit every variant alike."""
+def timed_interleaved(fns: dict, reps, sync, stat=statistics.median):
+    """Wall time of each function (``stat`` over ``reps``: median, or ``min`` on a loaded machine),
+    measured round-robin so that load changes on the machine hit every variant alike."""
     times = {k: [] for k in fns}
     for f in fns.values():
         f()  # warm-up
@@ -48,11 +55,15 @@ def timed_interleaved(fns: dict, reps, sync):
             f()
             sync()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: stat(v) for k, v in times.items()}
 
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=("solver", "adapter", "all"), default="all",
+                    help="solver: flowsde.solve vs k-diffusion / bare loops; adapter: solve + Diffusion vs a bare loop")
+    ap.add_argument("--net-us", type=float, nargs="+", default=[150.0, 20.0],
+                    help="adapter part: target time per network call (us) of each MLP (width chosen to match)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--dim", type=int, default=16)
@@ -63,6 +74,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: per-step overhead, not BLAS)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.part in ("adapter", "all"):
+        adapter_part(args)
+    if args.part in ("solver", "all"):
+        solver_part(args)
+
+
+def solver_part(args):
     dev = torch.device(args.device)
     dtype = torch.float32
     torch.manual_seed(0)
@@ -148,6 +166,134 @@ def main():
         label = k if ref is None else f"{k} / {ref}"
         ratio = "" if ref is None else f"{r[k] / r[ref]:.3f}"
         print(f"{label:<40}{1e3 * r[k]:>10.3f}{1e6 * r[k] / args.steps:>10.1f}{ratio:>10}")
+
+
+# ------------------------------------------------------------------------------------------
+# Adapter overhead: flowsde.solve on a Diffusion's problems against a bare loop on the network
+# ------------------------------------------------------------------------------------------
+
+
+class TimeMLP(torch.nn.Module):
+    """``net(x, t)``: an MLP on ``[x, t]`` (the eps-network of the benchmark)."""
+
+    def __init__(self, d, width, depth):
+        super().__init__()
+        self.mlp = make_mlp(d, width, depth, "cpu", torch.float32)
+
+    def forward(self, x, t):
+        return self.mlp(torch.cat([x, t[:, None]], 1))
+
+
+def _call_time(net, x, lab, reps=7, n=200):
+    best = math.inf
+    with torch.no_grad():
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                net(x, lab)
+            best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
+def calibrated_mlp(target_us, batch, dim):
+    """The MLP (depth 1 or 2, width from a ladder) whose min-of-repeats call time is closest to
+    ``target_us``; returns ``(net, width, depth, measured seconds per call)``."""
+    x, lab = torch.randn(batch, dim), torch.full((batch,), 0.5)
+    best = None
+    for depth in (1, 2):
+        for width in (4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512):
+            torch.manual_seed(0)
+            net = TimeMLP(dim, width, depth).eval()
+            s = _call_time(net, x, lab, reps=3, n=50)
+            if best is None or abs(math.log(s * 1e6 / target_us)) < abs(math.log(best[3] * 1e6 / target_us)):
+                best = (net, width, depth, s)
+            if s * 1e6 > 2 * target_us:
+                break
+    net, width, depth, _ = best
+    return net, width, depth, _call_time(net, x, lab)
+
+
+def adapter_part(args):
+    """Euler on ``pf_ode()`` and Euler-Maruyama on ``reverse_sde(1)`` of an eps-network under VP,
+    100 steps from t = 1 to 1e-3, against the same loops written by hand: coefficients of the
+    schedule precomputed per step in float64 (``u = A x + C eps``, the reverse drift likewise),
+    the network called with a prebuilt time tensor, the same arithmetic per step (two ops for the
+    drift, two for the update; EM the same noise draws). flowsde runs with its defaults: input
+    checks on (``check_t="auto"``: the time range per call, read from the CPU time without a device
+    sync), ``throw=True`` (per-sample finiteness sums on the device, one sync at the end).
+    "cold" builds a new ``Diffusion`` for every solve (coefficients computed, not reused)."""
+    from flowsde.adapters import Diffusion
+    from flowsde.adapters.schedules import VP
+
+    if args.device != "cpu":
+        print("adapter part: CPU only (the question is Python overhead per call); skipped")
+        return
+    f64, B, D, n = torch.float64, args.batch, args.dim, args.steps
+    sched = VP()
+    ts = flowsde.grids.uniform(1.0, 1e-3, n).to(f64)
+    t0s = ts[:-1]
+    # the hand-written loops' per-step constants (float64 formulas, cast to float32 once)
+    a, s, da, ds = sched.alpha(t0s), sched.sigma(t0s), sched.d_alpha(t0s), sched.d_sigma(t0s)
+    f, g2 = da / a, sched.g2(t0s)
+    A_ode, C_ode = f, ds - f * s  # u = f x + (sigma' - f sigma) eps
+    C_rev = C_ode + 0.5 * g2 / s  # reverse drift (beta = 1) u - g^2/2 score, score = -eps/sigma
+    dt = ts[1:] - ts[:-1]
+    g = g2.sqrt()
+    c32 = lambda v: [c.to(torch.float32) for c in v]  # noqa: E731
+    A_l, Co_l, Cr_l, dt_l, g_l = c32(A_ode), c32(C_ode), c32(C_rev), c32(dt), c32(g)
+    sdt_l = c32(dt.abs().sqrt())
+    print(f"\n== adapter overhead: Diffusion(net, VP(), 'eps'), {n} steps t = 1 -> 1e-3, batch {B}, dim {D}, "
+          f"float32, {torch.get_num_threads()} thread(s); times are the min over {args.reps} round-robin repeats")
+    print(f"{'net':<28}{'loop':<34}{'ms / solve':>11}{'us / step':>11}{'ratio':>8}")
+    for target in args.net_us:
+        net, width, depth, call_s = calibrated_mlp(target, B, D)
+        labels = [t.to(torch.float32).expand(B) for t in t0s]
+        x0 = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
+
+        def bare_euler():
+            x = x0
+            for i in range(n):
+                eps = net(x, labels[i])
+                x = x + dt_l[i] * torch.addcmul(Co_l[i] * eps, A_l[i], x)
+            return x
+
+        def bare_em():
+            gen = torch.Generator().manual_seed(1)
+            x = x0
+            for i in range(n):
+                eps = net(x, labels[i])
+                z = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+                x = x + dt_l[i] * torch.addcmul(Cr_l[i] * eps, A_l[i], x) + (g_l[i] * sdt_l[i]) * z
+            return x
+
+        dif = Diffusion(net, sched, "eps")
+        ode, sde = dif.pf_ode(), dif.reverse_sde(1.0)
+
+        def fl_euler():
+            return flowsde.solve(ode, x0, ts, method="euler").x
+
+        def fl_euler_cold():
+            return flowsde.solve(Diffusion(net, sched, "eps").pf_ode(), x0, ts, method="euler").x
+
+        def fl_em():
+            return flowsde.solve(sde, x0, ts, method="euler_maruyama", generator=torch.Generator().manual_seed(1)).x
+
+        with torch.no_grad():
+            # equal work first: the same answer to float32 round-off
+            for mine, theirs in ((fl_euler, bare_euler), (fl_euler_cold, bare_euler), (fl_em, bare_em)):
+                u, v = mine(), theirs()
+                err = float((u - v).abs().max() / v.abs().max())
+                if not err < 1e-4:
+                    raise SystemExit(f"bench_overhead: {mine.__name__} and {theirs.__name__} disagree ({err:.2e})")
+            r = timed_interleaved({"bare_euler": bare_euler, "flowsde_euler": fl_euler,
+                                   "flowsde_euler_cold": fl_euler_cold, "bare_em": bare_em, "flowsde_em": fl_em},
+                                  args.reps, lambda: None, stat=min)
+        label = f"{1e6 * call_s:.0f} us/call (w{width} d{depth})"
+        for k, ref in (("bare_euler", None), ("flowsde_euler", "bare_euler"), ("flowsde_euler_cold", "bare_euler"),
+                       ("bare_em", None), ("flowsde_em", "bare_em")):
+            ratio = "" if ref is None else f"{r[k] / r[ref]:.3f}"
+            print(f"{label:<28}{k:<34}{1e3 * r[k]:>11.3f}{1e6 * r[k] / n:>11.1f}{ratio:>8}")
+            label = ""
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ def check_ts(ts, x0: torch.Tensor, name: str = "ts", *, direction: Optional[str]
             f"increases from {a!r} to {b!r}; solve it on a decreasing grid, e.g. flowsde.grids.uniform({b!r}, "
             f"{a!r}, n)."
         )
-    return ts.detach().to(device=x0.device, dtype=torch.float64)
+    # a contiguous copy the solve owns (CheckedProblem.time looks grid times up by address)
+    return ts.detach().to(device=x0.device, dtype=torch.float64, copy=True).contiguous()
 
 
 class CheckedProblem:
@@ -132,6 +133,11 @@ class CheckedProblem:
         self.throw = bool(throw)
         tdt = getattr(problem, "time_dtype", None)
         self.time_dtype = torch.float64 if tdt == torch.float64 else x0.dtype
+        # The grid cast once: a grid time ts[k] (a view, as the fixed-step loop passes) is looked
+        # up by address instead of cast at every call.
+        self._ts_cast = None if self.time_dtype == torch.float64 else ts.to(self.time_dtype)
+        self._ts_ptr = ts.data_ptr() if ts.is_contiguous() else None
+        self._ts_n = ts.numel()
         self.step = 0
         self.nfe = 0
         self._records: List[Tuple[str, int, torch.Tensor, bool, int]] = []  # name, step, t, is_scalar, index
@@ -140,7 +146,13 @@ class CheckedProblem:
 
     def time(self, t):
         """``t`` as the user's functions receive it (the state dtype, or float64)."""
-        return t.to(self.time_dtype) if isinstance(t, torch.Tensor) else t
+        if self._ts_cast is None or not isinstance(t, torch.Tensor):
+            return t
+        if t.dim() == 0 and t.dtype == torch.float64 and self._ts_ptr is not None:
+            k, r = divmod(t.data_ptr() - self._ts_ptr, 8)
+            if r == 0 and 0 <= k < self._ts_n:
+                return self._ts_cast[k]
+        return t.to(self.time_dtype)
 
     def _check(self, name, t, out, allow_broadcast=False):
         if not isinstance(out, torch.Tensor):

@@ -97,7 +97,7 @@ class BrownianPath:
 
 
 class NoiseSource:
-    """The noise a solver draws from (built by :func:`make_noise` from ``solve``'s
+    """The noise a solver draws from (built by :func:`make_noise_source` from ``solve``'s
     ``generator``): ``randn_like(x)`` standard normals shaped like ``x`` and
     ``dW(t0, t1, sqrt_abs_dt, x)`` the Brownian increment over ``[t0, t1]``."""
 
@@ -133,7 +133,7 @@ class _PathNoise(NoiseSource):
         return self.path.increment(t0, t1).to(dtype=x.dtype, device=x.device)
 
 
-def make_noise(generator, x: torch.Tensor) -> NoiseSource:
+def make_noise_source(generator, x: torch.Tensor) -> NoiseSource:
     """Turn ``solve``'s ``generator`` argument into a noise source (validated)."""
     if generator is None:
         return _GeneratorNoise(None)
@@ -167,3 +167,7 @@ def make_noise(generator, x: torch.Tensor) -> NoiseSource:
         f"generator: expected None, a torch.Generator, a list of them (one per sample) or a BrownianPath; "
         f"got {type(generator).__name__}."
     )
+
+
+#: the former name, still imported by ``flowsde.adapters``' EDM sampler
+make_noise = make_noise_source

@@ -10,10 +10,10 @@ import torch
 
 from ._checks import CheckedProblem, check_ts, check_x0
 from ._errors import InputError
-from ._noise import make_noise
+from ._noise import make_noise_source
 from ._problem import ODE
 from ._solution import Solution
-from ._solvers import PC, RK45, Euler, EulerMaruyama, Heun, Solver, TorchSDE
+from ._solvers import PC, RK45, SAMPLERS, Euler, EulerMaruyama, Heun, Solver, TorchSDE
 
 #: ``method=`` names and the solver class (or factory) each one builds.
 METHODS = {
@@ -28,6 +28,7 @@ METHODS = {
     "rk45": RK45,
     "dopri5": RK45,
 }
+METHODS.update(SAMPLERS)  # ddim, euler_ancestral, dpm_2, dpmpp_*, lms, unipc, edm (docs/samplers.md)
 
 
 def _option_names(factory) -> list:
@@ -128,15 +129,15 @@ def solve(
     check_x0(x0)
     ts = check_ts(ts, x0, direction=getattr(problem, "direction", None))
     solver.check_problem(problem)
-    noise = make_noise(generator, x0)
+    noise_source = make_noise_source(generator, x0)
     checked = CheckedProblem(problem, x0, ts, throw=throw)
     with torch.set_grad_enabled(bool(grad)):
         if solver.adaptive:
-            return solver.solve(checked, x0, ts, noise=noise, save_all=save_all, progress=progress)
-        return _fixed_step_loop(solver, checked, x0, ts, noise, save_all, progress)
+            return solver.solve(checked, x0, ts, noise=noise_source, save_all=save_all, progress=progress)
+        return _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress)
 
 
-def _fixed_step_loop(solver, checked, x0, ts, noise, save_all, progress):
+def _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress):
     n = ts.shape[0] - 1
     x = x0
     xs = [x0] if save_all else None
@@ -152,7 +153,7 @@ def _fixed_step_loop(solver, checked, x0, ts, noise, save_all, progress):
         checked.step = i
         state["i"] = i
         state["ts"] = ts
-        x = solver.step(checked, ts[i], ts[i + 1], x, noise, i == n - 1, state)
+        x = solver.step(checked, ts[i], ts[i + 1], x, noise_source, i == n - 1, state)
         if save_all:
             xs.append(x)
     if tuple(x.shape) != tuple(x0.shape):

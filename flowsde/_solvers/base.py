@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from .._errors import InputError
 
+#: noise kinds of :meth:`Solver.strong_order_for`: the SDE noise types and "additive"
+NOISE_KINDS = ("scalar", "diagonal", "additive")
+
 
 class Solver:
     """Base class.
@@ -16,7 +19,13 @@ class Solver:
     Attributes:
         name: the ``method=`` string.
         order: global order for ODEs (``None`` if it does not solve ODEs).
-        strong_order, weak_order: for SDEs (``None`` if it does not solve SDEs).
+        strong_order, weak_order: for SDEs (``None`` if it does not solve SDEs, or does
+            not converge to their solution); ``strong_order`` holds for every supported
+            noise type, whatever ``g``.
+        strong_orders: the strong order by noise kind where it is higher:
+            ``{"scalar": .., "diagonal": .., "additive": ..}``, ``"additive"`` meaning a
+            diffusion ``g(t)`` that does not depend on ``x`` (Euler–Maruyama: 0.5 in
+            general, 1 for additive noise). Read it with :meth:`strong_order_for`.
         noise_types: the SDE noise types it supports (``()``: ODEs only).
         solves_ode: whether an :class:`flowsde.ODE` is accepted.
         requires_score: the problem must carry ``score(t, x)``.
@@ -42,6 +51,7 @@ class Solver:
     order = None
     strong_order = None
     weak_order = None
+    strong_orders: dict = {}
     noise_types: tuple = ()
     solves_ode = True
     requires_score = False
@@ -51,6 +61,18 @@ class Solver:
     def nfe(self, n_steps: int) -> int:
         """Network evaluations of a solve of ``n_steps`` fixed steps."""
         return int(n_steps) * int(self.evals_per_step)
+
+    def strong_order_for(self, noise: str):
+        """The strong order on ``noise``: a noise type (``"scalar"``, ``"diagonal"``) or
+        ``"additive"`` (``g`` independent of ``x``, of either type); ``None`` where the
+        solver does not converge strongly on it."""
+        if noise not in NOISE_KINDS:
+            raise InputError(f"strong_order_for({noise!r}): noise must be one of {NOISE_KINDS}.")
+        if noise != "additive" and noise not in self.noise_types:
+            return None
+        if not self.noise_types:
+            return None
+        return self.strong_orders.get(noise, self.strong_order)
 
     def init_state(self, problem, x0, ts) -> dict:
         """The per-solve state passed to every :meth:`step` (default: an empty dict)."""

@@ -1,9 +1,14 @@
-"""Euler–Maruyama for Itô SDEs. Strong order 0.5, weak order 1; 1 NFE per step.
+"""Euler–Maruyama for Itô SDEs. Strong order 0.5 (1 for additive noise), weak order 1;
+1 NFE per step.
 
     x1 = x0 + f(t0, x0) (t1 - t0) + g(t0, x0) dW,      dW ~ N(0, |t1 - t0|)
 
 A backward step (``t1 < t0``) uses ``|t1 - t0|`` for the Brownian increment
 (reverse-time SDEs with a backward Brownian motion). On an ODE it is Euler.
+
+With additive noise (``g`` independent of ``x``) the Milstein correction
+``g g'`` vanishes, so Euler–Maruyama *is* Milstein there and its strong order
+is 1 (Kloeden & Platen 1992, sec. 10.3); ``strong_orders`` records it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ class EulerMaruyama(Solver):
     name = "euler_maruyama"
     order = 1
     strong_order = 0.5
+    strong_orders = {"scalar": 0.5, "diagonal": 0.5, "additive": 1.0}
     weak_order = 1.0
     noise_types = ("scalar", "diagonal")
 

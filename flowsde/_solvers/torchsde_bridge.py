@@ -44,6 +44,9 @@ class TorchSDE(Solver):
         self.torchsde_method = method
         self.name = "torchsde_euler" if method == "euler" else method
         self.strong_order, self.weak_order = self._ORDERS[method]
+        # additive noise: Euler-Maruyama is Milstein there (strong 1); the others keep their order
+        self.strong_orders = {"scalar": self.strong_order, "diagonal": self.strong_order,
+                              "additive": max(self.strong_order, 1.0)}
         self.evals_per_step = self._EVALS[method]
         self.needs_levy_area = method == "srk"
 

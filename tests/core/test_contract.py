@@ -273,3 +273,23 @@ def test_check_positive(bad):
     assert utils.check_positive("rtol", 1e-3) == 1e-3
     with pytest.raises(flowsde.InputError, match=r"^RK45: rtol must be a finite number > 0, got"):
         utils.check_positive("rtol", bad, where="RK45")
+
+
+def test_grid_times_reach_the_user_exactly_as_cast():
+    # The cast of a grid time is looked up in a grid cast once; other times are cast on the fly.
+    seen = []
+
+    def f(t, x):
+        seen.append(t.clone())
+        return -x
+
+    ts = torch.tensor([0.0, 0.1, 0.35, 1.0], dtype=F64)
+    flowsde.solve(flowsde.ODE(f), torch.ones(1, 1), ts, method="heun")
+    assert [float(t) for t in seen] == [float(v) for v in ts.float()[[0, 1, 1, 2, 2, 3]]]
+    assert all(t.dtype == torch.float32 and t.dim() == 0 for t in seen)
+    seen.clear()
+    flowsde.solve(flowsde.ODE(f), torch.ones(1, 1), ts, method="rk45")
+    assert seen[0].dtype == torch.float32 and float(seen[0]) == 0.0
+    ts_user = ts.clone()
+    flowsde.solve(flowsde.ODE(f), torch.ones(1, 1, dtype=F64), ts_user)
+    assert torch.equal(ts_user, ts)
