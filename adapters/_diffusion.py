@@ -43,8 +43,8 @@ BetaLike = Union[float, int, Callable[[torch.Tensor], Union[torch.Tensor, float]
 
 
 _F64 = torch.float64
-#: ``flowsde.adapters.ROUNDING``: a time off the schedule's range by at most this much relative to the bound (rounding of a
-#: float32 grid: 1e-5 is ~80 float32 ulps) is accepted and clamped onto the bound.
+#: ``flowsde.adapters.ROUNDING``: a time off the schedule's range by at most this much relative to
+#: the bound (rounding of a float32 grid: 1e-5 is ~80 float32 ulps) is accepted and clamped onto the bound.
 ROUNDING = 1e-5
 _CACHE_SIZE = 4096
 _FOUR = ("alpha", "sigma", "d_alpha", "d_sigma")

@@ -299,7 +299,8 @@ def adapter_part(args):
                 if not err < 1e-4:
                     raise SystemExit(f"bench_overhead: {mine.__name__} and {theirs.__name__} disagree ({err:.2e})")
             r = timed_interleaved({"net_only": net_only, "bare_euler": bare_euler, "flowsde_euler": fl_euler,
-                                   "solve_no_adapter": fl_hand, "flowsde_euler_cold": fl_euler_cold, "bare_em": bare_em, "flowsde_em": fl_em},
+                                   "solve_no_adapter": fl_hand, "flowsde_euler_cold": fl_euler_cold,
+                                   "bare_em": bare_em, "flowsde_em": fl_em},
                                   args.reps, lambda: None, **_timing(args))
             # the adapter alone, per call: the PF-ODE drift against the same network call and arithmetic
             # by hand, each timed over short runs (min of many: robust on a loaded machine)
@@ -314,7 +315,8 @@ def adapter_part(args):
         over = {k: (r[k] - r["net_only"]) / n for k in r}
         label = f"{name}: {1e6 * r['net_only'] / n:.0f} us/call (w{width} d{depth})"
         for k, ref in (("net_only", None), ("bare_euler", None), ("flowsde_euler", "bare_euler"),
-                       ("solve_no_adapter", "bare_euler"), ("flowsde_euler_cold", "bare_euler"), ("bare_em", None), ("flowsde_em", "bare_em")):
+                       ("solve_no_adapter", "bare_euler"), ("flowsde_euler_cold", "bare_euler"), ("bare_em", None),
+                       ("flowsde_em", "bare_em")):
             ratio = "" if ref is None else f"{r[k] / r[ref]:.3f}"
             print(f"{label:<34}{k:<22}{1e3 * r[k]:>11.3f}{1e6 * r[k] / n:>11.1f}{1e6 * over[k]:>11.1f}{ratio:>8}")
             label = ""
