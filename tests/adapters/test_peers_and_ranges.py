@@ -290,7 +290,8 @@ def test_meta_tensors_are_refused_at_the_entry_points():
     dif = Diffusion(lambda x, t: x, VP())
     xm, t = torch.zeros(3, 2, device="meta"), torch.tensor(0.5)
     for call in (lambda: dif.score(t, xm), lambda: dif.pf_ode().drift(t, xm),
-                 lambda: dif.score(t.to("meta"), torch.zeros(3, 1)), lambda: to_denoiser(dif)(xm, 1.0), lambda: EDMPrecond(lambda x, c: x)(xm, 1.0)):
+                 lambda: dif.score(t.to("meta"), torch.zeros(3, 1)), lambda: to_denoiser(dif)(xm, 1.0),
+                 lambda: EDMPrecond(lambda x, c: x)(xm, 1.0)):
         with pytest.raises(InputError, match="'meta' device"):
             call()
     lin = torch.nn.Linear(2, 2, device="meta")
