@@ -224,7 +224,8 @@ class Diffusion:
         net: ``net(x, t) -> Tensor`` with ``x`` of shape ``(B, *event)`` and ``t`` a ``(B,)``
             tensor: ``schedule.net_time(t)``, the schedule's own time (for
             :class:`~flowsde.adapters.schedules.Discrete`, the configured step label).
-            Returns the shape of ``x``.
+            Returns the shape of ``x``. For a 0-dim time that ``t`` tensor is kept with the time's
+            coefficients and handed out again at the same time: do not modify it in place.
         schedule: a :class:`~flowsde.adapters.schedules.Schedule`.
         prediction: what ``net`` predicts: ``"eps"`` (noise), ``"score"``
             (``grad_x log p_t``), ``"x0"`` (denoised data), ``"v"``
