@@ -215,7 +215,9 @@ def adapter_part(args):
     drift, two for the update; EM the same noise draws). flowsde runs with its defaults: input
     checks on (``check_t="auto"``: the time range per call, read from the CPU time without a device
     sync), ``throw=True`` (per-sample finiteness sums on the device, one sync at the end).
-    "cold" builds a new ``Diffusion`` for every solve (coefficients computed, not reused)."""
+    "cold" builds a new ``Diffusion`` for every solve (coefficients computed, not reused);
+    "solve_no_adapter" is ``flowsde.solve`` on a plain ODE / SDE whose functions are the bare
+    loop's (the solver's own share)."""
     from flowsde.adapters import Diffusion
     from flowsde.adapters.schedules import VP
 
@@ -284,6 +286,16 @@ def adapter_part(args):
         def fl_hand():
             return flowsde.solve(hand_ode, x0, ts, method="euler").x
 
+        def hand_em_drift(t, x):
+            i = index[t.item()]
+            return torch.addcmul(Cr_l[i] * net(x, labels[i]), A_l[i], x)
+
+        hand_sde = flowsde.SDE(hand_em_drift, lambda t, x: g_l[index[t.item()]], time_dtype=f64)
+
+        def fl_hand_em():
+            return flowsde.solve(hand_sde, x0, ts, method="euler_maruyama",
+                                 generator=torch.Generator().manual_seed(1)).x
+
         def fl_euler_cold():
             return flowsde.solve(Diffusion(net, sched, "eps").pf_ode(), x0, ts, method="euler").x
 
@@ -293,14 +305,14 @@ def adapter_part(args):
         with torch.no_grad():
             # equal work first: the same answer to float32 round-off
             for mine, theirs in ((fl_euler, bare_euler), (fl_euler_cold, bare_euler), (fl_hand, bare_euler),
-                                 (fl_em, bare_em)):
+                                 (fl_em, bare_em), (fl_hand_em, bare_em)):
                 u, v = mine(), theirs()
                 err = float((u - v).abs().max() / v.abs().max())
                 if not err < 1e-4:
                     raise SystemExit(f"bench_overhead: {mine.__name__} and {theirs.__name__} disagree ({err:.2e})")
             r = timed_interleaved({"net_only": net_only, "bare_euler": bare_euler, "flowsde_euler": fl_euler,
                                    "solve_no_adapter": fl_hand, "flowsde_euler_cold": fl_euler_cold,
-                                   "bare_em": bare_em, "flowsde_em": fl_em},
+                                   "bare_em": bare_em, "flowsde_em": fl_em, "solve_no_adapter_em": fl_hand_em},
                                   args.reps, lambda: None, **_timing(args))
             # the adapter alone, per call: the PF-ODE drift against the same network call and arithmetic
             # by hand, each timed over short runs (min of many: robust on a loaded machine)
@@ -316,7 +328,7 @@ def adapter_part(args):
         label = f"{name}: {1e6 * r['net_only'] / n:.0f} us/call (w{width} d{depth})"
         for k, ref in (("net_only", None), ("bare_euler", None), ("flowsde_euler", "bare_euler"),
                        ("solve_no_adapter", "bare_euler"), ("flowsde_euler_cold", "bare_euler"), ("bare_em", None),
-                       ("flowsde_em", "bare_em")):
+                       ("flowsde_em", "bare_em"), ("solve_no_adapter_em", "bare_em")):
             ratio = "" if ref is None else f"{r[k] / r[ref]:.3f}"
             print(f"{label:<34}{k:<22}{1e3 * r[k]:>11.3f}{1e6 * r[k] / n:>11.1f}{1e6 * over[k]:>11.1f}{ratio:>8}")
             label = ""
