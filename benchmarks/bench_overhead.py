@@ -76,7 +76,7 @@ def _timing_words(args) -> str:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=("solver", "adapter", "all"), default="all",
+    ap.add_argument("--part", choices=("solver", "adapter", "breakdown", "all"), default="all",
                     help="solver: flowsde.solve vs k-diffusion / bare loops; adapter: solve + Diffusion vs a bare loop")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
@@ -94,6 +94,8 @@ def main():
         adapter_part(args)
     if args.part in ("solver", "all"):
         solver_part(args)
+    if args.part in ("breakdown", "all"):
+        breakdown_part(args)
 
 
 def solver_part(args):
@@ -335,6 +337,62 @@ def adapter_part(args):
         print(f"{'':<34}{'one drift call: adapter':<34}{1e6 * per_call['adapter'] / 20:>10.1f} us, by hand "
               f"{1e6 * per_call['hand'] / 20:.1f} us: the adapter adds "
               f"{1e6 * (per_call['adapter'] - per_call['hand']) / 20:.1f} us per network call")
+
+
+
+def breakdown_part(args):
+    """Where the solver's per-step time goes: the bare Euler loop on the ~150 us MLP with one piece
+    of ``flowsde.solve``'s per-step work added at a time (float64 step size, per-sample finiteness
+    sums), then ``flowsde.solve`` itself on the same drift."""
+    if args.device != "cpu":
+        return
+    f64, B, D, n = torch.float64, args.batch, args.dim, args.steps
+    torch.manual_seed(0)
+    net = TimeMLP(D, ADAPTER_NETS[0][1], ADAPTER_NETS[0][2]).eval()
+    x0 = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
+    A, C, lab = torch.tensor(0.1), torch.tensor(0.2), torch.full((B,), 0.5)
+    ts = flowsde.grids.uniform(1.0, 1e-3, n).to(f64)
+    dts32 = [(ts[i + 1] - ts[i]).float() for i in range(n)]
+
+    def drift(t, x):
+        return torch.addcmul(C * net(x, lab), A, x)
+
+    def bare():
+        x = x0
+        for i in range(n):
+            x = x + dts32[i] * drift(None, x)
+        return x
+
+    def bare_h64():
+        x = x0
+        for i in range(n):
+            x = x + (ts[i + 1] - ts[i]) * drift(None, x)
+        return x
+
+    def bare_h64_sums():
+        x, sums = x0, []
+        for i in range(n):
+            d = drift(None, x)
+            sums.append(d.reshape(B, -1).sum(1, dtype=f64))
+            x = x + (ts[i + 1] - ts[i]) * d
+        bool(torch.isfinite(torch.stack(sums)).all())
+        return x
+
+    ode = flowsde.ODE(drift, time_dtype=f64)
+
+    def solve():
+        return flowsde.solve(ode, x0, ts, method="euler").x
+
+    with torch.no_grad():
+        r = timed_interleaved({"bare Euler loop (float32 steps)": bare, "+ float64 step h = t1 - t0": bare_h64,
+                               "+ per-sample finiteness sums": bare_h64_sums, "flowsde.solve, same drift": solve},
+                              args.reps, lambda: None, **_timing(args))
+    print(f"\n== solver breakdown: Euler, {n} steps, MLP w{ADAPTER_NETS[0][1]} d{ADAPTER_NETS[0][2]}, batch {B}; "
+          f"times: {_timing_words(args)}")
+    base = None
+    for k, v in r.items():
+        base = v if base is None else base
+        print(f"{k:<40}{1e6 * v / n:>10.1f} us/step{1e6 * (v - base) / n:>+10.1f}")
 
 
 if __name__ == "__main__":
