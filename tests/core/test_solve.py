@@ -206,6 +206,9 @@ def test_solver_orders_are_declared():
 @pytest.mark.parametrize("method", sorted(flowsde.METHODS))
 def test_every_method_declares_its_orders(method):
     s = flowsde.get_solver(method)
+    for v in (s.order, s.strong_order, s.weak_order):
+        assert v is None or (isinstance(v, (int, float)) and v > 0)
+    assert s.noise_types or s.strong_order is None  # an ODE-only method has no strong order
     if s.solves_ode:
         assert s.order is not None or s.requires_score
     elif s.order is not None:  # an SDE sampler's order is that of its beta = 0 limit: it must say so
