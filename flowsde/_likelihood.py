@@ -6,12 +6,17 @@ For ``dx/dt = u(t, x)`` carried from ``t_data`` to ``t_prior``,
 
 (Chen et al. 2018, "Neural ODEs", Thm. 1; Song et al. 2021, score_sde, eq. (39)).
 The augmented state ``(x, L)`` with ``dL/dt = div u`` (``L`` of shape ``(B, k)``,
-one channel per Hutchinson probe, ``k = 1`` for the exact trace) is solved by the
-adaptive :class:`flowsde.RK45`; its error norm controls each channel of ``L``
-separately from the RMS over ``x``, in absolute terms: ``|local error of L| <= atol``
-per step (a log-density error is measured in nats; ``L`` starts at 0 and its size
-says nothing about the accuracy needed, so a relative tolerance would loosen the
-control exactly when the divergence integral is large).
+one channel per Hutchinson probe, ``k = 1`` for the exact trace) is solved by an
+adaptive engine (:class:`flowsde.RK45` by default, or torchdiffeq's solvers through
+:class:`flowsde.TorchDiffEq`). The accuracy is asked for in bits per dimension
+(``bpd_tol``): each log-density channel is held, in absolute terms, to
+``|local error of L| <= bpd_tol * D * ln 2`` nats per step (a log-density error is
+measured in nats; ``L`` starts at 0 and its size says nothing about the accuracy needed,
+so a relative tolerance would loosen the control exactly when the divergence integral is
+large), the state ``x`` to ``atol + rtol |x|`` (RMS over the event; default ``bpd_tol``).
+``L`` is accumulated in float64 whatever the state's dtype, and the sum of its embedded
+error estimates over the accepted steps is reported as ``solver_error``
+(``docs/likelihood.md``).
 
 Divergence:
 
@@ -116,7 +121,7 @@ def _check_data(x, name="x") -> None:
                          f"shape {tuple(x.shape)}; add one, e.g. x[:, None].")
 
 
-def _check_tol(name, v, dtype=None) -> float:
+def _check_tol(name, v) -> float:
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not v > 0:
         raise InputError(f"log_likelihood: {name} must be a finite number > 0, got {v!r}.")
     return float(v)
