@@ -114,6 +114,8 @@ def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
         dtype=args.dtype, device=args.device, reference_model=model.reference,
         progress=progress_enabled(args.quiet))
     res.info["title"] = title or f"{model.spec}: error vs NFE"
+    res.info["model_spec"] = model.spec
+    res.info["command"] = "flowsde compare " + " ".join(_argv(args))
     print(f"Model: {model.spec} ({model.description})")
     print(f"{args.batch_size} samples per solver from the same x_T (seed {args.seed}), T = {res.info['T']:g} -> "
           f"t_end = {res.info['t_end']:g}, {res.info['dtype']} on {res.info['device']}, {args.grid} grid")
@@ -138,6 +140,16 @@ def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
         print(f"{what}: {p}")
     print(f"(compare took {time.perf_counter() - t0:.1f} s)")
     return paths
+
+
+def _argv(args) -> list:
+    """The options that define the run, as a command line (stored in compare.json)."""
+    s = ["--model", args.model, "--nfe", *map(str, args.nfe), "--batch-size", str(args.batch_size), "--beta",
+         f"{args.beta:g}", "--seed", str(args.seed), "--dtype", str(args.dtype).replace("torch.", ""),
+         "--grid", args.grid]
+    if args.solvers:
+        s += ["--solvers", *args.solvers]
+    return s
 
 
 def main(args, model) -> int:

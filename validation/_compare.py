@@ -480,7 +480,7 @@ def compare_solvers(
         floor = sliced_w2(ref_x, indep, n_projections=n_projections, seed=seed)
         floor_what = "PF-ODE reference sets"
     bar.update(1)
-    info = {"model": repr(diffusion), "T": T, "t_end": t_end, "n": n, "seed": seed, "beta": float(beta),
+    info = {"model": " ".join(repr(diffusion).split()), "T": T, "t_end": t_end, "n": n, "seed": seed, "beta": float(beta),
             "grid": grid, "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
             "reference": f"PF-ODE: RK45 rtol=atol={reference_tol:g} in float64 ({ref_nfe:.0f} NFE, "
                          f"{ref_sec:.1f} s) from the same x_T",
