@@ -95,6 +95,10 @@ def plan(model, args):
             continue
         for b in args.nfe:
             steps_for_budget(s, b)  # InputError: a budget below one step
+    try:
+        import matplotlib  # noqa: F401  (the two PNGs; checked before any work)
+    except ImportError:
+        raise CLIError("compare writes two PNGs and needs matplotlib: pip install flowsde[plots].") from None
     if args.likelihood_tols and model.exact is None:
         raise CLIError("--likelihood-tols: only with --model gmm (the exact log p is needed); use `flowsde nll` "
                        "for a trained model.")
@@ -116,6 +120,13 @@ def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
     res.info["title"] = title or f"{model.spec}: error vs NFE"
     res.info["model_spec"] = model.spec
     res.info["command"] = "flowsde compare " + " ".join(_argv(args))
+    paths = {"table (CSV)": out / "compare.csv", "table (JSON)": out / "compare.json",
+             "error vs NFE": out / "errors.png", "samples": out / "samples.png"}
+    res.write_csv(paths["table (CSV)"])
+    res.write_json(paths["table (JSON)"])
+    res.plot_errors(paths["error vs NFE"])
+    density = model.density(5000) if model.density is not None else None
+    res.plot_samples(paths["samples"], image_shape=model.image_shape, data_range=model.data_range, density=density)
     print(f"Model: {model.spec} ({model.description})")
     print(f"{args.batch_size} samples per solver from the same x_T (seed {args.seed}), T = {res.info['T']:g} -> "
           f"t_end = {res.info['t_end']:g}, {res.info['dtype']} on {res.info['device']}, {args.grid} grid")
@@ -128,13 +139,6 @@ def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
     print()
     print("Columns:")
     print(res.explain())
-    paths = {"table (CSV)": out / "compare.csv", "table (JSON)": out / "compare.json",
-             "error vs NFE": out / "errors.png", "samples": out / "samples.png"}
-    res.write_csv(paths["table (CSV)"])
-    res.write_json(paths["table (JSON)"])
-    res.plot_errors(paths["error vs NFE"])
-    density = model.density(5000) if model.density is not None else None
-    res.plot_samples(paths["samples"], image_shape=model.image_shape, data_range=model.data_range, density=density)
     print()
     for what, p in paths.items():
         print(f"{what}: {p}")
