@@ -80,13 +80,10 @@ def _nonneg_float(s: str) -> float:
 
 def plan(model, args):
     """The solver set, checked (names, every budget) before any work."""
-    from flowsde.validation import default_methods, steps_for_budget
-    from flowsde.validation._compare import ALL_METHODS
-
-    import flowsde
+    from flowsde.validation import default_methods, known_methods, steps_for_budget
 
     solvers = list(args.solvers) if args.solvers else list(default_methods())
-    known = sorted(set(ALL_METHODS) | set(flowsde.METHODS))
+    known = known_methods()
     bad = [s for s in solvers if s not in known]
     if bad:
         raise CLIError(f"--solvers: unknown {', '.join(bad)}; choose from {', '.join(known)}.")

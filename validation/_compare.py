@@ -42,7 +42,7 @@ from flowsde import InputError
 from ._marginals import check_marginals
 from .references import GaussianMixture
 
-__all__ = ["compare_solvers", "ComparisonRow", "Comparison", "default_mixture", "default_methods",
+__all__ = ["compare_solvers", "ComparisonRow", "Comparison", "default_mixture", "default_methods", "known_methods",
            "sliced_w2", "steps_for_budget", "DETERMINISTIC", "STOCHASTIC"]
 
 #: PF-ODE samplers: core method names; ``edm_heun`` is ``method="edm"`` without churn.
@@ -57,6 +57,12 @@ OPTIONAL_SDE = ("dpmpp_2m_sde", "dpmpp_3m_sde", "euler_ancestral", "dpmpp_2s_anc
 PATH_DRIVEN = ("euler_maruyama", "pc")
 _EDM = ("edm_heun", "edm_churn")
 _ALIASES = {"em": "euler_maruyama", "dopri5": "rk45", "edm": "edm_heun"}
+
+
+def known_methods() -> Tuple[str, ...]:
+    """Every name :func:`compare_solvers` accepts: the harness's own (``edm_heun``, ``edm_churn``) and
+    ``flowsde.METHODS``."""
+    return tuple(sorted(set(ALL_METHODS) | set(flowsde.METHODS)))
 
 
 def default_methods() -> Tuple[str, ...]:
@@ -420,9 +426,8 @@ def compare_solvers(
     """
     methods = tuple(default_methods() if methods is None else (_ALIASES.get(m, m) for m in methods))
     for m in methods:
-        if m not in ALL_METHODS and m not in flowsde.METHODS:
-            raise InputError(f"compare_solvers: unknown solver {m!r}; choose from "
-                             f"{sorted(set(ALL_METHODS) | set(flowsde.METHODS))}.")
+        if m not in known_methods():
+            raise InputError(f"compare_solvers: unknown solver {m!r}; choose from {list(known_methods())}.")
     if isinstance(n, bool) or not isinstance(n, int) or n < (30 if data is not None else 2):
         raise InputError(f"compare_solvers(n={n!r}): need at least {30 if data is not None else 2} samples"
                          f"{' for the marginal tests' if data is not None else ''}.")
