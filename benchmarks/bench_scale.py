@@ -5,7 +5,8 @@ Sections (all on the same model, float32, one thread per process):
 * ``nll``: data-set NLL throughput (samples/s) of :func:`flowsde.validation.dataset_nll` with
   1 and 2 processes (``torchrun``, gloo), the time of the call itself (process start excluded).
 * ``likelihood``: one batch of dequantized digits, Hutchinson (1 Rademacher probe), RK45 /
-  dopri5 at the same rtol = atol: flowsde batch-shared and per-sample control, torchdiffeq on
+  dopri5 at the same rtol = atol = tol on every channel, over a sweep of tol (``--sweep``), and
+  each method's time at the errors flowsde reached (log-log interpolation): flowsde batch-shared and per-sample control, torchdiffeq on
   the augmented state ``(x, log-density)``, the score_sde scipy recipe (``solve_ivp`` RK45 in
   float64 with a host round trip at every evaluation), k-diffusion's ``log_likelihood`` (its
   EDM-sigma frame, through :func:`flowsde.adapters.to_denoiser`). Error: |logp - reference| of
@@ -251,11 +252,14 @@ def scipy_ll(dif, x, v, rtol, atol):
     return prior.log_prob(z).double().cpu() + L, sol.nfev
 
 
-def flowsde_ll(dif, x, rtol, atol, per_sample):
+def flowsde_ll(dif, x, tol, per_sample):
+    """flowsde with every channel at ``tol`` as the others: ``rtol = atol = tol`` on the state, and
+    ``bpd_tol = tol / (D ln 2)``, i.e. ``tol`` nats of absolute local error on the log-density."""
     sched, pf, prior = dif.schedule, dif.pf_ode(), dif.prior()
+    D = x[0].numel()
     r = flowsde.log_likelihood(pf, x, (float(sched.t_min), float(sched.t_max)), prior.log_prob, trace="hutchinson",
-                               generator=torch.Generator(device=x.device).manual_seed(1), rtol=rtol, atol=atol,
-                               per_sample=per_sample)
+                               generator=torch.Generator(device=x.device).manual_seed(1), rtol=tol, atol=tol,
+                               bpd_tol=tol / (D * math.log(2)), per_sample=per_sample)
     return r.logp.double().cpu(), r.nfe
 
 
@@ -277,8 +281,20 @@ def as64(dif):
     return Diffusion(copy.deepcopy(dif.net).double(), dif.schedule, prediction=dif.prediction)
 
 
+def _interp_time(points, err):
+    """Time at error ``err`` by log-log interpolation between a method's (error, time) points."""
+    pts = sorted((e, t) for e, t in points if e > 0)
+    for (e0, t0), (e1, t1) in zip(pts, pts[1:]):
+        if e0 <= err <= e1:
+            if e1 == e0:
+                return min(t0, t1)
+            w = (math.log(err) - math.log(e0)) / (math.log(e1) - math.log(e0))
+            return math.exp(math.log(t0) + w * (math.log(t1) - math.log(t0)))
+    return None
+
+
 def section_likelihood(args, dif, data, kd):
-    dev, B, tol = args.device, args.batch, args.tol
+    dev, B = args.device, args.batch
     x = dequantized(data, B, dev, torch.float32)
     v = rademacher(tuple(x.shape), 1, dev, torch.float32)
     d64, x64, v64 = as64(dif), x.double(), v.double()
@@ -291,45 +307,62 @@ def section_likelihood(args, dif, data, kd):
         torch.autograd.grad(u, xx, v)
 
     c = per_call(fvjp, dev)
-    print(f"\n## likelihood: batch {B}, Hutchinson 1 probe, rtol = atol = {tol:g}, float32; "
-          f"one drift + VJP = {c * 1e3:.3f} ms")
-    print("reference of each method: the same method and probe at rtol = atol = 1e-9, float64")
+    print(f"\n## likelihood: batch {B}, Hutchinson 1 probe, float32, rtol = atol = tol on every channel "
+          f"(flowsde: bpd_tol = tol / (D ln 2)); one drift + VJP = {c * 1e3:.3f} ms")
+    print("error: mean |logp - reference| over the batch, the reference being the same method and probe at "
+          "tol = 1e-9 in float64")
     refs = {
-        "flowsde": flowsde_ll(d64, x64, 1e-9, 1e-9, per_sample=False)[0],
+        "flowsde": flowsde_ll(d64, x64, 1e-9, per_sample=False)[0],
         "own-probe": torchdiffeq_ll(d64, x64, v64, 1e-9, 1e-9)[0],
     }
     if kd is not None:
         refs["kd"] = kd_ll(kd, d64, x64, 1e-9, 1e-9)[0]
-    methods = [
-        ("flowsde RK45, batch-shared steps", "flowsde", lambda: flowsde_ll(dif, x, tol, tol, per_sample=False)),
-        ("flowsde RK45, per-sample steps", "flowsde", lambda: flowsde_ll(dif, x, tol, tol, per_sample=True)),
-        ("torchdiffeq dopri5, augmented state", "own-probe", lambda: torchdiffeq_ll(dif, x, v, tol, tol)),
-        ("score_sde recipe (scipy RK45, host round trip)", "own-probe", lambda: scipy_ll(dif, x, v, tol, tol)),
-    ]
-    if kd is not None:
-        methods.append(("k-diffusion log_likelihood (dopri5)", "kd", lambda: kd_ll(kd, dif, x, tol, tol)))
+
+    def methods(tol):
+        m = [
+            ("flowsde RK45, batch-shared steps", "flowsde", lambda: flowsde_ll(dif, x, tol, per_sample=False)),
+            ("flowsde RK45, per-sample steps", "flowsde", lambda: flowsde_ll(dif, x, tol, per_sample=True)),
+            ("torchdiffeq dopri5, augmented state", "own-probe", lambda: torchdiffeq_ll(dif, x, v, tol, tol)),
+            ("score_sde recipe (scipy RK45, host round trip)", "own-probe", lambda: scipy_ll(dif, x, v, tol, tol)),
+        ]
+        if kd is not None:
+            m.append(("k-diffusion log_likelihood (dopri5)", "kd", lambda: kd_ll(kd, dif, x, tol, tol)))
+        return m
+
     rows = []
-    print(f"{'method':48s} {'NFE':>5s} {'time s':>8s} {'floor s':>8s} {'overhead':>8s} {'err nats':>9s} "
-          f"{'err bpd':>9s} {'peak MiB':>8s}")
-    for name, ref, fn in methods:
-        try:
-            t, (lp, nfe), peak = measure(fn, args.repeats, dev)
-        except Exception as e:  # noqa: BLE001
-            print(f"{name:48s} failed: {e}")
-            continue
-        floor = nfe * c
-        err = float((lp - refs[ref]).abs().mean())
-        row = dict(method=name, nfe=nfe, seconds=t, floor=floor, overhead=(t - floor) / t, err_nats=err,
-                   err_bpd=err / (x[0].numel() * math.log(2)), peak_mib=peak, samples_per_s=B / t)
-        rows.append(row)
-        print(f"{name:48s} {nfe:5d} {t:8.3f} {floor:8.3f} {row['overhead']:8.1%} {err:9.2e} {row['err_bpd']:9.2e} "
-              f"{peak:8.1f}")
-    base = {r["method"]: r["seconds"] for r in rows}
-    fb = base.get("flowsde RK45, batch-shared steps")
-    if fb:
-        for r in rows:
-            print(f"  time / flowsde batch-shared: {r['seconds'] / fb:6.2f}x  {r['method']}")
-    return rows
+    print(f"{'tol':>6s} {'method':48s} {'NFE':>5s} {'time s':>8s} {'floor s':>8s} {'overhead':>8s} "
+          f"{'err nats':>9s} {'err bpd':>9s} {'peak MiB':>8s}")
+    for tol in args.sweep:
+        for name, ref, fn in methods(tol):
+            try:
+                t, (lp, nfe), peak = measure(fn, args.repeats, dev)
+            except Exception as e:  # noqa: BLE001
+                print(f"{tol:6.0e} {name:48s} failed: {e}")
+                continue
+            floor = nfe * c
+            err = float((lp - refs[ref]).abs().mean())
+            row = dict(tol=tol, method=name, nfe=nfe, seconds=t, floor=floor, overhead=(t - floor) / t,
+                       err_nats=err, err_bpd=err / (x[0].numel() * math.log(2)), peak_mib=peak,
+                       samples_per_s=B / t)
+            rows.append(row)
+            print(f"{tol:6.0e} {name:48s} {nfe:5d} {t:8.3f} {floor:8.3f} {row['overhead']:8.1%} {err:9.2e} "
+                  f"{row['err_bpd']:9.2e} {peak:8.1f}")
+    # equal error: each method's time interpolated (log-log) at the errors flowsde reached
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    pts = {n: [(r["err_nats"], r["seconds"]) for r in rows if r["method"] == n] for n in names}
+    base = names[0] if names else None
+    print("\ntime at equal error, relative to flowsde batch-shared (log-log interpolation over the sweep; "
+          "n/a: outside a method's range)")
+    ratios = []
+    for r in [r for r in rows if r["method"] == base]:
+        line = [f"err {r['err_nats']:.2e} nats:"]
+        for n in names[1:]:
+            t = _interp_time(pts[n], r["err_nats"])
+            line.append(f"{n.split(' (')[0].split(',')[0]} {t / r['seconds']:.2f}x" if t else
+                        f"{n.split(' (')[0].split(',')[0]} n/a")
+            ratios.append(dict(err=r["err_nats"], method=n, ratio=(t / r["seconds"]) if t else None))
+        print("  " + line[0] + " " + "; ".join(line[1:]))
+    return dict(rows=rows, equal_error=ratios)
 
 
 # -- sampling ------------------------------------------------------------------------------------
@@ -468,7 +501,9 @@ def main(argv=None):
     p.add_argument("--section", choices=("all", "nll", "likelihood", "sampling"), default="all")
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--tol", type=float, default=1e-5, help="rtol = atol of the likelihood solves")
+    p.add_argument("--tol", type=float, default=1e-5, help="rtol = atol of the data-set NLL solves")
+    p.add_argument("--sweep", type=float, nargs="+", default=[1e-3, 1e-4, 1e-5, 1e-6],
+                   help="tolerances of the likelihood comparison")
     p.add_argument("--batch", type=int, default=32, help="likelihood batch")
     p.add_argument("--sample-batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=18)

@@ -57,6 +57,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -71,6 +72,9 @@ __all__ = ["dataset_nll", "NLLResult", "NLLRow", "DatasetNLLError", "sample_seed
 HEADER = "index,nats,bpd,stderr,nfe,status"
 _STATUS_NAMES = frozenset(s.name for s in Status)
 _log = logging.getLogger("flowsde.nll")
+#: timeout of the process group that dataset_nll starts itself under torchrun: a rank that finishes
+#: early waits for the slowest at the final gather
+INIT_TIMEOUT = timedelta(hours=6)
 _FORMAT = 1  # bump when the meaning of a row changes (old part files are then refused)
 
 
@@ -470,12 +474,17 @@ def dataset_nll(
         out: CSV path (rows written as they finish, resumable; see the module docstring).
         progress: a tqdm bar (stderr, rank 0) over the samples of this rank.
         device, dtype: where and in which dtype to evaluate (default: the network's parameters',
-            else the data's device and floating dtype; ``cuda:LOCAL_RANK`` under ``nccl``).
+            else the data's device and floating dtype; under ``nccl``, ``cuda:LOCAL_RANK``, where the
+            network, if an ``nn.Module`` elsewhere, is moved: each process holds its own copy).
         per_sample: per-sample RK45 error control (default ``True``: a sample's result then does
             not depend on the other samples of its batch, nor on ``batch_size``); ``False``:
             batch-shared steps (rows then depend on ``batch_size``, not on the world size).
         **likelihood_options: passed on to :meth:`Diffusion.log_likelihood` (e.g. ``t_eps``,
             ``max_steps``, ``time``), and stored with the settings.
+
+    torch.distributed: shards when a process group is initialised; under ``torchrun`` without one
+    (``WORLD_SIZE > 1``), starts one itself (``nccl`` for a CUDA model or device, else ``gloo``;
+    timeout :data:`INIT_TIMEOUT`) and destroys it before returning.
 
     Returns:
         :class:`NLLResult`, identical on every rank and for any world size.
@@ -487,6 +496,36 @@ def dataset_nll(
             its status); every other row is computed and kept in the part files, so a rerun
             retries only the failed batches.
     """
+    own_group = _init_from_env(diffusion, device)
+    try:
+        return _dataset_nll(diffusion, data, levels=levels, bits=bits, data_range=data_range, trace=trace,
+                            probes=probes, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, limit=limit,
+                            out=out, progress=progress, device=device, dtype=dtype, per_sample=per_sample,
+                            **likelihood_options)
+    finally:
+        if own_group:
+            import torch.distributed as td
+
+            td.destroy_process_group()
+
+
+def _init_from_env(diffusion, device) -> bool:
+    """Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) with no process group yet, start one
+    (``nccl`` when evaluating on CUDA, else ``gloo``) so the ranks share the work instead of each
+    evaluating everything; returns whether it did (the group is then destroyed at the end)."""
+    import torch.distributed as td
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not td.is_available() or td.is_initialized():
+        return False
+    p = _net_param(diffusion)
+    cuda = (device is not None and torch.device(device).type == "cuda") or (
+        device is None and p is not None and p.device.type == "cuda")
+    td.init_process_group("nccl" if cuda else "gloo", timeout=INIT_TIMEOUT)
+    return True
+
+
+def _dataset_nll(diffusion, data, *, levels, bits, data_range, trace, probes, rtol, atol, batch_size, seed,
+                 limit, out, progress, device, dtype, per_sample, **likelihood_options) -> NLLResult:
     td, rank, world = _process_group()
     if not callable(getattr(diffusion, "log_likelihood", None)):
         raise InputError(f"dataset_nll: expected a flowsde.adapters.Diffusion (with log_likelihood), got "
@@ -517,6 +556,9 @@ def dataset_nll(
         if td is not None and td.get_backend() == "nccl":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1))))
             torch.cuda.set_device(device)
+            if p is not None and p.device != device:  # each process holds its own copy of the network
+                diffusion.net.to(device)
+                p = _net_param(diffusion)
         elif p is not None:
             device = p.device
         else:

@@ -77,6 +77,8 @@ def main(argv=None) -> int:
     p.add_argument("--per-sample", choices=("on", "off"), default="off")
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--fail-index", type=int, default=-1)
+    p.add_argument("--init", choices=("here", "dataset_nll"), default="here",
+                   help="who starts the process group under torchrun: this script, or dataset_nll itself")
     p.add_argument("--pid-dir", default=None, help="write this process's id to PID_DIR/rank{RANK}.pid")
     args = p.parse_args(argv)
     if args.pid_dir:
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
     from flowsde import InputError
     from flowsde.validation import DatasetNLLError, dataset_nll
 
-    if "RANK" in os.environ:
+    if "RANK" in os.environ and args.init == "here":
         td.init_process_group("gloo")
     try:
         dif, data, _ = model_and_data(args.n, sleep=args.sleep, fail_index=args.fail_index)

@@ -137,7 +137,7 @@ def test_batch_shared_control_couples_a_batch():
 def test_two_processes_write_the_same_file_as_one(tmp_path, reference):
     res, ref, _ = reference
     out = tmp_path / "two.csv"
-    p = _torchrun(2, out)
+    p = _torchrun(2, out, "--init", "dataset_nll")  # dataset_nll starts the group itself under torchrun
     assert p.returncode == 0, p.stderr[-3000:]
     assert out.read_bytes() == ref
     assert ref.decode().splitlines()[0] == HEADER and len(ref.decode().splitlines()) == W.N_SAMPLES + 1
@@ -239,6 +239,7 @@ def test_torn_line_and_duplicate_rows_are_ignored(tmp_path, reference):
     assert again.resumed == 8  # batches 0 and 1; batch 2 recomputed (its rows equal the kept ones)
 
 
+@pytest.mark.slow
 def test_a_failing_rank_reports_its_samples_and_the_others_finish(tmp_path, reference):
     _, ref, _ = reference
     out = tmp_path / "fail.csv"
