@@ -20,7 +20,8 @@ def add_arguments(p) -> None:
     p.add_argument("--nfe", nargs="+", type=_positive_int, metavar="N", default=list(DEFAULT_NFE),
                    help=f"the NFE ladder: budgets for the fixed-step samplers (default: {' '.join(map(str, DEFAULT_NFE))})")
     p.add_argument("--rk45-tols", nargs="+", type=_positive_float, metavar="TOL", default=list(DEFAULT_RK45_TOLS),
-                   help="tolerances (rtol = atol) swept for RK45 (default: 1e-2 1e-3 1e-4 1e-5)")
+                   help="tolerances (rtol = atol) swept for RK45 and the other adaptive solvers (torchdiffeq:*) "
+                        "(default: 1e-2 1e-3 1e-4 1e-5)")
     p.add_argument("--batch-size", "-n", type=_positive_int, default=256, metavar="N",
                    help="samples per solver, run as one batch (default: 256)")
     p.add_argument("--beta", type=_nonneg_float, default=1.0,
@@ -87,9 +88,11 @@ def plan(model, args):
     bad = [s for s in solvers if s not in known]
     if bad:
         raise CLIError(f"--solvers: unknown {', '.join(bad)}; choose from {', '.join(known)}.")
+    import flowsde
+
     for s in solvers:
-        if s in ("rk45", "dopri5"):
-            continue
+        if s in known and s not in ("edm_heun", "edm_churn") and flowsde.get_solver(s).adaptive:
+            continue  # a tolerance sweep (--rk45-tols), no budget
         for b in args.nfe:
             steps_for_budget(s, b)  # InputError: a budget below one step
     try:

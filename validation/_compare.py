@@ -93,6 +93,10 @@ def _is_ode_method(method: str) -> bool:
     return bool(getattr(flowsde.get_solver(method), "solves_ode", False))  # e.g. ddim, dpmpp_2m, unipc
 
 
+def _adaptive(method: str) -> bool:
+    return method not in _EDM and bool(getattr(flowsde.get_solver(method), "adaptive", False))
+
+
 def _core_name(method: str) -> str:
     return "edm" if method in _EDM else method
 
@@ -406,7 +410,8 @@ def compare_solvers(
             plus ``edm_heun`` / ``edm_churn`` (EDM's samplers from ``flowsde.adapters``).
         beta: the reverse-SDE family member of the stochastic samplers (1: Anderson's reverse SDE).
         t_end: where sampling stops (default: the schedule's ``t_min``).
-        rk45_tols: tolerances (rtol = atol) swept for RK45; its NFE is what it took.
+        rk45_tols: tolerances (rtol = atol) swept for RK45 and the other adaptive methods
+            (``torchdiffeq:*``); their NFE is what they took.
         reference_tol: RK45 tolerance of the float64 PF-ODE reference.
         sde_reference_steps: Euler-Maruyama steps of the SDE reference (default
             ``max(1000, 8 x`` the most steps of any row).
@@ -424,7 +429,7 @@ def compare_solvers(
     Raises:
         InputError: unknown method, bad budgets / tolerances / n, a budget below one step of a sampler.
     """
-    methods = tuple(default_methods() if methods is None else (_ALIASES.get(m, m) for m in methods))
+    methods = tuple(dict.fromkeys(default_methods() if methods is None else (_ALIASES.get(m, m) for m in methods)))
     for m in methods:
         if m not in known_methods():
             raise InputError(f"compare_solvers: unknown solver {m!r}; choose from {list(known_methods())}.")
@@ -439,9 +444,11 @@ def compare_solvers(
     if grid not in ("edm", "uniform"):
         raise InputError(f"compare_solvers(grid={grid!r}): choose 'edm' or 'uniform'.")
     # every budget checked before any work
+    if likelihood_tols and data is None:
+        raise InputError("compare_solvers(likelihood_tols=...): likelihood rows need an exact data distribution.")
     plan = []
     for m in methods:
-        if m == "rk45":
+        if _adaptive(m):  # rk45, torchdiffeq:*: a tolerance sweep, NFE is what it took
             plan += [(m, None, tol) for tol in rk45_tols]
         else:
             plan += [(m, b, steps_for_budget(m, b)) for b in budgets]
@@ -529,8 +536,8 @@ def compare_solvers(
         ode = _is_ode_method(method)
         _sync(dev)
         t0 = time.perf_counter()
-        if method == "rk45":
-            sol = flowsde.solve(pf, x_run, span, method=flowsde.RK45(rtol=setting, atol=setting))
+        if budget is None:
+            sol = flowsde.solve(pf, x_run, span, method=method, rtol=setting, atol=setting)
             x, nfe, label = sol.x, float(sol.nfe), f"tol {setting:.0e}"
         else:
             steps, _ = setting
@@ -561,8 +568,6 @@ def compare_solvers(
 
     lik = []
     if likelihood_tols:
-        if data is None:
-            raise InputError("compare_solvers(likelihood_tols=...): likelihood rows need an exact data distribution.")
         xs = target.sample(likelihood_n, generator=torch.Generator().manual_seed(seed + 5)).reshape(
             (likelihood_n,) + event).to(dev, f64)
         exact = target.log_prob(xs.reshape(likelihood_n, -1).cpu())
