@@ -16,7 +16,7 @@ DEFAULT_RK45_TOLS = (1e-2, 1e-3, 1e-4, 1e-5)
 
 def add_arguments(p) -> None:
     p.add_argument("--solvers", nargs="+", metavar="NAME", default=None,
-                   help="samplers to compare (default: all known, see below)")
+                   help="samplers to compare (default: every sampler named in the description above)")
     p.add_argument("--nfe", nargs="+", type=_positive_int, metavar="N", default=list(DEFAULT_NFE),
                    help=f"the NFE ladder: budgets for the fixed-step samplers (default: {' '.join(map(str, DEFAULT_NFE))})")
     p.add_argument("--rk45-tols", nargs="+", type=_positive_float, metavar="TOL", default=list(DEFAULT_RK45_TOLS),
