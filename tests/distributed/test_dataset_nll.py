@@ -320,3 +320,21 @@ def test_bad_out_and_data(tmp_path):
         dataset_nll(object(), x)
     with pytest.raises(InputError):  # data of the wrong shape for the model: the first batch's error, once
         dataset_nll(dif, torch.zeros(4, 3, dtype=DT))
+
+
+@pytest.mark.slow
+def test_torchrun_flowsde_nll_command_matches_the_library_in_one_process(tmp_path):
+    # the command as users start it: `torchrun ... -m flowsde nll` (the CLI starts no process group;
+    # dataset_nll starts one itself under torchrun), on the shipped digits model
+    fm = pytest.importorskip("flowsde.models")
+    out = tmp_path / "cli.csv"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "flowsde",
+           "nll", "--limit", "16", "--batch-size", "4", "--trace", "hutchinson", "--probes", "2", "--dtype", "float64",
+           "--out", str(out), "--quiet"]
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = dataset_nll(fm.load("digits-eps", dtype=DT), fm.digits("test"), levels=17, data_range=(-1.0, 1.0),
+                      trace="hutchinson", probes=2, batch_size=4, limit=16, rtol=1e-5, atol=1e-5,
+                      out=tmp_path / "lib.csv")
+    assert out.read_bytes() == (tmp_path / "lib.csv").read_bytes()
+    assert f"{res.mean_bpd:.4f}" in p.stdout
