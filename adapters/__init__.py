@@ -24,6 +24,6 @@ __all__ = ["schedules", "Schedule", "VP", "SubVP", "Cosine", "VE", "EDM", "Linea
            "from_flow_matching", "to_flow_matching", "FlowMatchingSchedule"]
 
 # Semi-linear problems of the samplers (docs/samplers.md): Diffusion.pf_ode() / reverse_sde() build them
-from ._semilinear import edm_ode  # noqa: E402
+from ._edm import edm_ode  # noqa: E402
 
 __all__ += ["edm_ode"]

@@ -47,6 +47,7 @@ _F64 = torch.float64
 #: float32 grid: 1e-5 is ~80 float32 ulps) is accepted and clamped onto the bound.
 ROUNDING = 1e-5
 _CACHE_SIZE = 4096
+_FOUR = ("alpha", "sigma", "d_alpha", "d_sigma")
 
 
 class _Coef:
@@ -54,15 +55,19 @@ class _Coef:
     time and cast once to the working dtype; kept per time value by :class:`Diffusion` when the
     time is a 0-dim CPU tensor (a grid point), so a repeated time costs no schedule arithmetic.
 
+    For such a time (``scalar``) the schedule is evaluated once per coefficient and the
+    conversion formulas run on Python floats (float64, no tensor dispatch); otherwise on the
+    ``(B,)`` or device tensor as given.
+
     ``bad``: ``None`` or the message tail of a time outside ``[t_min, t_max]`` (beyond rounding);
     ``at_end``: ``t >= t_max`` where ``alpha(t_max) = 0`` (``None`` when unknown: device time, unchecked).
     """
 
-    __slots__ = ("sched", "t", "wd", "device", "bad", "at_end", "vals")
+    __slots__ = ("sched", "t", "wd", "device", "bad", "at_end", "vals", "scalar")
 
-    def __init__(self, sched, t64: torch.Tensor, wd, device, bad, at_end):
+    def __init__(self, sched, t64: torch.Tensor, wd, device, bad, at_end, scalar: bool = False):
         self.sched, self.t, self.wd, self.device = sched, t64, wd, device
-        self.bad, self.at_end = bad, at_end
+        self.bad, self.at_end, self.scalar = bad, at_end, scalar
         self.vals = {}
 
     def cached(self, key, fn):
@@ -72,26 +77,46 @@ class _Coef:
             v = self.vals[key] = fn()
         return v
 
-    def raw(self, name: str) -> torch.Tensor:
-        """Schedule coefficient ``name`` at ``t`` in float64 (0-dim or ``(B,)``)."""
-        return self.cached(("raw", name), lambda: getattr(self.sched, name)(self.t))
+    def raw(self, name: str):
+        """Schedule coefficient ``name`` at ``t`` in float64: a Python float for a scalar time, else a tensor.
+        ``alpha, sigma, d_alpha, d_sigma`` come from one ``schedule.coefficients(t)`` call."""
+        key = ("raw", name)
+        v = self.vals.get(key)
+        if v is None:
+            if name in _FOUR:
+                for n, c in zip(_FOUR, self.sched.coefficients(self.t)):
+                    self.vals[("raw", n)] = float(c) if self.scalar else c
+                return self.vals[key]
+            c = getattr(self.sched, name)(self.t)
+            v = self.vals[key] = float(c) if self.scalar else c
+        return v
+
+    def tensor(self, v) -> torch.Tensor:
+        """A float64 value (float or tensor) in the working dtype, on the state's device."""
+        if isinstance(v, float):
+            return torch.tensor(v, dtype=self.wd, device=self.device)
+        return v.to(device=self.device, dtype=self.wd)
 
     def get(self, name: str) -> torch.Tensor:
         """Schedule coefficient ``name`` in the working dtype, on the state's device."""
-        return self.cached(name, lambda: self.raw(name).to(device=self.device, dtype=self.wd))
+        return self.cached(name, lambda: self.tensor(self.raw(name)))
 
     def affine64(self, pred: str, target: str):
         """``(A, C)`` of ``target = A x + C o`` for a ``pred`` network (see :func:`_convert`), float64."""
         def build():
-            one = torch.ones((), dtype=_F64, device=self.t.device)
-            zero = torch.zeros((), dtype=_F64, device=self.t.device)
-            return tuple(_convert(pred, target, x, o, self.raw) for x, o in ((one, zero), (zero, one)))
+            units = ((1.0, 0.0), (0.0, 1.0))
+            try:
+                return tuple(_convert(pred, target, x, o, self.raw) for x, o in units)
+            except ZeroDivisionError:  # Python floats raise where IEEE arithmetic gives inf / nan
+                def c(n):
+                    return torch.as_tensor(self.raw(n), dtype=_F64)
+                return tuple(float(_convert(pred, target, torch.tensor(x, dtype=_F64), torch.tensor(o, dtype=_F64),
+                                            c)) for x, o in units)
         return self.cached(("affine64", pred, target), build)
 
     def affine(self, pred: str, target: str):
         """:meth:`affine64` cast once to the working dtype, on the state's device."""
-        return self.cached(("affine", pred, target), lambda: tuple(
-            v.to(device=self.device, dtype=self.wd) for v in self.affine64(pred, target)))
+        return self.cached(("affine", pred, target), lambda: tuple(self.tensor(v) for v in self.affine64(pred, target)))
 
     def label(self, dtype, B: int) -> torch.Tensor:
         """The network's time ``net_time(t)`` as a ``(B,)`` tensor, cast once to the state's dtype
@@ -102,6 +127,13 @@ class _Coef:
             v = torch.as_tensor(self.sched.net_time(self.t)).to(device=self.device, dtype=dtype)
             v = self.vals[key] = v.expand(B) if v.dim() == 0 else v
         return v
+
+
+def _sqrt(v, dtype, device) -> torch.Tensor:
+    """``sqrt(v)`` of a float64 float or tensor, as a tensor of ``dtype`` on ``device``."""
+    if isinstance(v, float):
+        return torch.tensor(math.sqrt(v), dtype=dtype, device=device)
+    return torch.sqrt(torch.as_tensor(v, dtype=_F64)).to(device=device, dtype=dtype)
 
 
 class _Pred:
@@ -199,16 +231,24 @@ class Diffusion:
             (``grad_x log p_t``), ``"x0"`` (denoised data), ``"v"``
             (``alpha eps - sigma x0``, Salimans & Ho 2022; variance-preserving schedules only)
             or ``"velocity"`` (``dx_t/dt`` of the path, flow matching).
-        dtype: ``None`` (schedule math in the dtype of ``x``) or e.g. ``torch.float64``:
-            coefficients and conversions in that dtype, the result cast back to ``x.dtype``.
-            The network is always called with ``x`` as given.
+        dtype: ``None`` (conversions applied in the dtype of ``x``) or e.g. ``torch.float64``:
+            applied in that dtype, the result cast back to ``x.dtype``. Coefficients are always
+            computed in float64 from the float64 time. The network is called with ``x`` as given.
         check_t: range check of ``t`` for conversions: ``"auto"`` (when ``t`` is on the CPU,
-            where it costs no device sync), ``True`` (always), ``False`` (never).
+            where it costs no device sync; a device time is only clamped within rounding of
+            the bounds), ``True`` (always), ``False`` (never). A time off the range by rounding
+            only (:data:`ROUNDING` relative to the bound) is accepted and clamped.
+
+    Time and cost: ``t`` is used in float64 (the problems declare ``time_dtype=torch.float64``)
+    and cast once, at the network call. The coefficients of each 0-dim CPU time are computed
+    once and kept (see ``docs/adapters.md``, "Guards").
 
     Raises:
         InputError: unknown prediction, ``"v"`` on a schedule with ``alpha^2 + sigma^2 != 1``, a
-            non-callable net, a bad schedule / dtype / check_t; at call time, ``t`` outside
-            ``[t_min, t_max]`` for a conversion, or a net output of the wrong shape.
+            non-callable net, a net with parameters on the meta device or a ``(t, x)`` signature,
+            a bad schedule / dtype / check_t; at call time, swapped ``(t, x)``, meta tensors,
+            ``t`` outside ``[t_min, t_max]`` beyond rounding for a conversion, or a net output of
+            the wrong shape.
     """
 
     def __init__(self, net: Callable, schedule: Schedule, prediction: str = "eps", *,
@@ -284,7 +324,7 @@ class Diffusion:
             if bad is None:
                 tc = min(max(tf, lo), hi)
             co = self._cache[key] = _Coef(self.schedule, torch.tensor(tc, dtype=_F64), wd, x.device, bad,
-                                          self._alpha_zero_at_tmax and tc >= hi)
+                                          self._alpha_zero_at_tmax and tc >= hi, scalar=True)
         return co
 
     def _classify(self, t_low: float, t_high: float):
@@ -392,7 +432,7 @@ class Diffusion:
             """``beta g^2`` or ``w^2`` in float64 (0-dim for a constant knob, else ``(B,)``)."""
             b = bf(tb) if callable(bf) else bf
             if by_w:
-                return torch.as_tensor(b * b, dtype=_F64)
+                return b * b
             self._refuse_infinite_g(co, where, b)
             return b * co.raw("g2")
 
@@ -419,10 +459,12 @@ class Diffusion:
 
             if not callable(bf):
                 A, C = co.cached(("sde", name, bf), lambda: tuple(
-                    v.to(device=co.device, dtype=co.wd) for v in combine(sign * 0.5 * w2(co, None))))
+                    co.tensor(v) for v in combine(sign * 0.5 * w2(co, None))))
             else:
-                A, C = (v.to(device=co.device, dtype=co.wd) for v in combine(sign * 0.5 * w2(co, p.tb)))
-            return p.out(torch.addcmul(batch_broadcast(C, p.xw) * p.o, batch_broadcast(A, p.xw), p.xw))
+                A, C = (co.tensor(v) for v in combine(sign * 0.5 * w2(co, p.tb)))
+            if A.dim():  # per-sample times
+                A, C = batch_broadcast(A, p.xw), batch_broadcast(C, p.xw)
+            return p.out(torch.addcmul(C * p.o, A, p.xw))
 
         return SDE(drift, self._diffusion_fn(w2, not callable(bf), where), noise_type="scalar", score=self.score,
                    direction=direction, time_dtype=_F64)
@@ -441,11 +483,11 @@ class Diffusion:
         def diffusion(t, x):
             co = self._coefs(t, x, f"{where}.diffusion")
             if const:  # kept per time value with the other coefficients
-                g = co.cached(("g", where), lambda: torch.sqrt(w2(co, None)).to(device=co.device, dtype=x.dtype))
+                g = co.cached(("g", where, x.dtype), lambda: _sqrt(w2(co, None), x.dtype, co.device))
             else:
                 tb = co.t.expand(x.shape[0]) if co.t.dim() == 0 else co.t
-                g = torch.sqrt(w2(co, tb)).to(device=co.device, dtype=x.dtype)
-            return batch_broadcast(g, x)
+                g = _sqrt(w2(co, tb), x.dtype, co.device)
+            return g if g.dim() == 0 else batch_broadcast(g, x)
 
         return diffusion
 

@@ -54,16 +54,17 @@ def check_call(where: str, t, x, *, order: str = "(t, x)") -> None:
     if isinstance(x, torch.Tensor) and x.dim() >= 1 and not x.is_meta and x.is_floating_point() and (
             not isinstance(t, torch.Tensor) or (t.dim() <= 1 and not t.is_meta)):
         return
+    tname = "t" if order == "(t, x)" else order.strip("()").split(",")[-1].strip()
     check_tensor(x, "x", where)
-    check_tensor(t, "t" if order == "(t, x)" else "sigma", where)
+    check_tensor(t, tname, where)
     if order == "(t, x)":
         check_time_and_state(t, x, where=f"{where}{order}")  # swapped arguments, meta tensors, shapes
     elif isinstance(t, torch.Tensor) and t.dim() >= 1 and (
             (isinstance(x, (int, float)) and not isinstance(x, bool)) or
             (isinstance(x, torch.Tensor) and (x.dim() == 0 or (x.dim() == 1 and t.dim() >= 2)))):
         raise InputError(f"{where}{order}: the arguments look swapped: got x {_shape(x)} and "
-                         f"sigma {_shape(t)}; call it as {where}{order} with x the state "
-                         "(B, *event) and sigma a number, 0-dim or (B,).")
+                         f"{tname} {_shape(t)}; call it as {where}{order} with x the state "
+                         f"(B, *event) and {tname} a number, 0-dim or (B,).")
     if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.is_floating_point():
         raise InputError(f"{where}: x must be a floating tensor of shape (B, *event), got {_shape(x)}"
                          f"{f' of dtype {x.dtype}' if isinstance(x, torch.Tensor) else ''}.")

@@ -26,7 +26,8 @@ import torch
 from flowsde import InputError
 from flowsde.utils import batch_broadcast, check_positive
 
-from ._diffusion import Diffusion
+from ._diffusion import ROUNDING, Diffusion
+from ._inputs import check_call, check_net
 from .schedules import EDM
 
 __all__ = ["Denoiser", "from_denoiser", "to_denoiser", "Precond", "EDMPrecond", "VPPrecond", "VEPrecond"]
@@ -65,23 +66,36 @@ class Denoiser:
         D(x, r) = diffusion.x0(t, alpha(t) x),
 
     where ``x`` is the scaled state ``x_t / alpha(t)``. ``x``: ``(B, *event)``;
-    ``sigma``: 0-dim or ``(B,)``; returns ``(B, *event)``.
+    ``sigma``: a number, 0-dim or ``(B,)``; returns ``(B, *event)``. The time is computed in
+    float64 whatever the dtype of ``x``.
+
+    **Outside the range.** Peers' adaptive solvers evaluate the model past the end of
+    their span: torchdiffeq's ``dopri5`` (k-diffusion's ``log_likelihood``) takes its last step
+    beyond ``sigma_max`` and interpolates back (up to 1.5x ``sigma_max`` measured on a VP model,
+    ``docs/bridges.md``). A ``sigma`` within a factor ``outside`` of the range,
+    ``[sigma_min / outside, sigma_max * outside]``, is therefore accepted and evaluated at the
+    nearest end of the range (the schedule's coefficients clamped there: ``t = t_min`` or
+    ``t_max``); only a value beyond that band is refused. ``outside=1`` accepts rounding only.
 
     Attributes:
         sigma_min, sigma_max: the EDM-sigma range, ``r(t_min)`` and ``r(t_max)``
             (``inf`` where ``alpha(t_max) = 0``), as NVlabs/edm nets expose them.
+        outside: the accepted factor beyond the range (see above).
         diffusion, schedule: what it wraps.
     """
 
-    def __init__(self, diffusion):
+    def __init__(self, diffusion, *, outside: float = 2.0):
         schedule = getattr(diffusion, "schedule", None)
         if schedule is None or not callable(getattr(diffusion, "x0", None)):
             raise InputError(
                 f"to_denoiser: expected a flowsde.adapters.Diffusion (with .schedule and .x0), got "
                 f"{type(diffusion).__name__}."
             )
+        if check_positive("outside", outside, where="to_denoiser") < 1:
+            raise InputError(f"to_denoiser: outside must be >= 1 (a factor beyond the range), got {outside!r}.")
         self.diffusion = diffusion
         self.schedule = schedule
+        self.outside = float(outside)
         tt = torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float64)
         a, s = schedule.alpha(tt), schedule.sigma(tt)
         self.sigma_min = float(s[0] / a[0])
@@ -92,23 +106,32 @@ class Denoiser:
         return torch.as_tensor(sigma)
 
     def time(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Schedule time of EDM sigma ``r``, clamped to ``[t_min, t_max]`` (guards round-off at the ends)."""
-        return self.schedule.t_from_sigma_ratio(sigma).clamp(self.schedule.t_min, self.schedule.t_max)
+        """Schedule time of EDM sigma ``r`` (float64), with ``r`` clamped to ``[sigma_min, sigma_max]``
+        and ``t`` to ``[t_min, t_max]`` (guards round-off of the inverse map at the ends)."""
+        r = torch.as_tensor(sigma).to(torch.float64).clamp(self.sigma_min, self.sigma_max)
+        return self.schedule.t_from_sigma_ratio(r).clamp(self.schedule.t_min, self.schedule.t_max)
 
     def _eval(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """``D(x, sigma)`` without range validation (for samplers that validated their grid)."""
         t = self.time(sigma)
-        a = self.schedule.alpha(t)
+        a = self.schedule.alpha(t).to(device=x.device, dtype=x.dtype)
         return self.diffusion.x0(t, batch_broadcast(a, x) * x)
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        check_call("Denoiser", sigma, x, order="(x, sigma)")
         sigma = _sigma_tensor(sigma, x, "Denoiser")
-        lo, hi = self.sigma_min * (1 - 1e-9), self.sigma_max * (1 + 1e-9)  # round-off slack of r(t) itself
-        if not bool(((sigma >= lo) & (sigma <= hi)).all()):  # one sync per call, at the user-facing boundary
+        s64 = sigma.detach().to(torch.float64)
+        lo = self.sigma_min / self.outside * (1 - ROUNDING)
+        hi = self.sigma_max * self.outside * (1 + ROUNDING)
+        mn, mx = (float(v) for v in torch.aminmax(s64))  # one host read per call, at the user-facing boundary
+        if not (lo <= mn and mx <= hi):
+            bad = mn if not lo <= mn else mx
             raise InputError(
-                f"Denoiser: sigma in [{float(sigma.min())}, {float(sigma.max())}] is outside the schedule's "
-                f"range [{self.sigma_min}, {self.sigma_max}] (r = sigma/alpha over [t_min, t_max]); "
-                "pick sigma_min/sigma_max inside it."
+                f"Denoiser: sigma = {bad!r} is outside the schedule's range [sigma_min, sigma_max] = "
+                f"[{self.sigma_min!r}, {self.sigma_max!r}] (r = sigma/alpha over [t_min, t_max]) by more than the "
+                f"accepted factor outside = {self.outside:g} (within it, the model is evaluated at the nearest "
+                "end). Pick sigma_min/sigma_max inside the range, or pass to_denoiser(..., outside=...) if a "
+                "peer's solver needs more room."
             )
         return _check_out("Denoiser", self._eval(x, sigma), x)
 
@@ -116,11 +139,14 @@ class Denoiser:
         return f"Denoiser({self.diffusion!r}, sigma in [{self.sigma_min:g}, {self.sigma_max:g}])"
 
 
-def to_denoiser(diffusion) -> Denoiser:
+def to_denoiser(diffusion, *, outside: float = 2.0) -> Denoiser:
     """Expose a :class:`~flowsde.adapters.Diffusion` as a k-diffusion denoiser
-    ``model(x, sigma)`` (see :class:`Denoiser`), so k-diffusion samplers and
-    NVlabs/edm's ``edm_sampler`` run on it unchanged (after ``x *= sigmas[0]``)."""
-    return Denoiser(diffusion)
+    ``model(x, sigma)`` (see :class:`Denoiser`), so k-diffusion samplers, its
+    ``log_likelihood`` and NVlabs/edm's ``edm_sampler`` run on it unchanged (after
+    ``x *= sigmas[0]``). ``outside``: a ``sigma`` within this factor beyond
+    ``[sigma_min, sigma_max]`` is evaluated at the nearest end (peers' adaptive stages);
+    further out it is refused."""
+    return Denoiser(diffusion, outside=outside)
 
 
 def from_denoiser(model: Callable, *, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None):
@@ -136,6 +162,7 @@ def from_denoiser(model: Callable, *, sigma_min: Optional[float] = None, sigma_m
     """
     if not callable(model):
         raise InputError(f"from_denoiser: model must be callable model(x, sigma), got {type(model).__name__}.")
+    check_net(model, "from_denoiser(model=...)", order="model(x, sigma)")
 
     def _default(given, attr, fallback):
         if given is not None:
@@ -176,6 +203,7 @@ class Precond:
     def __init__(self, F: Callable):
         if not callable(F):
             raise InputError(f"{type(self).__name__}(F=...): F must be callable F(x, c_noise), got {type(F).__name__}.")
+        check_net(F, f"{type(self).__name__}(F=...)", order="F(x, c_noise)")
         self.F = F
 
     def coefficients(self, sigma: torch.Tensor):
@@ -187,6 +215,7 @@ class Precond:
         return torch.as_tensor(sigma)
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        check_call(type(self).__name__, sigma, x, order="(x, sigma)")
         sigma = _sigma_tensor(sigma, x, type(self).__name__)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         c_noise = c_noise.expand(x.shape[0]) if c_noise.dim() == 0 else c_noise

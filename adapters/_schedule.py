@@ -74,6 +74,12 @@ class Schedule:
         raise NotImplementedError(f"{type(self).__name__} must implement t_from_log_snr(lam).")
 
     # -- derived ---------------------------------------------------------------------
+    def coefficients(self, t: torch.Tensor):
+        """``(alpha, sigma, d_alpha, d_sigma)`` at ``t`` in one call (subclasses share the common
+        subexpressions; the values are those of the four methods)."""
+        t = _as_tensor(t)
+        return self.alpha(t), self.sigma(t), self.d_alpha(t), self.d_sigma(t)
+
     def f(self, t: torch.Tensor) -> torch.Tensor:
         """Forward drift coefficient ``f(t) = d log alpha/dt``."""
         t = _as_tensor(t)

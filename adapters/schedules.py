@@ -110,6 +110,13 @@ class VP(_LinearBeta):
         # d/dt sqrt(1 - alpha^2) = -alpha alpha'/sigma = beta alpha^2 / (2 sigma)
         return 0.5 * self.beta(t) * torch.exp(2 * self._log_alpha(t)) / self.sigma(t)
 
+    def coefficients(self, t):
+        # the four methods above with log alpha and beta computed once
+        la, b = self._log_alpha(t), self.beta(t)
+        a = torch.exp(la)
+        s = torch.sqrt(-torch.expm1(2 * la))
+        return a, s, -0.5 * b * a, 0.5 * b * a * a / s
+
     def g2(self, t):
         return self.beta(t)
 

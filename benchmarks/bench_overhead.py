@@ -42,19 +42,21 @@ def make_mlp(d, width, depth, device, dtype):
     return torch.nn.Sequential(*layers).to(device=device, dtype=dtype).eval()
 
 
-def timed_interleaved(fns: dict, reps, sync, stat=statistics.median):
-    """Wall time of each function (``stat`` over ``reps``: median, or ``min`` on a loaded machine),
-    measured round-robin so that load changes on the machine hit every variant alike."""
+def timed_interleaved(fns: dict, reps, sync, stat=statistics.median, clock=time.perf_counter):
+    """Time of each function (``stat`` over ``reps``: median, or ``min`` on a loaded machine),
+    measured round-robin so that load changes on the machine hit every variant alike. ``clock``:
+    wall time (``time.perf_counter``) or this thread's CPU time (``time.thread_time``, which does not
+    count the time the thread waits for a core: the CPU-only figure on a shared machine)."""
     times = {k: [] for k in fns}
     for f in fns.values():
         f()  # warm-up
     sync()
     for _ in range(reps):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             f()
             sync()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(clock() - t0)
     return {k: stat(v) for k, v in times.items()}
 
 
@@ -62,8 +64,6 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", choices=("solver", "adapter", "all"), default="all",
                     help="solver: flowsde.solve vs k-diffusion / bare loops; adapter: solve + Diffusion vs a bare loop")
-    ap.add_argument("--net-us", type=float, nargs="+", default=[150.0, 20.0],
-                    help="adapter part: target time per network call (us) of each MLP (width chosen to match)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--dim", type=int, default=16)
@@ -184,33 +184,10 @@ class TimeMLP(torch.nn.Module):
         return self.mlp(torch.cat([x, t[:, None]], 1))
 
 
-def _call_time(net, x, lab, reps=7, n=200):
-    best = math.inf
-    with torch.no_grad():
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                net(x, lab)
-            best = min(best, (time.perf_counter() - t0) / n)
-    return best
-
-
-def calibrated_mlp(target_us, batch, dim):
-    """The MLP (depth 1 or 2, width from a ladder) whose min-of-repeats call time is closest to
-    ``target_us``; returns ``(net, width, depth, measured seconds per call)``."""
-    x, lab = torch.randn(batch, dim), torch.full((batch,), 0.5)
-    best = None
-    for depth in (1, 2):
-        for width in (4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512):
-            torch.manual_seed(0)
-            net = TimeMLP(dim, width, depth).eval()
-            s = _call_time(net, x, lab, reps=3, n=50)
-            if best is None or abs(math.log(s * 1e6 / target_us)) < abs(math.log(best[3] * 1e6 / target_us)):
-                best = (net, width, depth, s)
-            if s * 1e6 > 2 * target_us:
-                break
-    net, width, depth, _ = best
-    return net, width, depth, _call_time(net, x, lab)
+#: the two networks of the adapter part: (label, width, depth) of an MLP on [x, t] at batch 64, dim 16;
+#: about 150 us and 20 us per call on one unloaded core of the machine in docs/benchmarks.md
+#: (each run measures and prints its own per-call time, in the same round-robin as the loops).
+ADAPTER_NETS = (("~150 us", 256, 2), ("~20 us", 8, 1))
 
 
 def adapter_part(args):
@@ -243,12 +220,20 @@ def adapter_part(args):
     A_l, Co_l, Cr_l, dt_l, g_l = c32(A_ode), c32(C_ode), c32(C_rev), c32(dt), c32(g)
     sdt_l = c32(dt.abs().sqrt())
     print(f"\n== adapter overhead: Diffusion(net, VP(), 'eps'), {n} steps t = 1 -> 1e-3, batch {B}, dim {D}, "
-          f"float32, {torch.get_num_threads()} thread(s); times are the min over {args.reps} round-robin repeats")
-    print(f"{'net':<28}{'loop':<34}{'ms / solve':>11}{'us / step':>11}{'ratio':>8}")
-    for target in args.net_us:
-        net, width, depth, call_s = calibrated_mlp(target, B, D)
+          f"float32, {torch.get_num_threads()} thread(s); times: this thread's CPU time (time.thread_time), min over "
+          f"{args.reps} round-robin repeats")
+    print(f"{'net':<34}{'loop':<22}{'ms / solve':>11}{'us / step':>11}{'beyond net':>11}{'ratio':>8}")
+    for name, width, depth in ADAPTER_NETS:
+        torch.manual_seed(0)
+        net = TimeMLP(D, width, depth).eval()
         labels = [t.to(torch.float32).expand(B) for t in t0s]
         x0 = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
+
+        def net_only():
+            x = x0
+            for i in range(n):
+                net(x, labels[i])
+            return x
 
         def bare_euler():
             x = x0
@@ -272,6 +257,17 @@ def adapter_part(args):
         def fl_euler():
             return flowsde.solve(ode, x0, ts, method="euler").x
 
+        index = {float(t): i for i, t in enumerate(t0s)}
+
+        def hand_drift(t, x):  # the bare loop's drift as a plain flowsde.ODE: the solver alone, no adapter
+            i = index[t.item()]
+            return torch.addcmul(Co_l[i] * net(x, labels[i]), A_l[i], x)
+
+        hand_ode = flowsde.ODE(hand_drift, time_dtype=f64)
+
+        def fl_hand():
+            return flowsde.solve(hand_ode, x0, ts, method="euler").x
+
         def fl_euler_cold():
             return flowsde.solve(Diffusion(net, sched, "eps").pf_ode(), x0, ts, method="euler").x
 
@@ -280,20 +276,35 @@ def adapter_part(args):
 
         with torch.no_grad():
             # equal work first: the same answer to float32 round-off
-            for mine, theirs in ((fl_euler, bare_euler), (fl_euler_cold, bare_euler), (fl_em, bare_em)):
+            for mine, theirs in ((fl_euler, bare_euler), (fl_euler_cold, bare_euler), (fl_hand, bare_euler),
+                                 (fl_em, bare_em)):
                 u, v = mine(), theirs()
                 err = float((u - v).abs().max() / v.abs().max())
                 if not err < 1e-4:
                     raise SystemExit(f"bench_overhead: {mine.__name__} and {theirs.__name__} disagree ({err:.2e})")
-            r = timed_interleaved({"bare_euler": bare_euler, "flowsde_euler": fl_euler,
-                                   "flowsde_euler_cold": fl_euler_cold, "bare_em": bare_em, "flowsde_em": fl_em},
-                                  args.reps, lambda: None, stat=min)
-        label = f"{1e6 * call_s:.0f} us/call (w{width} d{depth})"
-        for k, ref in (("bare_euler", None), ("flowsde_euler", "bare_euler"), ("flowsde_euler_cold", "bare_euler"),
-                       ("bare_em", None), ("flowsde_em", "bare_em")):
+            r = timed_interleaved({"net_only": net_only, "bare_euler": bare_euler, "flowsde_euler": fl_euler,
+                                   "solve_no_adapter": fl_hand, "flowsde_euler_cold": fl_euler_cold, "bare_em": bare_em, "flowsde_em": fl_em},
+                                  args.reps, lambda: None, stat=min, clock=time.thread_time)
+            # the adapter alone, per call: the PF-ODE drift against the same network call and arithmetic
+            # by hand, each timed over short runs (min of many: robust on a loaded machine)
+            i_mid, x_mid = n // 2, x0
+            t_mid = ts[i_mid]
+            per_call = timed_interleaved({
+                "hand": lambda: [torch.addcmul(Co_l[i_mid] * net(x_mid, labels[i_mid]), A_l[i_mid], x_mid)
+                                 for _ in range(20)],
+                "adapter": lambda: [ode.drift(t_mid, x_mid) for _ in range(20)]}, 20 * args.reps, lambda: None,
+                stat=min, clock=time.thread_time)
+        # what each loop adds to the network calls alone, per step
+        over = {k: (r[k] - r["net_only"]) / n for k in r}
+        label = f"{name}: {1e6 * r['net_only'] / n:.0f} us/call (w{width} d{depth})"
+        for k, ref in (("net_only", None), ("bare_euler", None), ("flowsde_euler", "bare_euler"),
+                       ("solve_no_adapter", "bare_euler"), ("flowsde_euler_cold", "bare_euler"), ("bare_em", None), ("flowsde_em", "bare_em")):
             ratio = "" if ref is None else f"{r[k] / r[ref]:.3f}"
-            print(f"{label:<28}{k:<34}{1e3 * r[k]:>11.3f}{1e6 * r[k] / n:>11.1f}{ratio:>8}")
+            print(f"{label:<34}{k:<22}{1e3 * r[k]:>11.3f}{1e6 * r[k] / n:>11.1f}{1e6 * over[k]:>11.1f}{ratio:>8}")
             label = ""
+        print(f"{'':<34}{'one drift call: adapter':<34}{1e6 * per_call['adapter'] / 20:>10.1f} us, by hand "
+              f"{1e6 * per_call['hand'] / 20:.1f} us: the adapter adds "
+              f"{1e6 * (per_call['adapter'] - per_call['hand']) / 20:.1f} us per network call")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ def add_arguments(p) -> None:
     p.add_argument("--s-churn", type=_nonneg_float, default=10.0, help="S_churn of edm_churn (default: 10)")
     p.add_argument("--reference-tol", type=_positive_float, default=1e-8,
                    help="RK45 tolerance of the float64 PF-ODE reference (default: 1e-8)")
+    p.add_argument("--sde-reference-steps", type=_positive_int, default=None, metavar="K",
+                   help="Euler-Maruyama steps of the fine SDE reference (default: max(1000, 8 x the most steps))")
     p.add_argument("--likelihood-tols", nargs="*", type=_positive_float, default=[], metavar="TOL",
                    help="gmm only: likelihood rows against the exact log p at these tolerances")
     p.add_argument("--out", metavar="DIR", default=None,
@@ -107,6 +109,7 @@ def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
     res = compare_solvers(
         model.diffusion, model.exact, event_shape=model.event_shape, n=args.batch_size, budgets=tuple(args.nfe),
         methods=solvers, beta=args.beta, rk45_tols=tuple(args.rk45_tols), reference_tol=args.reference_tol,
+        sde_reference_steps=args.sde_reference_steps,
         likelihood_tols=tuple(args.likelihood_tols), grid=args.grid, s_churn=args.s_churn, seed=args.seed,
         dtype=args.dtype, device=args.device, reference_model=model.reference,
         progress=progress_enabled(args.quiet))

@@ -28,9 +28,12 @@ def main(args, model, parse) -> int:
         cargs = parse(["compare"] + common + ["--batch-size", "1000", "--nfe", "10", "20", "40", "80",
                                               "--likelihood-tols", "1e-3", "1e-5"])
     else:
+        import flowsde
+
+        extra = [m for m in ("dpmpp_2m", "unipc") if m in flowsde.METHODS]
         cargs = parse(["compare"] + common + ["--batch-size", "128", "--nfe", "10", "20", "40",
-                                              "--rk45-tols", "1e-3", "1e-5",
-                                              "--solvers", "euler", "heun", "edm_heun", "rk45", "euler_maruyama"])
+                                              "--rk45-tols", "1e-3", "1e-5", "--sde-reference-steps", "400",
+                                              "--solvers", "euler", "heun", *extra, "rk45", "euler_maruyama"])
     from . import _compare, _nll
 
     solvers = _compare.plan(model, cargs)

@@ -187,14 +187,20 @@ def _diffusers(folder: Path, device, dtype) -> Model:
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise CLIError(f"--model {folder}: unet class {cls_name!r} is not a diffusers model class.")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from diffusers.utils import logging as dlog
+
+    verbosity = dlog.get_verbosity()
+    dlog.set_verbosity_error()  # loader advice (accelerate, ...) is not the user's concern here
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            unet = cls.from_pretrained(str(folder / "unet"), local_files_only=True)
+            unet = cls.from_pretrained(str(folder / "unet"), local_files_only=True, torch_dtype=dtype)
     except Exception as e:  # diffusers' loader errors
         raise CLIError(f"--model {folder}: cannot load unet/ with diffusers.{cls_name} ({type(e).__name__}: "
                        f"{str(e).splitlines()[0] if str(e) else ''}).") from None
-    unet = unet.to(device=device, dtype=dtype).eval()
+    finally:
+        dlog.set_verbosity(verbosity)
+    unet = unet.to(device=device).eval()
     for p in unet.parameters():
         p.requires_grad_(False)
     diff = from_diffusers(unet, sched_cfg)

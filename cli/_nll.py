@@ -146,7 +146,7 @@ def quantization(model, args):
     if levels is None and args.bits is None:
         levels = model.levels
         if levels is None:
-            if model.exact is not None:
+            if model.exact is not None or model.kind == "shipped":  # their data are continuous
                 return None, None, None
             raise CLIError(f"{model.spec}: the data's quantization is unknown; pass --levels L (e.g. 256 for "
                            f"8-bit images), --bits B, or --continuous.")
@@ -158,7 +158,6 @@ def main(args, model) -> int:
 
     if args.probes > 1 and args.trace == "exact":
         raise CLIError("--probes: only with --trace hutchinson (the exact trace needs no probes).")
-    levels, bits, dr = quantization(model, args)
     exact = None
     if args.data is not None:
         data, what = load_data(args.data, model)
@@ -174,6 +173,7 @@ def main(args, model) -> int:
         what = f"{n} exact samples of the mixture's marginal at t = {t_end:g}"
     else:
         raise CLIError(f"--model {model.spec}: has no data set of its own; pass --data FILE.npy|FILE.pt|pkg.mod:factory.")
+    levels, bits, dr = quantization(model, args)
     out = out_file(args.out) if args.out else None
     t0 = time.perf_counter()
     res = dataset_nll(model.diffusion, data, levels=levels, bits=bits, data_range=dr, trace=args.trace,
@@ -204,6 +204,15 @@ def summary(res, model, what, levels, bits, dr, args, seconds) -> str:
     else:
         q = "continuous data (no dequantization)"
     est = "exact trace" if args.trace == "exact" else f"Hutchinson, {args.probes} probe(s)"
-    mean, se = float(res.mean_bpd), float(res.stderr)
-    return (f"{model.spec} on {what}: {n} samples, {q}, {est}, RK45 rtol={args.rtol:g} atol={args.atol:g}\n"
-            f"mean bits/dim {mean:.4f} +- {se:.4f} (standard error over samples)  ({seconds:.1f} s)")
+    mean, se = float(res.mean_bpd), float(res.stderr_bpd)
+    nfe = sum(r.nfe for r in res.rows) / max(1, n)
+    lines = [f"{model.spec} on {what}: {n} samples, {q}, {est}, RK45 rtol={args.rtol:g} atol={args.atol:g}"]
+    if res.failed:
+        shown = ", ".join(f"{i} ({s})" for i, s in res.failed[:5])
+        lines.append(f"{len(res.failed)} sample(s) failed and are left out of the mean: {shown}"
+                     f"{' ...' if len(res.failed) > 5 else ''}")
+    if res.resumed:
+        lines.append(f"{res.resumed} row(s) read back from a previous run of the same settings")
+    lines.append(f"mean bits/dim {mean:.4f} +- {se:.4f} (standard error over {res.n_ok} samples); "
+                 f"mean NLL {res.mean_nats:.3f} nats; mean NFE {nfe:.0f}; {seconds:.1f} s")
+    return "\n".join(lines)

@@ -104,8 +104,9 @@ class NoiseSource:
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError(f"{type(self).__name__} must implement randn_like(x).")
 
-    def dW(self, t0: torch.Tensor, t1: torch.Tensor, sqrt_abs_dt: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return sqrt_abs_dt * self.randn_like(x)
+    def dW(self, t0: torch.Tensor, t1: torch.Tensor, sqrt_abs_dt, x: torch.Tensor) -> torch.Tensor:
+        """``W(t1) - W(t0)`` shaped like ``x``; ``sqrt_abs_dt = sqrt(|t1 - t0|)`` (a float or tensor)."""
+        return self.randn_like(x).mul_(sqrt_abs_dt)
 
 
 class _GeneratorNoise(NoiseSource):

@@ -58,6 +58,8 @@ def get_solver(method: Union[str, Solver], **options) -> Solver:
             "(e.g. flowsde.PC(snr=0.1), flowsde.Heun(final_euler=True))."
         )
     factory = METHODS[method]
+    if not options:
+        return factory()
     valid = _option_names(factory)
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -149,11 +151,20 @@ def _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress):
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc=f"flowsde {solver.name}", leave=False)
+    # Once per solve, not per step: the grid's 0-dim views, and its steps differenced in float64
+    # and rounded once to the state's dtype (with sqrt|h| for an SDE's increments).
+    tv = ts.unbind(0)
+    h = (ts[1:] - ts[:-1]).to(x0.dtype)
+    hs = h.unbind(0)
+    sqrt_hs = h.abs().sqrt().unbind(0) if checked.is_sde else None
     for i in steps:
         checked.step = i
         state["i"] = i
         state["ts"] = ts
-        x = solver.step(checked, ts[i], ts[i + 1], x, noise_source, i == n - 1, state)
+        state["h"] = hs[i]
+        if sqrt_hs is not None:
+            state["sqrt_h"] = sqrt_hs[i]
+        x = solver.step(checked, tv[i], tv[i + 1], x, noise_source, i == n - 1, state)
         if save_all:
             xs.append(x)
     if tuple(x.shape) != tuple(x0.shape):

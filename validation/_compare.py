@@ -3,15 +3,16 @@
 Works on any :class:`flowsde.adapters.Diffusion` (a trained network included):
 
 * all samplers start from the same prior draws ``x_T`` (fixed seed);
-* **deterministic** samplers (``euler``, ``heun``, ``edm_heun``, ``rk45`` and every
-  other PF-ODE method) are compared with a tight float64 RK45 solution of the
+* **deterministic** samplers (``euler``, ``heun``, ``edm_heun``, ``rk45``, ``ddim``,
+  ``dpmpp_2m``, ``unipc``, ... every PF-ODE method) are compared with a tight float64 RK45 solution of the
   probability-flow ODE from the same ``x_T``: the **error** is the RMS difference
   per coordinate of the final samples;
 * **stochastic** samplers on the reverse SDE (``euler_maruyama``, ``pc``) are
   driven by one :class:`flowsde.BrownianPath` and compared with a fine-step
   Euler–Maruyama solution on *the same path*: the **error** is the strong error
-  (RMS per coordinate). ``edm_churn`` draws its churn noise outside any path: it
-  has no strong error, only a distance;
+  (RMS per coordinate). ``edm_churn`` and the ancestral / DPM-Solver++ SDE samplers draw
+  their noise as fresh normals, not as the path's increments: they have no strong error,
+  only a distance;
 * every row gets a **distance**: sliced Wasserstein-2 between its samples and an
   independent reference set (the tight PF-ODE solution from a second prior draw;
   with an exact ``data`` distribution, exact samples). Two independent
@@ -44,16 +45,18 @@ from .references import GaussianMixture
 __all__ = ["compare_solvers", "ComparisonRow", "Comparison", "default_mixture", "default_methods",
            "sliced_w2", "steps_for_budget", "DETERMINISTIC", "STOCHASTIC"]
 
-#: PF-ODE samplers the harness knows (core method names, plus EDM's Heun from ``flowsde.adapters``).
+#: PF-ODE samplers: core method names; ``edm_heun`` is ``method="edm"`` without churn.
 DETERMINISTIC = ("euler", "heun", "edm_heun", "rk45")
-#: reverse-SDE samplers (``edm_churn``: EDM's stochastic sampler, S_churn > 0).
+#: reverse-SDE samplers; ``edm_churn`` is ``method="edm"`` with ``S_churn > 0`` (its own noise, on the PF-ODE).
 STOCHASTIC = ("euler_maruyama", "pc", "edm_churn")
 ALL_METHODS = DETERMINISTIC + STOCHASTIC
-#: samplers of other parts of the library, added to the default set when ``flowsde.METHODS`` has them.
-OPTIONAL_ODE = ("ddim", "dpmpp_2m", "dpm_solver_pp", "dpmpp_3m", "unipc", "deis", "ipndm")
-OPTIONAL_SDE = ("dpmpp_2m_sde", "sa_solver", "ddpm")
+#: samplers added to the default set when ``flowsde.METHODS`` has them.
+OPTIONAL_ODE = ("ddim", "dpmpp_2m", "unipc", "lms", "dpm_2")
+OPTIONAL_SDE = ("dpmpp_2m_sde", "dpmpp_3m_sde", "euler_ancestral", "dpmpp_2s_ancestral")
+#: samplers whose noise is the Brownian path's increments (``noise.dW``): they have a strong error.
+PATH_DRIVEN = ("euler_maruyama", "pc")
 _EDM = ("edm_heun", "edm_churn")
-_ALIASES = {"em": "euler_maruyama", "dopri5": "rk45"}
+_ALIASES = {"em": "euler_maruyama", "dopri5": "rk45", "edm": "edm_heun"}
 
 
 def default_methods() -> Tuple[str, ...]:
@@ -81,20 +84,21 @@ def _is_ode_method(method: str) -> bool:
         return True
     if method in STOCHASTIC:
         return False
-    return bool(getattr(flowsde.get_solver(method), "solves_ode", False))
+    return bool(getattr(flowsde.get_solver(method), "solves_ode", False))  # e.g. ddim, dpmpp_2m, unipc
+
+
+def _core_name(method: str) -> str:
+    return "edm" if method in _EDM else method
 
 
 def _nfe_of(method: str, n_steps: int) -> int:
-    """NFE of ``n_steps`` steps of a fixed-step method (``Solver.nfe`` where the core has it)."""
-    if method in _EDM:
-        return 2 * n_steps  # Heun steps to r(t_end), no final Euler step (edm_sampler last_step="stop")
-    solver = flowsde.get_solver(method)
-    if hasattr(solver, "nfe"):
-        return int(solver.nfe(n_steps))
-    per = getattr(solver, "evals_per_step", None)
-    if per is None:
-        per = {"euler": 1, "heun": 2, "euler_maruyama": 1, "pc": 2}.get(solver.name, 1)
-    return int(per) * n_steps
+    """NFE of ``n_steps`` steps of a fixed-step method (``Solver.nfe``).
+
+    The harness's grids stop at ``t_end`` > 0, never at zero noise, so no method saves the evaluation
+    of a last step to zero (EDM, DPM-2: ``2n``, not the ``2n - 1`` of a grid ending at zero).
+    """
+    solver = flowsde.get_solver(_core_name(method))
+    return max(int(solver.nfe(n_steps)), int(n_steps) * int(solver.evals_per_step))
 
 
 def steps_for_budget(method: str, budget: int) -> Tuple[int, int]:
@@ -159,14 +163,15 @@ class ComparisonRow:
 
 
 COLUMNS = {
-    "solver": "the sampler (PF-ODE: euler, heun, edm_heun, rk45, ...; reverse SDE with --beta: euler_maruyama, "
-              "pc, edm_churn)",
+    "solver": "the sampler: PF-ODE (euler, heun, edm_heun, ddim, dpmpp_2m, unipc, rk45, ...), reverse SDE of the "
+              "chosen beta (euler_maruyama, pc, dpmpp_2m_sde, euler_ancestral, ...), or EDM's churn (edm_churn)",
     "setting": "steps of the fixed-step samplers; tolerance (rtol = atol) of RK45",
     "NFE": "network evaluations per sample actually used (a budget a sampler cannot meet exactly is shown as "
            "'used (budget B)')",
     "error": "RMS difference per coordinate of the final samples from the reference started at the same x_T: "
              "for PF-ODE samplers a tight float64 RK45 solution; for SDE samplers a fine-step Euler-Maruyama "
-             "solution on the same Brownian path (strong error; '-' where the sampler draws its noise off the path; "
+             "solution on the same Brownian path (strong error; '-' where the sampler draws fresh normals instead of "
+             "the path's increments; "
              "pc's Langevin corrector is not a discretization of the path, so its error levels off)",
     "SW2": "sliced Wasserstein-2 distance from an independent set of reference samples; the 'noise floor' row "
            "is the distance between two independent reference sets: nothing below it is measurable with this n",
@@ -451,7 +456,7 @@ def compare_solvers(
         return diffusion.prior().sample((n,) + event, generator=g, dtype=f64).to(dev)
 
     xT, xT_indep = draw(seed), draw(seed + 1)
-    n_sde = [p for p in plan if not _is_ode_method(p[0]) and p[0] != "edm_churn"]
+    n_sde = [p for p in plan if p[0] in PATH_DRIVEN]
     total = 2 + (1 if n_sde else 0) + len(plan) + len(likelihood_tols)
     bar = _bar(total, progress)
     pf_ref = ref_model.pf_ode()
@@ -538,10 +543,10 @@ def compare_solvers(
         sec = time.perf_counter() - t0
         if ode:
             err = _rmse(x, ref_x)
-        elif method == "edm_churn":
-            err = None
-        else:
+        elif method in PATH_DRIVEN:
             err = _rmse(x, sde_ref)
+        else:
+            err = None  # its noise is not the path's increments: no strong error
         dist = sliced_w2(x, indep, n_projections=n_projections, seed=seed)
         ex = marg(x) if data is not None else (None, None, None)
         rows.append(ComparisonRow(method, "ode" if ode else "sde", label, budget, nfe, err, dist, sec, *ex))
@@ -585,18 +590,19 @@ def _event_shape(diffusion, data, event_shape) -> Tuple[int, ...]:
 
 
 def _edm(diffusion, x: torch.Tensor, ts: torch.Tensor, method: str, s_churn: float, seed: int):
-    """EDM's Heun (S_churn = 0) or churn sampler on ``ts``, ending at ``x_t`` at ``ts[-1]``."""
-    from flowsde.adapters import edm_sampler
-
-    # EDM works in x~ = x / alpha at r = sigma / alpha; its grid is ts mapped to r plus the final 0 it
-    # expects; last_step="stop" ends at r(t_end) and returns x_t there (2 NFE per step).
-    sched = diffusion.schedule
-    r = torch.cat([sched.sigma_ratio(ts), ts.new_zeros(1)])
-    latents = x / float(sched.alpha(ts[0]) * r[0])
-    churn = s_churn if method == "edm_churn" else 0.0
-    g = torch.Generator(device=x.device).manual_seed(seed + 13) if churn > 0 else None
-    res = edm_sampler(diffusion, latents, sigmas=r.cpu(), S_churn=churn, generator=g, last_step="stop")
-    return res.x, float(res.nfe)
+    """EDM's sampler (``method="edm"``) on the PF-ODE: Heun, or with churn for ``edm_churn``."""
+    if method == "edm_heun" or s_churn == 0:
+        sol = flowsde.solve(diffusion.pf_ode(), x, ts, method="edm")
+        return sol.x, float(sol.nfe)
+    # churn raises the noise level r to (1 + gamma) r: S_tmax keeps it inside the schedule's range
+    # (no churn where (1 + gamma) r would pass r(T)), as EDM's S_tmax restricts churn to a band.
+    n_levels = ts.shape[0]  # EDM's N: positive noise levels of a grid that stops short of zero
+    gamma = min(s_churn / n_levels, math.sqrt(2) - 1)
+    r_max = float(diffusion.schedule.sigma_ratio(ts[:1].to(torch.float64)))
+    g = torch.Generator(device=x.device).manual_seed(seed + 13)
+    sol = flowsde.solve(diffusion.pf_ode(), x, ts, method="edm", S_churn=s_churn,
+                        S_tmax=r_max / (1 + gamma) * (1 - 1e-9), generator=g)
+    return sol.x, float(sol.nfe)
 
 
 class _NoBar:

@@ -18,7 +18,9 @@ class Solver:
 
     Attributes:
         name: the ``method=`` string.
-        order: global order for ODEs (``None`` if it does not solve ODEs).
+        order: global order for ODEs; for a stochastic sampler of a semi-linear SDE
+            (``solves_ode = False``), the order of its deterministic (``beta = 0``) limit
+            (``None`` if neither applies).
         strong_order, weak_order: for SDEs (``None`` if it does not solve SDEs, or does
             not converge to their solution); ``strong_order`` holds for every supported
             noise type, whatever ``g``.
@@ -42,8 +44,12 @@ class Solver:
 
     ``problem`` is the checked problem (its ``drift``, ``diffusion``, ``score``
     take float64 ``t`` and cast it for the user's functions); ``t0``, ``t1`` are
-    0-dim float64 tensors; ``noise`` is the solve's noise source
-    (``noise.randn_like(x)``, ``noise.dW(t0, t1, sqrt(|t1 - t0|), x)``). A
+    0-dim float64 tensors (views of the grid); ``noise`` is the solve's noise
+    source (``noise.randn_like(x)``, ``noise.dW(t0, t1, sqrt(|t1 - t0|), x)``).
+    The loop also sets ``state["h"]``, the step ``t1 - t0`` as a 0-dim tensor in
+    the state's dtype (differenced in float64 and rounded once, for the whole grid
+    at the start of the solve: no mixed-dtype cast per step; :meth:`step_size`),
+    and, for an SDE, ``state["sqrt_h"] = sqrt(|h|)`` in the same dtype. A
     multistep solver keeps its history in ``state``.
     """
 
@@ -73,6 +79,12 @@ class Solver:
         if not self.noise_types:
             return None
         return self.strong_orders.get(noise, self.strong_order)
+
+    @staticmethod
+    def step_size(t0, t1, state: dict):
+        """``t1 - t0``: ``state["h"]`` (state dtype) when the loop set it, else ``t1 - t0``."""
+        h = state.get("h")
+        return t1 - t0 if h is None else h
 
     def init_state(self, problem, x0, ts) -> dict:
         """The per-solve state passed to every :meth:`step` (default: an empty dict)."""

@@ -13,6 +13,8 @@ is 1 (Kloeden & Platen 1992, sec. 10.3); ``strong_orders`` records it.
 
 from __future__ import annotations
 
+import torch
+
 from .base import Solver
 
 
@@ -25,9 +27,10 @@ class EulerMaruyama(Solver):
     noise_types = ("scalar", "diagonal")
 
     def step(self, problem, t0, t1, x, noise, last, state):
-        h = t1 - t0
+        h = self.step_size(t0, t1, state)
         x1 = x + h * problem.drift(t0, x)
         if problem.is_sde:
             g = problem.diffusion(t0, x)
-            x1 = x1 + g * noise.dW(t0, t1, h.abs().sqrt(), x)
+            sqrt_h = state["sqrt_h"] if "sqrt_h" in state else h.abs().sqrt()
+            x1 = torch.addcmul(x1, g, noise.dW(t0, t1, sqrt_h, x))
         return x1

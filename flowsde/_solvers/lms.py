@@ -7,8 +7,8 @@ the (non-uniform) grid:
     y_{i+1} = y_i + sum_{j<p} c_ij d_{i-j},   c_ij = int_{r_i}^{r_{i+1}} prod_{k<p, k!=j} (r - r_{i-k})/(r_{i-j} - r_{i-k}) dr,
 
 the integral of the Lagrange basis through the last ``p`` nodes. k-diffusion integrates the basis
-with ``scipy.integrate.quad``; here the polynomial is integrated exactly (the same numbers to
-round-off, once per solve on the host).
+with ``scipy.integrate.quad`` at every step; here the polynomial is integrated exactly, once per
+solve on the host (the same numbers to round-off).
 
 Global order 2 for ``order >= 2`` (measured): the lower-order start (an Euler first step, local
 error ``O(h^2)``) caps it, as in k-diffusion; ``order=1`` is Euler in ``r``. 1 NFE per step. The
@@ -18,22 +18,26 @@ evaluated at zero noise).
 
 from __future__ import annotations
 
-import numpy as np
-
 from .._errors import InputError
 from .semilinear import SemiLinearSolver, denoise, scale, unscale
 
 
 def lms_coefficients(r, i: int, p: int) -> list:
-    """``[c_i0, ..., c_i(p-1)]`` for nodes ``r[i], r[i-1], ...`` and the step ``r[i] -> r[i+1]``."""
-    nodes = [r[i - k] for k in range(p)]
+    """``[c_i0, ..., c_i(p-1)]`` for nodes ``r[i], r[i-1], ...`` and the step ``r[i] -> r[i+1]``: the
+    Lagrange basis polynomials, multiplied out in ``u = r - r[i]`` (pure Python, ``p <= order``
+    small) and integrated exactly over ``[0, r[i+1] - r[i]]``."""
+    nodes = [r[i - k] - r[i] for k in range(p)]
+    h = r[i + 1] - r[i]
     out = []
     for j in range(p):
-        others = [nodes[k] for k in range(p) if k != j]
-        poly = np.polynomial.Polynomial.fromroots(others) if others else np.polynomial.Polynomial([1.0])
-        denom = float(np.prod([nodes[j] - o for o in others])) if others else 1.0
-        prim = poly.integ()
-        out.append(float((prim(r[i + 1]) - prim(r[i])) / denom))
+        poly, denom = [1.0], 1.0  # coefficients of prod_{k != j} (u - u_k), lowest degree first
+        for k in range(p):
+            if k == j:
+                continue
+            poly = [(poly[m - 1] if m > 0 else 0.0) - nodes[k] * (poly[m] if m < len(poly) else 0.0)
+                    for m in range(len(poly) + 1)]
+            denom *= nodes[j] - nodes[k]
+        out.append(sum(c * h ** (m + 1) / (m + 1) for m, c in enumerate(poly)) / denom)
     return out
 
 

@@ -2,6 +2,8 @@
 
 import math
 
+import sys
+
 import pytest
 import torch
 
@@ -204,7 +206,13 @@ def test_solver_orders_are_declared():
 @pytest.mark.parametrize("method", sorted(flowsde.METHODS))
 def test_every_method_declares_its_orders(method):
     s = flowsde.get_solver(method)
-    assert s.solves_ode == (s.order is not None) or s.requires_score
+    for v in (s.order, s.strong_order, s.weak_order):
+        assert v is None or (isinstance(v, (int, float)) and v > 0)
+    assert s.noise_types or s.strong_order is None  # an ODE-only method has no strong order
+    if s.solves_ode:
+        assert s.order is not None or s.requires_score
+    elif s.order is not None:  # an SDE sampler's order is that of its beta = 0 limit: it must say so
+        assert "deterministic limit" in sys.modules[type(s).__module__].__doc__
     for noise_type in s.noise_types:
         so = s.strong_order_for(noise_type)
         assert so is None or so <= s.strong_order_for("additive")
