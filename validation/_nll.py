@@ -25,7 +25,7 @@ Reproducibility (``docs/nll.md``):
   — whatever the number of processes, so a batch holds the same samples on any world size
   (the batch-shared RK45 step couples the samples of a batch; with ``per_sample=True``,
   the default here, a sample's result depends on the sample alone, and the rows do not
-  depend on ``batch_size`` either);
+  depend on ``batch_size`` either, up to the rounding of the network's batched arithmetic);
 * floats are written with ``repr`` (shortest round trip), so a row read back from a file
   is bit-identical to the one computed.
 
