@@ -504,6 +504,14 @@ def section_nll(args):
                   f"per round {', '.join(f'{q:.2f}x' for q in pairs)}; rows identical to 1 process: {same}")
             out[k].update(speedup_best=out[1]["best_seconds"] / out[k]["best_seconds"], speedup_rounds=pairs,
                           rows_identical=same)
+            # load-independent: the network evaluations each rank gets (batch b to rank b % k, all pending)
+            nfe = [int(ln.split(",")[4]) for ln in rows[1]]
+            per_batch = [nfe[i] for i in range(0, len(nfe), args.nll_batch)]
+            shares = [sum(per_batch[r::k]) for r in range(k)]
+            bound = sum(per_batch) / max(shares)
+            print(f"  work per rank (network evaluations of its batches): {shares}; the sharding allows at most "
+                  f"{bound:.2f}x on {k} free cores")
+            out[k].update(nfe_per_rank=shares, speedup_bound=bound)
     return out
 
 
