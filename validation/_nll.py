@@ -662,6 +662,11 @@ def _dataset_nll(diffusion, data, *, levels, bits, data_range, trace, probes, rt
                         failures.append((rank, rest, f"not run: rank {rank} stopped after the InputError above"))
                     break
                 continue
+            bad = [r for r in rows if r.status != "SUCCESS"]
+            if bad:  # a row with its status, not an exception: reported now, and in the summary
+                for st in sorted({r.status for r in bad}):
+                    _log.warning("dataset_nll: rank %d of %d, samples %s: %s (%s)", rank, world,
+                                 _ranges([r.index for r in bad if r.status == st]), st, Status[st].message)
             if writer is not None:
                 writer.write(rows)
             new_rows += rows

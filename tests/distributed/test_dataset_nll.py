@@ -263,7 +263,7 @@ def test_failure_in_process_raises_with_the_samples(tmp_path):
     assert e.value.failures == [(0, [8, 9, 10, 11], "OSError: record 9 is corrupt")]
 
 
-def test_non_finite_sample_is_a_row_with_its_status(tmp_path):
+def test_non_finite_sample_is_a_row_with_its_status(tmp_path, caplog):
     dif, x, _ = W.model_and_data(8)
     inner = dif.net
 
@@ -279,6 +279,9 @@ def test_non_finite_sample_is_a_row_with_its_status(tmp_path):
     assert [r.status for r in res.rows] == ["SUCCESS"] * 3 + ["NON_FINITE"] + ["SUCCESS"] * 4
     assert res.failed == [(3, "NON_FINITE")] and res.n_ok == 7
     assert math.isfinite(res.mean_bpd) and "NON_FINITE at samples 3" in res.summary()
+    # reported when it happens, by the rank that met it, with the status' explanation
+    assert any("rank 0 of 1, samples 3: NON_FINITE (the state or a function value became non-finite" in r.message
+               for r in caplog.records)
 
 
 # -- bad input -------------------------------------------------------------------------------------
