@@ -6,7 +6,8 @@ Sections (all on the same model, float32, one thread per process):
   1 and 2 processes (``torchrun``, gloo), the time of the call itself (process start excluded).
 * ``likelihood``: one batch of dequantized digits, Hutchinson (1 Rademacher probe), RK45 /
   dopri5 at the same rtol = atol = tol on every channel, over a sweep of tol (``--sweep``), and
-  each method's time at the errors flowsde reached (log-log interpolation): flowsde batch-shared and per-sample control, torchdiffeq on
+  each method's time at the errors flowsde reached (log-log interpolation): flowsde
+  batch-shared and per-sample control, torchdiffeq on
   the augmented state ``(x, log-density)``, the score_sde scipy recipe (``solve_ivp`` RK45 in
   float64 with a host round trip at every evaluation), k-diffusion's ``log_likelihood`` (its
   EDM-sigma frame, through :func:`flowsde.adapters.to_denoiser`). Error: |logp - reference| of

@@ -162,7 +162,8 @@ class NLLResult:
         return s
 
     def __repr__(self) -> str:
-        return f"NLLResult(n={self.n}, n_ok={self.n_ok}, mean_bpd={self.mean_bpd:.6g}, stderr_bpd={self.stderr_bpd:.3g})"
+        return (f"NLLResult(n={self.n}, n_ok={self.n_ok}, mean_bpd={self.mean_bpd:.6g}, "
+                f"stderr_bpd={self.stderr_bpd:.3g})")
 
 
 # -- seeds ---------------------------------------------------------------------------------------
@@ -312,7 +313,8 @@ def _previous_rows(out: Path, settings: dict) -> List[NLLRow]:
                 raise InputError(f"dataset_nll: cannot read {meta_path} ({e}); delete it (and {parts}) to start "
                                  "over.") from e
             if old != settings:
-                raise InputError(f"dataset_nll: {out} holds results of a run with other settings ({_diff(old, settings)}); "
+                raise InputError(f"dataset_nll: {out} holds results of a run with other settings "
+                                 f"({_diff(old, settings)}); "
                                  f"rerun with those settings to resume, or choose another out / delete {out}, "
                                  f"{summ} and {parts} to start over.")
     if out.exists():
