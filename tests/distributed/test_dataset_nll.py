@@ -87,12 +87,13 @@ def test_rows_match_the_exact_mixture_density_and_replay_the_per_sample_seeds():
     assert res.stderr_bpd == pytest.approx(math.sqrt(sum((b - m) ** 2 for b in bpds) / 11 / 12), rel=1e-9)
 
 
-def test_continuous_data_no_dequantization():
+def test_continuous_data_no_dequantization(capsys):
     dif, x, gm = W.model_and_data(6)
     sched = dif.schedule
     T = torch.tensor(float(sched.t_max), dtype=DT)
     y = x + 0.001  # off the grid: continuous data
-    res = dataset_nll(dif, y, batch_size=6, prior_logp=lambda z: gm.log_prob_t(sched, T, z))
+    res = dataset_nll(dif, y, batch_size=3, prior_logp=lambda z: gm.log_prob_t(sched, T, z), progress=True)
+    assert "6/6" in capsys.readouterr().err  # the progress bar, on stderr, counts samples
     exact = -gm.log_prob_t(sched, torch.tensor(float(sched.t_min), dtype=DT), y)
     got = torch.tensor([r.nats for r in res.rows], dtype=DT)
     assert (got - exact).abs().max() < 1e-3
