@@ -566,6 +566,8 @@ def _dataset_nll(diffusion, data, *, levels, bits, data_range, trace, probes, rt
         else:
             device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
+    if td is not None and td.get_backend() == "nccl" and device.type == "cuda":
+        torch.cuda.set_device(device)  # nccl's object collectives run on the current device
     if isinstance(dtype, str):
         name = dtype[len("torch."):] if dtype.startswith("torch.") else dtype
         dtype = getattr(torch, name, None) if name in ("float16", "bfloat16", "float32", "float64") else dtype
