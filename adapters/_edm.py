@@ -281,7 +281,7 @@ def edm_ode(model, *, dtype: Optional[torch.dtype] = None, model_dtype: Optional
 
     def denoise(t, x):
         md = model_dtype or x.dtype
-        sig = t.to(md).expand(x.shape[0]).contiguous() if t.dim() == 0 else t.to(md)
+        sig = t.to(md).expand(x.shape[0]) if t.dim() == 0 else t.to(md)  # a view: not for in-place writes
         out = D(x.to(md), sig)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x.shape):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -2,8 +2,9 @@
 
 One tiny MLP denoiser in k-diffusion's convention ``model(x, sigma) -> x0`` (about 100-150 us per
 call on one CPU thread, so any per-step overhead shows), EDM's rho-grid of ``--steps`` levels
-ending at 0, float32 states, batch 64. Timed side by side, round-robin (so load on a shared
-machine hits every variant alike), the minimum over ``--reps`` repeats:
+ending at 0, float32 states, batch 64. Timed side by side, round-robin, as the minimum over
+``--reps`` repeats of the thread's CPU time (one torch thread: on a shared machine, wall time
+counts the waits for a core too):
 
 * ``bare``: a hand-written loop with the same network calls and a first-order update per call
   (the floor: network + one update);
@@ -71,15 +72,17 @@ def make_mlp(d, width, depth):
 
 
 def timed(fns: dict, reps: int) -> dict:
-    """Min over ``reps`` round-robin repeats of each function's wall time (after one warm-up)."""
+    """Min over ``reps`` round-robin repeats of each function's CPU time (``time.thread_time``: with
+    one torch thread every op runs on the calling thread, and time spent waiting for a core on a
+    shared machine is not counted), after one warm-up."""
     out = {k: float("inf") for k in fns}
     for f in fns.values():
         f()
     for _ in range(reps):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             f()
-            out[k] = min(out[k], time.perf_counter() - t0)
+            out[k] = min(out[k], time.thread_time() - t0)
     return out
 
 
@@ -92,7 +95,13 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--part", choices=("overhead", "digits", "all"), default="overhead",
+                    help="overhead: per-step cost; digits: error vs NFE on the shipped digits model")
     args = ap.parse_args(argv)
+    if args.part in ("digits", "all"):
+        digits_part()
+    if args.part == "digits":
+        return
     torch.set_num_threads(1)
     torch.manual_seed(0)
     net = make_mlp(args.dim, args.width, args.depth)
@@ -192,6 +201,45 @@ def adapter_rows(args):
     for k, v in r.items():
         over = "" if k.startswith("bare") else f"{1e6 * (v - r['bare 2M loop']) / n:+.1f}"
         print(f"{k:<20}{1e3 * v:>10.2f}{1e6 * v / n:>10.1f}{over:>21}")
+
+
+def digits_part(n_samples=256, budgets=(10, 20, 40, 80)):
+    """Which deterministic sampler at which NFE, on the shipped ``digits-eps`` model (VP, eps,
+    t in [1e-3, 1]): the error of each method against the PF-ODE's own solution (RK45,
+    rtol = atol = 1e-7) from the same latents, at ``t_min = 1e-3`` (grids end there, so no method
+    takes a step to zero noise and all are compared on the same map). Grid: EDM's rho-grid
+    (rho = 7) in the noise level sigma/alpha, mapped to the schedule's time; ``n`` the largest
+    number of steps whose ``n * evals_per_step`` (every step costs that on a grid without a final
+    zero) fits the budget.
+    Error: RMS over samples of |x - x_ref| / sqrt(64) (pixel units of the [-1, 1] data range)."""
+    import flowsde.models as models
+
+    d = models.load("digits-eps", dtype=torch.float64)
+    info = models.info("digits-eps")
+    sched = info.schedule
+    t_lo, t_hi = info.t_range
+    r_lo = float(sched.sigma_ratio(torch.tensor(t_lo, dtype=torch.float64)))
+    r_hi = float(sched.sigma_ratio(torch.tensor(t_hi, dtype=torch.float64)))
+    x_T = torch.randn(n_samples, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = flowsde.solve(d.pf_ode(), x_T, torch.tensor([t_hi, t_lo], dtype=torch.float64), method="rk45",
+                            rtol=1e-7, atol=1e-7)
+        print(f"\ndigits-eps: {n_samples} samples, error vs RK45 (rtol 1e-7, NFE {ref.nfe}) at t = {t_lo}, "
+              "EDM rho-grid (rho 7) in sigma/alpha")
+        methods = ["ddim", "dpm_2", "dpmpp_2m", "lms", "unipc", "edm", "heun"]
+        print(f"{'method':<10}" + "".join(f"{'NFE<=' + str(b):>14}" for b in budgets))
+        for m in methods:
+            solver = flowsde.get_solver(m) if m != "heun" else flowsde.Heun()
+            cells = []
+            for b in budgets:
+                n = b // solver.evals_per_step  # no step to zero noise: evals_per_step at every step
+                r = flowsde.grids.edm(r_lo, r_hi, n=n + 1, rho=7.0, final_zero=False)
+                ts = sched.t_from_sigma_ratio(r).clamp(t_lo, t_hi)
+                ts[0], ts[-1] = t_hi, t_lo
+                sol = flowsde.solve(d.pf_ode(), x_T, ts, method=solver)
+                err = float(((sol.x - ref.x) ** 2).mean().sqrt())
+                cells.append(f"{err:.4f} ({sol.nfe})")
+            print(f"{m:<10}" + "".join(f"{c:>14}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -43,20 +43,20 @@ class DDIM(SemiLinearSolver):
                              "would exceed sigma); solve reverse_sde(beta) with beta <= 1.")
         coef = []
         for i in range(grid.n_steps):
-            a1, s1 = grid.a[i + 1], grid.s[i + 1]
+            a0, s0, a1, s1 = grid.a[i], grid.s[i], grid.a[i + 1], grid.s[i + 1]
             c = eta * s1 * math.sqrt(-math.expm1(-2 * grid.h(i))) if eta else 0.0
-            coef.append((a1, math.sqrt(max(s1 * s1 - c * c, 0.0)), c))
+            c_eps = math.sqrt(max(s1 * s1 - c * c, 0.0))
+            # x1 = a1 D + c_eps (x - a0 D)/s0 + c z, as one linear combination of x and D
+            coef.append((c_eps / s0, a1 - c_eps * a0 / s0, c))
         state["coef"] = coef
 
     def step(self, problem, t0, t1, x, noise, last, state):
         g, i = state["grid"], state["i"]
-        a1, c_eps, c = state["coef"][i]
         d = denoise(problem, t0, x)
         if g.to_zero(i):
-            return scale(a1, d)
-        eps = (x - scale(g.a[i], d)) / g.s[i]
-        x1 = a1 * d + c_eps * eps
+            return scale(g.a[i + 1], d)
+        cx, cd, c = state["coef"][i]
+        x1 = cx * x + cd * d
         if c > 0:
             x1 = x1 + c * noise.randn_like(x)
         return x1
-

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .semilinear import SemiLinearSolver, ancestral_step, denoise, scale, unscale
+from .semilinear import SemiLinearSolver, ancestral_step, denoise
 
 
 class EulerAncestral(SemiLinearSolver):
@@ -37,15 +37,19 @@ class EulerAncestral(SemiLinearSolver):
         self._set_eta(eta)
 
     def prepare(self, problem, grid, state):
-        state["ancestral"] = [ancestral_step(grid.r[i], grid.r[i + 1], state["eta"]) for i in range(grid.n_steps)]
+        coef = []
+        for i in range(grid.n_steps):
+            r0, a0, a1 = grid.r[i], grid.a[i], grid.a[i + 1]
+            r_down, r_up = ancestral_step(r0, grid.r[i + 1], state["eta"])
+            # x1 = a1 (y + (r_down - r0)(y - D)/r0 + r_up z), y = x/a0, as one combination of x and D
+            q = r_down / r0
+            coef.append((a1 * q / a0, a1 * (1.0 - q), a1 * r_up))
+        state["coef"] = coef
 
     def step(self, problem, t0, t1, x, noise, last, state):
         g, i = state["grid"], state["i"]
-        r0, r1 = g.r[i], g.r[i + 1]
-        r_down, r_up = state["ancestral"][i]
-        y = unscale(x, g.a[i])
-        d = (y - denoise(problem, t0, x)) / r0
-        y = y + d * (r_down - r0)
-        if r1 > 0 and state["eta"]:
-            y = y + noise.randn_like(x) * r_up
-        return scale(g.a[i + 1], y)
+        cx, cd, cz = state["coef"][i]
+        x1 = cx * x + cd * denoise(problem, t0, x)
+        if g.r[i + 1] > 0 and state["eta"]:
+            x1 = x1 + cz * noise.randn_like(x)
+        return x1

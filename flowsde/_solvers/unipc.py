@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .._errors import InputError
 from .semilinear import SemiLinearSolver, denoise, scale
 
@@ -33,19 +31,36 @@ VARIANTS = ("bh1", "bh2")
 
 
 def _b_and_R(h: float, rks: list, order: int, variant: str):
-    """diffusers' ``R`` (powers of ``rks``) and ``b`` of the UniPC order conditions, data prediction."""
+    """diffusers' ``R`` (powers of ``rks``) and ``b`` of the UniPC order conditions, data prediction
+    (pure Python: the systems are at most 3 x 3 and solved once per step per solve)."""
     hh = -h
     h_phi_1 = math.expm1(hh)
     h_phi_k = h_phi_1 / hh - 1.0
     B_h = hh if variant == "bh1" else math.expm1(hh)
-    rks = np.asarray(rks + [1.0], dtype=np.float64)
+    rks = list(rks) + [1.0]
     R, b, fact = [], [], 1
     for k in range(1, order + 1):
-        R.append(rks ** (k - 1))
+        R.append([r ** (k - 1) for r in rks])
         b.append(h_phi_k * fact / B_h)
         fact *= k + 1
         h_phi_k = h_phi_k / hh - 1.0 / fact
-    return np.stack(R), np.asarray(b), h_phi_1, B_h
+    return R, b, h_phi_1, B_h
+
+
+def _solve(A: list, b: list) -> list:
+    """``A^{-1} b`` by Gaussian elimination with partial pivoting (``A`` at most 3 x 3)."""
+    n = len(b)
+    M = [list(A[i]) + [b[i]] for i in range(n)]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(M[r][c]))
+        M[c], M[p] = M[p], M[c]
+        for r in range(c + 1, n):
+            f = M[r][c] / M[c][c]
+            M[r] = [M[r][k] - f * M[c][k] for k in range(n + 1)]
+    x = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        x[r] = (M[r][n] - sum(M[r][k] * x[k] for k in range(r + 1, n))) / M[r][r]
+    return x
 
 
 class UniPC(SemiLinearSolver):
@@ -85,14 +100,14 @@ class UniPC(SemiLinearSolver):
                 q, h = orders[i], grid.h(i)
                 rks = [(lam[i - k] - lam[i]) / h for k in range(1, q)]
                 R, b, h_phi_1, B_h = _b_and_R(h, rks, q, self.variant)
-                rho = [0.5] if q == 2 else (np.linalg.solve(R[:-1, :-1], b[:-1]).tolist() if q > 2 else [])
+                rho = [0.5] if q == 2 else (_solve([row[:-1] for row in R[:-1]], b[:-1]) if q > 2 else [])
                 w = [-a1 * B_h * rho[k - 1] / rks[k - 1] for k in range(1, q)]
                 pred.append((grid.s[i + 1] / grid.s[i], [-a1 * h_phi_1 - sum(w)] + w))
             if i + 1 < n:  # corrector of x_{i+1}, after the model is evaluated there
                 q, h = orders[i], grid.h(i)
                 rks = [(lam[i - k] - lam[i]) / h for k in range(1, q)]
                 R, b, h_phi_1, B_h = _b_and_R(h, rks, q, self.variant)
-                rc = [0.5] if q == 1 else np.linalg.solve(R, b).tolist()
+                rc = [0.5] if q == 1 else _solve(R, b)
                 w = [-a1 * B_h * rc[k - 1] / rks[k - 1] for k in range(1, q)]
                 w_new = -a1 * B_h * rc[-1]
                 corr.append((grid.s[i + 1] / grid.s[i], w_new, [-a1 * h_phi_1 - sum(w) - w_new] + w))
