@@ -160,7 +160,8 @@ def test_edm_churn_batch_independence_and_noise_placement():
     d = from_denoiser(mixture().oracle(EDM(), "x0"))
     sig = flowsde.grids.edm(0.002, 80.0, n=8)
     x = latents(4) * 80
-    full = flowsde.solve(d.pf_ode(), x, sig, method="edm", S_churn=20.0, generator=flowsde.per_sample_generators(range(4)))
+    full = flowsde.solve(d.pf_ode(), x, sig, method="edm", S_churn=20.0,
+                         generator=flowsde.per_sample_generators(range(4)))
     part = flowsde.solve(d.pf_ode(), x[2:], sig, method="edm", S_churn=20.0,
                          generator=flowsde.per_sample_generators([2, 3]))
     assert torch.equal(full.x[2:], part.x)
