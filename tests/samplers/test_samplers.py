@@ -156,7 +156,7 @@ def test_batch_independence_with_per_sample_generators(method):
     assert not torch.allclose(det.x, full.x)
 
 
-def test_edm_churn_batch_independence_and_noise_placement():
+def test_edm_churn_batch_independence():
     d = from_denoiser(mixture().oracle(EDM(), "x0"))
     sig = flowsde.grids.edm(0.002, 80.0, n=8)
     x = latents(4) * 80
