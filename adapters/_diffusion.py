@@ -169,6 +169,7 @@ class _Pred:
         """``(A, C)`` with ``target = A x + C o`` (see :func:`_convert`), after the range check."""
         p = self.dif.prediction
         self.dif._refuse(self.co, self.where, p in ("eps", "score") and target in ("x0", "velocity", "v"))
+        self.dif._refuse_singular(self.co, self.where, target)
         A, C = self.co.affine(p, target)
         if A.dim():  # per-sample times: (B,) -> (B, 1, ..., 1)
             A, C = batch_broadcast(A, self.xw), batch_broadcast(C, self.xw)
@@ -451,6 +452,7 @@ class Diffusion:
                 return p.out(p.get("velocity"))
             co = p.co
             self._refuse(co, f"{where}.drift", divides_alpha=pred in ("eps", "score"))
+            self._refuse_singular(co, f"{where}.drift", "velocity", "score")
 
             def combine(k):
                 # u + sign/2 w2 score, as A x + C o: one affine map from the two conversions' coefficients
@@ -468,6 +470,21 @@ class Diffusion:
 
         return SDE(drift, self._diffusion_fn(w2, not callable(bf), where), noise_type="scalar", score=self.score,
                    direction=direction, time_dtype=_F64)
+
+    def _refuse_singular(self, co: _Coef, where: str, *targets: str) -> None:
+        """Refuse a conversion whose coefficients are not finite at a (scalar) time inside the range,
+        e.g. a score at ``t = 0`` of a schedule with ``sigma(0) = 0`` (``Linear(t_min=0)``)."""
+        if not co.scalar or self.check_t is False:
+            return
+        for target in targets:
+            A, C = co.affine64(self.prediction, target)
+            if not (math.isfinite(A) and math.isfinite(C)):
+                t = float(co.t)
+                raise InputError(
+                    f"{where}: the {target} of a {self.prediction!r} model is undefined at t = {t!r}, where "
+                    f"alpha(t) = {co.raw('alpha')!r} and sigma(t) = {co.raw('sigma')!r} (the conversion divides "
+                    f"by one of them). Keep the grid just off this time (e.g. end a sampler at a small t > 0), or use "
+                    f"the model's own prediction ({self.prediction!r}) there.")
 
     def _refuse_infinite_g(self, co: _Coef, where: str, b) -> None:
         if co.at_end and self.check_t is not False and not (isinstance(b, float) and b == 0.0):

@@ -317,6 +317,9 @@ class Linear(Schedule):
     Flow-matching code that puts noise at 0 and data at 1 uses ``s = 1 - t``.
     ``alpha(1) = 0``: conversions that divide by alpha (``x0`` from eps / score) are
     undefined exactly at ``t = 1``; :class:`~flowsde.adapters.Diffusion` guards this.
+    ``t_min = 0`` is allowed (flow_matching integrates a velocity model's likelihood from the
+    data end, ``t = 0``): a velocity model's own output and its ``x0`` are defined there, while
+    conversions dividing by ``sigma(0) = 0`` (the score) are refused at ``t = 0``.
     """
 
     t_min: float = 1e-5
@@ -324,8 +327,6 @@ class Linear(Schedule):
 
     def __post_init__(self):
         _check_range("Linear", self.t_min, self.t_max, 0.0, 1.0)
-        if self.t_min <= 0:
-            raise InputError(f"Linear: t_min must be > 0 (sigma(0) = 0), got {self.t_min!r}.")
 
     def alpha(self, t):
         return 1 - _as_tensor(t)

@@ -60,11 +60,27 @@ def timed_interleaved(fns: dict, reps, sync, stat=statistics.median, clock=time.
     return {k: stat(v) for k, v in times.items()}
 
 
+def _timing(args) -> dict:
+    """``--clock cpu`` (default): this thread's CPU time, min over the repeats (the figure a shared,
+    loaded machine can still give: waiting for a core is not counted); ``wall``: wall time, median."""
+    if args.clock == "cpu":
+        return dict(stat=min, clock=time.thread_time)
+    return dict(stat=statistics.median, clock=time.perf_counter)
+
+
+def _timing_words(args) -> str:
+    if args.clock == "cpu":
+        return f"this thread's CPU time (time.thread_time), min over {args.reps} round-robin repeats"
+    return f"wall time, median over {args.reps} round-robin repeats"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--part", choices=("solver", "adapter", "all"), default="all",
                     help="solver: flowsde.solve vs k-diffusion / bare loops; adapter: solve + Diffusion vs a bare loop")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="cpu: thread CPU time, min of repeats (shared machines); wall: wall time, median (GPU)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--dim", type=int, default=16)
     ap.add_argument("--width", type=int, default=32)
@@ -153,11 +169,12 @@ def solver_part(args):
             "bare_em": bare_em,
             "flowsde_em": lambda: fl_em(True),
             "flowsde_em_nocheck": lambda: fl_em(False),
-        }, args.reps, sync)
+        }, args.reps, sync, **_timing(args))
 
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
     print(f"device={dev} ({name}), torch {torch.__version__}, threads={torch.get_num_threads()}, "
           f"batch={args.batch}, dim={args.dim}, MLP width={args.width} depth={args.depth}, steps={args.steps}")
+    print(f"times: {_timing_words(args)}")
     print(f"{'loop':<24}{'ms / solve':>12}{'us / step':>12}{'ratio':>10}")
     rows = [("kdiff_heun", None), ("bare_heun", None), ("flowsde_heun", "kdiff_heun"),
             ("flowsde_heun", "bare_heun"), ("flowsde_heun_nocheck", "bare_heun"),
@@ -220,8 +237,7 @@ def adapter_part(args):
     A_l, Co_l, Cr_l, dt_l, g_l = c32(A_ode), c32(C_ode), c32(C_rev), c32(dt), c32(g)
     sdt_l = c32(dt.abs().sqrt())
     print(f"\n== adapter overhead: Diffusion(net, VP(), 'eps'), {n} steps t = 1 -> 1e-3, batch {B}, dim {D}, "
-          f"float32, {torch.get_num_threads()} thread(s); times: this thread's CPU time (time.thread_time), min over "
-          f"{args.reps} round-robin repeats")
+          f"float32, {torch.get_num_threads()} thread(s); times: {_timing_words(args)}")
     print(f"{'net':<34}{'loop':<22}{'ms / solve':>11}{'us / step':>11}{'beyond net':>11}{'ratio':>8}")
     for name, width, depth in ADAPTER_NETS:
         torch.manual_seed(0)
@@ -284,7 +300,7 @@ def adapter_part(args):
                     raise SystemExit(f"bench_overhead: {mine.__name__} and {theirs.__name__} disagree ({err:.2e})")
             r = timed_interleaved({"net_only": net_only, "bare_euler": bare_euler, "flowsde_euler": fl_euler,
                                    "solve_no_adapter": fl_hand, "flowsde_euler_cold": fl_euler_cold, "bare_em": bare_em, "flowsde_em": fl_em},
-                                  args.reps, lambda: None, stat=min, clock=time.thread_time)
+                                  args.reps, lambda: None, **_timing(args))
             # the adapter alone, per call: the PF-ODE drift against the same network call and arithmetic
             # by hand, each timed over short runs (min of many: robust on a loaded machine)
             i_mid, x_mid = n // 2, x0
@@ -293,7 +309,7 @@ def adapter_part(args):
                 "hand": lambda: [torch.addcmul(Co_l[i_mid] * net(x_mid, labels[i_mid]), A_l[i_mid], x_mid)
                                  for _ in range(20)],
                 "adapter": lambda: [ode.drift(t_mid, x_mid) for _ in range(20)]}, 20 * args.reps, lambda: None,
-                stat=min, clock=time.thread_time)
+                **_timing(args))
         # what each loop adds to the network calls alone, per step
         over = {k: (r[k] - r["net_only"]) / n for k in r}
         label = f"{name}: {1e6 * r['net_only'] / n:.0f} us/call (w{width} d{depth})"

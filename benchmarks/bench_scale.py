@@ -6,7 +6,8 @@ Sections (all on the same model, float32, one thread per process):
   1 and 2 processes (``torchrun``, gloo), the time of the call itself (process start excluded).
 * ``likelihood``: one batch of dequantized digits, Hutchinson (1 Rademacher probe), RK45 /
   dopri5 at the same rtol = atol = tol on every channel, over a sweep of tol (``--sweep``), and
-  each method's time at the errors flowsde reached (log-log interpolation): flowsde batch-shared and per-sample control, torchdiffeq on
+  each method's time at the errors flowsde reached (log-log interpolation): flowsde
+  batch-shared and per-sample control, torchdiffeq on
   the augmented state ``(x, log-density)``, the score_sde scipy recipe (``solve_ivp`` RK45 in
   float64 with a host round trip at every evaluation), k-diffusion's ``log_likelihood`` (its
   EDM-sigma frame, through :func:`flowsde.adapters.to_denoiser`). Error: |logp - reference| of
@@ -470,28 +471,49 @@ def nll_worker(args):
 def section_nll(args):
     print(f"\n## data-set NLL: {args.n} digits, batch {args.nll_batch}, Hutchinson 1 probe, rtol = atol = "
           f"{args.tol:g}, levels 17; torchrun --standalone, gloo, OMP_NUM_THREADS=1; time of the dataset_nll "
-          f"call (process start excluded), min of {args.repeats}")
+          f"call (process start excluded), min of {args.repeats} per launch; the process counts "
+          f"{args.procs} launched in turn, {args.rounds} round(s), so load drifts hit them alike")
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    runs = {k: [] for k in args.procs}
+    rows = {}
+    for rnd in range(args.rounds):
+        for nproc in args.procs:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", HERE,
+                   "--nll-worker", "--samples", str(args.n), "--nll-batch", str(args.nll_batch), "--repeats",
+                   str(args.repeats), "--tol", str(args.tol)]
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+            if p.returncode != 0 or not line:
+                print(f"round {rnd}, {nproc} process(es): failed\n{p.stderr[-2000:]}")
+                continue
+            r = json.loads(line[0][len("RESULT "):])
+            runs[nproc].append(r["seconds"])
+            rows.setdefault(nproc, r["rows"])
+            print(f"round {rnd}, {nproc} process(es): {r['seconds']:.2f} s, {r['n'] / r['seconds']:.2f} samples/s, "
+                  f"mean bpd {r['mean_bpd']:.4f}")
     out = {}
-    for nproc in args.procs:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", HERE,
-               "--nll-worker", "--samples", str(args.n), "--nll-batch", str(args.nll_batch), "--repeats",
-               str(args.repeats), "--tol", str(args.tol)]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-        if p.returncode != 0 or not line:
-            print(f"{nproc} process(es): failed\n{p.stderr[-2000:]}")
-            continue
-        r = json.loads(line[0][len("RESULT "):])
-        out[nproc] = r
-        print(f"{nproc} process(es): {r['seconds']:.2f} s, {r['n'] / r['seconds']:.2f} samples/s, mean bpd "
-              f"{r['mean_bpd']:.4f}")
+    for k, ts in runs.items():
+        if ts:
+            out[k] = dict(best_seconds=min(ts), seconds=ts, samples_per_s=args.n / min(ts))
     if 1 in out:
-        for k, r in out.items():
-            if k != 1:
-                same = r["rows"] == out[1]["rows"]
-                print(f"speed-up {k} vs 1: {out[1]['seconds'] / r['seconds']:.2f}x; rows identical to 1 process: {same}")
-    return {k: {kk: vv for kk, vv in r.items() if kk != "rows"} for k, r in out.items()}
+        for k in out:
+            if k == 1:
+                continue
+            pairs = [a / b for a, b in zip(runs[1], runs[k])]
+            same = rows[k] == rows[1]
+            print(f"speed-up {k} vs 1 process(es): best times {out[1]['best_seconds'] / out[k]['best_seconds']:.2f}x; "
+                  f"per round {', '.join(f'{q:.2f}x' for q in pairs)}; rows identical to 1 process: {same}")
+            out[k].update(speedup_best=out[1]["best_seconds"] / out[k]["best_seconds"], speedup_rounds=pairs,
+                          rows_identical=same)
+            # load-independent: the network evaluations each rank gets (batch b to rank b % k, all pending)
+            nfe = [int(ln.split(",")[4]) for ln in rows[1]]
+            per_batch = [nfe[i] for i in range(0, len(nfe), args.nll_batch)]
+            shares = [sum(per_batch[r::k]) for r in range(k)]
+            bound = sum(per_batch) / max(shares)
+            print(f"  work per rank (network evaluations of its batches): {shares}; the sharding allows at most "
+                  f"{bound:.2f}x on {k} free cores")
+            out[k].update(nfe_per_rank=shares, speedup_bound=bound)
+    return out
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -510,6 +532,7 @@ def main(argv=None):
     p.add_argument("--samples", dest="n", type=int, default=128, help="samples of the data-set NLL")
     p.add_argument("--nll-batch", type=int, default=16)
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--rounds", type=int, default=3, help="launches of each process count, in turn")
     p.add_argument("--json", default=None, help="also write the figures here")
     p.add_argument("--nll-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -16,11 +16,12 @@ DEFAULT_RK45_TOLS = (1e-2, 1e-3, 1e-4, 1e-5)
 
 def add_arguments(p) -> None:
     p.add_argument("--solvers", nargs="+", metavar="NAME", default=None,
-                   help="samplers to compare (default: all known, see below)")
+                   help="samplers to compare (default: every sampler named in the description above)")
     p.add_argument("--nfe", nargs="+", type=_positive_int, metavar="N", default=list(DEFAULT_NFE),
                    help=f"the NFE ladder: budgets for the fixed-step samplers (default: {' '.join(map(str, DEFAULT_NFE))})")
     p.add_argument("--rk45-tols", nargs="+", type=_positive_float, metavar="TOL", default=list(DEFAULT_RK45_TOLS),
-                   help="tolerances (rtol = atol) swept for RK45 (default: 1e-2 1e-3 1e-4 1e-5)")
+                   help="tolerances (rtol = atol) swept for RK45 and the other adaptive solvers (torchdiffeq:*) "
+                        "(default: 1e-2 1e-3 1e-4 1e-5)")
     p.add_argument("--batch-size", "-n", type=_positive_int, default=256, metavar="N",
                    help="samples per solver, run as one batch (default: 256)")
     p.add_argument("--beta", type=_nonneg_float, default=1.0,
@@ -80,21 +81,24 @@ def _nonneg_float(s: str) -> float:
 
 def plan(model, args):
     """The solver set, checked (names, every budget) before any work."""
-    from flowsde.validation import default_methods, steps_for_budget
-    from flowsde.validation._compare import ALL_METHODS
-
-    import flowsde
+    from flowsde.validation import default_methods, known_methods, steps_for_budget
 
     solvers = list(args.solvers) if args.solvers else list(default_methods())
-    known = sorted(set(ALL_METHODS) | set(flowsde.METHODS))
+    known = known_methods()
     bad = [s for s in solvers if s not in known]
     if bad:
         raise CLIError(f"--solvers: unknown {', '.join(bad)}; choose from {', '.join(known)}.")
+    import flowsde
+
     for s in solvers:
-        if s in ("rk45", "dopri5"):
-            continue
+        if s in known and s not in ("edm_heun", "edm_churn") and flowsde.get_solver(s).adaptive:
+            continue  # a tolerance sweep (--rk45-tols), no budget
         for b in args.nfe:
             steps_for_budget(s, b)  # InputError: a budget below one step
+    try:
+        import matplotlib  # noqa: F401  (the two PNGs; checked before any work)
+    except ImportError:
+        raise CLIError("compare writes two PNGs and needs matplotlib: pip install flowsde[plots].") from None
     if args.likelihood_tols and model.exact is None:
         raise CLIError("--likelihood-tols: only with --model gmm (the exact log p is needed); use `flowsde nll` "
                        "for a trained model.")
@@ -114,6 +118,15 @@ def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
         dtype=args.dtype, device=args.device, reference_model=model.reference,
         progress=progress_enabled(args.quiet))
     res.info["title"] = title or f"{model.spec}: error vs NFE"
+    res.info["model_spec"] = model.spec
+    res.info["command"] = "flowsde compare " + " ".join(_argv(args))
+    paths = {"table (CSV)": out / "compare.csv", "table (JSON)": out / "compare.json",
+             "error vs NFE": out / "errors.png", "samples": out / "samples.png"}
+    res.write_csv(paths["table (CSV)"])
+    res.write_json(paths["table (JSON)"])
+    res.plot_errors(paths["error vs NFE"])
+    density = model.density(5000) if model.density is not None else None
+    res.plot_samples(paths["samples"], image_shape=model.image_shape, data_range=model.data_range, density=density)
     print(f"Model: {model.spec} ({model.description})")
     print(f"{args.batch_size} samples per solver from the same x_T (seed {args.seed}), T = {res.info['T']:g} -> "
           f"t_end = {res.info['t_end']:g}, {res.info['dtype']} on {res.info['device']}, {args.grid} grid")
@@ -126,18 +139,21 @@ def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
     print()
     print("Columns:")
     print(res.explain())
-    paths = {"table (CSV)": out / "compare.csv", "table (JSON)": out / "compare.json",
-             "error vs NFE": out / "errors.png", "samples": out / "samples.png"}
-    res.write_csv(paths["table (CSV)"])
-    res.write_json(paths["table (JSON)"])
-    res.plot_errors(paths["error vs NFE"])
-    density = model.density(5000) if model.density is not None else None
-    res.plot_samples(paths["samples"], image_shape=model.image_shape, data_range=model.data_range, density=density)
     print()
     for what, p in paths.items():
         print(f"{what}: {p}")
     print(f"(compare took {time.perf_counter() - t0:.1f} s)")
     return paths
+
+
+def _argv(args) -> list:
+    """The options that define the run, as a command line (stored in compare.json)."""
+    s = ["--model", args.model, "--nfe", *map(str, args.nfe), "--batch-size", str(args.batch_size), "--beta",
+         f"{args.beta:g}", "--seed", str(args.seed), "--dtype", str(args.dtype).replace("torch.", ""),
+         "--grid", args.grid]
+    if args.solvers:
+        s += ["--solvers", *args.solvers]
+    return s
 
 
 def main(args, model) -> int:

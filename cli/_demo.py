@@ -26,7 +26,9 @@ def main(args, model, parse) -> int:
     if model.exact is not None:
         common += ["--schedule", args.schedule, "--prediction", args.prediction, "--dim", str(args.dim)]
         cargs = parse(["compare"] + common + ["--batch-size", "1000", "--nfe", "10", "20", "40", "80",
-                                              "--likelihood-tols", "1e-3", "1e-5"])
+                                              "--likelihood-tols", "1e-3", "1e-5", "--sde-reference-steps", "640",
+                                              "--solvers", "euler", "heun", "edm_heun", "rk45", "euler_maruyama",
+                                              "pc", "edm_churn"])
     else:
         import flowsde
 

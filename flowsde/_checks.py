@@ -148,10 +148,10 @@ class CheckedProblem:
         self.step = 0
         self.nfe = 0
         self._records: List[Tuple[str, int, torch.Tensor]] = []  # name, step, t of every checked output
-        # Outputs not yet folded into _first_bad, by kind: (record index, (B,) float64 per-sample sum)
-        # and (record index, one-element output as a 0-dim view).
-        self._sums: list = []
-        self._scalars: list = []
+        # Outputs not yet folded into _first_bad, in record order from record _folded on: a (B,)
+        # float64 per-sample sum, or a one-element output as a 0-dim view.
+        self._pending: list = []
+        self._folded = 0
         self._first_bad: Optional[torch.Tensor] = None  # (B,) first non-finite record per sample, -1: none
 
     def time(self, t):
@@ -182,44 +182,36 @@ class CheckedProblem:
                 f"{self.shape}; it must return the shape of x."
             )
         o = out.detach() if out.requires_grad else out
-        k = len(self._records)
         self._records.append((name, self.step, t))
         # A one-element output (a scalar diffusion) is kept as it is: no kernel launched.
         if o.numel() == 1:
-            self._scalars.append((k, o if o.dim() == 0 else o.reshape(())))
+            self._pending.append(o if o.dim() == 0 else o.reshape(()))
         else:
             if o.dim() != 2:
                 o = o.reshape(self.shape[0], -1)
-            self._sums.append((k, o.sum(1, dtype=torch.float64)))
-        if len(self._sums) + len(self._scalars) >= _FOLD_EVERY:
+            self._pending.append(o.sum(1, dtype=torch.float64))
+        if len(self._pending) >= _FOLD_EVERY:
             self._fold()
         return out
 
     def _fold(self) -> None:
         """Fold the pending per-output sums into ``_first_bad`` (device ops only, no sync), so that
         memory stays ``O(B)`` however long the solve."""
-        if not (self._sums or self._scalars):
+        if not self._pending:
             return
         B = self.shape[0]
-        idx, rows = [], []
-        if self._sums:
-            idx += [k for k, _ in self._sums]
-            rows.append(~torch.isfinite(torch.stack([v for _, v in self._sums])))
-        if self._scalars:
-            idx += [k for k, _ in self._scalars]
-            rows.append((~torch.isfinite(torch.stack([v for _, v in self._scalars])))[:, None].expand(-1, B))
-        bad = torch.cat(rows) if len(rows) > 1 else rows[0]  # (m, B), rows in `idx` order
-        rec = torch.tensor(idx, dtype=torch.int64, device=bad.device)
-        # first failing record per sample in this chunk (record indices need not be sorted across kinds)
-        big = torch.iinfo(torch.int64).max
-        first = torch.where(bad, rec[:, None], big).amin(0)
-        first = torch.where(first == big, -1, first)
+        m = len(self._pending)
+        bad = ~torch.isfinite(torch.stack([v if v.dim() else v.expand(B) for v in self._pending]))  # (m, B)
+        rec = torch.arange(self._folded, self._folded + m, device=bad.device)  # a kernel, not a copy
+        # first failing record per sample in this chunk, -1 where none
+        first = torch.where(bad, rec[:, None], self._folded + m).amin(0)
+        first = torch.where(first == self._folded + m, -1, first)
         if self._first_bad is None:
             self._first_bad = first
         else:  # records of earlier chunks come first
             self._first_bad = torch.where(self._first_bad >= 0, self._first_bad, first)
-        self._sums.clear()
-        self._scalars.clear()
+        self._folded += m
+        self._pending.clear()
 
     def drift(self, t, x):
         self.nfe += 1
@@ -250,7 +242,7 @@ class CheckedProblem:
         if self._first_bad is not None:
             first = self._first_bad
             bad_calls = first >= 0
-            steps = torch.tensor([r[1] for r in self._records], dtype=torch.int64, device=x.device)
+            steps = _to_device([r[1] for r in self._records], x.device)
             t_fail = ts[steps[first.clamp_min(0)].clamp_max(ts.shape[0] - 1)]
             t_final = torch.where(bad_calls, t_fail, t_end)
             bad_any = bad_calls | bad_x
@@ -278,6 +270,14 @@ class CheckedProblem:
             f"the state became non-finite (overflow) in sample{_plural(samples)} {_list(samples)} although every "
             "function output was finite; use float64 or smaller steps (throw=False returns the result with "
             "per-sample status).", step=self.step, samples=samples)
+
+
+def _to_device(values: list, device: torch.device) -> torch.Tensor:
+    """An int64 tensor on ``device`` without a blocking copy (pinned memory, asynchronous)."""
+    t = torch.tensor(values, dtype=torch.int64)
+    if device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _plural(xs) -> str:

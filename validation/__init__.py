@@ -1,8 +1,8 @@
 """flowsde.validation: analytic references, Fokker–Planck residuals, marginal tests,
 convergence orders and hypothesis strategies, for flowsde's tests and its users'."""
 
-from ._compare import Comparison, ComparisonRow, compare_solvers, default_methods, default_mixture, sliced_w2, \
-    steps_for_budget
+from ._compare import Comparison, ComparisonRow, compare_solvers, default_methods, default_mixture, known_methods, \
+    sliced_w2, steps_for_budget
 from ._fokker_planck import (
     FokkerPlanckTerms,
     assert_fokker_planck,
@@ -38,6 +38,7 @@ __all__ = [
     "ComparisonRow",
     "default_methods",
     "default_mixture",
+    "known_methods",
     "sliced_w2",
     "steps_for_budget",
 ]

@@ -42,7 +42,7 @@ from flowsde import InputError
 from ._marginals import check_marginals
 from .references import GaussianMixture
 
-__all__ = ["compare_solvers", "ComparisonRow", "Comparison", "default_mixture", "default_methods",
+__all__ = ["compare_solvers", "ComparisonRow", "Comparison", "default_mixture", "default_methods", "known_methods",
            "sliced_w2", "steps_for_budget", "DETERMINISTIC", "STOCHASTIC"]
 
 #: PF-ODE samplers: core method names; ``edm_heun`` is ``method="edm"`` without churn.
@@ -57,6 +57,12 @@ OPTIONAL_SDE = ("dpmpp_2m_sde", "dpmpp_3m_sde", "euler_ancestral", "dpmpp_2s_anc
 PATH_DRIVEN = ("euler_maruyama", "pc")
 _EDM = ("edm_heun", "edm_churn")
 _ALIASES = {"em": "euler_maruyama", "dopri5": "rk45", "edm": "edm_heun"}
+
+
+def known_methods() -> Tuple[str, ...]:
+    """Every name :func:`compare_solvers` accepts: the harness's own (``edm_heun``, ``edm_churn``) and
+    ``flowsde.METHODS``."""
+    return tuple(sorted(set(ALL_METHODS) | set(flowsde.METHODS)))
 
 
 def default_methods() -> Tuple[str, ...]:
@@ -85,6 +91,10 @@ def _is_ode_method(method: str) -> bool:
     if method in STOCHASTIC:
         return False
     return bool(getattr(flowsde.get_solver(method), "solves_ode", False))  # e.g. ddim, dpmpp_2m, unipc
+
+
+def _adaptive(method: str) -> bool:
+    return method not in _EDM and bool(getattr(flowsde.get_solver(method), "adaptive", False))
 
 
 def _core_name(method: str) -> str:
@@ -400,7 +410,8 @@ def compare_solvers(
             plus ``edm_heun`` / ``edm_churn`` (EDM's samplers from ``flowsde.adapters``).
         beta: the reverse-SDE family member of the stochastic samplers (1: Anderson's reverse SDE).
         t_end: where sampling stops (default: the schedule's ``t_min``).
-        rk45_tols: tolerances (rtol = atol) swept for RK45; its NFE is what it took.
+        rk45_tols: tolerances (rtol = atol) swept for RK45 and the other adaptive methods
+            (``torchdiffeq:*``); their NFE is what they took.
         reference_tol: RK45 tolerance of the float64 PF-ODE reference.
         sde_reference_steps: Euler-Maruyama steps of the SDE reference (default
             ``max(1000, 8 x`` the most steps of any row).
@@ -418,11 +429,10 @@ def compare_solvers(
     Raises:
         InputError: unknown method, bad budgets / tolerances / n, a budget below one step of a sampler.
     """
-    methods = tuple(default_methods() if methods is None else (_ALIASES.get(m, m) for m in methods))
+    methods = tuple(dict.fromkeys(default_methods() if methods is None else (_ALIASES.get(m, m) for m in methods)))
     for m in methods:
-        if m not in ALL_METHODS and m not in flowsde.METHODS:
-            raise InputError(f"compare_solvers: unknown solver {m!r}; choose from "
-                             f"{sorted(set(ALL_METHODS) | set(flowsde.METHODS))}.")
+        if m not in known_methods():
+            raise InputError(f"compare_solvers: unknown solver {m!r}; choose from {list(known_methods())}.")
     if isinstance(n, bool) or not isinstance(n, int) or n < (30 if data is not None else 2):
         raise InputError(f"compare_solvers(n={n!r}): need at least {30 if data is not None else 2} samples"
                          f"{' for the marginal tests' if data is not None else ''}.")
@@ -434,9 +444,11 @@ def compare_solvers(
     if grid not in ("edm", "uniform"):
         raise InputError(f"compare_solvers(grid={grid!r}): choose 'edm' or 'uniform'.")
     # every budget checked before any work
+    if likelihood_tols and data is None:
+        raise InputError("compare_solvers(likelihood_tols=...): likelihood rows need an exact data distribution.")
     plan = []
     for m in methods:
-        if m == "rk45":
+        if _adaptive(m):  # rk45, torchdiffeq:*: a tolerance sweep, NFE is what it took
             plan += [(m, None, tol) for tol in rk45_tols]
         else:
             plan += [(m, b, steps_for_budget(m, b)) for b in budgets]
@@ -480,7 +492,7 @@ def compare_solvers(
         floor = sliced_w2(ref_x, indep, n_projections=n_projections, seed=seed)
         floor_what = "PF-ODE reference sets"
     bar.update(1)
-    info = {"model": repr(diffusion), "T": T, "t_end": t_end, "n": n, "seed": seed, "beta": float(beta),
+    info = {"model": " ".join(repr(diffusion).split()), "T": T, "t_end": t_end, "n": n, "seed": seed, "beta": float(beta),
             "grid": grid, "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
             "reference": f"PF-ODE: RK45 rtol=atol={reference_tol:g} in float64 ({ref_nfe:.0f} NFE, "
                          f"{ref_sec:.1f} s) from the same x_T",
@@ -524,8 +536,8 @@ def compare_solvers(
         ode = _is_ode_method(method)
         _sync(dev)
         t0 = time.perf_counter()
-        if method == "rk45":
-            sol = flowsde.solve(pf, x_run, span, method=flowsde.RK45(rtol=setting, atol=setting))
+        if budget is None:
+            sol = flowsde.solve(pf, x_run, span, method=method, rtol=setting, atol=setting)
             x, nfe, label = sol.x, float(sol.nfe), f"tol {setting:.0e}"
         else:
             steps, _ = setting
@@ -556,8 +568,6 @@ def compare_solvers(
 
     lik = []
     if likelihood_tols:
-        if data is None:
-            raise InputError("compare_solvers(likelihood_tols=...): likelihood rows need an exact data distribution.")
         xs = target.sample(likelihood_n, generator=torch.Generator().manual_seed(seed + 5)).reshape(
             (likelihood_n,) + event).to(dev, f64)
         exact = target.log_prob(xs.reshape(likelihood_n, -1).cpu())

@@ -25,7 +25,7 @@ Reproducibility (``docs/nll.md``):
   — whatever the number of processes, so a batch holds the same samples on any world size
   (the batch-shared RK45 step couples the samples of a batch; with ``per_sample=True``,
   the default here, a sample's result depends on the sample alone, and the rows do not
-  depend on ``batch_size`` either);
+  depend on ``batch_size`` either, up to the rounding of the network's batched arithmetic);
 * floats are written with ``repr`` (shortest round trip), so a row read back from a file
   is bit-identical to the one computed.
 
@@ -162,7 +162,8 @@ class NLLResult:
         return s
 
     def __repr__(self) -> str:
-        return f"NLLResult(n={self.n}, n_ok={self.n_ok}, mean_bpd={self.mean_bpd:.6g}, stderr_bpd={self.stderr_bpd:.3g})"
+        return (f"NLLResult(n={self.n}, n_ok={self.n_ok}, mean_bpd={self.mean_bpd:.6g}, "
+                f"stderr_bpd={self.stderr_bpd:.3g})")
 
 
 # -- seeds ---------------------------------------------------------------------------------------
@@ -312,7 +313,8 @@ def _previous_rows(out: Path, settings: dict) -> List[NLLRow]:
                 raise InputError(f"dataset_nll: cannot read {meta_path} ({e}); delete it (and {parts}) to start "
                                  "over.") from e
             if old != settings:
-                raise InputError(f"dataset_nll: {out} holds results of a run with other settings ({_diff(old, settings)}); "
+                raise InputError(f"dataset_nll: {out} holds results of a run with other settings "
+                                 f"({_diff(old, settings)}); "
                                  f"rerun with those settings to resume, or choose another out / delete {out}, "
                                  f"{summ} and {parts} to start over.")
     if out.exists():
@@ -564,6 +566,8 @@ def _dataset_nll(diffusion, data, *, levels, bits, data_range, trace, probes, rt
         else:
             device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
+    if td is not None and td.get_backend() == "nccl" and device.type == "cuda":
+        torch.cuda.set_device(device)  # nccl's object collectives run on the current device
     if isinstance(dtype, str):
         name = dtype[len("torch."):] if dtype.startswith("torch.") else dtype
         dtype = getattr(torch, name, None) if name in ("float16", "bfloat16", "float32", "float64") else dtype
@@ -662,6 +666,11 @@ def _dataset_nll(diffusion, data, *, levels, bits, data_range, trace, probes, rt
                         failures.append((rank, rest, f"not run: rank {rank} stopped after the InputError above"))
                     break
                 continue
+            bad = [r for r in rows if r.status != "SUCCESS"]
+            if bad:  # a row with its status, not an exception: reported now, and in the summary
+                for st in sorted({r.status for r in bad}):
+                    _log.warning("dataset_nll: rank %d of %d, samples %s: %s (%s)", rank, world,
+                                 _ranges([r.index for r in bad if r.status == st]), st, Status[st].message)
             if writer is not None:
                 writer.write(rows)
             new_rows += rows

@@ -49,8 +49,9 @@ class Solver:
     The loop also sets ``state["h"]``, the step ``t1 - t0`` as a 0-dim tensor in
     the state's dtype (differenced in float64 and rounded once, for the whole grid
     at the start of the solve: no mixed-dtype cast per step; :meth:`step_size`),
-    and, for an SDE, ``state["sqrt_h"] = sqrt(|h|)`` in the same dtype. A
-    multistep solver keeps its history in ``state``.
+    and, for an SDE, ``state["sqrt_h"] = sqrt(|h|)`` in the same dtype, and
+    ``state["ts_host"]``, the grid as Python floats (branch on time without a
+    device sync). A multistep solver keeps its history in ``state``.
     """
 
     name = "solver"

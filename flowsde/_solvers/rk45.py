@@ -28,9 +28,12 @@ Two error-control modes:
 * ``per_sample=True`` (torchode): every sample has its own time and step size;
   the network is evaluated on the whole batch at per-sample times ``t`` of shape
   ``(B,)``; finished or failed samples take zero-length steps.
-* ``per_sample=False`` (torchdiffeq): one step size for the batch, accepted when
-  the *largest* per-sample ratio is ``<= 1`` (torchdiffeq takes the RMS over the
-  whole batch, which lets one sample's error hide behind the others').
+* ``per_sample=False`` (torchdiffeq; the default): one step size for the batch, accepted
+  when the *largest* per-sample ratio is ``<= 1`` (torchdiffeq takes the RMS over the
+  whole batch, which lets one sample's error hide behind the others'). The function gets
+  a 0-dim ``t``, as torchdiffeq's ``f(t, y)``.
+
+Every stage time and the initial-step probe lie inside the integration span.
 
 Outputs at the requested ``ts`` are hit exactly: the step is clipped to land on the
 next output time (no interpolation error; costs a few steps when many outputs are

@@ -226,7 +226,7 @@ def test_discrete_from_continuous_knots_interpolates_vp():
         lambda: VE(sigma_min=1.0, sigma_max=0.5),
         lambda: VE(sigma_min=0.0),
         lambda: EDM(sigma_min=80.0, sigma_max=1.0),
-        lambda: Linear(t_min=0.0),
+        lambda: Linear(t_min=-1e-3),
         lambda: Linear(t_max=1.5),
         lambda: Discrete(torch.tensor([0.9, 0.95])),
         lambda: Discrete(torch.tensor([1.0, 0.5])),

@@ -283,3 +283,24 @@ def test_probe_keyword_and_tolerance_refusals():
         log_likelihood(_edm_gauss_ode(s2), x, (0.0, 1.0), prior, bpd_tol=0.0)
     with pytest.raises(InputError, match="half precision|float16"):
         log_likelihood(_edm_gauss_ode(s2), x.half(), (0.0, 1.0), prior)
+
+
+def test_error_estimate_resolve_tracks_the_true_error():
+    # a second solve of the same probes at tolerances / 30: |logp - logp_tight| estimates the first
+    # solve's error including the state's part (which the embedded estimate leaves out)
+    d = 2
+    s2 = torch.tensor([0.05, 0.3], dtype=torch.float64)
+    T = 10.0
+    x = torch.randn(6, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * s2.sqrt()
+    kw = dict(bpd_tol=1e-3)
+    prior = lambda z: _gauss_logp(z, s2 + T**2)  # noqa: E731
+    a = log_likelihood(_edm_gauss_ode(s2), x, (0.002, T), prior, **kw)
+    r = log_likelihood(_edm_gauss_ode(s2), x, (0.002, T), prior, error_estimate="resolve", **kw)
+    true = (r.logp - _gauss_logp(x, s2 + 0.002**2)).abs()
+    assert torch.equal(r.logp, a.logp) and r.nfe > a.nfe and r.stats["error_estimate"] == "resolve"
+    big = true > 1e-8  # where the error is above round-off
+    assert big.any()
+    ratio = r.solver_error[big] / true[big]
+    assert ((ratio > 0.5) & (ratio < 2.0)).all(), ratio
+    with pytest.raises(InputError, match="error_estimate"):
+        log_likelihood(_edm_gauss_ode(s2), x, (0.002, T), prior, error_estimate="twice")

@@ -87,12 +87,13 @@ def test_rows_match_the_exact_mixture_density_and_replay_the_per_sample_seeds():
     assert res.stderr_bpd == pytest.approx(math.sqrt(sum((b - m) ** 2 for b in bpds) / 11 / 12), rel=1e-9)
 
 
-def test_continuous_data_no_dequantization():
+def test_continuous_data_no_dequantization(capsys):
     dif, x, gm = W.model_and_data(6)
     sched = dif.schedule
     T = torch.tensor(float(sched.t_max), dtype=DT)
     y = x + 0.001  # off the grid: continuous data
-    res = dataset_nll(dif, y, batch_size=6, prior_logp=lambda z: gm.log_prob_t(sched, T, z))
+    res = dataset_nll(dif, y, batch_size=3, prior_logp=lambda z: gm.log_prob_t(sched, T, z), progress=True)
+    assert "6/6" in capsys.readouterr().err  # the progress bar, on stderr, counts samples
     exact = -gm.log_prob_t(sched, torch.tensor(float(sched.t_min), dtype=DT), y)
     got = torch.tensor([r.nats for r in res.rows], dtype=DT)
     assert (got - exact).abs().max() < 1e-3
@@ -263,7 +264,7 @@ def test_failure_in_process_raises_with_the_samples(tmp_path):
     assert e.value.failures == [(0, [8, 9, 10, 11], "OSError: record 9 is corrupt")]
 
 
-def test_non_finite_sample_is_a_row_with_its_status(tmp_path):
+def test_non_finite_sample_is_a_row_with_its_status(tmp_path, caplog):
     dif, x, _ = W.model_and_data(8)
     inner = dif.net
 
@@ -279,6 +280,9 @@ def test_non_finite_sample_is_a_row_with_its_status(tmp_path):
     assert [r.status for r in res.rows] == ["SUCCESS"] * 3 + ["NON_FINITE"] + ["SUCCESS"] * 4
     assert res.failed == [(3, "NON_FINITE")] and res.n_ok == 7
     assert math.isfinite(res.mean_bpd) and "NON_FINITE at samples 3" in res.summary()
+    # reported when it happens, by the rank that met it, with the status' explanation
+    assert any("rank 0 of 1, samples 3: NON_FINITE (the state or a function value became non-finite" in r.message
+               for r in caplog.records)
 
 
 # -- bad input -------------------------------------------------------------------------------------
@@ -320,3 +324,21 @@ def test_bad_out_and_data(tmp_path):
         dataset_nll(object(), x)
     with pytest.raises(InputError):  # data of the wrong shape for the model: the first batch's error, once
         dataset_nll(dif, torch.zeros(4, 3, dtype=DT))
+
+
+@pytest.mark.slow
+def test_torchrun_flowsde_nll_command_matches_the_library_in_one_process(tmp_path):
+    # the command as users start it: `torchrun ... -m flowsde nll` (the CLI starts no process group;
+    # dataset_nll starts one itself under torchrun), on the shipped digits model
+    fm = pytest.importorskip("flowsde.models")
+    out = tmp_path / "cli.csv"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "flowsde",
+           "nll", "--limit", "16", "--batch-size", "4", "--trace", "hutchinson", "--probes", "2", "--dtype", "float64",
+           "--out", str(out), "--quiet"]
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = dataset_nll(fm.load("digits-eps", dtype=DT), fm.digits("test"), levels=17, data_range=(-1.0, 1.0),
+                      trace="hutchinson", probes=2, batch_size=4, limit=16, rtol=1e-5, atol=1e-5,
+                      out=tmp_path / "lib.csv")
+    assert out.read_bytes() == (tmp_path / "lib.csv").read_bytes()
+    assert f"{res.mean_bpd:.4f}" in p.stdout
