@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from ._errors import CLIError
 from ._output import out_dir, progress_enabled
 
@@ -18,7 +16,8 @@ def add_arguments(p) -> None:
     p.add_argument("--solvers", nargs="+", metavar="NAME", default=None,
                    help="samplers to compare (default: every sampler named in the description above)")
     p.add_argument("--nfe", nargs="+", type=_positive_int, metavar="N", default=list(DEFAULT_NFE),
-                   help=f"the NFE ladder: budgets for the fixed-step samplers (default: {' '.join(map(str, DEFAULT_NFE))})")
+                   help="the NFE ladder: budgets for the fixed-step samplers "
+                        f"(default: {' '.join(map(str, DEFAULT_NFE))})")
     p.add_argument("--rk45-tols", nargs="+", type=_positive_float, metavar="TOL", default=list(DEFAULT_RK45_TOLS),
                    help="tolerances (rtol = atol) swept for RK45 and the other adaptive solvers (torchdiffeq:*) "
                         "(default: 1e-2 1e-3 1e-4 1e-5)")

@@ -172,7 +172,8 @@ def main(args, model) -> int:
         exact = target.log_prob(data)
         what = f"{n} exact samples of the mixture's marginal at t = {t_end:g}"
     else:
-        raise CLIError(f"--model {model.spec}: has no data set of its own; pass --data FILE.npy|FILE.pt|pkg.mod:factory.")
+        raise CLIError(f"--model {model.spec}: has no data set of its own; pass --data "
+                       f"FILE.npy|FILE.pt|pkg.mod:factory.")
     levels, bits, dr = quantization(model, args)
     out = out_file(args.out) if args.out else None
     t0 = time.perf_counter()

@@ -32,7 +32,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -407,7 +407,7 @@ def compare_solvers(
         budgets: NFE budgets of the fixed-step samplers; each runs the most steps that fit
             (:func:`steps_for_budget`), and the NFE used is reported.
         methods: solver names (default :func:`default_methods`); any name of ``flowsde.METHODS``,
-            plus ``edm_heun`` / ``edm_churn`` (EDM's samplers from ``flowsde.adapters``).
+            plus ``edm_heun`` / ``edm_churn`` (``method="edm"`` without / with churn).
         beta: the reverse-SDE family member of the stochastic samplers (1: Anderson's reverse SDE).
         t_end: where sampling stops (default: the schedule's ``t_min``).
         rk45_tols: tolerances (rtol = atol) swept for RK45 and the other adaptive methods
@@ -443,10 +443,11 @@ def compare_solvers(
         raise InputError(f"compare_solvers(beta={beta!r}): must be a finite number >= 0.")
     if grid not in ("edm", "uniform"):
         raise InputError(f"compare_solvers(grid={grid!r}): choose 'edm' or 'uniform'.")
-    # every budget checked before any work
     if likelihood_tols and data is None:
         raise InputError("compare_solvers(likelihood_tols=...): likelihood rows need an exact data distribution.")
-    plan = []
+    if dtype not in (torch.float32, torch.float64):
+        raise InputError(f"compare_solvers(dtype={dtype!r}): the samplers run in torch.float32 or torch.float64.")
+    plan = []  # every budget checked before any work
     for m in methods:
         if _adaptive(m):  # rk45, torchdiffeq:*: a tolerance sweep, NFE is what it took
             plan += [(m, None, tol) for tol in rk45_tols]
@@ -492,8 +493,8 @@ def compare_solvers(
         floor = sliced_w2(ref_x, indep, n_projections=n_projections, seed=seed)
         floor_what = "PF-ODE reference sets"
     bar.update(1)
-    info = {"model": " ".join(repr(diffusion).split()), "T": T, "t_end": t_end, "n": n, "seed": seed, "beta": float(beta),
-            "grid": grid, "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
+    info = {"model": " ".join(repr(diffusion).split()), "T": T, "t_end": t_end, "n": n, "seed": seed,
+            "beta": float(beta), "grid": grid, "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
             "reference": f"PF-ODE: RK45 rtol=atol={reference_tol:g} in float64 ({ref_nfe:.0f} NFE, "
                          f"{ref_sec:.1f} s) from the same x_T",
             "distance_reference": f"independent {floor_what} (n={n})"}
