@@ -34,6 +34,7 @@ from ._inputs import check_call, check_net, swapped_output_hint
 from ._likelihood import log_likelihood as _log_likelihood
 from ._prior import GaussianPrior
 from ._semilinear import semilinear_ode, semilinear_sde
+from ._schedule import ROUNDING, rounding_slack
 from .schedules import Schedule
 
 __all__ = ["Diffusion", "PREDICTIONS"]
@@ -43,9 +44,6 @@ BetaLike = Union[float, int, Callable[[torch.Tensor], Union[torch.Tensor, float]
 
 
 _F64 = torch.float64
-#: A time off the schedule's range by at most this much relative to the bound (rounding of a
-#: float32 grid: 1e-5 is ~80 float32 ulps) is accepted and clamped onto the bound.
-ROUNDING = 1e-5
 _CACHE_SIZE = 4096
 _FOUR = ("alpha", "sigma", "d_alpha", "d_sigma")
 
@@ -226,7 +224,8 @@ class Diffusion:
         net: ``net(x, t) -> Tensor`` with ``x`` of shape ``(B, *event)`` and ``t`` a ``(B,)``
             tensor: ``schedule.net_time(t)``, the schedule's own time (for
             :class:`~flowsde.adapters.schedules.Discrete`, the configured step label).
-            Returns the shape of ``x``.
+            Returns the shape of ``x``. For a 0-dim time that ``t`` tensor is kept with the time's
+            coefficients and handed out again at the same time: do not modify it in place.
         schedule: a :class:`~flowsde.adapters.schedules.Schedule`.
         prediction: what ``net`` predicts: ``"eps"`` (noise), ``"score"``
             (``grad_x log p_t``), ``"x0"`` (denoised data), ``"v"``
@@ -277,7 +276,7 @@ class Diffusion:
         self.check_t = check_t
         t_lo, t_hi = float(schedule.t_min), float(schedule.t_max)
         self._range = (t_lo, t_hi)
-        self._slack = tuple(ROUNDING * (abs(b) if b != 0 else 1e-3 * (t_hi - t_lo)) for b in (t_lo, t_hi))
+        self._slack = rounding_slack(t_lo, t_hi)
         self._alpha_zero_at_tmax = float(schedule.alpha(torch.tensor(t_hi, dtype=_F64))) <= 0.0
         self._cache: dict = {}
 

@@ -1,4 +1,5 @@
-"""The discrete (DDPM-style) schedule; exported from :mod:`flowsde.adapters.schedules` (imports only :mod:`._schedule`)."""
+"""The discrete (DDPM-style) schedule; exported from :mod:`flowsde.adapters.schedules`
+(this module imports only :mod:`._schedule`, never ``schedules``)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,8 @@ import torch
 from flowsde import InputError
 from flowsde.utils import batch_broadcast, check_positive
 
-from ._diffusion import ROUNDING, Diffusion
+from ._diffusion import Diffusion
+from ._schedule import ROUNDING
 from ._inputs import check_call, check_net
 from .schedules import EDM
 

@@ -301,8 +301,12 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     keys = list(results)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    ncol = min(3, len(keys))
+    nrow = -(-len(keys) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, key in zip(axes.flat, keys):
         for m, pts in results[key].items():
             pts = sorted(pts, key=lambda q: q[1])
             ax.loglog([n for _, n, _, _ in pts], [max(e, 1e-12) for e, _, _, _ in pts], "o-", label=m, ms=3)

@@ -76,7 +76,7 @@ def _timing_words(args) -> str:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=("solver", "adapter", "all"), default="all",
+    ap.add_argument("--part", choices=("solver", "adapter", "breakdown", "all"), default="all",
                     help="solver: flowsde.solve vs k-diffusion / bare loops; adapter: solve + Diffusion vs a bare loop")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
@@ -94,6 +94,8 @@ def main():
         adapter_part(args)
     if args.part in ("solver", "all"):
         solver_part(args)
+    if args.part in ("breakdown", "all"):
+        breakdown_part(args)
 
 
 def solver_part(args):
@@ -215,7 +217,9 @@ def adapter_part(args):
     drift, two for the update; EM the same noise draws). flowsde runs with its defaults: input
     checks on (``check_t="auto"``: the time range per call, read from the CPU time without a device
     sync), ``throw=True`` (per-sample finiteness sums on the device, one sync at the end).
-    "cold" builds a new ``Diffusion`` for every solve (coefficients computed, not reused)."""
+    "cold" builds a new ``Diffusion`` for every solve (coefficients computed, not reused);
+    "solve_no_adapter" is ``flowsde.solve`` on a plain ODE / SDE whose functions are the bare
+    loop's (the solver's own share)."""
     from flowsde.adapters import Diffusion
     from flowsde.adapters.schedules import VP
 
@@ -284,6 +288,16 @@ def adapter_part(args):
         def fl_hand():
             return flowsde.solve(hand_ode, x0, ts, method="euler").x
 
+        def hand_em_drift(t, x):
+            i = index[t.item()]
+            return torch.addcmul(Cr_l[i] * net(x, labels[i]), A_l[i], x)
+
+        hand_sde = flowsde.SDE(hand_em_drift, lambda t, x: g_l[index[t.item()]], time_dtype=f64)
+
+        def fl_hand_em():
+            return flowsde.solve(hand_sde, x0, ts, method="euler_maruyama",
+                                 generator=torch.Generator().manual_seed(1)).x
+
         def fl_euler_cold():
             return flowsde.solve(Diffusion(net, sched, "eps").pf_ode(), x0, ts, method="euler").x
 
@@ -293,13 +307,14 @@ def adapter_part(args):
         with torch.no_grad():
             # equal work first: the same answer to float32 round-off
             for mine, theirs in ((fl_euler, bare_euler), (fl_euler_cold, bare_euler), (fl_hand, bare_euler),
-                                 (fl_em, bare_em)):
+                                 (fl_em, bare_em), (fl_hand_em, bare_em)):
                 u, v = mine(), theirs()
                 err = float((u - v).abs().max() / v.abs().max())
                 if not err < 1e-4:
                     raise SystemExit(f"bench_overhead: {mine.__name__} and {theirs.__name__} disagree ({err:.2e})")
             r = timed_interleaved({"net_only": net_only, "bare_euler": bare_euler, "flowsde_euler": fl_euler,
-                                   "solve_no_adapter": fl_hand, "flowsde_euler_cold": fl_euler_cold, "bare_em": bare_em, "flowsde_em": fl_em},
+                                   "solve_no_adapter": fl_hand, "flowsde_euler_cold": fl_euler_cold,
+                                   "bare_em": bare_em, "flowsde_em": fl_em, "solve_no_adapter_em": fl_hand_em},
                                   args.reps, lambda: None, **_timing(args))
             # the adapter alone, per call: the PF-ODE drift against the same network call and arithmetic
             # by hand, each timed over short runs (min of many: robust on a loaded machine)
@@ -314,13 +329,70 @@ def adapter_part(args):
         over = {k: (r[k] - r["net_only"]) / n for k in r}
         label = f"{name}: {1e6 * r['net_only'] / n:.0f} us/call (w{width} d{depth})"
         for k, ref in (("net_only", None), ("bare_euler", None), ("flowsde_euler", "bare_euler"),
-                       ("solve_no_adapter", "bare_euler"), ("flowsde_euler_cold", "bare_euler"), ("bare_em", None), ("flowsde_em", "bare_em")):
+                       ("solve_no_adapter", "bare_euler"), ("flowsde_euler_cold", "bare_euler"), ("bare_em", None),
+                       ("flowsde_em", "bare_em"), ("solve_no_adapter_em", "bare_em")):
             ratio = "" if ref is None else f"{r[k] / r[ref]:.3f}"
             print(f"{label:<34}{k:<22}{1e3 * r[k]:>11.3f}{1e6 * r[k] / n:>11.1f}{1e6 * over[k]:>11.1f}{ratio:>8}")
             label = ""
         print(f"{'':<34}{'one drift call: adapter':<34}{1e6 * per_call['adapter'] / 20:>10.1f} us, by hand "
               f"{1e6 * per_call['hand'] / 20:.1f} us: the adapter adds "
               f"{1e6 * (per_call['adapter'] - per_call['hand']) / 20:.1f} us per network call")
+
+
+
+def breakdown_part(args):
+    """Where the solver's per-step time goes: the bare Euler loop on the ~150 us MLP with one piece
+    of ``flowsde.solve``'s per-step work added at a time (float64 step size, per-sample finiteness
+    sums), then ``flowsde.solve`` itself on the same drift."""
+    if args.device != "cpu":
+        return
+    f64, B, D, n = torch.float64, args.batch, args.dim, args.steps
+    torch.manual_seed(0)
+    net = TimeMLP(D, ADAPTER_NETS[0][1], ADAPTER_NETS[0][2]).eval()
+    x0 = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
+    A, C, lab = torch.tensor(0.1), torch.tensor(0.2), torch.full((B,), 0.5)
+    ts = flowsde.grids.uniform(1.0, 1e-3, n).to(f64)
+    dts32 = [(ts[i + 1] - ts[i]).float() for i in range(n)]
+
+    def drift(t, x):
+        return torch.addcmul(C * net(x, lab), A, x)
+
+    def bare():
+        x = x0
+        for i in range(n):
+            x = x + dts32[i] * drift(None, x)
+        return x
+
+    def bare_h64():
+        x = x0
+        for i in range(n):
+            x = x + (ts[i + 1] - ts[i]) * drift(None, x)
+        return x
+
+    def bare_h64_sums():
+        x, sums = x0, []
+        for i in range(n):
+            d = drift(None, x)
+            sums.append(d.reshape(B, -1).sum(1, dtype=f64))
+            x = x + (ts[i + 1] - ts[i]) * d
+        bool(torch.isfinite(torch.stack(sums)).all())
+        return x
+
+    ode = flowsde.ODE(drift, time_dtype=f64)
+
+    def solve():
+        return flowsde.solve(ode, x0, ts, method="euler").x
+
+    with torch.no_grad():
+        r = timed_interleaved({"bare Euler loop (float32 steps)": bare, "+ float64 step h = t1 - t0": bare_h64,
+                               "+ per-sample finiteness sums": bare_h64_sums, "flowsde.solve, same drift": solve},
+                              args.reps, lambda: None, **_timing(args))
+    print(f"\n== solver breakdown: Euler, {n} steps, MLP w{ADAPTER_NETS[0][1]} d{ADAPTER_NETS[0][2]}, batch {B}; "
+          f"times: {_timing_words(args)}")
+    base = None
+    for k, v in r.items():
+        base = v if base is None else base
+        print(f"{k:<40}{1e6 * v / n:>10.1f} us/step{1e6 * (v - base) / n:>+10.1f}")
 
 
 if __name__ == "__main__":

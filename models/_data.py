@@ -18,7 +18,7 @@ import torch
 
 from flowsde import InputError
 
-__all__ = ["digits", "toy_data", "DIGITS_LEVELS", "DIGITS_RANGE", "DIGITS_SPLIT_SEED", "DIGITS_N_TEST",
+__all__ = ["digits", "toy_data", "digits_gaussian", "dequantize_digits", "DIGITS_LEVELS", "DIGITS_RANGE", "DIGITS_SPLIT_SEED", "DIGITS_N_TEST",
            "TOY_NAMES"]
 
 DIGITS_LEVELS = 17
@@ -57,6 +57,31 @@ def digits(split: str = "test") -> torch.Tensor:
     lo, hi = DIGITS_RANGE
     x = torch.from_numpy(k[idx]).to(torch.float64)
     return lo + (hi - lo) * x / (DIGITS_LEVELS - 1)
+
+
+def dequantize_digits(x: torch.Tensor, generator=None) -> torch.Tensor:
+    """Uniform dequantization of digits on their 17-level grid: ``flowsde.dequantize(x, levels=17,
+    data_range=(-1, 1))`` (``x + (U - 1/2)/8``, ``U ~ Uniform[0, 1)``; ``docs/likelihood.md``)."""
+    import flowsde
+
+    return flowsde.dequantize(x, levels=DIGITS_LEVELS, data_range=DIGITS_RANGE, generator=generator)
+
+
+def digits_gaussian(copies: int = 10, seed: int = 1) -> torch.distributions.MultivariateNormal:
+    """The full-covariance Gaussian fitted (maximum likelihood, float64) to the dequantized training digits.
+
+    The baseline the digits models are measured against (``docs/models.md``) and the Gaussian part
+    of their network. Fitted to ``copies`` dequantizations of the 1500 training digits drawn from
+    ``torch.Generator().manual_seed(seed)`` (dequantization adds ``Delta^2/12`` to each variance, so
+    the constant-zero pixels get a non-singular covariance).
+    """
+    if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+        raise InputError(f"digits_gaussian(copies={copies!r}): must be a positive int.")
+    g = torch.Generator().manual_seed(seed)
+    tr = digits("train")
+    y = torch.cat([dequantize_digits(tr, generator=g) for _ in range(copies)])
+    cov = torch.cov(y.T) * (y.shape[0] - 1) / y.shape[0]  # maximum likelihood
+    return torch.distributions.MultivariateNormal(y.mean(0), covariance_matrix=cov)
 
 
 def toy_data(name: str = "moons", n: int = 1000, seed: int = 0) -> torch.Tensor:

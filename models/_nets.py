@@ -46,13 +46,15 @@ class GaussianResidualMLP(nn.Module):
         depth: number of residual hidden layers.
         n_freq: number of Fourier frequencies of the log-SNR features (``2 n_freq`` features).
         beta_min, beta_max: the VP schedule (``"eps-vp"`` only).
+        dropout: dropout rate on each residual branch (training only; ``eval()`` turns it off).
 
     Buffers ``mean`` ``(D,)``, ``basis`` ``(D, D)`` (orthonormal columns) and ``var`` ``(D,)``
-    (eigenvalues, > 0) hold the Gaussian; :meth:`set_gaussian` fits them to data.
+    (eigenvalues, > 0) hold the Gaussian; :meth:`set_gaussian` sets them.
     """
 
     def __init__(self, dim: int, *, kind: str, width: int = 256, depth: int = 3, n_freq: int = 16,
-                 beta_min: float = 0.1, beta_max: float = 20.0):
+                 beta_min: float = 0.1, beta_max: float = 20.0, dropout: float = 0.0, inputs: str = "z",
+                 skip: bool = True):
         super().__init__()
         if kind not in KINDS:
             raise InputError(f"GaussianResidualMLP(kind={kind!r}): choose one of {KINDS}.")
@@ -60,7 +62,13 @@ class GaussianResidualMLP(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"GaussianResidualMLP({name}={v!r}): must be a positive int.")
         self.config: Dict[str, object] = dict(dim=dim, kind=kind, width=width, depth=depth, n_freq=n_freq,
-                                              beta_min=float(beta_min), beta_max=float(beta_max))
+                                              beta_min=float(beta_min), beta_max=float(beta_max),
+                                              dropout=float(dropout), inputs=inputs, skip=bool(skip))
+        if inputs not in ("z", "x"):
+            raise InputError(f"GaussianResidualMLP(inputs={inputs!r}): 'z' (whitened) or 'x' (raw state).")
+        self.inputs, self.skip = inputs, bool(skip)
+        if not 0.0 <= dropout < 1.0:
+            raise InputError(f"GaussianResidualMLP(dropout={dropout!r}): must be in [0, 1).")
         self.dim, self.kind = dim, kind
         self._vp = VP(beta_min=beta_min, beta_max=beta_max) if kind == "eps-vp" else None
         self.register_buffer("mean", torch.zeros(dim))
@@ -71,21 +79,21 @@ class GaussianResidualMLP(nn.Module):
         self.inp = nn.Linear(dim + n_emb, width)
         self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
         self.temb = nn.ModuleList(nn.Linear(n_emb, width) for _ in range(depth))
+        self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(width, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     @torch.no_grad()
-    def set_gaussian(self, data: torch.Tensor) -> None:
-        """Fit ``mean`` and the eigen-decomposed covariance to ``data`` ``(N, D)`` (in float64)."""
-        x = data.to(torch.float64).reshape(data.shape[0], -1)
-        if x.shape[1] != self.dim or x.shape[0] < 2:
-            raise InputError(f"set_gaussian: expected data of shape (N >= 2, {self.dim}), got {tuple(data.shape)}.")
-        mu = x.mean(0)
-        cov = torch.cov(x.T).reshape(self.dim, self.dim)
-        d, U = torch.linalg.eigh(cov)
+    def set_gaussian(self, mean: torch.Tensor, cov: torch.Tensor) -> None:
+        """Set the Gaussian part: ``mean`` ``(D,)`` and covariance ``cov`` ``(D, D)`` (eigen-decomposed in float64)."""
+        if tuple(mean.shape) != (self.dim,) or tuple(cov.shape) != (self.dim, self.dim):
+            raise InputError(f"set_gaussian: expected mean ({self.dim},) and cov ({self.dim}, {self.dim}), got "
+                             f"{tuple(mean.shape)} and {tuple(cov.shape)}.")
+        mu = mean.to(torch.float64)
+        d, U = torch.linalg.eigh(cov.to(torch.float64))
         if not bool((d > 0).all()):
-            raise InputError("set_gaussian: the data covariance is singular; dequantize the data first.")
+            raise InputError("set_gaussian: the covariance is singular; dequantize the data first.")
         self.mean.copy_(mu)
         self.basis.copy_(U)
         self.var.copy_(d)
@@ -110,10 +118,12 @@ class GaussianResidualMLP(nn.Module):
         eps_g = (s * r * z) @ self.basis.T
         ph = lam * self.freqs
         emb = torch.cat([torch.sin(ph), torch.cos(ph)], dim=1)
-        h = nn.functional.silu(self.inp(torch.cat([z, emb], dim=1)))
+        h = nn.functional.silu(self.inp(torch.cat([z if self.inputs == "z" else x, emb], dim=1)))
         for lin, tl in zip(self.hidden, self.temb):
-            h = h + nn.functional.silu(lin(h) + tl(emb))
+            h = h + self.drop(nn.functional.silu(lin(h) + tl(emb)))
         res = self.out(h)
+        if not self.skip:
+            return res
         if self.kind == "eps-vp":
             return eps_g + res
         x0_g = self.mean + (a * self.var * r * z) @ self.basis.T

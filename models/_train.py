@@ -31,39 +31,27 @@ import torch
 
 import flowsde
 
-from ._data import DIGITS_LEVELS, DIGITS_RANGE, digits, toy_data
+from ._data import DIGITS_LEVELS, DIGITS_RANGE, dequantize_digits, digits, digits_gaussian, toy_data
 from ._nets import GaussianResidualMLP
 from ._registry import _spec, build, write_weights
 
-__all__ = ["train", "elbo_nats", "dequantize_digits", "DEFAULTS"]
+__all__ = ["train", "elbo_nats", "nats_to_bpd", "DEFAULTS"]
 
 LAMBDA_FLOOR = -20.0
 
 # per model: architecture and optimisation defaults (the shipped weights used these)
 DEFAULTS: Dict[str, dict] = {
-    "digits-eps": dict(kind="eps-vp", width=256, depth=3, steps=6000, batch_size=256, lr=1e-3, ema=0.999),
-    "digits-velocity": dict(kind="velocity-fm", width=256, depth=3, steps=6000, batch_size=256, lr=1e-3, ema=0.999),
-    "moons": dict(kind="eps-vp", width=128, depth=3, steps=4000, batch_size=256, lr=1e-3, ema=0.999),
+    "digits-eps": dict(kind="eps-vp", width=256, depth=3, dropout=0.2, steps=12000, batch_size=256, lr=1e-3,
+                       ema=0.999, holdout=200),
+    "digits-velocity": dict(kind="velocity-fm", width=256, depth=3, dropout=0.2, steps=12000, batch_size=256,
+                            lr=1e-3, ema=0.999, holdout=200),
+    "moons": dict(kind="eps-vp", width=128, depth=3, skip=False, steps=6000, batch_size=256, lr=1e-3, ema=0.999),
 }
-
-
-def dequantize_digits(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Uniform dequantization of digits on their 17-level grid (``flowsde.dequantize``)."""
-    try:
-        return flowsde.dequantize(x, levels=DIGITS_LEVELS, data_range=DIGITS_RANGE, generator=generator)
-    except TypeError:  # TEMPORARY until the core's levels= lands (branch lik); removed then
-        lo, hi = DIGITS_RANGE
-        k = ((x - lo) / (hi - lo) * (DIGITS_LEVELS - 1)).round()
-        return lo + (hi - lo) * (k + torch.rand(x.shape, generator=generator, dtype=x.dtype)) / DIGITS_LEVELS
 
 
 def nats_to_bpd(nats: torch.Tensor) -> torch.Tensor:
     """Bits/dim of digits from ``-log p`` (nats per image) of their dequantized version."""
-    try:
-        return flowsde.bits_per_dim(-nats, 64, levels=DIGITS_LEVELS, data_range=DIGITS_RANGE)
-    except TypeError:  # TEMPORARY until the core's levels= lands (branch lik); removed then
-        lo, hi = DIGITS_RANGE
-        return nats / (64 * math.log(2)) - math.log2(hi - lo) + math.log2(DIGITS_LEVELS)
+    return flowsde.bits_per_dim(-nats, 64, levels=DIGITS_LEVELS, data_range=DIGITS_RANGE)
 
 
 def _lambda_range(schedule):
@@ -110,31 +98,33 @@ def elbo_nats(diffusion, x: torch.Tensor, *, n_lambda: int = 64, generator=None)
 
 
 def _data_source(name: str, seed: int, holdout: int = 0):
-    """``(draw(batch_size, generator) -> batch, data for the Gaussian fit)``; ``holdout``: leave the
-    last ``holdout`` training digits out (for validation while tuning)."""
+    """``(draw(batch_size, generator) -> batch, (mean, cov) of the Gaussian part)``; ``holdout``: leave the
+    last ``holdout`` training digits out (validation while tuning; the Gaussian part then still sees them)."""
     if name.startswith("digits"):
         xtr = digits("train").to(torch.float32)
         if holdout:
             xtr = xtr[:-holdout]
-        g = torch.Generator().manual_seed(seed + 1)
-        fit = torch.cat([dequantize_digits(xtr, generator=g) for _ in range(20)])
+        gauss = digits_gaussian()
 
         def draw(batch_size, gen):
             idx = torch.randint(0, xtr.shape[0], (batch_size,), generator=gen)
             return dequantize_digits(xtr[idx], generator=gen)
 
-        return draw, fit
+        return draw, (gauss.mean, gauss.covariance_matrix)
     pool = toy_data(name, 200_000, seed=seed + 1).to(torch.float32)
 
     def draw(batch_size, gen):
         return pool[torch.randint(0, pool.shape[0], (batch_size,), generator=gen)]
 
-    return draw, pool
+    p64 = pool.to(torch.float64)
+    return draw, (p64.mean(0), torch.cov(p64.T))
 
 
 def train(name: str, *, steps: Optional[int] = None, batch_size: Optional[int] = None, lr: Optional[float] = None,
-          width: Optional[int] = None, depth: Optional[int] = None, ema: Optional[float] = None, seed: int = 0,
-          holdout: int = 0, log_every: int = 500, out=None, log=print) -> dict:
+          width: Optional[int] = None, depth: Optional[int] = None, ema: Optional[float] = None,
+          dropout: Optional[float] = None, weight_decay: Optional[float] = None, inputs: Optional[str] = None,
+          skip: Optional[bool] = None, seed: int = 0,
+          holdout: Optional[int] = None, log_every: int = 500, out=None, log=print) -> dict:
     """Train the shipped model ``name`` from scratch (seeded) and optionally write its weights.
 
     Returns a dict with the EMA network (``net``), its ``Diffusion`` (``diffusion``), the
@@ -143,20 +133,25 @@ def train(name: str, *, steps: Optional[int] = None, batch_size: Optional[int] =
     """
     _spec(name)
     cfg = dict(DEFAULTS[name])
-    for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, width=width, depth=depth, ema=ema).items():
+    for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, width=width, depth=depth, ema=ema, dropout=dropout,
+                     weight_decay=weight_decay, inputs=inputs, skip=skip, holdout=holdout).items():
         if v is not None:
             cfg[k] = v
+    holdout = cfg.pop("holdout", 0)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    draw, fit = _data_source(name, seed, holdout)
-    D = fit.shape[1]
-    net = GaussianResidualMLP(D, kind=cfg["kind"], width=cfg["width"], depth=cfg["depth"])
-    net.set_gaussian(fit)
+    draw, (mean, cov) = _data_source(name, seed, holdout)
+    D = mean.shape[0]
+    net = GaussianResidualMLP(D, kind=cfg["kind"], width=cfg["width"], depth=cfg["depth"],
+                              dropout=cfg.get("dropout", 0.0), inputs=cfg.get("inputs", "z"),
+                              skip=cfg.get("skip", True))
+    net.set_gaussian(mean, cov)
     ema_net = copy.deepcopy(net).requires_grad_(False)
     dif = build(name, net)
     sch = dif.schedule
     lo, hi = _lambda_range(sch)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+    net.train()
     warm = min(200, cfg["steps"] // 10)
 
     def lr_at(i):
@@ -185,16 +180,24 @@ def train(name: str, *, steps: Optional[int] = None, batch_size: Optional[int] =
         losses.append(float(loss.detach()))
         if log is not None and ((i + 1) % log_every == 0 or i + 1 == cfg["steps"]):
             m = sum(losses[-log_every:]) / len(losses[-log_every:])
+            msg = ""
+            if holdout and name.startswith("digits"):
+                ema_net.eval()
+                vg = torch.Generator().manual_seed(1234)
+                xv = dequantize_digits(digits("train")[-holdout:].to(torch.float32), generator=vg)
+                bpd = nats_to_bpd(elbo_nats(build(name, ema_net), xv, n_lambda=16, generator=vg))
+                msg = f"  holdout ELBO {float(bpd.mean()):.4f} bits/dim"
             log(f"{name}: step {i + 1}/{cfg['steps']}  loss {m:.4f} nats/dim  lr {lr_at(i):.2e}  "
-                f"{time.perf_counter() - t0:.0f} s")
+                f"{time.perf_counter() - t0:.0f} s{msg}")
     wall = time.perf_counter() - t0
     tail = losses[-max(1, cfg["steps"] // 10):]
     final = sum(tail) / len(tail)
     ema_net.eval()
-    result = dict(net=ema_net, diffusion=build(name, ema_net), config=cfg, seed=seed, final_loss=final,
+    result = dict(net=ema_net, diffusion=build(name, ema_net), config=dict(cfg, holdout=holdout), seed=seed,
+                  final_loss=final,
                   wall_s=wall, losses=losses)
     if out is not None:
-        write_weights(ema_net, out, name=name, seed=seed, steps=cfg["steps"], batch_size=B, lr=cfg["lr"],
+        write_weights(ema_net, out, name=name, seed=seed, steps=cfg["steps"], batch_size=B, lr=cfg["lr"], holdout=holdout,
                       ema=cfg["ema"], final_loss_nats_per_dim=f"{final:.6f}", wall_s=f"{wall:.1f}",
                       torch=torch.__version__)
     return result

@@ -65,7 +65,8 @@ class EDM(SemiLinearSolver):
         if last_step not in LAST_STEPS:
             raise InputError(f"EDM(last_step={last_step!r}): must be one of {LAST_STEPS}.")
         if round_sigma is not None and not callable(round_sigma):
-            raise InputError(f"EDM(round_sigma=...): must be callable r -> r or None, got {type(round_sigma).__name__}.")
+            raise InputError(f"EDM(round_sigma=...): must be callable r -> r or None, got "
+                             f"{type(round_sigma).__name__}.")
         self.last_step = last_step
         self.round_sigma = round_sigma
         self.needs_t_from_ratio = self.S_churn > 0

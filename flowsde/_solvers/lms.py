@@ -4,7 +4,8 @@ In the scaled state ``y = x/alpha`` at noise level ``r = sigma/alpha``, ``dy/dr 
 (y - D)/r``. Step ``i`` is the Adams–Bashforth step of order ``p = min(i + 1, order)`` in ``r`` on
 the (non-uniform) grid:
 
-    y_{i+1} = y_i + sum_{j<p} c_ij d_{i-j},   c_ij = int_{r_i}^{r_{i+1}} prod_{k<p, k!=j} (r - r_{i-k})/(r_{i-j} - r_{i-k}) dr,
+    y_{i+1} = y_i + sum_{j<p} c_ij d_{i-j},
+    c_ij = int_{r_i}^{r_{i+1}} prod_{k<p, k!=j} (r - r_{i-k})/(r_{i-j} - r_{i-k}) dr,
 
 the integral of the Lagrange basis through the last ``p`` nodes. k-diffusion integrates the basis
 with ``scipy.integrate.quad`` at every step; here the polynomial is integrated exactly, once per

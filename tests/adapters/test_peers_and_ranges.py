@@ -289,8 +289,9 @@ def test_nets_taking_time_first_are_named():
 def test_meta_tensors_are_refused_at_the_entry_points():
     dif = Diffusion(lambda x, t: x, VP())
     xm, t = torch.zeros(3, 2, device="meta"), torch.tensor(0.5)
-    for call in (lambda: dif.score(t, xm), lambda: dif.pf_ode().drift(t, xm), lambda: dif.score(t.to("meta"), torch.zeros(3, 1)),
-                 lambda: to_denoiser(dif)(xm, 1.0), lambda: EDMPrecond(lambda x, c: x)(xm, 1.0)):
+    for call in (lambda: dif.score(t, xm), lambda: dif.pf_ode().drift(t, xm),
+                 lambda: dif.score(t.to("meta"), torch.zeros(3, 1)), lambda: to_denoiser(dif)(xm, 1.0),
+                 lambda: EDMPrecond(lambda x, c: x)(xm, 1.0)):
         with pytest.raises(InputError, match="'meta' device"):
             call()
     lin = torch.nn.Linear(2, 2, device="meta")
@@ -298,3 +299,15 @@ def test_meta_tensors_are_refused_at_the_entry_points():
                   lambda: from_diffusers(lin, {"num_train_timesteps": 10})):
         with pytest.raises(InputError, match="parameters are on the 'meta' device"):
             build()
+
+
+def test_time_in_range_is_the_one_rounding_rule():
+    """flowsde.adapters.time_in_range: the rule Diffusion applies, for any other user-given time."""
+    from flowsde.adapters import ROUNDING, time_in_range
+
+    assert time_in_range(0.0019999996, 0.002, 80.0) == 0.002
+    assert time_in_range(80.0 * (1 + 0.5 * ROUNDING), 0.002, 80.0) == 80.0
+    assert time_in_range(-1e-10, 0.0, 1.0) == 0.0 and time_in_range(0.5, 0.0, 1.0) == 0.5
+    with pytest.raises(InputError, match=r"t_eps = 0.00199 is outside .* by 1e-05") as e:
+        time_in_range(0.00199, 0.002, 80.0, name="t_eps", where="log_likelihood")
+    assert str(e.value).startswith("log_likelihood: ")
