@@ -214,6 +214,8 @@ def summary(res, model, what, levels, bits, dr, args, seconds) -> str:
                      f"{' ...' if len(res.failed) > 5 else ''}")
     if res.resumed:
         lines.append(f"{res.resumed} row(s) read back from a previous run of the same settings")
+    ok = sorted(r.bpd for r in res.rows if r.status == "SUCCESS")
+    med = (ok[(len(ok) - 1) // 2] + ok[len(ok) // 2]) / 2 if ok else float("nan")
     lines.append(f"mean bits/dim {mean:.4f} +- {se:.4f} (standard error over {res.n_ok} samples); "
-                 f"mean NLL {res.mean_nats:.3f} nats; mean NFE {nfe:.0f}; {seconds:.1f} s")
+                 f"median {med:.4f}; mean NLL {res.mean_nats:.3f} nats; mean NFE {nfe:.0f}; {seconds:.1f} s")
     return "\n".join(lines)

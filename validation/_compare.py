@@ -175,7 +175,7 @@ class ComparisonRow:
 COLUMNS = {
     "solver": "the sampler: PF-ODE (euler, heun, edm_heun, ddim, dpmpp_2m, unipc, rk45, ...), reverse SDE of the "
               "chosen beta (euler_maruyama, pc, dpmpp_2m_sde, euler_ancestral, ...), or EDM's churn (edm_churn)",
-    "setting": "steps of the fixed-step samplers; tolerance (rtol = atol) of RK45",
+    "setting": "steps of the fixed-step samplers; tolerance (rtol = atol) of RK45 and the other adaptive solvers",
     "NFE": "network evaluations per sample actually used (a budget a sampler cannot meet exactly is shown as "
            "'used (budget B)')",
     "error": "RMS difference per coordinate of the final samples from the reference started at the same x_T: "

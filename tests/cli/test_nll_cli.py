@@ -37,6 +37,7 @@ def test_rows_do_not_depend_on_the_batch_size(capsys, tmp_path):
     mean, se = float(line.split()[2]), float(line.split()[4])
     assert mean == pytest.approx(bpd.mean(), abs=1e-4)
     assert se == pytest.approx(bpd.std(ddof=1) / math.sqrt(8), abs=1e-4)
+    assert float(line.split("median ")[1].split(";")[0]) == pytest.approx(np.median(bpd), abs=1e-4)
 
 
 def test_npy_and_pt_data_give_the_same_rows(capsys, tmp_path):
