@@ -34,7 +34,8 @@ def add_arguments(p) -> None:
     p.add_argument("--sde-reference-steps", type=_positive_int, default=None, metavar="K",
                    help="Euler-Maruyama steps of the fine SDE reference (default: max(1000, 8 x the most steps))")
     p.add_argument("--likelihood-tols", nargs="*", type=_positive_float, default=[], metavar="TOL",
-                   help="gmm only: likelihood rows against the exact log p at these tolerances")
+                   help="gmm only: likelihood rows against the exact log p at these log-density tolerances "
+                        "(bpd_tol, bits/dim; the state's rtol = atol follow it)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="folder for compare.csv, compare.json, errors.png, samples.png "
                         "(default: a new folder ./flowsde-compare-<time>)")

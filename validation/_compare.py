@@ -216,7 +216,7 @@ class Comparison:
                 line += " - |" if r.ks is None else f" {r.ks:.4f} |"
             out.append(line)
         if self.likelihood:
-            out += ["", "| likelihood rtol=atol | NFE | mean abs logp error (nats) | max abs error | s |",
+            out += ["", "| likelihood bpd_tol | NFE | mean abs logp error (nats) | max abs error | s |",
                     "|---|---:|---:|---:|---:|"]
             for tol, nfe, mean_err, max_err, sec in self.likelihood:
                 out.append(f"| {tol:.0e} | {nfe:.0f} | {mean_err:.2e} | {max_err:.2e} | {sec:.2f} |")
@@ -400,7 +400,8 @@ def compare_solvers(
     Arguments:
         diffusion: a :class:`flowsde.adapters.Diffusion` (any network).
         data: optional exact data distribution (a :class:`GaussianMixture` the network is the
-            oracle of): adds exact-marginal columns and, with ``likelihood_tols``, likelihood rows.
+            oracle of): adds exact-marginal columns and, with ``likelihood_tols`` (values of
+            ``flowsde.log_likelihood``'s ``bpd_tol``, bits/dim), likelihood rows.
         event_shape: the shape of one sample, e.g. ``(64,)`` or ``(3, 32, 32)`` (default: ``data``'s
             dimension, or a ``diffusion.event_shape`` attribute).
         n: samples per sampler (one batch).
@@ -576,7 +577,7 @@ def compare_solvers(
         for tol in likelihood_tols:
             bar.set_description(f"likelihood tol {tol:.0e}")
             t0 = time.perf_counter()
-            res = flowsde.log_likelihood(pf_ref, xs, (t_end, T), prior.log_prob, rtol=tol, atol=tol)
+            res = flowsde.log_likelihood(pf_ref, xs, (t_end, T), prior.log_prob, bpd_tol=tol)
             err = (res.logp.cpu() - exact).abs()
             lik.append((tol, float(res.nfe), float(err.mean()), float(err.max()), time.perf_counter() - t0))
             bar.update(1)
