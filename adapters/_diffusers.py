@@ -15,6 +15,8 @@ import torch
 
 from flowsde import InputError
 
+from ._diffusion import Diffusion
+from ._inputs import check_net
 from .schedules import Discrete
 
 __all__ = ["from_diffusers", "DIFFUSERS_PREDICTIONS", "diffusers_alphas_cumprod"]
@@ -94,6 +96,7 @@ def from_diffusers(unet, scheduler, *, prediction: Optional[str] = None, label: 
     """
     if not callable(unet):
         raise InputError(f"from_diffusers: unet must be callable unet(sample, timestep), got {type(unet).__name__}.")
+    check_net(unet, "from_diffusers(unet=...)", order="unet(sample, timestep)")
     cfg = _config(scheduler)
     ptype = prediction if prediction is not None else cfg.get("prediction_type", "epsilon")
     if ptype in DIFFUSERS_PREDICTIONS:
@@ -121,7 +124,5 @@ def from_diffusers(unet, scheduler, *, prediction: Optional[str] = None, label: 
         if learned_var and out.dim() == x.dim() and out.shape[1] == 2 * x.shape[1]:
             out = out[:, : x.shape[1]]
         return out.to(x.dtype)
-
-    from ._diffusion import Diffusion
 
     return Diffusion(net, schedule, prediction=ptype)

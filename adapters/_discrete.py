@@ -1,4 +1,5 @@
-"""The discrete (DDPM-style) schedule; exported from :mod:`flowsde.adapters.schedules`."""
+"""The discrete (DDPM-style) schedule; exported from :mod:`flowsde.adapters.schedules`
+(this module imports only :mod:`._schedule`, never ``schedules``)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import dataclasses
 from typing import Callable, Union
 
 import torch
-import torch.nn.functional as F
 
 from flowsde import InputError
 
-from .schedules import Schedule, _as_tensor, _logsigmoid
+from ._schedule import Schedule, _as_tensor, _logsigmoid
 
 __all__ = ["Discrete"]
 

@@ -14,15 +14,17 @@ or is any k-diffusion style ``model(x, sigma)``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
 import torch
 
-from flowsde import InputError, Solution, SolveError, Status, grids
-from flowsde._noise import make_noise
+from flowsde import EDM, InputError, SemiLinearODE, Solution, grids, solve
 
 from ._precond import Denoiser
+
+F64 = torch.float64
 
 __all__ = ["edm_sampler", "edm_heun", "LAST_STEPS"]
 
@@ -120,6 +122,13 @@ def edm_sampler(
     starting from ``x_0 = latents * r_0``. The network sees the churned pair
     ``(x^, r^)`` (diffusers #8549 evaluated it before adding the noise).
 
+    This is a thin wrapper: the grid and EDM's defaults here, the loop in the core,
+
+        flowsde.solve(edm_ode(model), latents * r_0, r, method=flowsde.EDM(S_churn, S_min, S_max, S_noise)),
+
+    (:func:`~flowsde.adapters.edm_ode`, :class:`flowsde.EDM`), so NFE counts, per-sample
+    status and ``throw`` are :func:`flowsde.solve`'s.
+
     Arguments:
         model: a :class:`~flowsde.adapters.Diffusion` (any schedule; ``r -> t`` by
             ``schedule.t_from_sigma_ratio``), or a k-diffusion denoiser ``model(x, sigma)``
@@ -144,19 +153,21 @@ def edm_sampler(
             (:func:`flowsde.per_sample_generators`), as :func:`flowsde.solve`.
         save_all: keep the state at every grid level (``Solution.xs``, scaled variable,
             ``Solution.ts`` the EDM sigmas reached).
-        throw: raise :class:`flowsde.SolveError` naming the first step whose state is
-            non-finite (checked once, after the loop); if False, flag those samples in ``status``.
+        throw: as :func:`flowsde.solve`: raise :class:`flowsde.SolveError` naming the first
+            non-finite model output (step, noise level, samples), checked once after the loop;
+            if False, flag those samples in ``status``.
 
     Returns:
         :class:`flowsde.Solution` with ``x`` ``(B, *event)`` in ``dtype`` (the data-space
-        sample for ``"euler"`` / ``"denoise"``), ``nfe``, ``n_steps``, ``t_final`` (schedule
+        sample for ``"euler"`` / ``"denoise"``), ``nfe``, ``n_steps`` (the denoising evaluation
+        of ``"denoise"`` counts as a step), ``t_final`` (schedule
         time; 0 for a data-space sample) and ``stats`` (``sigmas``, ``t``, the effective
         ``sigma_min`` / ``sigma_max``, ``gammas``, ``last_step``).
 
     Raises:
         flowsde.InputError: bad arguments (with the offending value), a grid outside the
             model's range, a model output of the wrong shape.
-        flowsde.SolveError: the state became non-finite (``throw=True``), naming the
+        flowsde.SolveError: a non-finite model output or state (``throw=True``), naming the
             first step and its noise level.
     """
     D, lo, hi, den = _as_denoiser(model)
@@ -178,90 +189,36 @@ def edm_sampler(
     # NVlabs/edm's net.round_sigma (identity for continuous nets; iDDPM rounds to its table).
     round_sigma = getattr(model, "round_sigma", None) if den is None else None
     g, s_lo, s_hi = _grid(sigmas, num_steps, sigma_min, sigma_max, rho, round_sigma, lo, hi)
-    sig = g.tolist()  # host floats: no device syncs in the loop
+    sig = g.tolist()
     N = len(sig) - 1
+    # The loop is the core's: flowsde.EDM (Algorithm 2) on the EDM-time problem of the denoiser.
+    solver = EDM(S_churn=S_churn, S_tmin=S_min, S_tmax=S_max, S_noise=S_noise,
+                 last_step="denoise" if last_step == "denoise" else "euler", round_sigma=round_sigma)
+    problem = edm_ode(den if den is not None else D, dtype=dtype, model_dtype=model_dtype)
+    ts = (g if last_step != "stop" else g[:N]).to(latents.device)
+    x0 = latents.to(dtype) * sig[0]
+    if ts.shape[0] == 1:  # "stop" on a single level: no step to take
+        sol = Solution(x=x0, nfe=0, n_steps=0, status=torch.zeros(x0.shape[0], dtype=torch.int64, device=x0.device),
+                       t_final=ts.expand(x0.shape[0]), method="edm", ts=ts if save_all else None,
+                       xs=x0[None] if save_all else None)
+    else:
+        sol = solve(problem, x0, ts, method=solver, generator=generator if S_churn > 0 else None, save_all=save_all,
+                    throw=throw)
     n_loop = N if last_step == "euler" else N - 1
-    noise = make_noise(generator, latents) if S_churn > 0 else None
-    gamma_max = min(S_churn / N, math.sqrt(2) - 1)
-    dev = latents.device
-
-    B = latents.shape[0]
-
-    def call(x, r):
-        # sigma as a (B,) tensor: k-diffusion's `sigma * s_in`; NVlabs/edm nets reshape it anyway
-        r_t = torch.full((B,), r, dtype=model_dtype, device=dev)
-        out = D(x.to(model_dtype), r_t)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x.shape):
-            raise InputError(f"edm_sampler: the model returned {tuple(getattr(out, 'shape', ()))} for x of shape "
-                             f"{tuple(x.shape)} at sigma={r}; it must return the shape of x.")
-        return out.to(dtype)
-
-    x = latents.to(dtype) * sig[0]
-    nfe, sums, gammas = 0, [], []
-    xs = [x] if save_all else None
-    for i in range(n_loop):
-        r_cur, r_next = sig[i], sig[i + 1]
-        gamma = gamma_max if S_min <= r_cur <= S_max else 0.0
-        gammas.append(gamma)
-        r_hat = r_cur + gamma * r_cur
-        if round_sigma is not None:
-            r_hat = float(round_sigma(torch.tensor(r_hat, dtype=torch.float64)))
-        if noise is not None:
-            x_hat = x + math.sqrt(r_hat ** 2 - r_cur ** 2) * S_noise * noise.randn_like(x)
-        else:
-            x_hat = x
-        d_cur = (x_hat - call(x_hat, r_hat)) / r_hat
-        x_next = x_hat + (r_next - r_hat) * d_cur
-        nfe += 1
-        if r_next > 0:
-            d_prime = (x_next - call(x_next, r_next)) / r_next
-            x_next = x_hat + (r_next - r_hat) * (0.5 * d_cur + 0.5 * d_prime)
-            nfe += 1
-        x = x_next
-        if throw:
-            sums.append(x.sum())
-        if save_all:
-            xs.append(x)
-    t_final = 0.0
-    if last_step == "denoise":
-        x = call(x, sig[N - 1])
-        nfe += 1
-        if throw:
-            sums.append(x.sum())
-    elif last_step == "stop" and den is not None:
+    x, B, t_final = sol.x, latents.shape[0], 0.0
+    if last_step == "stop" and den is not None:
         t_end = den.time(torch.tensor(sig[N - 1], dtype=torch.float64))
-        a = den.schedule.alpha(t_end)
-        x = float(a) * x
+        x = float(den.schedule.alpha(t_end)) * x
         t_final = float(t_end)
     elif last_step == "stop":
         t_final = sig[N - 1]
-    status = torch.zeros(B, dtype=torch.int64, device=dev)
-    if throw and sums:
-        finite = torch.isfinite(torch.stack(sums))
-        if not bool(finite.all()):  # one sync, after the loop
-            k = int((~finite).nonzero()[0])
-            r_at = sig[min(k + 1, N)] if k < n_loop else sig[N - 1]
-            raise SolveError(
-                f"edm_sampler: the state became non-finite at step {k} (sigma -> {r_at}); check the model "
-                "near that noise level, raise sigma_min, or use dtype=torch.float64.", step=k, t=r_at)
-    elif not throw:
-        bad = ~torch.isfinite(x.reshape(B, -1)).all(1)
-        status = torch.where(bad, torch.full_like(status, int(Status.NON_FINITE)), status)
     times = None
     if den is not None:
-        pos = torch.tensor(sig[:N], dtype=torch.float64)
-        times = den.time(pos).tolist() + [0.0]
-    return Solution(
-        x=x,
-        nfe=nfe,
-        n_steps=n_loop,
-        status=status,
-        t_final=torch.full((B,), t_final, dtype=dtype, device=dev),
-        method="edm_sampler" if S_churn > 0 else "edm_heun",
-        ts=torch.tensor(sig[: n_loop + 1], dtype=dtype, device=dev) if save_all else None,
-        xs=torch.stack(xs) if save_all else None,
-        n_accepted=n_loop,
-        stats={"sigmas": g, "t": times, "sigma_min": s_lo, "sigma_max": s_hi, "gammas": gammas,
+        times = den.time(torch.tensor(sig[:N], dtype=torch.float64)).tolist() + [0.0]
+    return dataclasses.replace(
+        sol, x=x, method="edm_sampler" if S_churn > 0 else "edm_heun",
+        t_final=torch.full((B,), t_final, dtype=dtype, device=latents.device),
+        stats={"sigmas": g, "t": times, "sigma_min": s_lo, "sigma_max": s_hi, "gammas": solver.gammas(sig)[:n_loop],
                "last_step": last_step, "num_steps": N},
     )
 
@@ -276,3 +233,62 @@ def edm_heun(model, latents: torch.Tensor, *, num_steps: int = 18, sigma_min: fl
     return edm_sampler(model, latents, num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
                        sigmas=sigmas, S_churn=0.0, last_step=last_step, dtype=dtype, model_dtype=model_dtype,
                        save_all=save_all, throw=throw)
+
+
+def _identity(t):
+    return torch.as_tensor(t).clone()
+
+
+def _one(t):
+    return torch.ones_like(torch.as_tensor(t))
+
+
+def _zero(t):
+    return torch.zeros_like(torch.as_tensor(t))
+
+
+def edm_ode(model, *, dtype: Optional[torch.dtype] = None, model_dtype: Optional[torch.dtype] = None
+            ) -> SemiLinearODE:
+    """The probability-flow ODE in EDM time (``alpha = 1``, ``sigma = t``: the state is EDM's scaled
+    ``x``, the time its noise level) of a denoiser, for the samplers of ``docs/samplers.md`` and
+    EDM's (``flowsde.EDM``): ``dx/dt = (x - D(x, t))/t``.
+
+    Arguments:
+        model: a :class:`~flowsde.adapters.Diffusion` (its :class:`~flowsde.adapters.Denoiser`,
+            any schedule), a :class:`~flowsde.adapters.Denoiser`, or a k-diffusion / EDM denoiser
+            ``model(x, sigma) -> x0`` (``sigma`` a ``(B,)`` tensor).
+        dtype: cast the model's output to this dtype (default: the state's).
+        model_dtype: call the model in this dtype (default: the state's); ``sigma`` is given in it.
+
+    Returns:
+        :class:`flowsde.SemiLinearODE` with ``time_dtype=float64``; solve it on a decreasing
+        grid of noise levels, e.g. ``flowsde.grids.edm(0.002, 80, n=18)`` (ending at 0), from
+        ``x = latents * sigma_max``.
+    """
+
+    if isinstance(model, Denoiser):
+        D = model._eval
+    elif hasattr(model, "schedule") and callable(getattr(model, "x0", None)):
+        D = Denoiser(model)._eval
+    elif callable(model):
+        D = model
+    else:
+        raise InputError(f"edm_ode: expected a flowsde.adapters.Diffusion, a Denoiser or a denoiser "
+                         f"model(x, sigma), got {type(model).__name__}.")
+    for name, v in (("dtype", dtype), ("model_dtype", model_dtype)):
+        if v is not None and not (isinstance(v, torch.dtype) and v.is_floating_point):
+            raise InputError(f"edm_ode({name}={v!r}): must be None or a floating torch.dtype.")
+
+    def denoise(t, x):
+        md = model_dtype or x.dtype
+        sig = t.to(md).expand(x.shape[0]) if t.dim() == 0 else t.to(md)  # a view: not for in-place writes
+        out = D(x.to(md), sig)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x.shape):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise InputError(f"edm_ode: the model returned {got} for x of shape {tuple(x.shape)} at sigma = "
+                             f"{float(t.reshape(-1)[0])!r}; it must return the shape of x.")
+        return out.to(dtype or x.dtype)
+
+    return SemiLinearODE(denoise, alpha=_one, sigma=_identity, d_alpha=_zero, d_sigma=_one,
+                         t_from_ratio=_identity, time_dtype=F64)
+

@@ -24,7 +24,10 @@ import torch
 
 from flowsde import InputError
 
-from .schedules import Linear, Schedule, _as_tensor
+from ._diffusion import Diffusion
+from ._inputs import check_call, check_net
+from ._schedule import Schedule, _as_tensor
+from .schedules import Linear
 
 __all__ = ["from_flow_matching", "to_flow_matching", "FlowMatchingSchedule"]
 
@@ -122,6 +125,7 @@ def from_flow_matching(velocity_net: Callable, path: Union[str, Any] = "cond_ot"
     if not callable(velocity_net):
         raise InputError(f"from_flow_matching: velocity_net must be callable u(x, s), got "
                          f"{type(velocity_net).__name__}.")
+    check_net(velocity_net, "from_flow_matching(velocity_net=...)", order="velocity_net(x, s)")
     if isinstance(path, str):
         if path not in ("cond_ot", "linear", "rectified_flow"):
             raise InputError(f"from_flow_matching: path={path!r}; use 'cond_ot' or a flow_matching Scheduler "
@@ -129,8 +133,6 @@ def from_flow_matching(velocity_net: Callable, path: Union[str, Any] = "cond_ot"
         schedule = Linear(**schedule_kw)
     else:
         schedule = FlowMatchingSchedule(path, **schedule_kw)
-    from ._diffusion import Diffusion
-
     return Diffusion(_time_map(velocity_net), schedule, prediction="velocity")
 
 
@@ -147,6 +149,7 @@ def to_flow_matching(diffusion) -> Callable:
                          "(Linear, VP, Cosine, Discrete).")
 
     def u(x, s):
+        check_call("to_flow_matching: u", s, x, order="(x, s)")
         s = _as_tensor(s)
         return -diffusion.velocity(1 - s, x)
 

@@ -24,29 +24,45 @@ in ``lambda = log(alpha^2 / sigma^2)`` (the ODE ``dx/dlambda = u / (dlambda/dt)`
 
 from __future__ import annotations
 
+import inspect
 import math
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 
-from flowsde import ODE, InputError
-from flowsde._likelihood import (
-    LikelihoodResult,
-    _check_data,
-    _check_range,
-    bits_per_dim,
-    check_in_range,
-    quantization_levels,
-    dequantize as _dequantize,
-    log_likelihood as _core_log_likelihood,
-)
+from flowsde import ODE, InputError, LikelihoodResult, bits_per_dim
+from flowsde import dequantize as _dequantize
+from flowsde import log_likelihood as _core_log_likelihood
+from flowsde.utils import batch_broadcast, randn
+from flowsde._likelihood import _check_data, _check_range, check_in_range, quantization_levels
 
 TIMES = ("t", "log_snr")
 LOG2PI = math.log(2 * math.pi)
 
+#: the core's keyword options (probes, tolerances, engine, throw, ...), passed through unchanged
+CORE_OPTIONS = tuple(n for n, p in inspect.signature(_core_log_likelihood).parameters.items()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
-def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.reshape((-1,) + (1,) * (x.dim() - 1)) if v.dim() == 1 else v
+
+@dataclass(repr=False)
+class DiffusionLikelihood(LikelihoodResult):
+    """What ``Diffusion.log_likelihood`` returns: the core's :class:`flowsde.LikelihoodResult`
+    (``logp``, ``stderr``, ``solver_error``, ``nfe``, ``status``, ...) plus
+
+    Attributes:
+        bpd: ``(B,)`` bits/dim (``flowsde.bits_per_dim``), when ``levels``/``bits`` is given.
+        logp_corrected, stderr_corrected, bpd_corrected: the t_eps-corrected numbers (``corrected=True``).
+        solver_error_corrected: ``(B,)`` the second solve's error estimate on ``logp_corrected`` (nats).
+        residual: ``(B,)`` decoder log-likelihood + entropy of the correction.
+    """
+
+    bpd: Optional[torch.Tensor] = None
+    logp_corrected: Optional[torch.Tensor] = None
+    stderr_corrected: Optional[torch.Tensor] = None
+    bpd_corrected: Optional[torch.Tensor] = None
+    solver_error_corrected: Optional[torch.Tensor] = None
+    residual: Optional[torch.Tensor] = None
 
 
 def log_snr_ode(ode: ODE, schedule, t_range: Tuple[float, float]) -> ODE:
@@ -57,16 +73,22 @@ def log_snr_ode(ode: ODE, schedule, t_range: Tuple[float, float]) -> ODE:
     def drift(lam, x):
         t = schedule.t_from_log_snr(lam).clamp(min(t_range), max(t_range))
         dlam_dt = 2 * (schedule.d_alpha(t) / schedule.alpha(t) - schedule.d_sigma(t) / schedule.sigma(t))
-        return ode.drift(t, x) / _bcast(dlam_dt, x)
+        return ode.drift(t, x) / batch_broadcast(dlam_dt, x)
 
     return ODE(drift)
 
 
-def _normal(shape, generator, dtype, device):
-    if isinstance(generator, (list, tuple)):
-        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype, device=device)
-                            for g in generator])
-    return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+def _time_in_range(name: str, value: float, lo: float, hi: float) -> float:
+    """``value`` clamped into ``[lo, hi]`` when it is off by rounding only (a float32 copy of an end,
+    e.g. k-diffusion's 0.0019999996 for 0.002); a real excursion is refused with enough digits."""
+    if lo <= value <= hi:
+        return value
+    end = lo if value < lo else hi
+    if abs(value - end) <= 4 * torch.finfo(torch.float32).eps * max(abs(end), 1e-30):
+        return end
+    raise InputError(f"log_likelihood: {name} = {value!r} lies outside the schedule's range [t_min, t_max] = "
+                     f"[{lo!r}, {hi!r}] by {abs(value - end):.3g} (more than float32 rounding); the model is "
+                     "undefined there. Pass a time inside the range.")
 
 
 def log_likelihood(
@@ -77,37 +99,24 @@ def log_likelihood(
     t_max: Optional[float] = None,
     time: str = "t",
     prior_logp=None,
-    trace: str = "exact",
-    probes: int = 1,
-    noise: str = "rademacher",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    generator=None,
     levels: Optional[int] = None,
     bits: Optional[int] = None,
     data_range: Optional[Tuple[float, float]] = None,
     dequantize: Optional[bool] = None,
     corrected: bool = False,
-    per_sample: Optional[bool] = None,
-    max_steps: int = 10_000,
-    throw: bool = True,
-    progress: bool = False,
-    exact_max_bytes: int = 2**30,
-) -> LikelihoodResult:
+    **options,
+) -> DiffusionLikelihood:
     """``log p(x)`` (nats per sample) and bits/dim of data under a diffusion model's PF-ODE.
 
     Arguments:
         diffusion: a :class:`flowsde.adapters.Diffusion`.
         x: data ``(B, *event)`` in the model's data space (e.g. scaled to ``[-1, 1]``).
-        t_eps: data-end time of the ODE (default ``schedule.t_min``).
+        t_eps: data-end time of the ODE (default ``schedule.t_min``, and ``0`` for a ``"velocity"`` model,
+            whose drift is defined at ``t = 0``; a value off the range by float32 rounding is clamped).
         t_max: prior-end time (default ``schedule.t_max``).
         time: integration variable, ``"t"`` or ``"log_snr"``.
         prior_logp: ``z -> (B,)`` log-density at ``t_max`` (default ``diffusion.prior().log_prob``;
             pass the exact marginal to remove the prior mismatch in tests).
-        trace, probes, noise, rtol, atol, per_sample, max_steps, throw, progress, exact_max_bytes:
-            as :func:`flowsde.log_likelihood`.
-        generator: ``None``, a ``torch.Generator`` or a list of per-sample generators; draws, in
-            order: the dequantization noise, the probes, then (``corrected``) ``e`` and its probes.
         levels: the number of quantization bins ``L`` of discrete data (e.g. 17 for values 0..16);
             enables ``bpd`` (and dequantization). Overrides ``bits``.
         bits: bit depth of discrete data (``L = 2^bits``).
@@ -120,12 +129,22 @@ def log_likelihood(
             ``[lo - Delta/2, hi + Delta/2]``.
         corrected: also compute the t_eps-corrected ``logp_corrected`` / ``bpd_corrected``
             (a second ODE solve from the noised data).
+        **options: the keyword options of :func:`flowsde.log_likelihood` (one definition, listed in this
+            function's signature): ``trace``, ``probes``, ``probe``, ``bpd_tol``, ``rtol``, ``atol``,
+            ``method``, ``generator``, ``per_sample``, ``max_steps``, ``throw``, ``progress``,
+            ``exact_max_bytes``. ``generator`` also draws, in order, the dequantization noise, then the
+            probes, then (``corrected``) ``e`` and its probes.
 
     Returns:
-        :class:`flowsde.LikelihoodResult` with ``logp`` (score_sde-comparable), ``bpd`` (if ``levels``/``bits``),
-        and with ``corrected``: ``logp_corrected``, ``stderr_corrected``, ``bpd_corrected``,
-        ``residual`` (decoder log-likelihood + entropy); ``nfe`` counts both solves.
+        :class:`DiffusionLikelihood`: ``logp`` (score_sde-comparable), ``stderr``, ``solver_error``
+        (nats; ``solver_error_bpd`` per dimension), ``bpd`` (if ``levels``/``bits``), and with
+        ``corrected``: ``logp_corrected``, ``stderr_corrected``, ``bpd_corrected``, ``residual``
+        (decoder log-likelihood + entropy); ``nfe`` counts both solves.
     """
+    unknown = sorted(set(options) - set(CORE_OPTIONS))
+    if unknown:
+        raise InputError(f"log_likelihood: unknown option(s) {unknown}; the options are those of "
+                         f"flowsde.log_likelihood: {list(CORE_OPTIONS)}.")
     schedule = getattr(diffusion, "schedule", None)
     if schedule is None or not hasattr(diffusion, "pf_ode"):
         raise InputError(f"log_likelihood: expected a flowsde.adapters.Diffusion, got {type(diffusion).__name__}.")
@@ -133,11 +152,22 @@ def log_likelihood(
     if time not in TIMES:
         raise InputError(f"time={time!r}: choose one of {TIMES}.")
     t_lo, t_hi = float(schedule.t_min), float(schedule.t_max)
-    t_eps = t_lo if t_eps is None else float(t_eps)
-    T = t_hi if t_max is None else float(t_max)
-    if not (t_lo <= t_eps < T <= t_hi):
-        raise InputError(f"log_likelihood: need schedule.t_min = {t_lo:g} <= t_eps = {t_eps:g} < t_max = {T:g} <= "
-                         f"schedule.t_max = {t_hi:g} (the score is undefined below t_min).")
+    if getattr(diffusion, "prediction", None) == "velocity":
+        # a velocity model's PF-ODE drift is the network's output itself, defined at t = 0 (nothing
+        # divides by sigma): the likelihood is taken at the data end, as flow_matching does
+        t_lo = 0.0
+    t_eps = t_lo if t_eps is None else _time_in_range("t_eps", float(t_eps), t_lo, t_hi)
+    T = t_hi if t_max is None else _time_in_range("t_max", float(t_max), t_lo, t_hi)
+    if not t_eps < T:
+        raise InputError(f"log_likelihood: need t_eps = {t_eps!r} < t_max = {T!r}.")
+    alpha_T = float(schedule.alpha(torch.tensor(T, dtype=torch.float64)))
+    if alpha_T <= 0.0 and getattr(diffusion, "prediction", None) != "velocity":
+        raise InputError(
+            f"log_likelihood: the PF-ODE is integrated to t_max = {T!r}, where alpha = 0 for {schedule!r}: a "
+            f"{diffusion.prediction!r} model's velocity divides by alpha there, so the ODE cannot reach the "
+            "prior. Pass t_max < schedule.t_max with a prior_logp that is the model's marginal there (at "
+            "t_max < 1 the data term alpha(t_max) x_0 remains, so the prior is not N(0, sigma^2 I)), or use a "
+            "'velocity' model, whose velocity is defined at alpha = 0.")
     L = quantization_levels(levels, bits, default_bits=None, where="log_likelihood")
     if L is None:
         if data_range is not None:
@@ -157,6 +187,7 @@ def log_likelihood(
     if prior_logp is None:
         prior_logp = diffusion.prior().log_prob
 
+    generator = options.get("generator")
     dtype, device = x.dtype, x.device
     B, D = x.shape[0], x[0].numel()
     data = _dequantize(x, levels=L, data_range=data_range, generator=generator) if dequantize else x
@@ -166,14 +197,12 @@ def log_likelihood(
         lam = schedule.log_snr(torch.tensor([t_eps, T], dtype=torch.float64))
         if not bool(torch.isfinite(lam).all()):
             raise InputError(f"time='log_snr': log-SNR is {lam.tolist()} at (t_eps, t_max) = {(t_eps, T)} for "
-                             f"{schedule!r}; use time='t' or an interior t_max.")
+                             f"{schedule!r}; use time='t', or t_eps and t_max where alpha and sigma are both > 0.")
         ode, span = log_snr_ode(pf, schedule, (t_eps, T)), (float(lam[0]), float(lam[1]))
     else:
         ode, span = pf, (t_eps, T)
-    kw = dict(trace=trace, probes=probes, noise=noise, rtol=rtol, atol=atol, generator=generator,
-              per_sample=per_sample, max_steps=max_steps, throw=throw, progress=progress,
-              exact_max_bytes=exact_max_bytes)
-    res = _core_log_likelihood(ode, data, span, prior_logp, **kw)
+    core = _core_log_likelihood(ode, data, span, prior_logp, **options)
+    res = DiffusionLikelihood(**{f: getattr(core, f) for f in LikelihoodResult.__dataclass_fields__})
     res.stats.update(time=time, t_eps=t_eps, t_max=T, dequantized=bool(dequantize), levels=L,
                      data_range=tuple(data_range) if L is not None else None)
     if L is not None:
@@ -181,21 +210,32 @@ def log_likelihood(
 
     if corrected:
         te = torch.full((B,), t_eps, dtype=dtype, device=device)
-        a = _bcast(schedule.alpha(te), data)
-        s = _bcast(schedule.sigma(te), data)
-        e = _normal(data.shape, generator, dtype, device)
+        a = batch_broadcast(schedule.alpha(te), data)
+        s = batch_broadcast(schedule.sigma(te), data)
+        e = randn(data.shape, generator, dtype, device)
         x_eps = a * data + s * e
-        res2 = _core_log_likelihood(ode, x_eps, span, prior_logp, **kw)
+        res2 = _core_log_likelihood(ode, x_eps, span, prior_logp, **options)
         with torch.no_grad():
             score = diffusion.score(te, x_eps)
         res.residual = decoder_residual(data, x_eps, score, a, s)
         res.logp_corrected = res2.logp + res.residual
         res.stderr_corrected = res2.stderr
+        res.solver_error_corrected = res2.solver_error
         res.nfe += res2.nfe + 1
         res.status = torch.maximum(res.status, res2.status)
         if L is not None:
             res.bpd_corrected = bits_per_dim(res.logp_corrected, D, levels=L, data_range=data_range)
     return res
+
+
+def _signature():
+    """``log_likelihood``'s signature spelled out: its own parameters, then the core's keyword options."""
+    own = [p for p in inspect.signature(log_likelihood).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    core = [p for n, p in inspect.signature(_core_log_likelihood).parameters.items() if n in CORE_OPTIONS]
+    return inspect.Signature(own + core, return_annotation=DiffusionLikelihood)
+
+
+log_likelihood.__signature__ = _signature()
 
 
 def decoder_residual(x, x_eps, score, alpha, sigma) -> torch.Tensor:

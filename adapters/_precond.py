@@ -24,17 +24,14 @@ from typing import Callable, Optional
 import torch
 
 from flowsde import InputError
+from flowsde.utils import batch_broadcast, check_positive
 
+from ._diffusion import Diffusion
+from ._schedule import ROUNDING
+from ._inputs import check_call, check_net
 from .schedules import EDM
 
 __all__ = ["Denoiser", "from_denoiser", "to_denoiser", "Precond", "EDMPrecond", "VPPrecond", "VEPrecond"]
-
-
-def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A 0-dim or ``(B,)`` tensor reshaped to broadcast against ``x`` ``(B, *event)``."""
-    if v.dim() == 0:
-        return v
-    return v.reshape((v.shape[0],) + (1,) * (x.dim() - 1))
 
 
 def _sigma_tensor(sigma, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -70,23 +67,36 @@ class Denoiser:
         D(x, r) = diffusion.x0(t, alpha(t) x),
 
     where ``x`` is the scaled state ``x_t / alpha(t)``. ``x``: ``(B, *event)``;
-    ``sigma``: 0-dim or ``(B,)``; returns ``(B, *event)``.
+    ``sigma``: a number, 0-dim or ``(B,)``; returns ``(B, *event)``. The time is computed in
+    float64 whatever the dtype of ``x``.
+
+    **Outside the range.** Peers' adaptive solvers evaluate the model past the end of
+    their span: torchdiffeq's ``dopri5`` (k-diffusion's ``log_likelihood``) takes its last step
+    beyond ``sigma_max`` and interpolates back (up to 1.5x ``sigma_max`` measured on a VP model,
+    ``docs/bridges.md``). A ``sigma`` within a factor ``outside`` of the range,
+    ``[sigma_min / outside, sigma_max * outside]``, is therefore accepted and evaluated at the
+    nearest end of the range (the schedule's coefficients clamped there: ``t = t_min`` or
+    ``t_max``); only a value beyond that band is refused. ``outside=1`` accepts rounding only.
 
     Attributes:
         sigma_min, sigma_max: the EDM-sigma range, ``r(t_min)`` and ``r(t_max)``
             (``inf`` where ``alpha(t_max) = 0``), as NVlabs/edm nets expose them.
+        outside: the accepted factor beyond the range (see above).
         diffusion, schedule: what it wraps.
     """
 
-    def __init__(self, diffusion):
+    def __init__(self, diffusion, *, outside: float = 2.0):
         schedule = getattr(diffusion, "schedule", None)
         if schedule is None or not callable(getattr(diffusion, "x0", None)):
             raise InputError(
                 f"to_denoiser: expected a flowsde.adapters.Diffusion (with .schedule and .x0), got "
                 f"{type(diffusion).__name__}."
             )
+        if check_positive("outside", outside, where="to_denoiser") < 1:
+            raise InputError(f"to_denoiser: outside must be >= 1 (a factor beyond the range), got {outside!r}.")
         self.diffusion = diffusion
         self.schedule = schedule
+        self.outside = float(outside)
         tt = torch.tensor([schedule.t_min, schedule.t_max], dtype=torch.float64)
         a, s = schedule.alpha(tt), schedule.sigma(tt)
         self.sigma_min = float(s[0] / a[0])
@@ -97,23 +107,32 @@ class Denoiser:
         return torch.as_tensor(sigma)
 
     def time(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Schedule time of EDM sigma ``r``, clamped to ``[t_min, t_max]`` (guards round-off at the ends)."""
-        return self.schedule.t_from_sigma_ratio(sigma).clamp(self.schedule.t_min, self.schedule.t_max)
+        """Schedule time of EDM sigma ``r`` (float64), with ``r`` clamped to ``[sigma_min, sigma_max]``
+        and ``t`` to ``[t_min, t_max]`` (guards round-off of the inverse map at the ends)."""
+        r = torch.as_tensor(sigma).to(torch.float64).clamp(self.sigma_min, self.sigma_max)
+        return self.schedule.t_from_sigma_ratio(r).clamp(self.schedule.t_min, self.schedule.t_max)
 
     def _eval(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """``D(x, sigma)`` without range validation (for samplers that validated their grid)."""
         t = self.time(sigma)
-        a = self.schedule.alpha(t)
-        return self.diffusion.x0(t, _per_sample(a, x) * x)
+        a = self.schedule.alpha(t).to(device=x.device, dtype=x.dtype)
+        return self.diffusion.x0(t, batch_broadcast(a, x) * x)
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        check_call("Denoiser", sigma, x, order="(x, sigma)")
         sigma = _sigma_tensor(sigma, x, "Denoiser")
-        lo, hi = self.sigma_min * (1 - 1e-9), self.sigma_max * (1 + 1e-9)  # round-off slack of r(t) itself
-        if not bool(((sigma >= lo) & (sigma <= hi)).all()):  # one sync per call, at the user-facing boundary
+        s64 = sigma.detach().to(torch.float64)
+        lo = self.sigma_min / self.outside * (1 - ROUNDING)
+        hi = self.sigma_max * self.outside * (1 + ROUNDING)
+        mn, mx = (float(v) for v in torch.aminmax(s64))  # one host read per call, at the user-facing boundary
+        if not (lo <= mn and mx <= hi):
+            bad = mn if not lo <= mn else mx
             raise InputError(
-                f"Denoiser: sigma in [{float(sigma.min())}, {float(sigma.max())}] is outside the schedule's "
-                f"range [{self.sigma_min}, {self.sigma_max}] (r = sigma/alpha over [t_min, t_max]); "
-                "pick sigma_min/sigma_max inside it."
+                f"Denoiser: sigma = {bad!r} is outside the schedule's range [sigma_min, sigma_max] = "
+                f"[{self.sigma_min!r}, {self.sigma_max!r}] (r = sigma/alpha over [t_min, t_max]) by more than the "
+                f"accepted factor outside = {self.outside:g} (within it, the model is evaluated at the nearest "
+                "end). Pick sigma_min/sigma_max inside the range, or pass to_denoiser(..., outside=...) if a "
+                "peer's solver needs more room."
             )
         return _check_out("Denoiser", self._eval(x, sigma), x)
 
@@ -121,11 +140,14 @@ class Denoiser:
         return f"Denoiser({self.diffusion!r}, sigma in [{self.sigma_min:g}, {self.sigma_max:g}])"
 
 
-def to_denoiser(diffusion) -> Denoiser:
+def to_denoiser(diffusion, *, outside: float = 2.0) -> Denoiser:
     """Expose a :class:`~flowsde.adapters.Diffusion` as a k-diffusion denoiser
-    ``model(x, sigma)`` (see :class:`Denoiser`), so k-diffusion samplers and
-    NVlabs/edm's ``edm_sampler`` run on it unchanged (after ``x *= sigmas[0]``)."""
-    return Denoiser(diffusion)
+    ``model(x, sigma)`` (see :class:`Denoiser`), so k-diffusion samplers, its
+    ``log_likelihood`` and NVlabs/edm's ``edm_sampler`` run on it unchanged (after
+    ``x *= sigmas[0]``). ``outside``: a ``sigma`` within this factor beyond
+    ``[sigma_min, sigma_max]`` is evaluated at the nearest end (peers' adaptive stages);
+    further out it is refused."""
+    return Denoiser(diffusion, outside=outside)
 
 
 def from_denoiser(model: Callable, *, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None):
@@ -141,6 +163,7 @@ def from_denoiser(model: Callable, *, sigma_min: Optional[float] = None, sigma_m
     """
     if not callable(model):
         raise InputError(f"from_denoiser: model must be callable model(x, sigma), got {type(model).__name__}.")
+    check_net(model, "from_denoiser(model=...)", order="model(x, sigma)")
 
     def _default(given, attr, fallback):
         if given is not None:
@@ -156,8 +179,6 @@ def from_denoiser(model: Callable, *, sigma_min: Optional[float] = None, sigma_m
     hi = _default(sigma_max, "sigma_max", 80.0)
     if not (0 < lo < hi < math.inf):
         raise InputError(f"from_denoiser: need 0 < sigma_min < sigma_max < inf, got {lo} and {hi}.")
-    from ._diffusion import Diffusion
-
     def net(x, t):
         return model(x, t)
 
@@ -183,6 +204,7 @@ class Precond:
     def __init__(self, F: Callable):
         if not callable(F):
             raise InputError(f"{type(self).__name__}(F=...): F must be callable F(x, c_noise), got {type(F).__name__}.")
+        check_net(F, f"{type(self).__name__}(F=...)", order="F(x, c_noise)")
         self.F = F
 
     def coefficients(self, sigma: torch.Tensor):
@@ -194,11 +216,12 @@ class Precond:
         return torch.as_tensor(sigma)
 
     def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        check_call(type(self).__name__, sigma, x, order="(x, sigma)")
         sigma = _sigma_tensor(sigma, x, type(self).__name__)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         c_noise = c_noise.expand(x.shape[0]) if c_noise.dim() == 0 else c_noise
-        Fx = _check_out(f"{type(self).__name__}: F", self.F(_per_sample(c_in, x) * x, c_noise), x)
-        return _per_sample(c_skip, x) * x + _per_sample(c_out, x) * Fx
+        Fx = _check_out(f"{type(self).__name__}: F", self.F(batch_broadcast(c_in, x) * x, c_noise), x)
+        return batch_broadcast(c_skip, x) * x + batch_broadcast(c_out, x) * Fx
 
     def diffusion(self, *, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None):
         """This denoiser as a ``Diffusion`` over the ``EDM`` schedule (see :func:`from_denoiser`)."""
@@ -218,8 +241,7 @@ class EDMPrecond(Precond):
     def __init__(self, F: Callable, *, sigma_data: float = 0.5, sigma_min: float = 0.0,
                  sigma_max: float = math.inf):
         super().__init__(F)
-        if not (math.isfinite(sigma_data) and sigma_data > 0):
-            raise InputError(f"EDMPrecond: sigma_data must be finite and > 0, got {sigma_data!r}.")
+        check_positive("sigma_data", sigma_data, where="EDMPrecond")
         if not (0 <= sigma_min < sigma_max):
             raise InputError(f"EDMPrecond: need 0 <= sigma_min < sigma_max, got {sigma_min!r} and {sigma_max!r}.")
         self.sigma_data = float(sigma_data)
@@ -254,8 +276,7 @@ class VPPrecond(Precond):
                  epsilon_t: float = 1e-5):
         super().__init__(F)
         for k, v in (("beta_d", beta_d), ("M", M), ("epsilon_t", epsilon_t)):
-            if not (math.isfinite(v) and v > 0):
-                raise InputError(f"VPPrecond: {k} must be finite and > 0, got {v!r}.")
+            check_positive(k, v, where="VPPrecond")
         if not (math.isfinite(beta_min) and beta_min >= 0):
             raise InputError(f"VPPrecond: beta_min must be finite and >= 0, got {beta_min!r}.")
         self.beta_d, self.beta_min, self.M, self.epsilon_t = float(beta_d), float(beta_min), M, float(epsilon_t)

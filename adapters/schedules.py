@@ -28,118 +28,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Union
 
 import torch
-import torch.nn.functional as F
 
 from flowsde import InputError
 
+from ._discrete import Discrete
+from flowsde.utils import check_positive
+
+from ._schedule import Schedule, _as_tensor, _check_range, _logsigmoid, _one, _zero
+
 __all__ = ["Schedule", "VP", "Cosine", "SubVP", "VE", "EDM", "Linear", "Discrete"]
-
-
-def _as_tensor(t) -> torch.Tensor:
-    if isinstance(t, torch.Tensor):
-        if not t.is_floating_point():
-            return t.to(torch.get_default_dtype())
-        return t
-    if isinstance(t, (int, float)) and not isinstance(t, bool):
-        return torch.tensor(float(t), dtype=torch.float64)
-    raise InputError(f"schedule time must be a float tensor or a Python number, got {type(t).__name__}.")
-
-
-def _logsigmoid(x: torch.Tensor) -> torch.Tensor:
-    """``log sigmoid(x) = -softplus(-x)``, exact to round-off for |x| < 700 (``F.logsigmoid`` is
-    ~1000x slower on small CPU float64 tensors in torch 2.x; softplus's default threshold 20 would
-    truncate ``exp(x)`` terms of size 2e-9)."""
-    return -F.softplus(-x, beta=1.0, threshold=700.0)
-
-
-def _zero(t) -> torch.Tensor:
-    """Zeros shaped like ``t`` that stay on ``t``'s autograd graph (derivative 0, not "unused")."""
-    t = _as_tensor(t)
-    return t * 0
-
-
-def _one(t) -> torch.Tensor:
-    return _zero(t) + 1
-
-
-def _check_finite_positive(cls: str, **vals) -> None:
-    for k, v in vals.items():
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
-            raise InputError(f"{cls}: {k} must be a finite number > 0, got {v!r}.")
-
-
-def _check_range(cls: str, t_min: float, t_max: float, lo: float, hi: float) -> None:
-    if not (isinstance(t_min, (int, float)) and isinstance(t_max, (int, float))):
-        raise InputError(f"{cls}: t_min and t_max must be numbers, got {t_min!r}, {t_max!r}.")
-    if not (lo <= t_min < t_max <= hi):
-        raise InputError(f"{cls}: need {lo:g} <= t_min < t_max <= {hi:g}, got t_min={t_min!r}, t_max={t_max!r}.")
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """Base class. Subclasses define ``alpha, sigma, d_alpha, d_sigma``,
-    ``t_from_log_snr`` and the attributes ``t_min``, ``t_max``; the rest is
-    derived here (and overridden where a simpler closed form exists)."""
-
-    # -- to implement ----------------------------------------------------------------
-    def alpha(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement alpha(t).")
-
-    def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement sigma(t).")
-
-    def d_alpha(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement d_alpha(t).")
-
-    def d_sigma(self, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement d_sigma(t).")
-
-    def t_from_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement t_from_log_snr(lam).")
-
-    # -- derived ---------------------------------------------------------------------
-    def f(self, t: torch.Tensor) -> torch.Tensor:
-        """Forward drift coefficient ``f(t) = d log alpha/dt``."""
-        t = _as_tensor(t)
-        return self.d_alpha(t) / self.alpha(t)
-
-    def g2(self, t: torch.Tensor) -> torch.Tensor:
-        """Squared forward diffusion ``g^2 = d sigma^2/dt - 2 f sigma^2 = 2 sigma^2 (sigma'/sigma - alpha'/alpha)``."""
-        t = _as_tensor(t)
-        s = self.sigma(t)
-        return 2 * s * (self.d_sigma(t) - self.d_alpha(t) / self.alpha(t) * s)
-
-    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
-        """``lambda(t) = 2 log(alpha/sigma)`` (decreasing in t; ``+inf`` where sigma = 0)."""
-        t = _as_tensor(t)
-        return 2 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
-
-    def d_log_snr(self, t: torch.Tensor) -> torch.Tensor:
-        """``d lambda/dt = 2 (alpha'/alpha - sigma'/sigma)``."""
-        t = _as_tensor(t)
-        return 2 * (self.d_alpha(t) / self.alpha(t) - self.d_sigma(t) / self.sigma(t))
-
-    def sigma_ratio(self, t: torch.Tensor) -> torch.Tensor:
-        """``r(t) = sigma/alpha``: EDM's sigma, k-diffusion's ``sigma``."""
-        t = _as_tensor(t)
-        return self.sigma(t) / self.alpha(t)
-
-    def t_from_sigma_ratio(self, r: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`sigma_ratio` (``r > 0``): ``t = t_from_log_snr(-2 log r)``."""
-        r = _as_tensor(r)
-        return self.t_from_log_snr(-2 * torch.log(r))
-
-    def net_time(self, t: torch.Tensor) -> torch.Tensor:
-        """The time label a network of this schedule is called with (identity here)."""
-        return t
-
-    @property
-    def variance_preserving(self) -> bool:
-        """True when ``alpha^2 + sigma^2 = 1`` for all t (v-prediction is defined)."""
-        return False
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,7 +70,7 @@ class _LinearBeta(Schedule):
         name = type(self).__name__
         if not (isinstance(self.beta_min, (int, float)) and math.isfinite(self.beta_min) and self.beta_min >= 0):
             raise InputError(f"{name}: beta_min must be a finite number >= 0, got {self.beta_min!r}.")
-        _check_finite_positive(name, beta_max=self.beta_max)
+        check_positive("beta_max", self.beta_max, where=name)
         if self.beta_max < self.beta_min:
             raise InputError(f"{name}: need beta_min <= beta_max, got {self.beta_min!r} > {self.beta_max!r}.")
         _check_range(name, self.t_min, self.t_max, 0.0, math.inf)
@@ -210,6 +109,13 @@ class VP(_LinearBeta):
     def d_sigma(self, t):
         # d/dt sqrt(1 - alpha^2) = -alpha alpha'/sigma = beta alpha^2 / (2 sigma)
         return 0.5 * self.beta(t) * torch.exp(2 * self._log_alpha(t)) / self.sigma(t)
+
+    def coefficients(self, t):
+        # the four methods above with log alpha and beta computed once
+        la, b = self._log_alpha(t), self.beta(t)
+        a = torch.exp(la)
+        s = torch.sqrt(-torch.expm1(2 * la))
+        return a, s, -0.5 * b * a, 0.5 * b * a * a / s
 
     def g2(self, t):
         return self.beta(t)
@@ -268,7 +174,7 @@ class Cosine(Schedule):
     t_max: float = 0.9946
 
     def __post_init__(self):
-        _check_finite_positive("Cosine", s=self.s)
+        check_positive("s", self.s, where="Cosine")
         _check_range("Cosine", self.t_min, self.t_max, 0.0, 1.0)
         if self.t_min <= 0 or self.t_max >= 1:
             raise InputError(f"Cosine: need 0 < t_min < t_max < 1, got t_min={self.t_min!r}, t_max={self.t_max!r}.")
@@ -314,7 +220,8 @@ class VE(Schedule):
     t_max: float = 1.0
 
     def __post_init__(self):
-        _check_finite_positive("VE", sigma_min=self.sigma_min, sigma_max=self.sigma_max)
+        check_positive("sigma_min", self.sigma_min, where="VE")
+        check_positive("sigma_max", self.sigma_max, where="VE")
         if self.sigma_min >= self.sigma_max:
             raise InputError(f"VE: need sigma_min < sigma_max, got {self.sigma_min!r} >= {self.sigma_max!r}.")
         _check_range("VE", self.t_min, self.t_max, 0.0, math.inf)
@@ -362,7 +269,8 @@ class EDM(Schedule):
     sigma_max: float = 80.0
 
     def __post_init__(self):
-        _check_finite_positive("EDM", sigma_min=self.sigma_min, sigma_max=self.sigma_max)
+        check_positive("sigma_min", self.sigma_min, where="EDM")
+        check_positive("sigma_max", self.sigma_max, where="EDM")
         if self.sigma_min >= self.sigma_max:
             raise InputError(f"EDM: need sigma_min < sigma_max, got {self.sigma_min!r} >= {self.sigma_max!r}.")
 
@@ -409,6 +317,9 @@ class Linear(Schedule):
     Flow-matching code that puts noise at 0 and data at 1 uses ``s = 1 - t``.
     ``alpha(1) = 0``: conversions that divide by alpha (``x0`` from eps / score) are
     undefined exactly at ``t = 1``; :class:`~flowsde.adapters.Diffusion` guards this.
+    ``t_min = 0`` is allowed (flow_matching integrates a velocity model's likelihood from the
+    data end, ``t = 0``): a velocity model's own output and its ``x0`` are defined there, while
+    conversions dividing by ``sigma(0) = 0`` (the score) are refused at ``t = 0``.
     """
 
     t_min: float = 1e-5
@@ -416,8 +327,6 @@ class Linear(Schedule):
 
     def __post_init__(self):
         _check_range("Linear", self.t_min, self.t_max, 0.0, 1.0)
-        if self.t_min <= 0:
-            raise InputError(f"Linear: t_min must be > 0 (sigma(0) = 0), got {self.t_min!r}.")
 
     def alpha(self, t):
         return 1 - _as_tensor(t)
@@ -438,5 +347,3 @@ class Linear(Schedule):
     def t_from_log_snr(self, lam):
         return torch.sigmoid(-0.5 * _as_tensor(lam))
 
-
-from ._discrete import Discrete  # noqa: E402  (own file for size; circular-safe: defined last)

@@ -70,7 +70,8 @@ def _div_exact(out, x):
 
 
 def run_flowsde(p, rtol, atol, per_sample, trace="exact", seed=0):
-    kw = dict(trace=trace, rtol=rtol, atol=atol, per_sample=per_sample)
+    # the log-density channel held to atol nats per step (bpd_tol = atol / (d ln 2)), the state to rtol/atol
+    kw = dict(trace=trace, rtol=rtol, atol=atol, per_sample=per_sample, bpd_tol=atol / (p["d"] * math.log(2)))
     if trace == "hutchinson":
         kw["generator"] = torch.Generator().manual_seed(seed)
     r = flowsde.log_likelihood(flowsde.ODE(p["u"]), p["x"], (p["t_eps"], p["T"]), p["prior"], **kw)

@@ -11,13 +11,20 @@ Anchors, side by side in one run (ratios = flowsde time / anchor time):
 flowsde runs the same grid with ``Heun(final_euler=True)`` (NFE 2N - 1) and
 ``euler_maruyama``, with ``throw`` on (default) and off.
 
-    python benchmarks/bench_overhead.py            # CPU, tiny MLP
+The adapter part (``--part adapter``) times ``flowsde.solve`` on a
+``flowsde.adapters.Diffusion``'s PF-ODE and reverse SDE against bare loops that
+call the same network with precomputed schedule coefficients (see
+:func:`adapter_part`), for MLPs of about 150 us and 20 us per call.
+
+    python benchmarks/bench_overhead.py            # CPU, tiny MLP; both parts
+    python benchmarks/bench_overhead.py --part adapter --reps 30
     python benchmarks/bench_overhead.py --device cuda --width 4096 --depth 8   # a larger net on GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import time
@@ -35,25 +42,45 @@ def make_mlp(d, width, depth, device, dtype):
     return torch.nn.Sequential(*layers).to(device=device, dtype=dtype).eval()
 
 
-def timed_interleaved(fns: dict, reps, sync):
-    """Median wall time of each function, measured round-robin so that load changes on the
-    machine hit every variant alike."""
+def timed_interleaved(fns: dict, reps, sync, stat=statistics.median, clock=time.perf_counter):
+    """Time of each function (``stat`` over ``reps``: median, or ``min`` on a loaded machine),
+    measured round-robin so that load changes on the machine hit every variant alike. ``clock``:
+    wall time (``time.perf_counter``) or this thread's CPU time (``time.thread_time``, which does not
+    count the time the thread waits for a core: the CPU-only figure on a shared machine)."""
     times = {k: [] for k in fns}
     for f in fns.values():
         f()  # warm-up
     sync()
     for _ in range(reps):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             f()
             sync()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[k].append(clock() - t0)
+    return {k: stat(v) for k, v in times.items()}
+
+
+def _timing(args) -> dict:
+    """``--clock cpu`` (default): this thread's CPU time, min over the repeats (the figure a shared,
+    loaded machine can still give: waiting for a core is not counted); ``wall``: wall time, median."""
+    if args.clock == "cpu":
+        return dict(stat=min, clock=time.thread_time)
+    return dict(stat=statistics.median, clock=time.perf_counter)
+
+
+def _timing_words(args) -> str:
+    if args.clock == "cpu":
+        return f"this thread's CPU time (time.thread_time), min over {args.reps} round-robin repeats"
+    return f"wall time, median over {args.reps} round-robin repeats"
 
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=("solver", "adapter", "breakdown", "all"), default="all",
+                    help="solver: flowsde.solve vs k-diffusion / bare loops; adapter: solve + Diffusion vs a bare loop")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="cpu: thread CPU time, min of repeats (shared machines); wall: wall time, median (GPU)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--dim", type=int, default=16)
     ap.add_argument("--width", type=int, default=32)
@@ -63,6 +90,15 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: per-step overhead, not BLAS)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.part in ("adapter", "all"):
+        adapter_part(args)
+    if args.part in ("solver", "all"):
+        solver_part(args)
+    if args.part in ("breakdown", "all"):
+        breakdown_part(args)
+
+
+def solver_part(args):
     dev = torch.device(args.device)
     dtype = torch.float32
     torch.manual_seed(0)
@@ -135,11 +171,12 @@ def main():
             "bare_em": bare_em,
             "flowsde_em": lambda: fl_em(True),
             "flowsde_em_nocheck": lambda: fl_em(False),
-        }, args.reps, sync)
+        }, args.reps, sync, **_timing(args))
 
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
     print(f"device={dev} ({name}), torch {torch.__version__}, threads={torch.get_num_threads()}, "
           f"batch={args.batch}, dim={args.dim}, MLP width={args.width} depth={args.depth}, steps={args.steps}")
+    print(f"times: {_timing_words(args)}")
     print(f"{'loop':<24}{'ms / solve':>12}{'us / step':>12}{'ratio':>10}")
     rows = [("kdiff_heun", None), ("bare_heun", None), ("flowsde_heun", "kdiff_heun"),
             ("flowsde_heun", "bare_heun"), ("flowsde_heun_nocheck", "bare_heun"),
@@ -148,6 +185,214 @@ def main():
         label = k if ref is None else f"{k} / {ref}"
         ratio = "" if ref is None else f"{r[k] / r[ref]:.3f}"
         print(f"{label:<40}{1e3 * r[k]:>10.3f}{1e6 * r[k] / args.steps:>10.1f}{ratio:>10}")
+
+
+# ------------------------------------------------------------------------------------------
+# Adapter overhead: flowsde.solve on a Diffusion's problems against a bare loop on the network
+# ------------------------------------------------------------------------------------------
+
+
+class TimeMLP(torch.nn.Module):
+    """``net(x, t)``: an MLP on ``[x, t]`` (the eps-network of the benchmark)."""
+
+    def __init__(self, d, width, depth):
+        super().__init__()
+        self.mlp = make_mlp(d, width, depth, "cpu", torch.float32)
+
+    def forward(self, x, t):
+        return self.mlp(torch.cat([x, t[:, None]], 1))
+
+
+#: the two networks of the adapter part: (label, width, depth) of an MLP on [x, t] at batch 64, dim 16;
+#: about 150 us and 20 us per call on one unloaded core of the machine in docs/benchmarks.md
+#: (each run measures and prints its own per-call time, in the same round-robin as the loops).
+ADAPTER_NETS = (("~150 us", 256, 2), ("~20 us", 8, 1))
+
+
+def adapter_part(args):
+    """Euler on ``pf_ode()`` and Euler-Maruyama on ``reverse_sde(1)`` of an eps-network under VP,
+    100 steps from t = 1 to 1e-3, against the same loops written by hand: coefficients of the
+    schedule precomputed per step in float64 (``u = A x + C eps``, the reverse drift likewise),
+    the network called with a prebuilt time tensor, the same arithmetic per step (two ops for the
+    drift, two for the update; EM the same noise draws). flowsde runs with its defaults: input
+    checks on (``check_t="auto"``: the time range per call, read from the CPU time without a device
+    sync), ``throw=True`` (per-sample finiteness sums on the device, one sync at the end).
+    "cold" builds a new ``Diffusion`` for every solve (coefficients computed, not reused);
+    "solve_no_adapter" is ``flowsde.solve`` on a plain ODE / SDE whose functions are the bare
+    loop's (the solver's own share)."""
+    from flowsde.adapters import Diffusion
+    from flowsde.adapters.schedules import VP
+
+    if args.device != "cpu":
+        print("adapter part: CPU only (the question is Python overhead per call); skipped")
+        return
+    f64, B, D, n = torch.float64, args.batch, args.dim, args.steps
+    sched = VP()
+    ts = flowsde.grids.uniform(1.0, 1e-3, n).to(f64)
+    t0s = ts[:-1]
+    # the hand-written loops' per-step constants (float64 formulas, cast to float32 once)
+    a, s, da, ds = sched.alpha(t0s), sched.sigma(t0s), sched.d_alpha(t0s), sched.d_sigma(t0s)
+    f, g2 = da / a, sched.g2(t0s)
+    A_ode, C_ode = f, ds - f * s  # u = f x + (sigma' - f sigma) eps
+    C_rev = C_ode + 0.5 * g2 / s  # reverse drift (beta = 1) u - g^2/2 score, score = -eps/sigma
+    dt = ts[1:] - ts[:-1]
+    g = g2.sqrt()
+    c32 = lambda v: [c.to(torch.float32) for c in v]  # noqa: E731
+    A_l, Co_l, Cr_l, dt_l, g_l = c32(A_ode), c32(C_ode), c32(C_rev), c32(dt), c32(g)
+    sdt_l = c32(dt.abs().sqrt())
+    print(f"\n== adapter overhead: Diffusion(net, VP(), 'eps'), {n} steps t = 1 -> 1e-3, batch {B}, dim {D}, "
+          f"float32, {torch.get_num_threads()} thread(s); times: {_timing_words(args)}")
+    print(f"{'net':<34}{'loop':<22}{'ms / solve':>11}{'us / step':>11}{'beyond net':>11}{'ratio':>8}")
+    for name, width, depth in ADAPTER_NETS:
+        torch.manual_seed(0)
+        net = TimeMLP(D, width, depth).eval()
+        labels = [t.to(torch.float32).expand(B) for t in t0s]
+        x0 = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
+
+        def net_only():
+            x = x0
+            for i in range(n):
+                net(x, labels[i])
+            return x
+
+        def bare_euler():
+            x = x0
+            for i in range(n):
+                eps = net(x, labels[i])
+                x = x + dt_l[i] * torch.addcmul(Co_l[i] * eps, A_l[i], x)
+            return x
+
+        def bare_em():
+            gen = torch.Generator().manual_seed(1)
+            x = x0
+            for i in range(n):
+                eps = net(x, labels[i])
+                z = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+                x = x + dt_l[i] * torch.addcmul(Cr_l[i] * eps, A_l[i], x) + (g_l[i] * sdt_l[i]) * z
+            return x
+
+        dif = Diffusion(net, sched, "eps")
+        ode, sde = dif.pf_ode(), dif.reverse_sde(1.0)
+
+        def fl_euler():
+            return flowsde.solve(ode, x0, ts, method="euler").x
+
+        index = {float(t): i for i, t in enumerate(t0s)}
+
+        def hand_drift(t, x):  # the bare loop's drift as a plain flowsde.ODE: the solver alone, no adapter
+            i = index[t.item()]
+            return torch.addcmul(Co_l[i] * net(x, labels[i]), A_l[i], x)
+
+        hand_ode = flowsde.ODE(hand_drift, time_dtype=f64)
+
+        def fl_hand():
+            return flowsde.solve(hand_ode, x0, ts, method="euler").x
+
+        def hand_em_drift(t, x):
+            i = index[t.item()]
+            return torch.addcmul(Cr_l[i] * net(x, labels[i]), A_l[i], x)
+
+        hand_sde = flowsde.SDE(hand_em_drift, lambda t, x: g_l[index[t.item()]], time_dtype=f64)
+
+        def fl_hand_em():
+            return flowsde.solve(hand_sde, x0, ts, method="euler_maruyama",
+                                 generator=torch.Generator().manual_seed(1)).x
+
+        def fl_euler_cold():
+            return flowsde.solve(Diffusion(net, sched, "eps").pf_ode(), x0, ts, method="euler").x
+
+        def fl_em():
+            return flowsde.solve(sde, x0, ts, method="euler_maruyama", generator=torch.Generator().manual_seed(1)).x
+
+        with torch.no_grad():
+            # equal work first: the same answer to float32 round-off
+            for mine, theirs in ((fl_euler, bare_euler), (fl_euler_cold, bare_euler), (fl_hand, bare_euler),
+                                 (fl_em, bare_em), (fl_hand_em, bare_em)):
+                u, v = mine(), theirs()
+                err = float((u - v).abs().max() / v.abs().max())
+                if not err < 1e-4:
+                    raise SystemExit(f"bench_overhead: {mine.__name__} and {theirs.__name__} disagree ({err:.2e})")
+            r = timed_interleaved({"net_only": net_only, "bare_euler": bare_euler, "flowsde_euler": fl_euler,
+                                   "solve_no_adapter": fl_hand, "flowsde_euler_cold": fl_euler_cold,
+                                   "bare_em": bare_em, "flowsde_em": fl_em, "solve_no_adapter_em": fl_hand_em},
+                                  args.reps, lambda: None, **_timing(args))
+            # the adapter alone, per call: the PF-ODE drift against the same network call and arithmetic
+            # by hand, each timed over short runs (min of many: robust on a loaded machine)
+            i_mid, x_mid = n // 2, x0
+            t_mid = ts[i_mid]
+            per_call = timed_interleaved({
+                "hand": lambda: [torch.addcmul(Co_l[i_mid] * net(x_mid, labels[i_mid]), A_l[i_mid], x_mid)
+                                 for _ in range(20)],
+                "adapter": lambda: [ode.drift(t_mid, x_mid) for _ in range(20)]}, 20 * args.reps, lambda: None,
+                **_timing(args))
+        # what each loop adds to the network calls alone, per step
+        over = {k: (r[k] - r["net_only"]) / n for k in r}
+        label = f"{name}: {1e6 * r['net_only'] / n:.0f} us/call (w{width} d{depth})"
+        for k, ref in (("net_only", None), ("bare_euler", None), ("flowsde_euler", "bare_euler"),
+                       ("solve_no_adapter", "bare_euler"), ("flowsde_euler_cold", "bare_euler"), ("bare_em", None),
+                       ("flowsde_em", "bare_em"), ("solve_no_adapter_em", "bare_em")):
+            ratio = "" if ref is None else f"{r[k] / r[ref]:.3f}"
+            print(f"{label:<34}{k:<22}{1e3 * r[k]:>11.3f}{1e6 * r[k] / n:>11.1f}{1e6 * over[k]:>11.1f}{ratio:>8}")
+            label = ""
+        print(f"{'':<34}{'one drift call: adapter':<34}{1e6 * per_call['adapter'] / 20:>10.1f} us, by hand "
+              f"{1e6 * per_call['hand'] / 20:.1f} us: the adapter adds "
+              f"{1e6 * (per_call['adapter'] - per_call['hand']) / 20:.1f} us per network call")
+
+
+
+def breakdown_part(args):
+    """Where the solver's per-step time goes: the bare Euler loop on the ~150 us MLP with one piece
+    of ``flowsde.solve``'s per-step work added at a time (float64 step size, per-sample finiteness
+    sums), then ``flowsde.solve`` itself on the same drift."""
+    if args.device != "cpu":
+        return
+    f64, B, D, n = torch.float64, args.batch, args.dim, args.steps
+    torch.manual_seed(0)
+    net = TimeMLP(D, ADAPTER_NETS[0][1], ADAPTER_NETS[0][2]).eval()
+    x0 = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
+    A, C, lab = torch.tensor(0.1), torch.tensor(0.2), torch.full((B,), 0.5)
+    ts = flowsde.grids.uniform(1.0, 1e-3, n).to(f64)
+    dts32 = [(ts[i + 1] - ts[i]).float() for i in range(n)]
+
+    def drift(t, x):
+        return torch.addcmul(C * net(x, lab), A, x)
+
+    def bare():
+        x = x0
+        for i in range(n):
+            x = x + dts32[i] * drift(None, x)
+        return x
+
+    def bare_h64():
+        x = x0
+        for i in range(n):
+            x = x + (ts[i + 1] - ts[i]) * drift(None, x)
+        return x
+
+    def bare_h64_sums():
+        x, sums = x0, []
+        for i in range(n):
+            d = drift(None, x)
+            sums.append(d.reshape(B, -1).sum(1, dtype=f64))
+            x = x + (ts[i + 1] - ts[i]) * d
+        bool(torch.isfinite(torch.stack(sums)).all())
+        return x
+
+    ode = flowsde.ODE(drift, time_dtype=f64)
+
+    def solve():
+        return flowsde.solve(ode, x0, ts, method="euler").x
+
+    with torch.no_grad():
+        r = timed_interleaved({"bare Euler loop (float32 steps)": bare, "+ float64 step h = t1 - t0": bare_h64,
+                               "+ per-sample finiteness sums": bare_h64_sums, "flowsde.solve, same drift": solve},
+                              args.reps, lambda: None, **_timing(args))
+    print(f"\n== solver breakdown: Euler, {n} steps, MLP w{ADAPTER_NETS[0][1]} d{ADAPTER_NETS[0][2]}, batch {B}; "
+          f"times: {_timing_words(args)}")
+    base = None
+    for k, v in r.items():
+        base = v if base is None else base
+        print(f"{k:<40}{1e6 * v / n:>10.1f} us/step{1e6 * (v - base) / n:>+10.1f}")
 
 
 if __name__ == "__main__":

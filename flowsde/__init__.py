@@ -41,8 +41,21 @@ __all__ = [
     "SolveError",
 ]
 
-# Adaptive RK45 and exact log-likelihoods (issue 4)
+# Adaptive RK45 and exact log-likelihoods (docs/likelihood.md)
 from ._likelihood import LikelihoodResult, bits_per_dim, dequantize, log_likelihood  # noqa: E402
 from ._solvers.rk45 import RK45  # noqa: E402
+from ._solvers.torchdiffeq_engine import TorchDiffEq  # noqa: E402
+from ._solvers.torchdiffeq_engine import methods as _torchdiffeq_methods  # noqa: E402
 
-__all__ += ["RK45", "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize"]
+METHODS.update(_torchdiffeq_methods())  # "torchdiffeq:dopri5", ... (torchdiffeq's adaptive solvers)
+
+__all__ += ["TorchDiffEq", "RK45", "log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize"]
+
+# Semi-linear problems and their samplers (docs/samplers.md)
+from ._semilinear import SemiLinear, SemiLinearODE, SemiLinearSDE  # noqa: E402
+from ._solvers import (  # noqa: E402
+    DDIM, DPM2, EDM, LMS, DPMpp2M, DPMpp2MSDE, DPMpp2SAncestral, DPMpp3MSDE, EulerAncestral, SemiLinearSolver, UniPC,
+)
+
+__all__ += ["SemiLinear", "SemiLinearODE", "SemiLinearSDE", "SemiLinearSolver", "DDIM", "EulerAncestral", "DPM2",
+            "DPMpp2M", "DPMpp2SAncestral", "DPMpp2MSDE", "DPMpp3MSDE", "LMS", "UniPC", "EDM"]

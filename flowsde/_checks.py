@@ -4,8 +4,10 @@ Shapes, dtypes and devices are host-side metadata and are checked on every
 call at no cost. Finiteness needs the values: instead of a host sync per
 call, each function output is reduced on the device to one float64 sum per
 sample (NaN and Inf propagate through a sum; a float32 output cannot overflow
-a float64 sum) and the sums are inspected once, at the end of the solve.
-They give each sample's status (``Status.NON_FINITE`` where any of its
+a float64 sum); every 256 outputs the pending sums are folded, still on the
+device, into one ``(B,)`` tensor holding each sample's first non-finite
+output (so memory stays ``O(B)``), which is inspected once, at the end of the
+solve. It gives each sample's status (``Status.NON_FINITE`` where any of its
 outputs, or its final state, is not finite) and, with ``throw=True``, an
 error naming the first failing function, step, time and samples.
 """
@@ -19,6 +21,9 @@ import torch
 
 from ._errors import InputError, SolveError
 from ._solution import Status
+
+#: pending per-output sums are folded into one (B,) tensor every this many outputs
+_FOLD_EVERY = 256
 
 
 #: state dtypes the solvers refuse: a state accumulated over many steps in them loses the
@@ -108,7 +113,8 @@ def check_ts(ts, x0: torch.Tensor, name: str = "ts", *, direction: Optional[str]
             f"increases from {a!r} to {b!r}; solve it on a decreasing grid, e.g. flowsde.grids.uniform({b!r}, "
             f"{a!r}, n)."
         )
-    return ts.detach().to(device=x0.device, dtype=torch.float64)
+    # a contiguous copy the solve owns (CheckedProblem.time looks grid times up by address)
+    return ts.detach().to(device=x0.device, dtype=torch.float64, copy=True).contiguous()
 
 
 class CheckedProblem:
@@ -126,21 +132,37 @@ class CheckedProblem:
         self.is_sde = problem.is_sde
         self.has_score = getattr(problem, "has_score", False)
         self.shape = tuple(x0.shape)
+        self._size = x0.shape  # torch.Size: compared without building a tuple per call
         self.dtype = x0.dtype
         self.device = x0.device
         self.ts = ts
         self.throw = bool(throw)
         tdt = getattr(problem, "time_dtype", None)
         self.time_dtype = torch.float64 if tdt == torch.float64 else x0.dtype
+        # The grid cast once: a grid time ts[k] (a view, as the fixed-step loop passes) is looked
+        # up by address instead of cast at every call.
+        self._ts_cast = None if self.time_dtype == torch.float64 else ts.to(self.time_dtype).unbind(0)
+        self._ts_ptr = ts.data_ptr() if ts.is_contiguous() else None
+        self._ts_n = ts.numel()
+        self._ts_item = ts.element_size()
         self.step = 0
         self.nfe = 0
-        self._records: List[Tuple[str, int, torch.Tensor, bool, int]] = []  # name, step, t, is_scalar, index
-        self._sums: list = []  # (B,) float64 per-sample sums of the batched outputs
-        self._scalars: list = []  # one-element outputs, as 0-dim views
+        self._records: List[Tuple[str, int, torch.Tensor]] = []  # name, step, t of every checked output
+        # Outputs not yet folded into _first_bad, in record order from record _folded on: a (B,)
+        # float64 per-sample sum, or a one-element output as a 0-dim view.
+        self._pending: list = []
+        self._folded = 0
+        self._first_bad: Optional[torch.Tensor] = None  # (B,) first non-finite record per sample, -1: none
 
     def time(self, t):
         """``t`` as the user's functions receive it (the state dtype, or float64)."""
-        return t.to(self.time_dtype) if isinstance(t, torch.Tensor) else t
+        if self._ts_cast is None or not isinstance(t, torch.Tensor):
+            return t
+        if t.dim() == 0 and t.dtype == torch.float64 and self._ts_ptr is not None:
+            k, r = divmod(t.data_ptr() - self._ts_ptr, self._ts_item)
+            if r == 0 and 0 <= k < self._ts_n:
+                return self._ts_cast[k]
+        return t.to(self.time_dtype)
 
     def _check(self, name, t, out, allow_broadcast=False):
         if not isinstance(out, torch.Tensor):
@@ -154,20 +176,42 @@ class CheckedProblem:
             raise InputError(
                 f"{name} returned a tensor on {out.device} at step {self.step} but x is on {self.device}."
             )
-        if not allow_broadcast and tuple(out.shape) != self.shape:
+        if not allow_broadcast and out.shape != self._size:
             raise InputError(
                 f"{name} returned shape {tuple(out.shape)} at step {self.step} (t = {_fmt_t(t)}) for x of shape "
                 f"{self.shape}; it must return the shape of x."
             )
-        o = out.detach()
+        o = out.detach() if out.requires_grad else out
+        self._records.append((name, self.step, t))
         # A one-element output (a scalar diffusion) is kept as it is: no kernel launched.
         if o.numel() == 1:
-            self._records.append((name, self.step, t, True, len(self._scalars)))
-            self._scalars.append(o.reshape(()))
+            self._pending.append(o if o.dim() == 0 else o.reshape(()))
         else:
-            self._records.append((name, self.step, t, False, len(self._sums)))
-            self._sums.append(o.reshape(self.shape[0], -1).sum(1, dtype=torch.float64))
+            if o.dim() != 2:
+                o = o.reshape(self.shape[0], -1)
+            self._pending.append(o.sum(1, dtype=torch.float64))
+        if len(self._pending) >= _FOLD_EVERY:
+            self._fold()
         return out
+
+    def _fold(self) -> None:
+        """Fold the pending per-output sums into ``_first_bad`` (device ops only, no sync), so that
+        memory stays ``O(B)`` however long the solve."""
+        if not self._pending:
+            return
+        B = self.shape[0]
+        m = len(self._pending)
+        bad = ~torch.isfinite(torch.stack([v if v.dim() else v.expand(B) for v in self._pending]))  # (m, B)
+        rec = torch.arange(self._folded, self._folded + m, device=bad.device)  # a kernel, not a copy
+        # first failing record per sample in this chunk, -1 where none
+        first = torch.where(bad, rec[:, None], self._folded + m).amin(0)
+        first = torch.where(first == self._folded + m, -1, first)
+        if self._first_bad is None:
+            self._first_bad = first
+        else:  # records of earlier chunks come first
+            self._first_bad = torch.where(self._first_bad >= 0, self._first_bad, first)
+        self._folded += m
+        self._pending.clear()
 
     def drift(self, t, x):
         self.nfe += 1
@@ -192,36 +236,28 @@ class CheckedProblem:
         host; with ``throw`` one sync decides, and a failure raises :class:`SolveError`.
         """
         B = self.shape[0]
-        dev = x.device
-        n = len(self._records)
+        self._fold()
         bad_x = ~torch.isfinite(x.detach()).reshape(B, -1).all(1)
-        if n:
-            bad = torch.zeros(n, B, dtype=torch.bool, device=dev)
-            rows_s = [k for k, r in enumerate(self._records) if not r[3]]
-            rows_c = [k for k, r in enumerate(self._records) if r[3]]
-            if rows_s:
-                bad[torch.tensor(rows_s, device=dev)] = ~torch.isfinite(torch.stack(self._sums))
-            if rows_c:
-                bad[torch.tensor(rows_c, device=dev)] = (~torch.isfinite(torch.stack(self._scalars)))[:, None].expand(
-                    len(rows_c), B)
-            bad_calls = bad.any(0)
-            first = bad.to(torch.uint8).argmax(0)  # first failing call per sample
-            steps = torch.tensor([r[1] for r in self._records], dtype=torch.int64, device=dev)
-            t_fail = ts[steps[first].clamp_max(ts.shape[0] - 1)]
-            t_final = torch.where(bad_calls, t_fail, ts[-1].expand(B))
+        t_end = ts[-1].expand(B)
+        if self._first_bad is not None:
+            first = self._first_bad
+            bad_calls = first >= 0
+            steps = _to_device([r[1] for r in self._records], x.device)
+            t_fail = ts[steps[first.clamp_min(0)].clamp_max(ts.shape[0] - 1)]
+            t_final = torch.where(bad_calls, t_fail, t_end)
             bad_any = bad_calls | bad_x
         else:
-            bad, bad_any, t_final = None, bad_x, ts[-1].expand(B).clone()
+            first, bad_any, t_final = None, bad_x, t_end.clone()
         status = torch.where(bad_any, int(Status.NON_FINITE), int(Status.SUCCESS)).to(torch.int64)
         if self.throw and bool(bad_any.any()):  # the solve's one host sync
-            self._raise(bad, bad_x)
+            self._raise(first, bad_x)
         return status, t_final
 
-    def _raise(self, bad: Optional[torch.Tensor], bad_x: torch.Tensor) -> None:
-        if bad is not None and bool(bad.any()):
-            k = int(bad.any(1).nonzero()[0])
-            name, step, t, _, _ = self._records[k]
-            samples = bad[k].nonzero().flatten().tolist()
+    def _raise(self, first: Optional[torch.Tensor], bad_x: torch.Tensor) -> None:
+        if first is not None and bool((first >= 0).any()):
+            k = int(first[first >= 0].min())  # the earliest non-finite output of the solve
+            name, step, t = self._records[k]
+            samples = (first == k).nonzero().flatten().tolist()
             raise SolveError(
                 f"{name} returned NaN/Inf at step {step} (t = {_fmt_t(t)}) in sample{_plural(samples)} "
                 f"{_list(samples)}. Check the model/function near that time (a singular point such as "
@@ -234,6 +270,14 @@ class CheckedProblem:
             f"the state became non-finite (overflow) in sample{_plural(samples)} {_list(samples)} although every "
             "function output was finite; use float64 or smaller steps (throw=False returns the result with "
             "per-sample status).", step=self.step, samples=samples)
+
+
+def _to_device(values: list, device: torch.device) -> torch.Tensor:
+    """An int64 tensor on ``device`` without a blocking copy (pinned memory, asynchronous)."""
+    t = torch.tensor(values, dtype=torch.int64)
+    if device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _plural(xs) -> str:

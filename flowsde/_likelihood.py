@@ -6,12 +6,17 @@ For ``dx/dt = u(t, x)`` carried from ``t_data`` to ``t_prior``,
 
 (Chen et al. 2018, "Neural ODEs", Thm. 1; Song et al. 2021, score_sde, eq. (39)).
 The augmented state ``(x, L)`` with ``dL/dt = div u`` (``L`` of shape ``(B, k)``,
-one channel per Hutchinson probe, ``k = 1`` for the exact trace) is solved by the
-adaptive :class:`flowsde.RK45`; its error norm controls each channel of ``L``
-separately from the RMS over ``x``, in absolute terms: ``|local error of L| <= atol``
-per step (a log-density error is measured in nats; ``L`` starts at 0 and its size
-says nothing about the accuracy needed, so a relative tolerance would loosen the
-control exactly when the divergence integral is large).
+one channel per Hutchinson probe, ``k = 1`` for the exact trace) is solved by an
+adaptive engine (:class:`flowsde.RK45` by default, or torchdiffeq's solvers through
+:class:`flowsde.TorchDiffEq`). The accuracy is asked for in bits per dimension
+(``bpd_tol``): each log-density channel is held, in absolute terms, to
+``|local error of L| <= bpd_tol * D * ln 2`` nats per step (a log-density error is
+measured in nats; ``L`` starts at 0 and its size says nothing about the accuracy needed,
+so a relative tolerance would loosen the control exactly when the divergence integral is
+large), the state ``x`` to ``atol + rtol |x|`` (RMS over the event; default ``bpd_tol``).
+``L`` is accumulated in float64 whatever the state's dtype, and the sum of its embedded
+error estimates over the accepted steps is reported as ``solver_error``
+(``docs/likelihood.md``).
 
 Divergence:
 
@@ -39,6 +44,8 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 
 from ._checks import check_x0
+from ._solvers.rk45 import check_tolerances
+from .utils import rademacher, rand, randn
 from ._errors import InputError
 from ._solution import Status
 
@@ -46,29 +53,43 @@ TRACES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
 
 
+ERROR_ESTIMATES = ("embedded", "resolve")
+#: ``error_estimate="resolve"`` solves again with every tolerance divided by this factor
+RESOLVE_FACTOR = 30.0
+#: default accuracy of the log-density in bits per dimension (see ``docs/likelihood.md``, "Error control")
+DEFAULT_BPD_TOL = 1e-5
+
+
 @dataclass
 class LikelihoodResult:
     """What :func:`log_likelihood` returns.
 
+    The log-densities are float64 whatever the data's dtype (they are accumulated in float64: at
+    ``|logp| ~ 3000`` float32 resolves only 2e-4 nats).
+
     Attributes:
-        logp: ``(B,)`` log-density of the data at ``t_data`` (mean over probes for Hutchinson).
-        stderr: ``(B,)`` standard error of ``logp`` for Hutchinson (NaN with one probe: no
+        logp: ``(B,)`` log-density (nats) of the data at ``t_data`` (mean over probes for Hutchinson).
+        stderr: ``(B,)`` standard error of ``logp`` from the probes (Hutchinson; NaN with one probe: no
             spread to measure), ``None`` for the exact trace.
+        solver_error: ``(B,)`` estimate of the ODE solver's error on ``logp`` (nats): the sum of the
+            embedded error estimates of the log-density channel over the accepted steps
+            (``docs/likelihood.md`` measures how it tracks the true error).
         nfe: evaluations of the ODE's drift (each with its D or k vector-Jacobian products).
+        dims: ``D``, the number of data dimensions (for the per-dimension figures).
         prior_logp: ``(B,)`` ``log p_{t_prior}(z)``.
         delta_logp: ``(B,)`` ``int div u dt`` (mean over probes).
         z: ``(B, *event)`` the state reached at ``t_prior``.
-        status, t_final: per-sample :class:`flowsde.Status` and time reached.
-        n_steps, n_accepted, n_rejected: solver counts (max over samples per-sample mode).
+        status, t_final: per-sample :class:`flowsde.Status` and time reached (float64).
+        n_steps, n_accepted, n_rejected: solver counts (max over samples in per-sample mode).
         logp_probes: ``(B, k)`` one estimate per probe (Hutchinson) or ``None``.
-        bpd, logp_corrected, stderr_corrected, bpd_corrected, residual: filled by the
-            adapters' ``Diffusion.log_likelihood`` (see ``docs/likelihood.md``).
-        stats: extras (mode, rtol, atol, trace, probes, time variable, ...).
+        stats: extras (engine, mode, tolerances, trace, probes, ...).
     """
 
     logp: torch.Tensor
     stderr: Optional[torch.Tensor]
+    solver_error: torch.Tensor
     nfe: int
+    dims: int
     prior_logp: torch.Tensor
     delta_logp: torch.Tensor
     z: torch.Tensor
@@ -78,12 +99,12 @@ class LikelihoodResult:
     n_accepted: int = 0
     n_rejected: int = 0
     logp_probes: Optional[torch.Tensor] = None
-    bpd: Optional[torch.Tensor] = None
-    logp_corrected: Optional[torch.Tensor] = None
-    stderr_corrected: Optional[torch.Tensor] = None
-    bpd_corrected: Optional[torch.Tensor] = None
-    residual: Optional[torch.Tensor] = None
     stats: dict = field(default_factory=dict)
+
+    @property
+    def solver_error_bpd(self) -> torch.Tensor:
+        """``solver_error`` in bits per dimension: ``solver_error / (D ln 2)``."""
+        return self.solver_error / (self.dims * math.log(2))
 
     @property
     def success(self) -> bool:
@@ -91,217 +112,32 @@ class LikelihoodResult:
 
     def __repr__(self) -> str:
         ok = int((self.status == Status.SUCCESS).sum())
-        return (f"LikelihoodResult(B={self.logp.shape[0]}, mean logp={float(self.logp.mean()):.6g}, "
-                f"nfe={self.nfe}, trace={self.stats.get('trace')!r}, success={ok}/{self.status.numel()})")
+        return (f"{type(self).__name__}(B={self.logp.shape[0]}, mean logp={float(self.logp.mean()):.6g}, "
+                f"solver_error<={float(self.solver_error.max()):.2g} nats, nfe={self.nfe}, "
+                f"trace={self.stats.get('trace')!r}, success={ok}/{self.status.numel()})")
 
 
 def _check_data(x, name="x") -> None:
-    check_x0(x, name)  # tensor, floating, batch-first, finite (the solver's own checks)
+    check_x0(x, name)  # tensor, floating (not half precision), batch-first, finite, real device: the solver's checks
     if x.dim() < 2:
         raise InputError(f"{name}: expected a batch-first tensor (B, *event_shape) with an event dimension, got "
                          f"shape {tuple(x.shape)}; add one, e.g. x[:, None].")
 
 
-def _check_tols(rtol, atol) -> None:
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not v > 0:
-            raise InputError(f"log_likelihood: {name} must be a finite number > 0, got {v!r}.")
+def _check_tol(name, v) -> float:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not v > 0:
+        raise InputError(f"log_likelihood: {name} must be a finite number > 0, got {v!r}.")
+    return float(v)
 
 
-def draw_probes(shape: Tuple[int, ...], k: int, noise: str, generator, dtype, device) -> torch.Tensor:
+def draw_probes(shape: Tuple[int, ...], k: int, probe: str, generator, dtype, device) -> torch.Tensor:
     """Hutchinson probes ``(k, B, *event)`` with ``E[z z^T] = I``, drawn once.
 
     ``generator``: ``None`` (global RNG), a ``torch.Generator``, or a list of ``B``
     generators (one per sample: a sample's probes then do not depend on its batch).
     """
-    B, event = shape[0], tuple(shape[1:])
-
-    def draw(size, g):
-        if noise == "gaussian":
-            return torch.randn(size, generator=g, dtype=dtype, device=device)
-        return torch.randint(0, 2, size, generator=g, device=device).to(dtype) * 2 - 1
-
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != B:
-            raise InputError(f"generator: a list of {len(generator)} generators for a batch of {B}; pass one "
-                             "per sample (flowsde.per_sample_generators(seeds)).")
-        return torch.stack([draw((k,) + event, g) for g in generator], dim=1)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputError(f"generator: expected None, a torch.Generator or a list of them, got "
-                         f"{type(generator).__name__}.")
-    return draw((k, B) + event, generator)
-
-
-def _batched_vjp(out: torch.Tensor, x: torch.Tensor, cot: torch.Tensor) -> torch.Tensor:
-    """``(J^T c_j)`` for each cotangent ``c_j`` in ``cot`` (``(n, B, *event)``), keeping no graph."""
-    if cot.shape[0] == 1:
-        (g,) = torch.autograd.grad(out, x, cot[0])
-        return g.unsqueeze(0)
-    try:
-        with warnings.catch_warnings():
-            # vmap may warn that an op falls back to a slow loop; the result is still exact
-            warnings.simplefilter("ignore", UserWarning)
-            (g,) = torch.autograd.grad(out, x, cot, is_grads_batched=True, retain_graph=True)
-        return g
-    except RuntimeError:  # an op without a vmap rule: one VJP at a time
-        gs = [torch.autograd.grad(out, x, c, retain_graph=True)[0] for c in cot]
-        return torch.stack(gs)
-
-
-def exact_trace_bytes(shape, dtype) -> int:
-    """Memory of the batched VJPs of the exact trace: ``B * D * D * itemsize`` bytes."""
-    B, D = shape[0], math.prod(shape[1:])
-    return B * D * D * torch.empty((), dtype=dtype).element_size()
-
-
-def log_likelihood(
-    ode,
-    x: torch.Tensor,
-    t_span: Sequence[float],
-    prior_logp: Callable[[torch.Tensor], torch.Tensor],
-    *,
-    trace: str = "exact",
-    probes: int = 1,
-    noise: str = "rademacher",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    generator=None,
-    per_sample: Optional[bool] = None,
-    max_steps: int = 10_000,
-    throw: bool = True,
-    progress: bool = False,
-    exact_max_bytes: int = 2**30,
-) -> LikelihoodResult:
-    """``log p_{t_data}(x)`` by solving the ODE with the instantaneous change of variables.
-
-    Arguments:
-        ode: a :class:`flowsde.ODE` (its ``drift(t, x)`` is ``u``); for a diffusion, its PF-ODE.
-        x: data ``(B, *event_shape)`` at ``t_data`` (not modified, not differentiated through).
-        t_span: ``(t_data, t_prior)``, either order.
-        prior_logp: ``prior_logp(z) -> (B,)`` the log-density at ``t_prior`` (summed over the event).
-        trace: ``"exact"`` or ``"hutchinson"``.
-        probes: number of Hutchinson probes ``k``, integrated in one solve.
-        noise: ``"rademacher"`` or ``"gaussian"`` probes.
-        rtol, atol: tolerances of the RK45 solve (> 0): ``atol + rtol |x|`` on ``x`` (RMS over
-            the event), ``atol`` (absolute, nats) on each log-density channel.
-        generator: for the probes: ``None``, a ``torch.Generator`` or a list of per-sample ones.
-        per_sample: RK45 error-control mode (default: :data:`flowsde._solvers.rk45.DEFAULT_PER_SAMPLE`).
-        max_steps: per-sample step budget.
-        throw: raise :class:`flowsde.SolveError` on a failed sample (default) instead of
-            returning its status.
-        progress: tqdm progress bar (off by default).
-        exact_max_bytes: refuse ``trace="exact"`` above this memory (see module docstring).
-
-    Returns:
-        :class:`LikelihoodResult`.
-
-    Raises:
-        InputError: bad data (shape, dtype, NaN), tolerances <= 0, unknown options, exact trace
-            too large, a drift or prior of the wrong shape/dtype.
-        SolveError: NaN/Inf from the drift mid-solve (names the time and step) or ``max_steps``
-            exhausted (names the time and step size), when ``throw=True``.
-    """
-    from ._problem import ODE
-    from ._solvers.rk45 import RK45
-
-    if not isinstance(ode, ODE) or ode.is_sde:
-        raise InputError(f"log_likelihood: expected a flowsde.ODE (the probability-flow ODE), got "
-                         f"{type(ode).__name__}; for a diffusion use Diffusion.pf_ode() or Diffusion.log_likelihood.")
-    _check_data(x)
-    try:
-        t_data, t_prior = (float(v) for v in t_span)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"t_span: expected two numbers (t_data, t_prior), got {t_span!r}.") from e
-    if not (math.isfinite(t_data) and math.isfinite(t_prior)) or t_data == t_prior:
-        raise InputError(f"t_span: expected two distinct finite times, got {(t_data, t_prior)}.")
-    if not callable(prior_logp):
-        raise InputError(f"prior_logp: expected a callable z -> (B,) log-density, got {type(prior_logp).__name__}.")
-    if trace not in TRACES:
-        raise InputError(f"trace={trace!r}: choose one of {TRACES}.")
-    if noise not in PROBES:
-        raise InputError(f"noise={noise!r}: choose one of {PROBES}.")
-    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
-        raise InputError(f"probes must be a positive int, got {probes!r}.")
-    if trace == "exact" and probes != 1:
-        raise InputError(f"probes={probes} applies to trace='hutchinson'; the exact trace has no probes.")
-    _check_tols(rtol, atol)
-    solver = RK45(rtol, atol, per_sample=per_sample, max_steps=max_steps)
-
-    B, event, dtype, device = x.shape[0], tuple(x.shape[1:]), x.dtype, x.device
-    D = math.prod(event)
-    if trace == "exact":
-        need = exact_trace_bytes(x.shape, dtype)
-        if need > exact_max_bytes:
-            raise InputError(
-                f"trace='exact' for B={B}, D={D} needs B*D*D*itemsize = {need / 2**20:.0f} MiB of batched "
-                f"vector-Jacobian products (> exact_max_bytes = {exact_max_bytes / 2**20:.0f} MiB). Use "
-                "trace='hutchinson' (with probes=k for a standard error), a smaller batch, or raise "
-                "exact_max_bytes if the memory is there.")
-        eye = torch.eye(D, dtype=dtype, device=device)
-        cot = eye.reshape((D, 1) + event).expand((D, B) + event)
-        k = 1
-    else:
-        cot = draw_probes(tuple(x.shape), probes, noise, generator, dtype, device)
-        k = probes
-
-    first = [True]
-
-    def func(t, y):
-        xs = y[0].detach()
-        tt = t.to(dtype)
-        with torch.enable_grad():
-            xg = xs.requires_grad_(True)
-            if first[0]:
-                first[0] = False
-                try:
-                    u = ode.drift(tt, xg)
-                except (RuntimeError, ValueError, TypeError, IndexError) as e:
-                    raise InputError(f"the ODE's drift failed on the data x of shape {tuple(x.shape)} {dtype} at "
-                                     f"t = {t_data:g}: {e}. Is the data shaped and typed as the model "
-                                     "expects?") from e
-                if not isinstance(u, torch.Tensor) or tuple(u.shape) != tuple(x.shape) or u.dtype != dtype:
-                    got = (f"{tuple(u.shape)} {u.dtype}" if isinstance(u, torch.Tensor) else type(u).__name__)
-                    raise InputError(f"the ODE's drift returned {got} for x of shape {tuple(x.shape)} {dtype}; "
-                                     "it must return the shape and dtype of x (is the data shaped for the model?).")
-            else:
-                u = ode.drift(tt, xg)
-            if not u.requires_grad:  # a drift that does not depend on x (divergence 0)
-                return u.detach(), torch.zeros(B, k, dtype=dtype, device=device)
-            g = _batched_vjp(u, xg, cot)
-        if trace == "exact":
-            div = torch.diagonal(g.reshape(D, B, D), dim1=0, dim2=2).sum(-1).unsqueeze(1)  # (B, 1)
-        else:
-            div = (g * cot).reshape(k, B, D).sum(-1).transpose(0, 1)  # (B, k)
-        return u.detach(), div.detach()
-
-    ts = torch.tensor([t_data, t_prior], dtype=torch.float64, device=device)
-    y0 = (x.detach(), torch.zeros(B, k, dtype=dtype, device=device))
-    out = solver.integrate(func, y0, ts, norms=("rms", "abs"), progress=progress, desc="flowsde log-likelihood")
-    if throw:
-        solver.raise_on_failure(out, what="log_likelihood (rk45)")
-    z, L = out["y"]
-    with torch.no_grad():
-        lp = prior_logp(z)
-    if not isinstance(lp, torch.Tensor) or tuple(lp.shape) != (B,):
-        got = tuple(lp.shape) if isinstance(lp, torch.Tensor) else type(lp).__name__
-        raise InputError(f"prior_logp returned {got}; it must return a (B,) = ({B},) tensor summed over the event.")
-    lp = lp.to(dtype)
-    per_probe = lp.unsqueeze(1) + L  # (B, k)
-    logp = per_probe.mean(1)
-    if trace == "exact":
-        stderr = None
-    elif k == 1:
-        stderr = torch.full((B,), float("nan"), dtype=dtype, device=device)
-    else:
-        stderr = per_probe.std(1, unbiased=True) / math.sqrt(k)
-    return LikelihoodResult(
-        logp=logp, stderr=stderr, nfe=out["calls"], prior_logp=lp, delta_logp=L.mean(1), z=z,
-        status=out["status"], t_final=out["t_final"].to(dtype), n_steps=out["n_iter"],
-        n_accepted=int(out["n_acc"].max()), n_rejected=int(out["n_rej"].max()),
-        logp_probes=None if trace == "exact" else per_probe,
-        stats=dict(trace=trace, probes=k, noise=noise if trace == "hutchinson" else None, rtol=rtol, atol=atol,
-                   mode=solver.mode, t_span=(t_data, t_prior), vjps_per_eval=D if trace == "exact" else k),
-    )
+    draw = rademacher if probe == "rademacher" else randn
+    return draw((shape[0], k) + tuple(shape[1:]), generator, dtype, device).transpose(0, 1).contiguous()
 
 
 def quantization_levels(levels, bits, *, default_bits: Optional[int] = 8, where: str = "") -> Optional[int]:
@@ -419,12 +255,247 @@ def dequantize(x: torch.Tensor, *, levels: Optional[int] = None, bits: Optional[
         raise InputError(f"dequantize: x is not on the grid of {L} levels lo + k (hi - lo) / {L - 1} with "
                          f"(lo, hi) = {(lo, hi)} (off by up to {off:.3g} bins; not {L}-level data). Pass levels/bits/"
                          "data_range matching the data, or dequantize=False for already-continuous data.")
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != x.shape[0]:
-            raise InputError(f"dequantize: {len(generator)} generators for a batch of {x.shape[0]}; pass one per "
-                             "sample.")
-        U = torch.stack([torch.rand(tuple(x.shape[1:]), generator=g, dtype=x.dtype, device=x.device)
-                         for g in generator])
-    else:
-        U = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    U = rand(x.shape, generator, x.dtype, x.device)
     return lo + (k + U - 0.5) * delta
+def _batched_vjp(out: torch.Tensor, x: torch.Tensor, cot: torch.Tensor) -> torch.Tensor:
+    """``(J^T c_j)`` for each cotangent ``c_j`` in ``cot`` (``(n, B, *event)``), keeping no graph."""
+    if cot.shape[0] == 1:
+        (g,) = torch.autograd.grad(out, x, cot[0])
+        return g.unsqueeze(0)
+    try:
+        with warnings.catch_warnings():
+            # vmap may warn that an op falls back to a slow loop; the result is still exact
+            warnings.simplefilter("ignore", UserWarning)
+            (g,) = torch.autograd.grad(out, x, cot, is_grads_batched=True, retain_graph=True)
+        return g
+    except RuntimeError:  # an op without a vmap rule: one VJP at a time
+        gs = [torch.autograd.grad(out, x, c, retain_graph=True)[0] for c in cot]
+        return torch.stack(gs)
+
+
+def exact_trace_bytes(shape, dtype) -> int:
+    """Memory of the batched VJPs of the exact trace: ``B * D * D * itemsize`` bytes."""
+    B, D = shape[0], math.prod(shape[1:])
+    return B * D * D * torch.empty((), dtype=dtype).element_size()
+
+
+def log_likelihood(
+    ode,
+    x: torch.Tensor,
+    t_span: Sequence[float],
+    prior_logp: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    trace: str = "exact",
+    probes: int = 1,
+    probe: str = "rademacher",
+    bpd_tol: float = DEFAULT_BPD_TOL,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    method="rk45",
+    generator=None,
+    per_sample: Optional[bool] = None,
+    max_steps: int = 10_000,
+    throw: bool = True,
+    progress: bool = False,
+    exact_max_bytes: int = 2**30,
+    error_estimate: str = "embedded",
+) -> LikelihoodResult:
+    """``log p_{t_data}(x)`` by solving the ODE with the instantaneous change of variables.
+
+    Arguments:
+        ode: a :class:`flowsde.ODE` (its ``drift(t, x)`` is ``u``); for a diffusion, its PF-ODE.
+        x: data ``(B, *event_shape)`` at ``t_data``, float32 or float64 (not modified, not
+            differentiated through).
+        t_span: ``(t_data, t_prior)``, either order.
+        prior_logp: ``prior_logp(z) -> (B,)`` the log-density at ``t_prior`` (summed over the event).
+        trace: ``"exact"`` or ``"hutchinson"``.
+        probes: number of Hutchinson probes ``k``, integrated in one solve.
+        probe: the probe distribution, ``"rademacher"`` or ``"gaussian"``.
+        bpd_tol: accuracy of the log-density in **bits per dimension**: each log-density channel is
+            held to the absolute local error ``bpd_tol * D * ln 2`` nats per step (``D`` the number of
+            data dimensions); see ``docs/likelihood.md``, "Error control".
+        rtol, atol: tolerances of the state ``x``: ``atol + rtol |x|``, RMS over the event (default:
+            ``bpd_tol`` each, raised to ``10 eps`` of the dtype if below; measured in ``docs/likelihood.md``:
+            the state's error reaches the log-density through the prior and the path).
+        method: the engine: ``"rk45"`` (flowsde's Dormand-Prince, default), a :class:`flowsde.RK45`
+            (its ``per_sample``/``max_steps``/controller options; its rtol/atol are replaced by the
+            arguments here), or ``"torchdiffeq:<name>"`` / :class:`flowsde.TorchDiffEq` (torchdiffeq's
+            ``dopri5``, ``dopri8``, ``bosh3``, ``adaptive_heun``, ... with the same tolerances).
+        generator: for the probes: ``None``, a ``torch.Generator`` or a list of per-sample ones.
+        per_sample: RK45 error-control mode (default: :data:`flowsde._solvers.rk45.DEFAULT_PER_SAMPLE`).
+        max_steps: per-sample step budget.
+        throw: ``True``: raise :class:`flowsde.SolveError` on a failed sample (as :func:`flowsde.solve`);
+            ``False``: never raise for a numerical failure, mark it in ``status``.
+        progress: tqdm progress bar (off by default).
+        exact_max_bytes: refuse ``trace="exact"`` above this memory (see module docstring).
+        error_estimate: how ``solver_error`` is estimated: ``"embedded"`` (default, free: the sum of the
+            log-density channel's embedded error estimates over the accepted steps) or ``"resolve"``
+            (a second solve of the same probes with every tolerance divided by
+            :data:`RESOLVE_FACTOR`; ``solver_error = |logp - logp_tight|``, ``logp`` stays the first
+            solve's; it also covers the state's error; ``nfe`` counts both solves).
+
+    Returns:
+        :class:`LikelihoodResult`, with ``solver_error`` the solver's error estimate (nats; in bits/dim
+        as ``solver_error_bpd``) beside ``stderr``.
+
+    Raises:
+        InputError: bad data (shape, dtype, half precision, NaN), tolerances <= 0 or below what the
+            dtype can meet, unknown options, exact trace too large, a drift or prior of the wrong
+            shape/dtype.
+        SolveError: NaN/Inf from the drift mid-solve (names the time and step) or ``max_steps``
+            exhausted (names the time and step size), when ``throw=True``.
+    """
+    from ._problem import ODE
+
+    if not isinstance(ode, ODE) or ode.is_sde:
+        raise InputError(f"log_likelihood: expected a flowsde.ODE (the probability-flow ODE), got "
+                         f"{type(ode).__name__}; for a diffusion use Diffusion.pf_ode() or Diffusion.log_likelihood.")
+    _check_data(x)
+    try:
+        t_data, t_prior = (float(v) for v in t_span)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"t_span: expected two numbers (t_data, t_prior), got {t_span!r}.") from e
+    if not (math.isfinite(t_data) and math.isfinite(t_prior)) or t_data == t_prior:
+        raise InputError(f"t_span: expected two distinct finite times, got {(t_data, t_prior)}.")
+    if not callable(prior_logp):
+        raise InputError(f"prior_logp: expected a callable z -> (B,) log-density, got {type(prior_logp).__name__}.")
+    if trace not in TRACES:
+        raise InputError(f"trace={trace!r}: choose one of {TRACES}.")
+    if probe not in PROBES:
+        raise InputError(f"probe={probe!r}: choose one of {PROBES}.")
+    if not isinstance(probes, int) or isinstance(probes, bool) or probes < 1:
+        raise InputError(f"probes must be a positive int, got {probes!r}.")
+    if error_estimate not in ERROR_ESTIMATES:
+        raise InputError(f"error_estimate={error_estimate!r}: choose one of {ERROR_ESTIMATES}.")
+    if trace == "exact" and probes != 1:
+        raise InputError(f"probes={probes} applies to trace='hutchinson'; the exact trace has no probes.")
+    B, event, dtype, device = x.shape[0], tuple(x.shape[1:]), x.dtype, x.device
+    D = math.prod(event)
+    bpd_tol = _check_tol("bpd_tol", bpd_tol)
+    floor = 10 * torch.finfo(dtype).eps
+    rtol = max(bpd_tol, floor) if rtol is None else _check_tol("rtol", rtol)
+    atol = max(bpd_tol, floor) if atol is None else _check_tol("atol", atol)
+    check_tolerances(rtol, atol, dtype, where="log_likelihood")
+    tol_L = bpd_tol * D * math.log(2)  # nats per sample, per step
+    engine = _engine(method, rtol, atol, per_sample, max_steps)
+
+    if trace == "exact":
+        need = exact_trace_bytes(x.shape, dtype)
+        if need > exact_max_bytes:
+            raise InputError(
+                f"trace='exact' for B={B}, D={D} needs B*D*D*itemsize = {need / 2**20:.0f} MiB of batched "
+                f"vector-Jacobian products (> exact_max_bytes = {exact_max_bytes / 2**20:.0f} MiB). Use "
+                "trace='hutchinson' (with probes=k for a standard error), a smaller batch, or raise "
+                "exact_max_bytes if the memory is there.")
+        eye = torch.eye(D, dtype=dtype, device=device)
+        cot = eye.reshape((D, 1) + event).expand((D, B) + event)
+        k = 1
+    else:
+        cot = draw_probes(tuple(x.shape), probes, probe, generator, dtype, device)
+        k = probes
+
+    time_dtype = getattr(ode, "time_dtype", None) or dtype
+    first = [True]
+
+    def func(t, y):
+        xs = y[0].detach()
+        tt = t.to(time_dtype)  # time is float64 in the solver; cast once here
+        with torch.enable_grad():
+            xg = xs.requires_grad_(True)
+            if first[0]:
+                first[0] = False
+                try:
+                    u = ode.drift(tt, xg)
+                except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                    raise InputError(f"the ODE's drift failed on the data x of shape {tuple(x.shape)} {dtype} at "
+                                     f"t = {t_data!r}: {e}. Is the data shaped and typed as the model "
+                                     "expects?") from e
+                if not isinstance(u, torch.Tensor) or tuple(u.shape) != tuple(x.shape) or u.dtype != dtype:
+                    got = (f"{tuple(u.shape)} {u.dtype}" if isinstance(u, torch.Tensor) else type(u).__name__)
+                    raise InputError(f"the ODE's drift returned {got} for x of shape {tuple(x.shape)} {dtype}; "
+                                     "it must return the shape and dtype of x (is the data shaped for the model?).")
+            else:
+                u = ode.drift(tt, xg)
+            if not u.requires_grad:  # a drift that does not depend on x (divergence 0)
+                return u.detach(), torch.zeros(B, k, dtype=torch.float64, device=device)
+            g = _batched_vjp(u, xg, cot)
+        if trace == "exact":
+            div = torch.diagonal(g.reshape(D, B, D), dim1=0, dim2=2).sum(-1).unsqueeze(1)  # (B, 1)
+        else:
+            div = (g * cot).reshape(k, B, D).sum(-1).transpose(0, 1)  # (B, k)
+        # the log-density is accumulated in float64: at |logp| ~ 3000 float32 resolves only 2e-4 nats
+        return u.detach(), div.detach().to(torch.float64)
+
+    ts = torch.tensor([t_data, t_prior], dtype=torch.float64, device=device)
+    y0 = (x.detach(), torch.zeros(B, k, dtype=torch.float64, device=device))
+    def run(eng, tols, what):
+        out = eng.integrate(func, y0, ts, norms=("rms", "abs"), tols=tols, progress=progress, desc=what)
+        if throw:
+            eng.raise_on_failure(out, what=f"log_likelihood ({eng.name})")
+        z, L = out["y"]
+        with torch.no_grad():
+            lp = prior_logp(z)
+        if not isinstance(lp, torch.Tensor) or tuple(lp.shape) != (B,):
+            got = tuple(lp.shape) if isinstance(lp, torch.Tensor) else type(lp).__name__
+            raise InputError(f"prior_logp returned {got}; it must return a (B,) = ({B},) tensor summed over the "
+                             "event.")
+        return out, z, L, lp
+
+    out, z, L, lp = run(engine, ((rtol, atol), (0.0, tol_L)), "flowsde log-likelihood")
+    calls = out["calls"]
+    status = out["status"]
+    per_probe = lp.to(torch.float64).unsqueeze(1) + L  # (B, k), float64
+    logp = per_probe.mean(1)
+    f64 = dict(dtype=torch.float64, device=device)
+    if trace == "exact":
+        stderr = None
+    elif k == 1:
+        stderr = torch.full((B,), float("nan"), **f64)
+    else:
+        stderr = per_probe.std(1, unbiased=True) / math.sqrt(k)
+    if error_estimate == "resolve":  # the same probes, every tolerance divided by RESOLVE_FACTOR
+        q = RESOLVE_FACTOR
+        tight = _engine(method, max(rtol / q, floor), max(atol / q, floor), per_sample, max_steps)
+        out2, _, L2, lp2 = run(tight, ((tight.rtol, tight.atol), (0.0, tol_L / q)), "flowsde log-likelihood (resolve)")
+        solver_error = (logp - (lp2.to(torch.float64).unsqueeze(1) + L2).mean(1)).abs()
+        calls += out2["calls"]
+        status = torch.maximum(status, out2["status"])
+    else:
+        err_L = out["err_sum"][1]
+        solver_error = err_L.mean(1).abs() if err_L is not None else torch.full((B,), float("nan"), **f64)
+    return LikelihoodResult(
+        logp=logp, stderr=stderr, solver_error=solver_error, nfe=calls, dims=D,
+        prior_logp=lp.to(torch.float64), delta_logp=L.mean(1), z=z, status=status,
+        t_final=out["t_final"], n_steps=out["n_iter"],
+        n_accepted=int(out["n_acc"].max()), n_rejected=int(out["n_rej"].max()),
+        logp_probes=None if trace == "exact" else per_probe,
+        stats=dict(engine=engine.name, trace=trace, probes=k, probe=probe if trace == "hutchinson" else None,
+                   bpd_tol=bpd_tol, logp_atol_per_step=tol_L, rtol=rtol, atol=atol, mode=engine.mode,
+                   error_estimate=error_estimate,
+                   t_span=(t_data, t_prior), vjps_per_eval=D if trace == "exact" else k),
+    )
+
+
+def _engine(method, rtol, atol, per_sample, max_steps):
+    """The ODE engine of the likelihood with the tolerances given here."""
+    from ._solvers.rk45 import RK45
+
+    if isinstance(method, str) and method in ("rk45", "dopri5"):
+        return RK45(rtol, atol, per_sample=per_sample, max_steps=max_steps)
+    if isinstance(method, RK45):
+        if per_sample is not None and bool(per_sample) != method.per_sample:
+            raise InputError(f"log_likelihood: per_sample={per_sample} contradicts method={method!r}.")
+        return RK45(rtol, atol, per_sample=method.per_sample, max_steps=method.max_steps,
+                    first_step=method.first_step, safety=method.safety, ifactor=method.ifactor,
+                    dfactor=method.dfactor)
+    from ._solvers.torchdiffeq_engine import TorchDiffEq, parse_method
+
+    if isinstance(method, TorchDiffEq) or (isinstance(method, str) and method.startswith("torchdiffeq")):
+        base = parse_method(method) if isinstance(method, str) else method
+        if per_sample:
+            raise InputError("log_likelihood: torchdiffeq takes one step for the batch; per_sample=True needs "
+                             "method='rk45'.")
+        return base.with_options(rtol=rtol, atol=atol, max_steps=max_steps)
+    raise InputError(f"log_likelihood: method={method!r} is not an ODE engine for the likelihood; choose 'rk45', "
+                     "a flowsde.RK45(...), 'torchdiffeq:<name>' (e.g. 'torchdiffeq:dopri5') or a "
+                     "flowsde.TorchDiffEq(...).")

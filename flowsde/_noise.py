@@ -97,15 +97,16 @@ class BrownianPath:
 
 
 class NoiseSource:
-    """The noise a solver draws from (built by :func:`make_noise` from ``solve``'s
+    """The noise a solver draws from (built by :func:`make_noise_source` from ``solve``'s
     ``generator``): ``randn_like(x)`` standard normals shaped like ``x`` and
     ``dW(t0, t1, sqrt_abs_dt, x)`` the Brownian increment over ``[t0, t1]``."""
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError(f"{type(self).__name__} must implement randn_like(x).")
 
-    def dW(self, t0: torch.Tensor, t1: torch.Tensor, sqrt_abs_dt: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return sqrt_abs_dt * self.randn_like(x)
+    def dW(self, t0: torch.Tensor, t1: torch.Tensor, sqrt_abs_dt, x: torch.Tensor) -> torch.Tensor:
+        """``W(t1) - W(t0)`` shaped like ``x``; ``sqrt_abs_dt = sqrt(|t1 - t0|)`` (a float or tensor)."""
+        return self.randn_like(x).mul_(sqrt_abs_dt)
 
 
 class _GeneratorNoise(NoiseSource):
@@ -133,7 +134,7 @@ class _PathNoise(NoiseSource):
         return self.path.increment(t0, t1).to(dtype=x.dtype, device=x.device)
 
 
-def make_noise(generator, x: torch.Tensor) -> NoiseSource:
+def make_noise_source(generator, x: torch.Tensor) -> NoiseSource:
     """Turn ``solve``'s ``generator`` argument into a noise source (validated)."""
     if generator is None:
         return _GeneratorNoise(None)
@@ -167,3 +168,7 @@ def make_noise(generator, x: torch.Tensor) -> NoiseSource:
         f"generator: expected None, a torch.Generator, a list of them (one per sample) or a BrownianPath; "
         f"got {type(generator).__name__}."
     )
+
+
+#: the former name, still imported by ``flowsde.adapters``' EDM sampler
+make_noise = make_noise_source

@@ -154,7 +154,7 @@ def broadcast_diffusion(g: torch.Tensor, x: torch.Tensor, noise_type: str) -> to
     noise: the shape of ``x`` (a 0-dim or per-sample value is accepted and
     broadcast, since a scalar is a special diagonal).
     """
-    if isinstance(g, torch.Tensor) and tuple(g.shape) == tuple(x.shape):
+    if isinstance(g, torch.Tensor) and (g.dim() == 0 or g.shape == x.shape):
         return g
     if not isinstance(g, (torch.Tensor, int, float)) or isinstance(g, bool):
         raise InputError(f"diffusion returned {type(g).__name__}; it must return a torch.Tensor.")

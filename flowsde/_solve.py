@@ -10,10 +10,10 @@ import torch
 
 from ._checks import CheckedProblem, check_ts, check_x0
 from ._errors import InputError
-from ._noise import make_noise
+from ._noise import make_noise_source
 from ._problem import ODE
 from ._solution import Solution
-from ._solvers import PC, RK45, Euler, EulerMaruyama, Heun, Solver, TorchSDE
+from ._solvers import PC, RK45, SAMPLERS, Euler, EulerMaruyama, Heun, Solver, TorchSDE
 
 #: ``method=`` names and the solver class (or factory) each one builds.
 METHODS = {
@@ -28,6 +28,7 @@ METHODS = {
     "rk45": RK45,
     "dopri5": RK45,
 }
+METHODS.update(SAMPLERS)  # ddim, euler_ancestral, dpm_2, dpmpp_*, lms, unipc, edm (docs/samplers.md)
 
 
 def _option_names(factory) -> list:
@@ -57,6 +58,8 @@ def get_solver(method: Union[str, Solver], **options) -> Solver:
             "(e.g. flowsde.PC(snr=0.1), flowsde.Heun(final_euler=True))."
         )
     factory = METHODS[method]
+    if not options:
+        return factory()
     valid = _option_names(factory)
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -128,15 +131,15 @@ def solve(
     check_x0(x0)
     ts = check_ts(ts, x0, direction=getattr(problem, "direction", None))
     solver.check_problem(problem)
-    noise = make_noise(generator, x0)
+    noise_source = make_noise_source(generator, x0)
     checked = CheckedProblem(problem, x0, ts, throw=throw)
     with torch.set_grad_enabled(bool(grad)):
         if solver.adaptive:
-            return solver.solve(checked, x0, ts, noise=noise, save_all=save_all, progress=progress)
-        return _fixed_step_loop(solver, checked, x0, ts, noise, save_all, progress)
+            return solver.solve(checked, x0, ts, noise=noise_source, save_all=save_all, progress=progress)
+        return _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress)
 
 
-def _fixed_step_loop(solver, checked, x0, ts, noise, save_all, progress):
+def _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress):
     n = ts.shape[0] - 1
     x = x0
     xs = [x0] if save_all else None
@@ -148,11 +151,22 @@ def _fixed_step_loop(solver, checked, x0, ts, noise, save_all, progress):
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc=f"flowsde {solver.name}", leave=False)
+    # Once per solve, not per step: the grid's 0-dim views, and its steps differenced in float64
+    # and rounded once to the state's dtype (with sqrt|h| for an SDE's increments).
+    tv = ts.unbind(0)
+    h = (ts[1:] - ts[:-1]).to(x0.dtype)
+    hs = h.unbind(0)
+    sqrt_hs = h.abs().sqrt().unbind(0) if checked.is_sde else None
+    ts_host = ts.tolist()  # the grid as floats, for solvers that branch on time on the host
     for i in steps:
         checked.step = i
         state["i"] = i
         state["ts"] = ts
-        x = solver.step(checked, ts[i], ts[i + 1], x, noise, i == n - 1, state)
+        state["ts_host"] = ts_host
+        state["h"] = hs[i]
+        if sqrt_hs is not None:
+            state["sqrt_h"] = sqrt_hs[i]
+        x = solver.step(checked, tv[i], tv[i + 1], x, noise_source, i == n - 1, state)
         if save_all:
             xs.append(x)
     if tuple(x.shape) != tuple(x0.shape):

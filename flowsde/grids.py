@@ -12,6 +12,7 @@ import math
 import torch
 
 from ._errors import InputError
+from .utils import check_positive
 
 __all__ = ["uniform", "edm", "log_uniform", "append_zero"]
 
@@ -19,12 +20,6 @@ __all__ = ["uniform", "edm", "log_uniform", "append_zero"]
 def _check_n(n, name):
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise InputError(f"{name}: n must be a positive int (number of steps), got {n!r}.")
-
-
-def _check_positive(name, **vals):
-    for k, v in vals.items():
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise InputError(f"{name}: {k} must be a finite number > 0, got {v!r}.")
 
 
 def append_zero(grid: torch.Tensor) -> torch.Tensor:
@@ -50,7 +45,8 @@ def edm(sigma_min: float = 0.002, sigma_max: float = 80.0, n: int = 18, rho: flo
     ``n = 18`` with ``final_zero`` gives EDM's CIFAR-10 grid (NFE = 35 with Heun).
     """
     _check_n(n, "grids.edm")
-    _check_positive("grids.edm", sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
+    for k, v in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("rho", rho)):
+        check_positive(k, v, where="grids.edm")
     if sigma_min >= sigma_max:
         raise InputError(f"grids.edm: need sigma_min < sigma_max, got {sigma_min} >= {sigma_max}.")
     if n == 1:
@@ -69,7 +65,8 @@ def log_uniform(start: float, stop: float, n: int, *, final_zero: bool = False, 
     """``n`` steps equally spaced in ``log t`` from ``start`` to ``stop`` (both > 0),
     optionally followed by a final ``0``."""
     _check_n(n, "grids.log_uniform")
-    _check_positive("grids.log_uniform", start=start, stop=stop)
+    for k, v in (("start", start), ("stop", stop)):
+        check_positive(k, v, where="grids.log_uniform")
     if start == stop:
         raise InputError(f"grids.log_uniform: start and stop are both {start}; they must differ.")
     g = torch.exp(torch.linspace(math.log(start), math.log(stop), n + 1, dtype=torch.float64))

@@ -27,6 +27,8 @@ Generators = Union[None, torch.Generator, Sequence[torch.Generator]]
 
 
 def _draw(fn: Callable, shape, generator: Generators, dtype, device, what: str) -> torch.Tensor:
+    if generator is None or isinstance(generator, torch.Generator):
+        return fn(shape, generator)
     shape = tuple(int(s) for s in shape)
     if isinstance(generator, (list, tuple)):
         if len(shape) < 1 or len(generator) != shape[0]:
@@ -39,12 +41,10 @@ def _draw(fn: Callable, shape, generator: Generators, dtype, device, what: str) 
             if not isinstance(g, torch.Generator):
                 raise InputError(f"{what}: generator[{i}] is {type(g).__name__}, expected torch.Generator.")
         return torch.stack([fn(shape[1:], g) for g in generator])
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise InputError(
-            f"{what}: generator must be None, a torch.Generator or a list of them (one per sample), got "
-            f"{type(generator).__name__}."
-        )
-    return fn(shape, generator)
+    raise InputError(
+        f"{what}: generator must be None, a torch.Generator or a list of them (one per sample), got "
+        f"{type(generator).__name__}."
+    )
 
 
 def randn(shape, generator: Generators = None, dtype: Optional[torch.dtype] = None, device=None) -> torch.Tensor:

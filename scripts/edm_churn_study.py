@@ -14,10 +14,11 @@ network, float64, ``n`` particles started from the EXACT marginal at
 (sigma_min = 0.002, rho = 7, final step to 0). Samplers:
 
 * ``edm``: Algorithm 2 with S_churn in {0, 2, 10, 40} (S_churn = 0 is
-  Algorithm 1, the deterministic Heun sampler); NFE = 2N - 1. gamma is
+  Algorithm 1, the deterministic Heun sampler) through ``flowsde.adapters.edm_sampler``,
+  i.e. the core's ``flowsde.EDM`` solver; NFE = 2N - 1. gamma is
   clipped at sqrt(2) - 1, so S_churn >= 0.414 N all behave alike.
 * ``edm/sub8``: the same churn, but each ODE move t^ -> t_{i+1} split into 8
-  Heun steps (a diagnostic: it separates the churn from the ODE error).
+  Heun steps of ``flowsde.solve`` (a diagnostic: it separates the churn from the ODE error).
 * ``em``: Euler-Maruyama on the reverse-time family member with beta = 1
   (Anderson's reverse SDE) on the same grid; NFE = N (and at 2N steps, for
   equal NFE).
@@ -46,99 +47,51 @@ import time
 import torch
 
 import flowsde
+from flowsde.adapters import Diffusion, edm_ode, edm_sampler
 from flowsde.validation import GaussianMixture, check_marginals
 
 F64 = torch.float64
 
 
-class _EDMSchedule:
-    """alpha = 1, sigma = t (fallback when flowsde.adapters.schedules is absent)."""
-
-    t_min, t_max = 0.002, 80.0
-
-    def alpha(self, t):
-        return torch.ones_like(t)
-
-    def sigma(self, t):
-        return t
-
-    def d_alpha(self, t):
-        return torch.zeros_like(t)
-
-    def d_sigma(self, t):
-        return torch.ones_like(t)
-
-
 def _schedule():
-    try:
-        from flowsde.adapters.schedules import EDM
+    from flowsde.adapters.schedules import EDM
 
-        return EDM(sigma_min=0.002, sigma_max=80.0)
-    except ImportError:
-        return _EDMSchedule()
-
-
-def _edm_sampler_local(denoise, x, sigmas, S_churn, gen, substeps=1):
-    """Algorithm 2 of Karras et al. 2022, as NVlabs/edm generate.py ``edm_sampler`` (x is already
-    x_0 at sigmas[0]; sigmas ends in 0; S_min = 0, S_max = inf, S_noise = 1). ``substeps > 1``
-    splits each ODE step t_hat -> t_next into that many Heun steps (a diagnostic, not EDM's)."""
-    N = len(sigmas) - 1
-    nfe = 0
-    for i in range(N):
-        t_cur, t_next = float(sigmas[i]), float(sigmas[i + 1])
-        gamma = min(S_churn / N, math.sqrt(2) - 1)
-        t_hat = t_cur * (1 + gamma)
-        if gamma > 0:
-            x = x + math.sqrt(t_hat ** 2 - t_cur ** 2) * torch.randn(x.shape, generator=gen, dtype=x.dtype)
-        knots = torch.linspace(t_hat, t_next, substeps + 1, dtype=F64).tolist()
-        for a, b in zip(knots[:-1], knots[1:]):
-            d = (x - denoise(x, a)) / a
-            x_next = x + (b - a) * d
-            nfe += 1
-            if b > 0:
-                d2 = (x_next - denoise(x_next, b)) / b
-                x_next = x + (b - a) * (0.5 * d + 0.5 * d2)
-                nfe += 1
-            x = x_next
-    return x, nfe
-
-
-_EDM_IMPL = ["?"]
-try:
-    from flowsde.adapters import Diffusion as _Diffusion  # noqa: F401
-
-    _HAVE_DIFFUSION = True
-except ImportError:
-    _HAVE_DIFFUSION = False
+    return EDM(sigma_min=0.002, sigma_max=80.0)
 
 
 def _edm(denoise, x_T, sigmas, S_churn, seed):
-    gen = torch.Generator().manual_seed(seed)
-    try:
-        from flowsde.adapters import edm_sampler  # engineer D's implementation, when present
-    except ImportError:
-        edm_sampler = None
-    if edm_sampler is None:
-        _EDM_IMPL[0] = "local Algorithm 2 (scripts/edm_churn_study.py)"
-        return _edm_sampler_local(denoise, x_T, sigmas, S_churn, gen)[0]
-    _EDM_IMPL[0] = "flowsde.adapters.edm_sampler"
+    """Algorithm 2 through flowsde.adapters.edm_sampler (the core's flowsde.EDM solver)."""
     model = lambda x, s: denoise(x, s)  # noqa: E731 - k-diffusion style model(x, sigma)
-    sol = edm_sampler(model, x_T / float(sigmas[0]), sigmas=sigmas, S_churn=S_churn, generator=gen)
+    sol = edm_sampler(model, x_T / float(sigmas[0]), sigmas=sigmas, S_churn=S_churn,
+                      generator=torch.Generator().manual_seed(seed))
     return sol.x
 
 
-def _family_sde(gm, sched, beta):
-    """Reverse-time family member for alpha = 1, sigma = t: f = 0, g^2 = 2t;
-    drift -(1 + beta)/2 g^2 score, diffusion sqrt(beta) g (solved with decreasing t)."""
-    try:
-        from flowsde.adapters import Diffusion
+def _edm_substeps(denoise, x, sigmas, S_churn, seed, substeps):
+    """A diagnostic, not EDM's algorithm: EDM's churn at every level (the forward noising kernel
+    x + sqrt(t^^2 - t_i^2) z, which maps p_{t_i} onto p_{t^} exactly), then the ODE move t^ -> t_{i+1}
+    split into ``substeps`` Heun steps of flowsde.solve (Euler into t = 0). Separates the churn from
+    the ODE step's error."""
+    gen = torch.Generator().manual_seed(seed)
+    ode = edm_ode(lambda x, s: denoise(x, s))
+    sig = [float(v) for v in sigmas]
+    N = len(sig) - 1
+    gamma = min(S_churn / N, math.sqrt(2) - 1)
+    nfe = 0
+    for i in range(N):
+        t_hat = sig[i] * (1 + gamma)
+        if gamma > 0:
+            x = x + math.sqrt(t_hat ** 2 - sig[i] ** 2) * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        knots = torch.linspace(t_hat, sig[i + 1], substeps + 1, dtype=F64)
+        sol = flowsde.solve(ode, x, knots, method=flowsde.Heun(final_euler=sig[i + 1] == 0))
+        x, nfe = sol.x, nfe + sol.nfe
+    return x, nfe
 
-        return Diffusion(gm.oracle(sched, "x0"), sched, prediction="x0").reverse_sde(beta)
-    except ImportError:
-        score = lambda t, x: gm.oracle(sched, "score")(x, t)  # noqa: E731
-        return flowsde.SDE(lambda t, x: -(1 + beta) * t * score(t, x),
-                           lambda t, x: torch.sqrt(2 * beta * t).expand(x.shape[0]) if t.dim() == 0 else
-                           torch.sqrt(2 * beta * t), score=score)
+
+def _family_sde(gm, sched, beta):
+    """Reverse-time family member for alpha = 1, sigma = t (drift -(1 + beta)/2 g^2 score, diffusion
+    sqrt(beta) g, g^2 = 2t), solved with decreasing t."""
+    return Diffusion(gm.oracle(sched, "x0"), sched, prediction="x0").reverse_sde(beta)
 
 
 def mixture():
@@ -187,8 +140,7 @@ def main(argv=None):
             rows.append(("em", M, "beta=1", sol.nfe) + distances(sol.x, gm))
         if args.substeps > 1 and N <= 16:  # same churn, (nearly) exact ODE moves: isolates the ODE discretisation error
             for c in args.churn:
-                x, nfe = _edm_sampler_local(denoise, x_T.clone(), sigmas, c, torch.Generator().manual_seed(args.seed + 1),
-                                            substeps=args.substeps)
+                x, nfe = _edm_substeps(denoise, x_T.clone(), sigmas, c, args.seed + 1, args.substeps)
                 rows.append((f"edm/sub{args.substeps}", N, f"{c:g}", nfe) + distances(x, gm))
         for rule in ("per_sample", "score_sde"):
             sol = flowsde.solve(sde, x_T, sigmas, method=flowsde.PC(snr=0.16, n_corrector=1, step_rule=rule),
@@ -196,7 +148,7 @@ def main(argv=None):
             rows.append((f"pc/{rule}", N, "beta=1", sol.nfe) + distances(sol.x, gm))
     print(f"n = {args.n} particles, 2-D mixture of 3, EDM schedule, exact denoiser, start at the exact "
           f"marginal at sigma = 80, grid rho = 7 ending at 0.")
-    print(f"EDM sampler: {_EDM_IMPL[0]}; EM/PC: {'flowsde.adapters.Diffusion' if _HAVE_DIFFUSION else 'local'} "
+    print("EDM sampler: flowsde.adapters.edm_sampler (flowsde.EDM); EM/PC: flowsde.adapters.Diffusion "
           "reverse_sde(beta=1).")
     print(f"{'sampler':13s} {'steps':>5s} {'S_churn':>8s} {'NFE':>4s} {'max KS':>8s} {'|mean err|':>10s} "
           f"{'rel cov err':>11s} {'Holm p':>8s}")

@@ -1,7 +1,8 @@
 """flowsde.validation: analytic references, Fokker–Planck residuals, marginal tests,
 convergence orders and hypothesis strategies, for flowsde's tests and its users'."""
 
-from ._compare import Comparison, ComparisonRow, compare_solvers
+from ._compare import Comparison, ComparisonRow, compare_solvers, default_methods, default_mixture, known_methods, \
+    sliced_w2, steps_for_budget
 from ._fokker_planck import (
     FokkerPlanckTerms,
     assert_fokker_planck,
@@ -12,7 +13,6 @@ from ._fokker_planck import (
 )
 from ._orders import OrderResult, convergence_order
 from ._marginals import MarginalTestResult, assert_marginals, check_marginals, required_samples
-from . import strategies
 from .references import DiracMixture, GaussianMixture, OU
 
 __all__ = [
@@ -32,8 +32,25 @@ __all__ = [
     "convergence_order",
     "OrderResult",
     "strategies",
-    # the solver-comparison harness (validation/_compare.py, owned by the lead)
+    # the solver-comparison harness (validation/_compare.py)
     "compare_solvers",
     "Comparison",
     "ComparisonRow",
+    "default_methods",
+    "default_mixture",
+    "known_methods",
+    "sliced_w2",
+    "steps_for_budget",
 ]
+from ._nll import DatasetNLLError, NLLResult, NLLRow, dataset_nll  # data-set NLL (docs/nll.md)
+__all__ += ["dataset_nll", "NLLResult", "NLLRow", "DatasetNLLError"]
+
+
+def __getattr__(name):
+    # hypothesis is a test-only dependency: ``flowsde.validation.strategies`` is imported on first use,
+    # so the command line and users' code run without it.
+    if name == "strategies":
+        import importlib
+
+        return importlib.import_module(".strategies", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

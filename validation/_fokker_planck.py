@@ -84,9 +84,12 @@ def reverse_time_sde(problem: ODE, T: float) -> ODE:
         return -problem.drift(T - s, y)
 
     score = (lambda s, y: problem.score(T - s, y)) if problem.has_score else None
+    # s = T - t runs the other way: a reverse-time problem becomes a forward-time one in s
+    direction = {"forward": "reverse", "reverse": "forward"}.get(getattr(problem, "direction", None))
+    kw = dict(score=score, direction=direction, time_dtype=getattr(problem, "time_dtype", None))
     if not problem.is_sde:
-        return ODE(drift, score=score)
-    return SDE(drift, lambda s, y: problem.diffusion(T - s, y), noise_type=problem.noise_type, score=score)
+        return ODE(drift, **kw)
+    return SDE(drift, lambda s, y: problem.diffusion(T - s, y), noise_type=problem.noise_type, **kw)
 
 
 def reverse_time_log_prob(log_prob: Callable, T: float) -> Callable:

@@ -10,4 +10,4 @@ class Euler(Solver):
     order = 1
 
     def step(self, problem, t0, t1, x, noise, last, state):
-        return x + (t1 - t0) * problem.drift(t0, x)
+        return x + self.step_size(t0, t1, state) * problem.drift(t0, x)

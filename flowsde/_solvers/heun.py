@@ -29,13 +29,18 @@ class Heun(Solver):
         n = 2 * int(n_steps)
         return n - 1 if self.final_euler and n_steps > 0 else n
 
+    def init_state(self, problem, x0, ts) -> dict:
+        # h / 2 for every step, once per solve (in the state's dtype, as the loop's h)
+        return {"half_h": ((ts[1:] - ts[:-1]).to(x0.dtype) * 0.5).unbind(0)}
+
     def step(self, problem, t0, t1, x, noise, last, state):
-        h = t1 - t0
+        h = self.step_size(t0, t1, state)
         d = problem.drift(t0, x)
         x_pred = x + h * d
         if last and self.final_euler:
             return x_pred
-        return x + (0.5 * h) * (d + problem.drift(t1, x_pred))
+        half = state["half_h"][state["i"]] if "half_h" in state else 0.5 * h
+        return x + half * (d + problem.drift(t1, x_pred))
 
     def __repr__(self) -> str:
         return f"Heun(final_euler={self.final_euler})"

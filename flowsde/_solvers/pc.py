@@ -14,17 +14,22 @@ for VP/sub-VP, where ``beta_i`` is the discrete DDPM beta of a 1000-step grid
 VP; we default to ``a = 1`` (the signal-to-noise rule alone sets the step) and
 accept a number or a function ``a(t)``.
 
-Norms: ``step_rule="per_sample"`` gives each sample its own step size, computed
-at the first corrector step of each grid time and held for the ``n_corrector``
-steps, so samples do not influence each other and the result does not depend
-on the batch; it is the default (``"auto"``) from 64 event dimensions on,
-where score norms concentrate. ``step_rule="score_sde"`` (the ``"auto"`` choice
-in lower dimension) uses score_sde's batch means of
-per-sample L2 norms at every step, for parity with published numbers. See
-:func:`langevin` for why a per-sample step is not recomputed at every step.
+Norms: ``step_rule="per_sample"`` (the default) gives each sample its own step
+size, computed at the first corrector step of each grid time and held for the
+``n_corrector`` steps, so samples do not influence each other and a sample's
+result does not depend on the batch it is in (docs/design.md, "Randomness and
+batch independence"). The batch rules are opt-in: ``step_rule="score_sde"``
+uses score_sde's batch means of per-sample L2 norms at every step, for parity
+with published numbers, and ``"auto"`` picks ``"per_sample"`` from 64 event
+dimensions on and ``"score_sde"`` below; with either, a sample depends on the
+others in its batch. See :func:`langevin` for why a per-sample step is not
+recomputed at every step, and for its weakness in low dimension.
 
-Strong order 0.5 / weak order 1 refer to the predictor alone; the corrector
-is an MCMC step, not a discretization of the SDE.
+Orders: none. The corrector is an MCMC step whose size is set by the
+signal-to-noise ratio, not by the grid, so PC does not converge to the SDE's
+solution as the grid is refined (its predictor alone, Euler–Maruyama, has
+strong order 0.5 and weak order 1); ``order``, ``strong_order`` and
+``weak_order`` are ``None``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Callable, Union
 import torch
 
 from .._errors import InputError
+from ..utils import check_positive
 from .base import Solver
 from .euler_maruyama import EulerMaruyama
 
@@ -75,46 +81,47 @@ def langevin_step_size(s, z, *, snr: float, a=1.0, step_rule: str = "per_sample"
     return eps
 
 
-def langevin(score_fn, t, x, noise=None, *, n_steps: int = 1, snr: float = 0.16, a: Union[float, Callable] = 1.0,
-             step_rule: str = "auto"):
+def langevin(score_fn, t, x, generator=None, *, n_steps: int = 1, snr: float = 0.16,
+             a: Union[float, Callable] = 1.0, step_rule: str = "per_sample"):
     """``n_steps`` Langevin MCMC steps at time ``t`` (the corrector of :class:`PC`); returns ``x``.
 
         x <- x + eps s(t, x) + sqrt(2 eps) z,      z ~ N(0, I)
 
     Step size (see :func:`langevin_step_size`):
 
-    * ``"per_sample"``: each sample's ``eps`` is computed once, at the first
-      step, and held for the ``n_steps``. Within the run every sample is an
-      unadjusted Langevin chain with a constant step, which targets
-      ``p_t`` (up to the O(eps) bias of any unadjusted chain). It relies on
-      ``||s||`` concentrating (high dimension, d of a few tens and up): in low
-      dimension a sample that starts near a mode gets a huge step and the
-      chain can diverge — use ``"score_sde"`` there. Recomputing a
-      per-sample step from the current state at every step would not: a step
-      ``eps(x)`` that depends on the state makes the chain a discretization of
-      ``dx = eps(x) s dt + sqrt(2 eps(x)) dW``, whose stationary law is
-      ``p(x) / eps(x)``, not ``p`` — for a standard Gaussian in ``d = 4`` we
-      measured a variance 2.4 times the target's (docs/solvers.md).
-    * ``"auto"`` (default): ``"per_sample"`` when ``prod(event_shape) >= 64``,
-      else ``"score_sde"`` (in 2-D, per-sample steps left ~1 % of particles with a
-      step over 5 times the marginal variance and the covariance error at 0.3-0.8).
-    * ``"score_sde"``: recomputed at every step from batch means of the norms,
-      exactly as score_sde's ``LangevinCorrector`` (the batch mean makes the
-      step nearly state-independent, but couples the samples of a batch).
+    * ``"per_sample"`` (default): each sample's ``eps`` is computed once, at the
+      first step, and held for the ``n_steps``. Within the run every sample is an
+      unadjusted Langevin chain with a constant step, which targets ``p_t`` (up to
+      the O(eps) bias of any unadjusted chain), and no sample depends on another.
+      It relies on ``||s||`` concentrating (high dimension, d of a few tens and
+      up): in low dimension a sample that starts near a mode gets a huge step and
+      the chain can diverge (in 2-D about 1 % of particles got a step over 5 times
+      the marginal variance) — opt into ``"score_sde"`` there if batch coupling is
+      acceptable. Recomputing a per-sample step from the current state at every
+      step would not help: a step ``eps(x)`` that depends on the state makes the
+      chain a discretization of ``dx = eps(x) s dt + sqrt(2 eps(x)) dW``, whose
+      stationary law is ``p(x) / eps(x)``, not ``p`` — for a standard Gaussian in
+      ``d = 4`` we measured a variance 2.4 times the target's (docs/solvers.md).
+    * ``"score_sde"`` (opt-in, couples the batch): recomputed at every step from
+      batch means of the norms, exactly as score_sde's ``LangevinCorrector`` (the
+      batch mean makes the step nearly state-independent, but a sample's result
+      depends on the other samples of its batch).
+    * ``"auto"`` (opt-in): ``"per_sample"`` when ``prod(event_shape) >= 64``, else
+      ``"score_sde"`` (so below 64 dimensions it couples the batch).
 
     Arguments:
         score_fn: ``s(t, x)``, shape of ``x``.
         t: 0-dim tensor.
         x: ``(B, *event_shape)``.
-        noise: ``None``, a ``torch.Generator``, per-sample generators or a flowsde noise source.
+        generator: where ``z`` comes from: ``None``, a ``torch.Generator``, per-sample generators
+            (as :func:`flowsde.solve`'s ``generator``) or a solver's noise source.
         n_steps, snr, a, step_rule: see :class:`PC`.
     """
-    from .._noise import NoiseSource, make_noise
+    from .._noise import make_noise_source
 
     if step_rule not in STEP_RULES:
         raise InputError(f"langevin(step_rule={step_rule!r}): must be one of {STEP_RULES}.")
-    if not isinstance(noise, NoiseSource):
-        noise = make_noise(noise, x)
+    noise = make_noise_source(generator, x)
     step_rule = resolve_step_rule(step_rule, x)
     a_t = a(t) if callable(a) else a
     eps = None
@@ -134,22 +141,22 @@ class PC(Solver):
         snr: signal-to-noise ratio of the corrector (score_sde default 0.16).
         n_corrector: corrector steps per grid time (score_sde default 1).
         a: the step factor ``a`` (number or ``a(t)``), see the module docstring.
-        step_rule: ``"auto"`` (default: ``"per_sample"`` from 64 event dimensions on,
-            ``"score_sde"`` below), ``"per_sample"`` or ``"score_sde"``.
+        step_rule: ``"per_sample"`` (default: each sample independent of its batch),
+            ``"score_sde"`` (score_sde's batch-mean rule, couples the batch) or ``"auto"``
+            (``"per_sample"`` from 64 event dimensions on, ``"score_sde"`` below).
     """
 
     name = "pc"
-    order = 1
-    strong_order = 0.5
-    weak_order = 1.0
+    order = None
+    strong_order = None
+    weak_order = None
     noise_types = ("scalar", "diagonal")
     requires_score = True
 
     def __init__(self, snr: float = 0.16, n_corrector: int = 1, a: Union[float, Callable] = 1.0,
-                 step_rule: str = "auto"):
-        if not (isinstance(snr, (int, float)) and snr > 0):
-            raise InputError(f"PC(snr={snr!r}): snr must be a number > 0.")
-        if not (isinstance(n_corrector, int) and n_corrector >= 0):
+                 step_rule: str = "per_sample"):
+        snr = check_positive("snr", snr, where="PC")
+        if not (isinstance(n_corrector, int) and not isinstance(n_corrector, bool) and n_corrector >= 0):
             raise InputError(f"PC(n_corrector={n_corrector!r}): must be an int >= 0.")
         if step_rule not in STEP_RULES:
             raise InputError(f"PC(step_rule={step_rule!r}): must be one of {STEP_RULES}.")

@@ -28,9 +28,12 @@ Two error-control modes:
 * ``per_sample=True`` (torchode): every sample has its own time and step size;
   the network is evaluated on the whole batch at per-sample times ``t`` of shape
   ``(B,)``; finished or failed samples take zero-length steps.
-* ``per_sample=False`` (torchdiffeq): one step size for the batch, accepted when
-  the *largest* per-sample ratio is ``<= 1`` (torchdiffeq takes the RMS over the
-  whole batch, which lets one sample's error hide behind the others').
+* ``per_sample=False`` (torchdiffeq; the default): one step size for the batch, accepted
+  when the *largest* per-sample ratio is ``<= 1`` (torchdiffeq takes the RMS over the
+  whole batch, which lets one sample's error hide behind the others'). The function gets
+  a 0-dim ``t``, as torchdiffeq's ``f(t, y)``.
+
+Every stage time and the initial-step probe lie inside the integration span.
 
 Outputs at the requested ``ts`` are hit exactly: the step is clipped to land on the
 next output time (no interpolation error; costs a few steps when many outputs are
@@ -96,10 +99,10 @@ def _lincomb(y: State, h: torch.Tensor, coeffs: Sequence[float], ks: Sequence[St
     return tuple(out)
 
 
-def _ratio(err: State, y0: State, y1: State, rtol: float, atol: float, norms: Sequence[str]) -> torch.Tensor:
-    """Per-sample error ratio ``max_c norm_c(err / (atol + rtol max(|y0|, |y1|)))``, float64 ``(B,)``."""
+def _ratio(err: State, y0: State, y1: State, tols: Sequence[Tuple[float, float]], norms: Sequence[str]) -> torch.Tensor:
+    """Per-sample error ratio ``max_c norm_c(err / (atol_c + rtol_c max(|y0|, |y1|)))``, float64 ``(B,)``."""
     r = None
-    for e, a, b, kind in zip(err, y0, y1, norms):
+    for e, a, b, kind, (rtol, atol) in zip(err, y0, y1, norms, tols):
         if kind == "abs":  # absolute control: |err| <= atol (for quantities measured in absolute units)
             q = (e / atol).reshape(e.shape[0], -1)
         else:
@@ -135,6 +138,7 @@ def dopri5(
     per_sample: bool,
     max_steps: int,
     norms: Optional[Sequence[str]] = None,
+    tols: Optional[Sequence[Tuple[float, float]]] = None,
     save_all: bool = False,
     first_step: Optional[float] = None,
     safety: float = 0.9,
@@ -147,21 +151,26 @@ def dopri5(
     """Integrate ``dy/dt = func(t, y)`` for a tuple state of batch-first tensors.
 
     Arguments:
-        func: ``func(t, y) -> dy/dt`` with ``t`` a float64 ``(B,)`` tensor (per-sample times)
-            and ``y`` a tuple of tensors ``(B, ...)``; returns a tuple of the same shapes.
+        func: ``func(t, y) -> dy/dt`` with ``t`` a float64 tensor, 0-dim in batch mode (one time for the
+            batch, as torchdiffeq's ``f(t, y)``) and ``(B,)`` in per-sample mode, and ``y`` a tuple of
+            tensors ``(B, ...)``; returns a tuple of the same shapes.
         y0: the initial tuple state (never modified).
         ts: 1-D strictly monotone float64 output times; ``ts[0]`` is the start.
         norms: per component ``"rms"`` (default), ``"max"`` (max norm, mixed tolerance) or ``"abs"``
             (max norm, absolute tolerance ``atol`` only) error norm.
+        tols: per component ``(rtol, atol)`` (default ``(rtol, atol)`` for every component).
 
     Returns:
         a dict with ``y`` (final tuple), ``ys`` (list over components of ``(len(ts), B, ...)``
         or ``None``), ``status``, ``t_final``, ``h`` (last step size), ``n_acc``, ``n_rej``
-        (per-sample int64), ``n_iter`` (loop iterations), ``calls`` (calls of ``func``).
+        (per-sample int64), ``n_iter`` (loop iterations), ``calls`` (calls of ``func``), ``err_sum``
+        (per component: for ``"abs"`` components the sum over accepted steps of the embedded error
+        estimate ``err``, shape of the component, float64; ``None`` for the others).
     """
     B = y0[0].shape[0]
     dev = y0[0].device
     norms = tuple(norms) if norms is not None else ("rms",) * len(y0)
+    tols = tuple(tols) if tols is not None else ((rtol, atol),) * len(y0)
     ts = ts.to(device=dev, dtype=torch.float64)
     n_out = ts.shape[0]
     t_start = float(ts[0])
@@ -174,12 +183,18 @@ def dopri5(
     def f(t, y):
         nonlocal calls
         calls += 1
+        if not per_sample:
+            # one time for the batch: the running samples' (a failed sample, frozen behind them, takes
+            # zero-length steps whose stage values are discarded)
+            t = (direction * t).amax() * direction
         return func(t, y)
 
     t = torch.full((B,), t_start, **f64)
     y = y0
     k1 = f(t, y)
-    scale0 = tuple(torch.full_like(v, atol) if kind == "abs" else atol + rtol * v.abs() for v, kind in zip(y, norms))
+    scale0 = tuple(torch.full_like(v, at) if kind == "abs" else at + rt * v.abs()
+                   for v, kind, (rt, at) in zip(y, norms, tols))
+    t_min_span, t_max_span = min(t_start, t_end), max(t_start, t_end)
 
     # Initial step: Hairer, Nørsett & Wanner, Solving ODEs I, II.4 (torchdiffeq _select_initial_step).
     if first_step is not None:
@@ -189,8 +204,11 @@ def dopri5(
         d1 = _scaled_norm(k1, scale0, norms)
         h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
         h0 = torch.nan_to_num(h0, nan=1e-6, posinf=1e-6).clamp(max=span)
+        if not per_sample:
+            h0 = h0.amin().expand(B)
         y_probe = _lincomb(y, direction * h0, (1.0,), (k1,))
-        k_probe = f(t + direction * h0, y_probe)
+        # the probe stays inside the span: t_start + direction h0 can round past t_end when h0 = span
+        k_probe = f(torch.clamp(t + direction * h0, t_min_span, t_max_span), y_probe)
         d2 = _scaled_norm(tuple(a - b for a, b in zip(k_probe, k1)), scale0, norms) / h0
         dmax = torch.maximum(d1, d2)
         h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / dmax.clamp_min(1e-300)) ** 0.2)
@@ -224,6 +242,7 @@ def dopri5(
         bar = tqdm(total=span, desc=desc, leave=False,
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| |t - t0| = {n:.4g}/{total:.4g} [{elapsed}<{remaining}]")
         done_so_far = 0.0
+    err_sum = [torch.zeros(v.shape, **f64) if kind == "abs" else None for v, kind in zip(y, norms)]
     n_iter = 0
     while True:
         target = ts[out_idx]
@@ -239,7 +258,7 @@ def dopri5(
             ks.append(f(torch.clamp(t + _C[i] * sh, t_lo, t_hi), yi))
         y1 = _lincomb(y, sh, _B, ks[:6])  # b_7 = 0: y1 uses k1..k6
         err = _lincomb(tuple(torch.zeros_like(v) for v in y), sh, _E, ks)
-        r = _ratio(err, y, y1, rtol, atol, norms)
+        r = _ratio(err, y, y1, tols, norms)
 
         finite = torch.isfinite(r)
         new_fail = running & ~finite
@@ -248,6 +267,9 @@ def dopri5(
             r = r_shared.expand(B)
         accept = running & finite & (r <= 1.0)
         reject = running & finite & ~accept
+        for c, e in enumerate(err):
+            if err_sum[c] is not None:
+                err_sum[c] = err_sum[c] + torch.where(accept.reshape((-1,) + (1,) * (e.dim() - 1)), e, 0.0)
         y = _where(accept, y1, y)
         k1 = _where(accept, ks[6], k1)
         t_new = t + sh
@@ -296,7 +318,18 @@ def dopri5(
             break
     if bar is not None:
         bar.close()
-    return dict(y=y, ys=ys, status=status, t_final=t, h=h, n_acc=n_acc, n_rej=n_rej, n_iter=n_iter, calls=calls)
+    return dict(y=y, ys=ys, status=status, t_final=t, h=h, n_acc=n_acc, n_rej=n_rej, n_iter=n_iter, calls=calls,
+                err_sum=err_sum)
+
+
+def check_tolerances(rtol: float, atol: float, dtype: torch.dtype, *, where: str) -> None:
+    """Refuse tolerances that ``dtype`` cannot meet: ``rtol`` and ``atol`` both below its resolution (the
+    error estimate is then round-off, and ``atol + rtol |y|`` can underflow to 0)."""
+    eps = torch.finfo(dtype).eps
+    if rtol < eps and atol < eps:
+        raise InputError(f"{where}: rtol={rtol:g} and atol={atol:g} are below what {dtype} can meet (its resolution "
+                         f"is {eps:.3g}: a relative error below that is round-off); use rtol >= {10 * eps:.0e}, or "
+                         "float64 for tighter tolerances.")
 
 
 def failure_message(status: torch.Tensor, t_final: torch.Tensor, h: torch.Tensor, n_steps: torch.Tensor,
@@ -374,11 +407,11 @@ class RK45(Solver):
     def mode(self) -> str:
         return "per_sample" if self.per_sample else "batch"
 
-    def integrate(self, func, y0: State, ts: torch.Tensor, *, norms=None, save_all=False, progress=False,
+    def integrate(self, func, y0: State, ts: torch.Tensor, *, norms=None, tols=None, save_all=False, progress=False,
                   desc="flowsde rk45") -> dict:
         """The raw integrator on a tuple state (see :func:`dopri5`), with this solver's options."""
         return dopri5(func, y0, ts, rtol=self.rtol, atol=self.atol, per_sample=self.per_sample,
-                      max_steps=self.max_steps, norms=norms, save_all=save_all, first_step=self.first_step,
+                      max_steps=self.max_steps, norms=norms, tols=tols, save_all=save_all, first_step=self.first_step,
                       safety=self.safety, ifactor=self.ifactor, dfactor=self.dfactor, progress=progress,
                       desc=desc)
 
@@ -390,6 +423,7 @@ class RK45(Solver):
 
     def solve(self, checked, x0, ts, *, noise=None, save_all=False, progress=False) -> Solution:
         dtype = x0.dtype
+        check_tolerances(self.rtol, self.atol, dtype, where="RK45")
         first = [True]
 
         def func(t, y):
@@ -409,7 +443,7 @@ class RK45(Solver):
             n_accepted=int(out["n_acc"].max()),
             n_rejected=int(out["n_rej"].max()),
             status=out["status"],
-            t_final=out["t_final"].to(dtype),
+            t_final=out["t_final"],  # float64, as the fixed-step loop
             method=self.name,
             ts=ts if save_all else None,
             xs=out["ys"][0] if save_all else None,

@@ -44,6 +44,9 @@ class TorchSDE(Solver):
         self.torchsde_method = method
         self.name = "torchsde_euler" if method == "euler" else method
         self.strong_order, self.weak_order = self._ORDERS[method]
+        # additive noise: Euler-Maruyama is Milstein there (strong 1); the others keep their order
+        self.strong_orders = {"scalar": self.strong_order, "diagonal": self.strong_order,
+                              "additive": max(self.strong_order, 1.0)}
         self.evals_per_step = self._EVALS[method]
         self.needs_levy_area = method == "srk"
 
@@ -51,7 +54,11 @@ class TorchSDE(Solver):
         from torchsde._core import base_sde, methods
 
         B = x.shape[0]
-        sign = 1.0 if bool(t1 > t0) else -1.0
+        if "ts_host" in state:  # host floats of the grid: no device sync per step
+            a, b = state["ts_host"][state["i"]], state["ts_host"][state["i"] + 1]
+        else:
+            a, b = float(t0), float(t1)
+        sign = 1.0 if b > a else -1.0
 
         class _F(torch.nn.Module):
             noise_type = "diagonal"
@@ -63,7 +70,7 @@ class TorchSDE(Solver):
             def g(self_, s, y):
                 return problem.diffusion(sign * s, y.reshape(x.shape)).expand(x.shape).reshape(B, -1)
 
-        bm = _IncrementBM(noise, t0, t1, x, self.needs_levy_area)
+        bm = _IncrementBM(noise, a, b, x, self.needs_levy_area)
         solver = methods.select(self.torchsde_method, "ito")(
             sde=base_sde.ForwardSDE(_F()), bm=bm, dt=None, adaptive=False, rtol=0.0, atol=0.0, dt_min=0.0,
             options={},
@@ -78,7 +85,7 @@ class TorchSDE(Solver):
 class _IncrementBM:
     """A one-interval Brownian motion for torchsde, read from flowsde's noise source."""
 
-    def __init__(self, noise, t0, t1, x, levy):
+    def __init__(self, noise, t0: float, t1: float, x, levy):
         from .._noise import _PathNoise
 
         B = x.shape[0]

@@ -40,11 +40,13 @@ def test_mixture_logp_exact_within_1e3(sched, pred, d):
     x = gm.sample(6, generator=g)
     dif = Diffusion(gm.oracle(sched, pred), sched, prediction=pred)
     T = torch.tensor(float(sched.t_max), dtype=DT)
-    r = dif.log_likelihood(x, prior_logp=lambda z: gm.log_prob_t(sched, T, z), rtol=1e-5, atol=1e-5)
-    exact = gm.log_prob_t(sched, torch.tensor(float(sched.t_min), dtype=DT), x)
+    r = dif.log_likelihood(x, prior_logp=lambda z: gm.log_prob_t(sched, T, z))  # the documented defaults
+    # a velocity model is evaluated at the data end t = 0 (its drift is defined there), the others at t_min
+    t_eps = 0.0 if pred == "velocity" else float(sched.t_min)
+    exact = gm.log_prob_t(sched, torch.tensor(t_eps, dtype=DT), x)
     assert r.success and r.stderr is None
     assert (r.logp - exact).abs().max() < 1e-3, (r.logp - exact, r.nfe)
-    assert r.stats["t_eps"] == float(sched.t_min) and r.stats["time"] == "t"
+    assert r.stats["t_eps"] == t_eps and r.stats["time"] == "t"
 
 
 def test_log_snr_time_variable_agrees():
@@ -161,6 +163,51 @@ def test_image_shaped_event_and_float32():
     assert r.z.shape == (3, 1, 2, 2)
     assert (r.logp - exact).abs().max() < 1e-3  # same bound as the mixture test
     r32 = dif.log_likelihood(x.reshape(3, 1, 2, 2).float(), prior_logp=prior)
-    assert r32.logp.dtype == torch.float32
+    assert r32.logp.dtype == torch.float64 and r32.z.dtype == torch.float32
     # float32: tolerance 1e-5 plus round-off of ~40 steps on log-densities of size ~10 (~1e-4)
     assert (r32.logp.double() - exact).abs().max() < 2e-3
+
+
+def test_result_types_and_one_signature():
+    import inspect
+
+    import flowsde
+    from flowsde.adapters import DiffusionLikelihood
+
+    core_fields = set(flowsde.LikelihoodResult.__dataclass_fields__)
+    assert not core_fields & {"bpd", "logp_corrected", "bpd_corrected", "residual", "stderr_corrected"}
+    gm, g = mixture(2)
+    sched = VP()
+    dif = Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps")
+    r = dif.log_likelihood(gm.sample(2, generator=g))
+    assert isinstance(r, DiffusionLikelihood) and r.bpd is None and r.solver_error.shape == (2,)
+    # Diffusion.log_likelihood spells out the core's options, from the core's own signature
+    params = inspect.signature(dif.log_likelihood).parameters
+    core = inspect.signature(flowsde.log_likelihood).parameters
+    for name, p in core.items():
+        if p.kind is p.KEYWORD_ONLY:
+            assert params[name].default == p.default, name
+    assert "levels" in params and "corrected" in params and "options" not in params
+    with pytest.raises(InputError, match=r"unknown option\(s\) \['noise'\]"):
+        dif.log_likelihood(gm.sample(2, generator=g), noise="gaussian")
+
+
+def test_t_eps_rounding_clamped_real_excursion_refused():
+    gm, g = mixture(2)
+    sched = EDM()
+    dif = Diffusion(gm.oracle(sched, "x0"), sched, prediction="x0")
+    x = gm.sample(2, generator=g)
+    # k-diffusion's float32 sigma_min: 0.0019999996 for 0.002, off by rounding only
+    r = dif.log_likelihood(x, t_eps=0.0019999996)
+    assert r.stats["t_eps"] == 0.002
+    with pytest.raises(InputError, match=r"t_eps = 0\.0019 lies outside .* by 0\.0001"):
+        dif.log_likelihood(x, t_eps=0.0019)
+
+
+def test_prior_end_where_alpha_vanishes_is_explained():
+    # Linear with t_max = 1: alpha(1) = 0; an eps model's velocity divides by alpha there
+    gm, g = mixture(2)
+    lin = Linear()
+    dif = Diffusion(gm.oracle(lin, "eps"), lin, prediction="eps")
+    with pytest.raises(InputError, match="alpha = 0.*velocity.*not N\\(0, sigma\\^2 I\\)"):
+        dif.log_likelihood(gm.sample(2, generator=g))

@@ -77,6 +77,16 @@ def test_derivatives_equal_autograd(sch, us):
     assert bool((sch.g2(td) > 0).all()) and bool((sch.sigma(td) > 0).all())
 
 
+@settings(max_examples=40)
+@given(sch=schedules(), us=UNITS)
+def test_coefficients_equal_the_four_methods(sch, us):
+    """``coefficients(t)`` (one call, shared subexpressions) returns alpha, sigma and their derivatives
+    as the four methods compute them (same formulas regrouped: agreement to round-off)."""
+    t = _times(sch, us)
+    for got, ref in zip(sch.coefficients(t), (sch.alpha(t), sch.sigma(t), sch.d_alpha(t), sch.d_sigma(t))):
+        _close(got, ref)
+
+
 @settings(max_examples=60)
 @given(sch=schedules(), us=UNITS)
 def test_round_trips(sch, us):
@@ -216,7 +226,7 @@ def test_discrete_from_continuous_knots_interpolates_vp():
         lambda: VE(sigma_min=1.0, sigma_max=0.5),
         lambda: VE(sigma_min=0.0),
         lambda: EDM(sigma_min=80.0, sigma_max=1.0),
-        lambda: Linear(t_min=0.0),
+        lambda: Linear(t_min=-1e-3),
         lambda: Linear(t_max=1.5),
         lambda: Discrete(torch.tensor([0.9, 0.95])),
         lambda: Discrete(torch.tensor([1.0, 0.5])),

@@ -273,3 +273,64 @@ def test_check_positive(bad):
     assert utils.check_positive("rtol", 1e-3) == 1e-3
     with pytest.raises(flowsde.InputError, match=r"^RK45: rtol must be a finite number > 0, got"):
         utils.check_positive("rtol", bad, where="RK45")
+
+
+def test_grid_times_reach_the_user_exactly_as_cast():
+    # The cast of a grid time is looked up in a grid cast once; other times are cast on the fly.
+    seen = []
+
+    def f(t, x):
+        seen.append(t.clone())
+        return -x
+
+    ts = torch.tensor([0.0, 0.1, 0.35, 1.0], dtype=F64)
+    flowsde.solve(flowsde.ODE(f), torch.ones(1, 1), ts, method="heun")
+    assert [float(t) for t in seen] == [float(v) for v in ts.float()[[0, 1, 1, 2, 2, 3]]]
+    assert all(t.dtype == torch.float32 and t.dim() == 0 for t in seen)
+    seen.clear()
+    flowsde.solve(flowsde.ODE(f), torch.ones(1, 1), ts, method="rk45")
+    assert seen[0].dtype == torch.float32 and float(seen[0]) == 0.0
+    ts_user = ts.clone()
+    flowsde.solve(flowsde.ODE(f), torch.ones(1, 1, dtype=F64), ts_user)
+    assert torch.equal(ts_user, ts)
+
+
+def test_autograd_inside_a_function_works_with_enable_grad():
+    # docs/solvers.md: a score by autograd of a log-density, inside a no-grad solve
+    def score(t, x):
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            return torch.autograd.grad((-0.5 * x ** 2).sum(), x)[0]
+
+    sde = flowsde.SDE(lambda t, x: -x, lambda t, x: torch.zeros((), dtype=x.dtype), score=score)
+    x0 = torch.ones(3, 2, dtype=F64)
+    a = flowsde.solve(sde, x0, grids.uniform(0, 1, 4), method=flowsde.PC(n_corrector=2),
+                      generator=torch.Generator().manual_seed(0))
+    assert a.success and a.x.grad_fn is None
+    s = flowsde.solve(flowsde.ODE(score), x0, grids.uniform(0, 1, 4), method="euler").x
+    assert torch.allclose(s, x0 * 0.75 ** 4) and s.grad_fn is None  # score = -x: Euler gives (1 - h)^n
+
+
+@pytest.mark.parametrize("fold_every", [1, 3, 256])
+def test_failure_bookkeeping_is_the_same_whatever_the_folding(monkeypatch, fold_every):
+    # Per-output sums are folded into one (B,) tensor every _FOLD_EVERY outputs (memory O(B));
+    # the first failure of each sample, and the earliest of the solve, must not depend on it.
+    import flowsde._checks as checks
+
+    monkeypatch.setattr(checks, "_FOLD_EVERY", fold_every)
+
+    def f(t, x):
+        out = -x
+        nan = torch.full_like(x, float("nan"))
+        out = torch.where((torch.arange(4)[:, None] == 2) & (t > 0.25), nan, out)  # sample 2 from t > 0.25
+        return torch.where((torch.arange(4)[:, None] == 0) & (t > 0.65), nan, out)  # sample 0 from t > 0.65
+
+    sde = flowsde.SDE(f, lambda t, x: torch.full((), 0.1, dtype=x.dtype), score=lambda t, x: -x)
+    x0 = torch.ones(4, 2, dtype=F64)
+    ts = grids.uniform(0, 1, 20)
+    sol = flowsde.solve(sde, x0, ts, method="euler_maruyama", throw=False)
+    assert sol.status_names() == ["NON_FINITE", "SUCCESS", "NON_FINITE", "SUCCESS"]
+    assert sol.t_final.tolist() == pytest.approx([0.7, 1.0, 0.3, 1.0])
+    with pytest.raises(flowsde.SolveError, match=r"drift returned NaN/Inf at step 6 \(t = 0.3\) in sample 2\.") as e:
+        flowsde.solve(sde, x0, ts, method="euler_maruyama")
+    assert e.value.samples == [2]

@@ -73,7 +73,7 @@ def test_float32_data():
     s2 = torch.full((4,), 0.5)
     x = torch.randn(3, 4) * s2.sqrt()
     r = log_likelihood(_edm_gauss_ode(s2), x, (0.0, 3.0), lambda z: _gauss_logp(z, s2 + 9.0))
-    assert r.logp.dtype == torch.float32
+    assert r.logp.dtype == torch.float64 and r.z.dtype == torch.float32  # log-densities in float64
     # tolerance 1e-5 plus float32 round-off of a sum of ~60 steps of O(1) terms (~1e-5)
     assert (r.logp.double() - _gauss_logp(x.double(), s2.double())).abs().max() < 1e-3
 
@@ -98,7 +98,7 @@ def test_hutchinson_mean_agrees_with_exact_within_stderr():
     ex = log_likelihood(ode, x, (0.0, 1.0), std_normal_logp, rtol=1e-7, atol=1e-7)
     for noise in ("rademacher", "gaussian"):
         g = torch.Generator().manual_seed(7)
-        h = log_likelihood(ode, x, (0.0, 1.0), std_normal_logp, trace="hutchinson", probes=256, noise=noise,
+        h = log_likelihood(ode, x, (0.0, 1.0), std_normal_logp, trace="hutchinson", probes=256, probe=noise,
                            generator=g, rtol=1e-7, atol=1e-7)
         assert h.logp_probes.shape == (4, 256)
         assert (h.stderr > 0).all()
@@ -209,7 +209,7 @@ def test_bad_input():
     bad[1, 0] = float("nan")
     with pytest.raises(InputError, match=r"NaN/Inf in samples \[1\]"):
         log_likelihood(ode, bad, (0.0, 1.0), prior)
-    for kw in (dict(rtol=0.0), dict(atol=-1.0), dict(trace="diag"), dict(noise="uniform"), dict(probes=0),
+    for kw in (dict(rtol=0.0), dict(atol=-1.0), dict(trace="diag"), dict(probe="uniform"), dict(probes=0),
                dict(trace="exact", probes=4)):
         with pytest.raises(InputError):
             log_likelihood(ode, x, (0.0, 1.0), prior, **kw)
@@ -236,3 +236,71 @@ def test_nan_mid_solve_and_max_steps():
     ode = _edm_gauss_ode(torch.ones(3, dtype=torch.float64))
     with pytest.raises(SolveError, match=r"max_steps = 2 at t = .* step size"):
         log_likelihood(ode, x, (0.0, 5.0), std_normal_logp, max_steps=2)
+
+
+def test_float32_log_density_accumulates_in_float64():
+    # u = -x/2 in D = 4096: div u = -2048 exactly in float32, so delta_logp = -2048 T = -3072 for
+    # T = 1.5. float32 resolves 2.4e-4 at 3072: accumulating the ~100 stage increments in float32
+    # would be off by ~1e-4; in float64 the sum is exact to round-off of the float64 step sizes.
+    D = 4096
+    x = torch.randn(2, D)
+    ode = flowsde.ODE(lambda t, x: -0.5 * x)
+    prior = lambda z: std_normal_logp(z.double())  # noqa: E731
+    r = log_likelihood(ode, x, (0.0, 1.5), prior, bpd_tol=1e-7, rtol=1e-5, atol=1e-5)
+    assert r.delta_logp.dtype == torch.float64
+    assert (r.delta_logp + 3072.0).abs().max() < 1e-8
+
+
+@pytest.mark.parametrize("bpd_tol", [1e-3, 1e-5])
+def test_bpd_tol_bounds_the_error_and_solver_error_reports_it(bpd_tol):
+    # The knob in the user's units: the error in bits/dim stays below bpd_tol (the channel is held
+    # to bpd_tol D ln 2 nats per step; docs/likelihood.md measures the global error at 0.1-0.5x).
+    d = 16
+    s2 = torch.linspace(0.2, 2.0, d, dtype=torch.float64) ** 2
+    T = 10.0
+    x = torch.randn(6, d, dtype=torch.float64) * s2.sqrt()
+    r = log_likelihood(_edm_gauss_ode(s2), x, (0.002, T), lambda z: _gauss_logp(z, s2 + T**2), bpd_tol=bpd_tol)
+    err_bpd = (r.logp - _gauss_logp(x, s2 + 0.002**2)).abs() / (d * math.log(2))
+    assert err_bpd.max() < bpd_tol
+    assert r.stats["rtol"] == r.stats["atol"] == bpd_tol  # the state's default follows the knob
+    assert r.solver_error.shape == (6,) and (r.solver_error >= 0).all()
+    assert torch.allclose(r.solver_error_bpd, r.solver_error / (d * math.log(2)))
+    assert r.solver_error_bpd.max() < bpd_tol
+
+
+def test_probe_keyword_and_tolerance_refusals():
+    s2 = torch.ones(3, dtype=torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    prior = lambda z: _gauss_logp(z, s2 + 1.0)  # noqa: E731
+    r = log_likelihood(_edm_gauss_ode(s2), x, (0.0, 1.0), prior, trace="hutchinson", probe="gaussian", probes=2,
+                       generator=torch.Generator().manual_seed(0))
+    assert r.stats["probe"] == "gaussian"
+    with pytest.raises(TypeError):
+        log_likelihood(_edm_gauss_ode(s2), x, (0.0, 1.0), prior, noise="gaussian")  # renamed probe=
+    with pytest.raises(InputError, match="below what torch.float32 can meet"):
+        log_likelihood(_edm_gauss_ode(s2.float()), x.float(), (0.0, 1.0), prior, rtol=1e-9, atol=1e-9)
+    with pytest.raises(InputError, match="bpd_tol"):
+        log_likelihood(_edm_gauss_ode(s2), x, (0.0, 1.0), prior, bpd_tol=0.0)
+    with pytest.raises(InputError, match="half precision|float16"):
+        log_likelihood(_edm_gauss_ode(s2), x.half(), (0.0, 1.0), prior)
+
+
+def test_error_estimate_resolve_tracks_the_true_error():
+    # a second solve of the same probes at tolerances / 30: |logp - logp_tight| estimates the first
+    # solve's error including the state's part (which the embedded estimate leaves out)
+    d = 2
+    s2 = torch.tensor([0.05, 0.3], dtype=torch.float64)
+    T = 10.0
+    x = torch.randn(6, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * s2.sqrt()
+    kw = dict(bpd_tol=1e-3)
+    prior = lambda z: _gauss_logp(z, s2 + T**2)  # noqa: E731
+    a = log_likelihood(_edm_gauss_ode(s2), x, (0.002, T), prior, **kw)
+    r = log_likelihood(_edm_gauss_ode(s2), x, (0.002, T), prior, error_estimate="resolve", **kw)
+    true = (r.logp - _gauss_logp(x, s2 + 0.002**2)).abs()
+    assert torch.equal(r.logp, a.logp) and r.nfe > a.nfe and r.stats["error_estimate"] == "resolve"
+    big = true > 1e-8  # where the error is above round-off
+    assert big.any()
+    ratio = r.solver_error[big] / true[big]
+    assert ((ratio > 0.5) & (ratio < 2.0)).all(), ratio
+    with pytest.raises(InputError, match="error_estimate"):
+        log_likelihood(_edm_gauss_ode(s2), x, (0.002, T), prior, error_estimate="twice")

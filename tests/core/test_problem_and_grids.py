@@ -83,3 +83,13 @@ def test_edm_grid_bad_sigmas():
         grids.edm(80.0, 0.002)
     with pytest.raises(flowsde.InputError, match="sigma_min"):
         grids.edm(-1.0, 80.0)
+
+
+@pytest.mark.parametrize("call, msg", [
+    (lambda: grids.edm(sigma_min=0.0), r"^grids.edm: sigma_min must be a finite number > 0, got 0.0"),
+    (lambda: grids.edm(rho=float("nan")), r"^grids.edm: rho must be a finite number > 0"),
+    (lambda: grids.log_uniform(1.0, -1.0, 4), r"^grids.log_uniform: stop must be a finite number > 0, got -1.0"),
+])
+def test_grid_positive_arguments(call, msg):
+    with pytest.raises(flowsde.InputError, match=msg):
+        call()

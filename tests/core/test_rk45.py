@@ -200,3 +200,73 @@ def test_progress_bar_runs():
     sol = flowsde.solve(_linear(A2), torch.randn(2, 2, dtype=torch.float64), torch.tensor([0.0, 1.0]),
                         method="rk45", progress=True)
     assert sol.success
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_time_passed_to_the_function(per_sample):
+    # batch mode: one 0-dim time for the batch (a torchdiffeq f(t, y) works unchanged);
+    # per-sample mode: (B,). Either way every time seen lies inside the span.
+    seen = []
+
+    def f(t, y):  # written for a scalar t, as torchdiffeq users do
+        seen.append(t.detach().clone())
+        return -y * float(t) if per_sample is False else -y * t.reshape(-1, 1)
+
+    x0 = torch.randn(3, 2, dtype=torch.float64)
+    sol = flowsde.solve(flowsde.ODE(f), x0, torch.tensor([0.0, 1.0]), method=RK45(1e-8, 1e-8, per_sample=per_sample))
+    assert sol.success
+    assert all(t.shape == ((3,) if per_sample else ()) for t in seen)
+    ts = torch.cat([t.reshape(-1) for t in seen])
+    assert float(ts.min()) >= 0.0 and float(ts.max()) <= 1.0
+    assert (sol.x - x0 * math.exp(-0.5)).abs().max() < 1e-6
+
+
+def test_float32_state_keeps_float64_time():
+    # issue 10: a float32 state turned an end time of 1/3 into 0.3333333432674408 inside RK45
+    seen = []
+
+    def f(t, y):
+        seen.append(t)
+        return -y
+
+    problem = flowsde.ODE(f, time_dtype=torch.float64)
+    sol = flowsde.solve(problem, torch.ones(2, 3), torch.tensor([0.0, 1 / 3], dtype=torch.float64), method="rk45")
+    assert sol.t_final.dtype == torch.float64 and float(sol.t_final[0]) == 1 / 3
+    assert all(t.dtype == torch.float64 for t in seen)
+    assert max(float(t.max()) for t in seen) == 1 / 3  # the last stage at exactly 1/3, never past it
+
+
+@pytest.mark.parametrize("t0,t1", [(80.0, 0.002), (0.002, 80.0), (1.0, 1e-5)])
+def test_initial_step_probe_and_stages_stay_in_span(t0, t1):
+    # issue 10: a drift near zero at the start made Hairer's probe land past the end of the span
+    lo, hi = min(t0, t1), max(t0, t1)
+    seen = []
+
+    def f(t, y):
+        seen.append(t.detach().clone())
+        if bool(((t < lo) | (t > hi)).any()):
+            raise AssertionError(f"evaluated at t = {t} outside [{lo}, {hi}]")
+        return 1e-12 * y  # nearly zero: the initial-step rule proposes the whole span
+
+    sol = flowsde.solve(flowsde.ODE(f), torch.ones(2, 2, dtype=torch.float64),
+                        torch.tensor([t0, t1], dtype=torch.float64), method="rk45")
+    assert sol.success and len(seen) >= 3
+
+
+def test_tolerances_below_the_dtype_refused():
+    ode = flowsde.ODE(lambda t, y: -y)
+    with pytest.raises(InputError, match="below what torch.float64 can meet"):
+        flowsde.solve(ode, torch.ones(2, 2, dtype=torch.float64), torch.tensor([0.0, 1.0]),
+                      method=RK45(rtol=1e-300, atol=1e-300))
+    with pytest.raises(InputError, match="below what torch.float32 can meet"):
+        flowsde.solve(ode, torch.ones(2, 2), torch.tensor([0.0, 1.0]), method="rk45", rtol=1e-9, atol=1e-9)
+    # a pure absolute control (rtol negligible, atol meaningful) is meetable
+    assert flowsde.solve(ode, torch.ones(2, 2, dtype=torch.float64), torch.tensor([0.0, 1.0]),
+                         method=RK45(rtol=1e-300, atol=1e-8)).success
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_refused_naming_the_precision(dtype):
+    with pytest.raises(InputError, match=str(dtype).split(".")[1] + ".*float32 or float64"):
+        flowsde.solve(flowsde.ODE(lambda t, y: -y), torch.ones(2, 2, dtype=dtype), torch.tensor([0.0, 1.0]),
+                      method="rk45")

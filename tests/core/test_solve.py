@@ -2,6 +2,8 @@
 
 import math
 
+import sys
+
 import pytest
 import torch
 
@@ -187,10 +189,34 @@ def test_problem_type_checked():
 
 
 def test_solver_orders_are_declared():
+    # The values the slow order tests (tests/core/test_orders.py) read and fit.
     assert flowsde.Euler.order == 1 and flowsde.Heun.order == 2
-    assert flowsde.EulerMaruyama.strong_order == 0.5 and flowsde.EulerMaruyama.weak_order == 1.0
+    em = flowsde.EulerMaruyama()
+    assert em.strong_order == 0.5 and em.weak_order == 1.0
+    assert [em.strong_order_for(k) for k in ("scalar", "diagonal", "additive")] == [0.5, 0.5, 1.0]
     assert flowsde.TorchSDE("milstein").strong_order == 1.0 and flowsde.TorchSDE("srk").strong_order == 1.5
-    assert flowsde.PC.requires_score
+    assert flowsde.TorchSDE("euler").strong_order_for("additive") == 1.0
+    assert flowsde.Heun().strong_order_for("additive") is None  # an ODE solver
+    pc = flowsde.PC()
+    assert pc.requires_score and pc.strong_order is None and pc.strong_order_for("diagonal") is None
+    with pytest.raises(flowsde.InputError, match="noise must be one of"):
+        em.strong_order_for("multiplicative")
+
+
+@pytest.mark.parametrize("method", sorted(flowsde.METHODS))
+def test_every_method_declares_its_orders(method):
+    s = flowsde.get_solver(method)
+    for v in (s.order, s.strong_order, s.weak_order):
+        assert v is None or (isinstance(v, (int, float)) and v > 0)
+    assert s.noise_types or s.strong_order is None  # an ODE-only method has no strong order
+    if s.solves_ode:
+        assert s.order is not None or s.requires_score
+    elif s.order is not None:  # an SDE sampler's order is that of its beta = 0 limit: it must say so
+        assert "deterministic limit" in sys.modules[type(s).__module__].__doc__
+    for noise_type in s.noise_types:
+        so = s.strong_order_for(noise_type)
+        assert so is None or so <= s.strong_order_for("additive")
+    assert isinstance(s.evals_per_step, int) and s.evals_per_step >= 1
 
 
 def test_pc_options_validated():
@@ -220,3 +246,35 @@ def test_pc_auto_step_rule_depends_on_dimension():
     assert resolve_step_rule("auto", torch.zeros(3, 2)) == "score_sde"
     assert resolve_step_rule("auto", torch.zeros(3, 1, 8, 8)) == "per_sample"
     assert resolve_step_rule("score_sde", torch.zeros(3, 1, 8, 8)) == "score_sde"
+
+
+# ---------------------------------------------------------------- batch independence
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "pc", flowsde.PC(n_corrector=3), "milstein", "srk",
+                                    "torchsde_euler"])
+@pytest.mark.parametrize("event", [(2,), (1, 8, 8)])
+def test_default_methods_make_each_sample_independent_of_its_batch(method, event):
+    # A 16-sample subset of a 64 batch, with per-sample generators, gives the same bits: the
+    # default step rules are per sample (the PC corrector's held per-sample step included).
+    sde = flowsde.SDE(lambda t, x: -x.sin(), lambda t, x: 0.5 + 0.1 * x.sin(), noise_type="diagonal",
+                      score=lambda t, x: -x - x.sin())
+    x0 = torch.randn((64,) + event, dtype=F64, generator=torch.Generator().manual_seed(1))
+    seeds = list(range(1000, 1064))
+    ts = grids.uniform(0, 1, 8)
+    whole = flowsde.solve(sde, x0, ts, method=method, generator=flowsde.per_sample_generators(seeds))
+    part = flowsde.solve(sde, x0[16:32], ts, method=method, generator=flowsde.per_sample_generators(seeds[16:32]))
+    assert torch.equal(whole.x[16:32], part.x)
+
+
+def test_pc_batch_rule_is_opt_in_and_couples_the_batch():
+    assert flowsde.PC().step_rule == "per_sample"
+    sde = flowsde.SDE(lambda t, x: -x, lambda t, x: torch.full((), 0.5, dtype=x.dtype), score=lambda t, x: -x)
+    x0 = torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    x0[:16] *= 10  # the rest of the batch changes the batch-mean norms
+    seeds = list(range(64))
+    ts = grids.uniform(1, 0, 4)
+    pc = flowsde.PC(step_rule="score_sde")
+    whole = flowsde.solve(sde, x0, ts, method=pc, generator=flowsde.per_sample_generators(seeds)).x
+    part = flowsde.solve(sde, x0[16:32], ts, method=pc, generator=flowsde.per_sample_generators(seeds[16:32])).x
+    assert (whole[16:32] - part).abs().max() > 1e-3

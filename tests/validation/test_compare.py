@@ -1,37 +1,63 @@
-"""The solver-comparison harness and the CLI, on the built-in exact model (small settings)."""
+"""The solver-comparison harness on the built-in exact model (small settings)."""
+
+import math
 
 import pytest
 import torch
 
+from flowsde import InputError
 from flowsde.adapters import Diffusion, schedules
-from flowsde.validation._compare import compare_solvers, default_mixture
+from flowsde.validation import compare_solvers, default_mixture, sliced_w2, steps_for_budget
 
 
 @pytest.fixture(scope="module")
-def comparison():
+def exact_model():
     data = default_mixture(2)
     sched = schedules.EDM()
-    diff = Diffusion(data.oracle(sched, "x0"), sched, prediction="x0")
+    return Diffusion(data.oracle(sched, "x0"), sched, prediction="x0"), data
+
+
+@pytest.fixture(scope="module")
+def comparison(exact_model):
+    diff, data = exact_model
     return compare_solvers(diff, data, n=300, budgets=(8, 32), methods=("euler", "heun", "rk45", "euler_maruyama"),
-                           rk45_tols=(1e-3, 1e-6), likelihood_tols=(1e-6,), likelihood_n=20, seed=0)
+                           rk45_tols=(1e-3, 1e-6), likelihood_tols=(1e-6,), likelihood_n=20, seed=0,
+                           sde_reference_steps=256)
+
+
+def _rows(c):
+    return {(r.method, r.setting): r for r in c.rows}
 
 
 def test_path_errors_fall_with_nfe_at_the_solver_orders(comparison):
-    rows = {(r.method, r.setting): r for r in comparison.rows}
-    e8, e32 = rows[("euler", "8 steps")].path_error, rows[("euler", "32 steps")].path_error
-    h4, h16 = rows[("heun", "4 steps")].path_error, rows[("heun", "16 steps")].path_error
+    rows = _rows(comparison)
+    e8, e32 = rows[("euler", "8 steps")].error, rows[("euler", "32 steps")].error
+    h4, h16 = rows[("heun", "4 steps")].error, rows[("heun", "16 steps")].error
     # 4x the steps: Euler (order 1) gains ~4x, Heun (order 2) ~16x; generous bands for the
     # pre-asymptotic regime of a 4-step grid.
     assert 2.0 < e8 / e32 < 8.0
     assert h4 / h16 > 6.0
     r3, r6 = rows[("rk45", "tol 1e-03")], rows[("rk45", "tol 1e-06")]
-    assert r6.path_error < r3.path_error and r6.nfe > r3.nfe
-    assert r6.path_error < 1e-4  # tolerance 1e-6 against the 1e-10 reference
+    assert r6.error < r3.error and r6.nfe > r3.nfe
+    assert r6.error < 1e-5  # tolerance 1e-6 against the 1e-8 float64 reference, RMS per coordinate
 
 
-def test_stochastic_rows_have_no_path_error_but_a_marginal_distance(comparison):
-    em = [r for r in comparison.rows if r.method == "euler_maruyama"]
-    assert all(r.path_error is None and 0 <= r.ks <= 1 for r in em)
+def test_strong_error_on_the_shared_path_falls_with_steps(comparison):
+    rows = _rows(comparison)
+    em8, em32 = rows[("euler_maruyama", "8 steps")], rows[("euler_maruyama", "32 steps")]
+    assert em8.kind == "sde" and em8.error is not None
+    # the same Brownian path drives coarse and fine solutions: the strong error falls (order 1/2..1)
+    assert em32.error < em8.error / 1.5
+
+
+def test_noise_floor_row_and_exact_columns(comparison):
+    ref = comparison.rows[0]
+    assert ref.method == "reference" and ref.setting == "noise floor" and ref.distance > 0
+    assert comparison.noise_floor == ref.distance
+    # the tight RK45 rows are as close to exact samples as exact samples are to each other (3x band)
+    r6 = _rows(comparison)[("rk45", "tol 1e-06")]
+    assert r6.distance < 3 * ref.distance
+    assert all(0 <= r.ks <= 1 for r in comparison.rows)
 
 
 def test_likelihood_rows_are_exact_to_tolerance(comparison):
@@ -39,41 +65,60 @@ def test_likelihood_rows_are_exact_to_tolerance(comparison):
     assert nfe > 0 and max_err < 1e-3  # exact trace, exact prior: only the ODE error remains
 
 
-def test_table_and_plot(comparison, tmp_path):
+def test_outputs(comparison, tmp_path):
     text = comparison.table()
-    assert "| heun | 16 steps | 32 |" in text and "likelihood" in text
-    p = tmp_path / "cmp.png"
-    comparison.plot(str(p))
-    assert p.stat().st_size > 1000
+    assert "| heun | 16 steps | 32 |" in text and "| reference | noise floor |" in text and "likelihood" in text
+    assert "SW2" in comparison.explain() and "noise floor" in comparison.explain()
+    comparison.write_csv(tmp_path / "c.csv")
+    lines = (tmp_path / "c.csv").read_text().splitlines()
+    assert lines[0].startswith("method,kind,setting,budget,nfe,error,distance")
+    assert len(lines) == 1 + len(comparison.rows)
+    import json
+
+    comparison.write_json(tmp_path / "c.json")
+    js = json.loads((tmp_path / "c.json").read_text())
+    assert len(js["rows"]) == len(comparison.rows) and js["rows"][0]["setting"] == "noise floor"
+    w, h = comparison.plot_errors(tmp_path / "e.png")
+    assert _png_size(tmp_path / "e.png") == (w, h) == (800, 500)
+    w, h = comparison.plot_samples(tmp_path / "s.png")
+    assert _png_size(tmp_path / "s.png") == (w, h)
 
 
-def test_bad_method_is_refused():
-    data = default_mixture(2)
-    sched = schedules.EDM()
-    diff = Diffusion(data.oracle(sched, "x0"), sched, prediction="x0")
-    from flowsde import InputError
+def _png_size(path):
+    with open(path, "rb") as f:
+        b = f.read(24)
+    assert b[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(b[16:20], "big"), int.from_bytes(b[20:24], "big")
 
+
+def test_sliced_w2_matches_the_1d_closed_form():
+    # two point sets on a line, shifted by c: every projection theta gives W2 = |theta . c| exactly,
+    # and mean_theta (theta . c)^2 = |c|^2 / d for directions uniform on the sphere (d = 1 here: exact).
+    x = torch.randn(500, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert math.isclose(sliced_w2(x, x + 0.7, n_projections=4), 0.7, rel_tol=1e-12)
+    assert sliced_w2(x, x) == 0.0
+    with pytest.raises(InputError, match="same shape"):
+        sliced_w2(x, x[:10])
+
+
+def test_budgets_map_to_steps_and_too_small_budgets_are_refused():
+    assert steps_for_budget("euler", 10) == (10, 10)
+    assert steps_for_budget("heun", 10) == (5, 10)
+    assert steps_for_budget("heun", 15) == (7, 14)  # the used NFE is returned (and printed), not hidden
+    with pytest.raises(InputError, match="below one step"):
+        steps_for_budget("heun", 1)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(InputError, match="positive integer"):
+            steps_for_budget("euler", bad)
+
+
+def test_bad_arguments_are_refused(exact_model):
+    diff, data = exact_model
     with pytest.raises(InputError, match="unknown"):
         compare_solvers(diff, data, methods=("rk4",))
     with pytest.raises(InputError, match="at least 30"):
         compare_solvers(diff, data, n=5)
-
-
-def test_cli_compare_runs(capsys):
-    from flowsde.__main__ import main
-
-    rc = main(["compare", "--schedule", "edm", "--prediction", "x0", "--n", "100", "--budgets", "8",
-               "--methods", "heun", "euler_maruyama", "--likelihood-tols"])
-    out = capsys.readouterr().out
-    assert rc == 0 and "| heun | 4 steps | 8 |" in out
-
-
-def test_cli_likelihood_runs(capsys):
-    from flowsde.__main__ import main
-
-    rc = main(["likelihood", "--schedule", "linear", "--prediction", "velocity", "--n", "10", "--tols", "1e-5",
-               "--trace", "exact"])
-    out = capsys.readouterr().out
-    assert rc == 0 and "| exact | 1e-05 |" in out
-    err = float(out.strip().splitlines()[-1].split("|")[6])
-    assert err < 1e-3
+    with pytest.raises(InputError, match="event shape"):
+        compare_solvers(diff, n=8)
+    with pytest.raises(InputError, match="below one step"):
+        compare_solvers(diff, data, methods=("heun",), budgets=(1,))

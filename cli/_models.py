@@ -1,0 +1,216 @@
+"""``--model``: one spec for every command.
+
+A spec is one of
+
+* a shipped model name (``flowsde.models.names()``: ``digits-eps``, ``digits-velocity``, ``moons``);
+* ``gmm``: the exact oracle network of a Gaussian mixture (``--schedule``, ``--prediction``, ``--dim``);
+* ``package.module:factory``: ``factory()`` returns a :class:`flowsde.adapters.Diffusion` (it is passed
+  ``device=`` / ``dtype=`` when its signature takes them);
+* a diffusers pipeline folder as ``DDPMPipeline.save_pretrained`` writes it (``model_index.json``,
+  ``unet/``, ``scheduler/``), loaded offline through :func:`flowsde.adapters.from_diffusers`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from ._errors import CLIError
+
+SCHEDULES = ("vp", "cosine", "subvp", "ve", "edm", "linear")
+PREDICTIONS = ("eps", "score", "x0", "v", "velocity")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass
+class Model:
+    """A resolved ``--model``: the Diffusion and what the commands need to know about it."""
+
+    spec: str
+    kind: str  #: "shipped", "gmm", "factory" or "diffusers"
+    diffusion: object
+    event_shape: Tuple[int, ...]
+    reference: object = None  #: the same network in float64 (None: ``diffusion`` takes float64 states)
+    levels: Optional[int] = None
+    data_range: Optional[Tuple[float, float]] = None
+    image_shape: Optional[Tuple[int, ...]] = None  #: draw samples as images of this shape
+    exact: object = None  #: the exact GaussianMixture (gmm only)
+    density: Optional[Callable[[int], torch.Tensor]] = None  #: samples of the data distribution (2-D pictures)
+    test_data: Optional[Callable[[], torch.Tensor]] = None  #: the held-out data ``flowsde nll`` uses by default
+    description: str = ""
+
+
+def shipped_names() -> Tuple[str, ...]:
+    try:
+        from flowsde import models
+    except ImportError:
+        return ()
+    return tuple(models.names())
+
+
+def resolve(spec: str, *, device: torch.device, dtype: torch.dtype, schedule: str = "vp",
+            prediction: str = "eps", dim: int = 2, shape: Optional[Tuple[int, ...]] = None) -> Model:
+    """The :class:`Model` of a ``--model`` spec; :class:`CLIError` (one line: what and how to fix) otherwise."""
+    if spec == "gmm":
+        return _gmm(schedule, prediction, dim, device)
+    names = shipped_names()
+    if spec in names:
+        return _shipped(spec, device, dtype)
+    p = Path(spec)
+    if p.is_dir():
+        return _diffusers(p, device, dtype)
+    if _FACTORY.match(spec) and not p.exists():
+        return _factory(spec, device, dtype, shape)
+    if p.exists():
+        raise CLIError(f"--model {spec}: a file, not a model; pass a diffusers pipeline folder (model_index.json, "
+                       f"unet/, scheduler/), a shipped name, gmm, or package.module:factory.")
+    shipped = ", ".join(names) if names else "none installed"
+    raise CLIError(f"--model {spec}: unknown model; use a shipped name ({shipped}), gmm, "
+                   f"package.module:factory (returning a flowsde.adapters.Diffusion), or a diffusers pipeline folder.")
+
+
+def _gmm(schedule: str, prediction: str, dim: int, device) -> Model:
+    from flowsde.adapters import Diffusion, schedules
+    from flowsde.validation import default_mixture
+
+    sched = {"vp": schedules.VP, "cosine": schedules.Cosine, "subvp": schedules.SubVP, "ve": schedules.VE,
+             "edm": schedules.EDM, "linear": schedules.Linear}[schedule]()
+    data = default_mixture(dim, dtype=torch.float64)
+    net = data.oracle(sched, prediction)
+    diff = Diffusion(net, sched, prediction=prediction)
+    return Model(spec="gmm", kind="gmm", diffusion=diff, event_shape=(dim,), exact=data,
+                 density=lambda n: data.sample(n, generator=torch.Generator().manual_seed(99)),
+                 description=f"exact oracle of a 3-component Gaussian mixture in {dim}-D, {sched!r}, "
+                             f"{prediction}-prediction")
+
+
+def _shipped(name: str, device, dtype) -> Model:
+    from flowsde import models
+
+    info = models.info(name)
+    diff = models.load(name, device=device, dtype=dtype)
+    ref = models.load(name, device=device, dtype=torch.float64) if dtype != torch.float64 else None
+    event = tuple(int(s) for s in info.event_shape)
+    levels = getattr(info, "levels", None)
+    dr = getattr(info, "data_range", None)
+    image = (8, 8) if event == (64,) else (event if len(event) in (2, 3) else None)
+    density = test = None
+    if event == (2,) and hasattr(models, "toy_data"):
+        density = lambda n: models.toy_data(name, n, 99)  # noqa: E731
+    if name.startswith("digits"):
+        test = lambda: models.digits("test")  # noqa: E731
+    return Model(spec=name, kind="shipped", diffusion=diff, reference=ref, event_shape=event, levels=levels,
+                 data_range=tuple(dr) if dr is not None else None, image_shape=image, density=density,
+                 test_data=test, description=getattr(info, "description", name))
+
+
+def _factory(spec: str, device, dtype, shape) -> Model:
+    from flowsde.adapters import Diffusion
+
+    mod_name, fn_name = spec.split(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise CLIError(f"--model {spec}: cannot import module {mod_name!r} ({e}); check the name and that the "
+                       f"package is installed or its folder is on PYTHONPATH.") from None
+    fn = getattr(mod, fn_name, None)
+    if fn is None or not callable(fn):
+        raise CLIError(f"--model {spec}: module {mod_name!r} has no callable {fn_name!r}; name a function that "
+                       f"returns a flowsde.adapters.Diffusion.")
+
+    def call(**kw):
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            params = {}
+        kw = {k: v for k, v in kw.items() if k in params}
+        try:
+            return fn(**kw)
+        except Exception as e:  # the user's code: report it in one line
+            raise CLIError(f"--model {spec}: the factory raised {type(e).__name__}: {e}") from None
+
+    diff = call(device=device, dtype=dtype)
+    if not isinstance(diff, Diffusion):
+        raise CLIError(f"--model {spec}: the factory returned {type(diff).__name__}, not a "
+                       f"flowsde.adapters.Diffusion; return Diffusion(net, schedule, prediction=...).")
+    ref = None
+    if dtype != torch.float64 and "dtype" in _params(fn):
+        ref = call(device=device, dtype=torch.float64)
+    event = shape if shape is not None else getattr(diff, "event_shape", None)
+    if event is None:
+        raise CLIError(f"--model {spec}: the shape of one sample is unknown; pass --shape (e.g. --shape 64 or "
+                       f"--shape 3 32 32) or set diffusion.event_shape in the factory.")
+    event = tuple(int(s) for s in event)
+    dr = getattr(diff, "data_range", None)
+    return Model(spec=spec, kind="factory", diffusion=diff, reference=ref, event_shape=event,
+                 levels=getattr(diff, "levels", None), data_range=tuple(dr) if dr is not None else None,
+                 image_shape=event if len(event) in (2, 3) else None, description=repr(diff))
+
+
+def _params(fn):
+    try:
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def _diffusers(folder: Path, device, dtype) -> Model:
+    missing = [n for n in ("model_index.json", "unet", "scheduler") if not (folder / n).exists()]
+    if missing:
+        raise CLIError(f"--model {folder}: not a diffusers pipeline folder (missing {', '.join(missing)}); expected "
+                       f"model_index.json, unet/ and scheduler/ as DDPMPipeline.save_pretrained writes them.")
+    try:
+        import diffusers
+    except ImportError:
+        raise CLIError(f"--model {folder}: loading a diffusers folder needs diffusers: pip install "
+                       f"flowsde[diffusers].") from None
+    from flowsde.adapters import from_diffusers
+
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        cls_name = index.get("unet", [None, "UNet2DModel"])[1]
+        sched_cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    except (OSError, ValueError, TypeError, IndexError, AttributeError) as e:
+        raise CLIError(f"--model {folder}: cannot read the pipeline's model_index.json / "
+                       f"scheduler/scheduler_config.json ({e}).") from None
+    cls = getattr(diffusers, str(cls_name), None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise CLIError(f"--model {folder}: unet class {cls_name!r} is not a diffusers model class.")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from diffusers.utils import logging as dlog
+
+    verbosity = dlog.get_verbosity()
+    dlog.set_verbosity_error()  # loader advice (accelerate, ...) is not the user's concern here
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            unet = cls.from_pretrained(str(folder / "unet"), local_files_only=True, torch_dtype=dtype)
+    except Exception as e:  # diffusers' loader errors
+        raise CLIError(f"--model {folder}: cannot load unet/ with diffusers.{cls_name} ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}).") from None
+    finally:
+        dlog.set_verbosity(verbosity)
+    unet = unet.to(device=device).eval()
+    for p in unet.parameters():
+        p.requires_grad_(False)
+    diff = from_diffusers(unet, sched_cfg)
+    cfg = unet.config
+    size = cfg.get("sample_size") if hasattr(cfg, "get") else getattr(cfg, "sample_size", None)
+    chans = cfg.get("in_channels") if hasattr(cfg, "get") else getattr(cfg, "in_channels", None)
+    if size is None or chans is None:
+        raise CLIError(f"--model {folder}: unet/config.json lacks sample_size / in_channels.")
+    hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+    event = (int(chans),) + hw
+    return Model(spec=str(folder), kind="diffusers", diffusion=diff, event_shape=event, data_range=(-1.0, 1.0),
+                 image_shape=event, description=f"diffusers {cls_name} {event} with {sched_cfg.get('_class_name', '?')}"
+                                                f" ({math.prod(event)} dims)")

@@ -1,0 +1,221 @@
+"""``flowsde nll``: bits/dim of a data set under a model (``flowsde likelihood`` is an alias)."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from ._compare import _positive_float, _positive_int
+from ._errors import CLIError
+from ._output import out_file, progress_enabled
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--data", default=None, metavar="SRC",
+                   help="FILE.npy, FILE.pt (a tensor (N, *event)) or package.module:factory returning a torch "
+                        "Dataset or tensor (default: the shipped model's held-out test split)")
+    p.add_argument("--levels", type=_positive_int, default=None,
+                   help="quantization bins of the data (17 for the digits' 0..16); uniform dequantization over them")
+    p.add_argument("--bits", type=_positive_int, default=None, help="same as --levels 2**BITS")
+    p.add_argument("--continuous", action="store_true", help="continuous data: no dequantization")
+    p.add_argument("--data-range", nargs=2, type=float, metavar=("LO", "HI"), default=None,
+                   help="the interval the data's levels span (default: the model's, else -1 1)")
+    p.add_argument("--trace", choices=["exact", "hutchinson"], default="exact",
+                   help="divergence estimator: exact trace, or Hutchinson with --probes probes")
+    p.add_argument("--probes", type=_positive_int, default=1, help="Hutchinson probes per sample (default 1)")
+    p.add_argument("--rtol", type=_positive_float, default=1e-5, help="RK45 rtol (default 1e-5)")
+    p.add_argument("--atol", type=_positive_float, default=1e-5, help="RK45 atol (default 1e-5)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="samples per solve (default 64); "
+                   "results do not depend on it")
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="only the first N samples")
+    p.add_argument("--out", default=None, metavar="FILE.csv",
+                   help="one row per sample (index,nats,bpd,stderr,nfe,status), written as it goes")
+
+
+def load_data(src: str, model) -> tuple:
+    """``(data, description)`` where data is a tensor ``(N, *event)`` or a Dataset of such samples."""
+    p = Path(src)
+    if p.suffix.lower() == ".npy":
+        if not p.is_file():
+            raise CLIError(f"--data {src}: no such file.")
+        import numpy as np
+
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CLIError(f"--data {src}: cannot read it as a .npy array ({e}).") from None
+        if not np.issubdtype(arr.dtype, np.number):
+            raise CLIError(f"--data {src}: dtype {arr.dtype} is not numeric.")
+        data = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float64)
+    elif p.suffix.lower() in (".pt", ".pth"):
+        if not p.is_file():
+            raise CLIError(f"--data {src}: no such file.")
+        try:
+            data = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch's unpickler errors
+            raise CLIError(f"--data {src}: cannot load it with torch.load(weights_only=True) "
+                           f"({type(e).__name__}).") from None
+        if not isinstance(data, torch.Tensor):
+            raise CLIError(f"--data {src}: holds a {type(data).__name__}; save one tensor (N, *event) with "
+                           f"torch.save(x, path).")
+        data = data.to(torch.float64)
+    elif _FACTORY.match(src) and not p.exists():
+        mod_name, fn_name = src.split(":")
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise CLIError(f"--data {src}: cannot import module {mod_name!r} ({e}); check the name and that it is "
+                           f"on PYTHONPATH.") from None
+        fn = getattr(mod, fn_name, None)
+        if not callable(fn):
+            raise CLIError(f"--data {src}: module {mod_name!r} has no callable {fn_name!r}.")
+        try:
+            data = fn()
+        except Exception as e:
+            raise CLIError(f"--data {src}: the factory raised {type(e).__name__}: {e}") from None
+        if isinstance(data, torch.Tensor):
+            data = data.to(torch.float64)
+        elif not isinstance(data, torch.utils.data.Dataset):
+            raise CLIError(f"--data {src}: the factory returned {type(data).__name__}; return a torch Dataset "
+                           f"(items: tensors of the model's sample shape) or a tensor (N, *event).")
+        else:
+            data = _XOnly(data)
+    else:
+        raise CLIError(f"--data {src}: expected FILE.npy, FILE.pt or package.module:factory.")
+    _check_shape(data, model, src)
+    return data, src
+
+
+class _XOnly(torch.utils.data.Dataset):
+    """A Dataset whose items may be ``(x, label, ...)`` tuples, as ``x`` only."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        item = self.ds[i]
+        if isinstance(item, (tuple, list)):
+            item = item[0]
+        return torch.as_tensor(item)
+
+
+def _check_shape(data, model, src) -> None:
+    if isinstance(data, torch.Tensor):
+        n, shape = (data.shape[0] if data.dim() else 0), tuple(data.shape[1:])
+    else:
+        try:
+            n = len(data)
+            shape = tuple(data[0].shape) if n else ()
+        except Exception as e:
+            raise CLIError(f"--data {src}: cannot read its first item ({type(e).__name__}: {e}).") from None
+    if n == 0:
+        raise CLIError(f"--data {src}: holds no samples.")
+    if shape != tuple(model.event_shape):
+        hint = (f"; reshape it to (N, {', '.join(map(str, model.event_shape))})"
+                if math.prod(shape) == math.prod(model.event_shape) else "")
+        raise CLIError(f"--data {src}: samples of shape {shape}, but {model.spec} takes "
+                       f"{tuple(model.event_shape)}{hint}.")
+    if isinstance(data, torch.Tensor) and not bool(torch.isfinite(data).all()):
+        raise CLIError(f"--data {src}: contains NaN or Inf.")
+
+
+def quantization(model, args):
+    """``(levels, bits, data_range)`` for dataset_nll from the options and the model."""
+    if args.continuous:
+        if args.levels or args.bits:
+            raise CLIError("--continuous: no dequantization; drop --levels / --bits.")
+        return None, None, None
+    if args.levels and args.bits:
+        raise CLIError("--levels and --bits: give one (levels = 2**bits).")
+    if args.levels is not None and args.levels < 2:
+        raise CLIError(f"--levels {args.levels}: need at least 2 quantization bins.")
+    dr = tuple(args.data_range) if args.data_range else (model.data_range or (-1.0, 1.0))
+    if not (math.isfinite(dr[0]) and math.isfinite(dr[1]) and dr[0] < dr[1]):
+        raise CLIError(f"--data-range {dr[0]} {dr[1]}: need finite LO < HI.")
+    levels = args.levels
+    if levels is None and args.bits is None:
+        levels = model.levels
+        if levels is None:
+            if model.exact is not None or model.kind == "shipped":  # their data are continuous
+                return None, None, None
+            raise CLIError(f"{model.spec}: the data's quantization is unknown; pass --levels L (e.g. 256 for "
+                           f"8-bit images), --bits B, or --continuous.")
+    return levels, args.bits, dr
+
+
+def main(args, model) -> int:
+    from flowsde.validation import dataset_nll
+
+    if args.probes > 1 and args.trace == "exact":
+        raise CLIError("--probes: only with --trace hutchinson (the exact trace needs no probes).")
+    exact = None
+    if args.data is not None:
+        data, what = load_data(args.data, model)
+    elif model.test_data is not None:
+        data, what = model.test_data(), f"{model.spec}'s held-out test split"
+    elif model.exact is not None:
+        sched = model.diffusion.schedule
+        t_end = float(sched.t_min)
+        n = args.limit or 256
+        target = model.exact.marginal(sched, t_end)
+        data = target.sample(n, generator=torch.Generator().manual_seed(args.seed))
+        exact = target.log_prob(data)
+        what = f"{n} exact samples of the mixture's marginal at t = {t_end:g}"
+    else:
+        raise CLIError(f"--model {model.spec}: has no data set of its own; pass --data "
+                       f"FILE.npy|FILE.pt|pkg.mod:factory.")
+    levels, bits, dr = quantization(model, args)
+    out = out_file(args.out) if args.out else None
+    t0 = time.perf_counter()
+    res = dataset_nll(model.diffusion, data, levels=levels, bits=bits, data_range=dr, trace=args.trace,
+                      probes=args.probes, rtol=args.rtol, atol=args.atol, batch_size=args.batch_size, seed=args.seed,
+                      limit=args.limit, out=str(out) if out else None, progress=progress_enabled(args.quiet),
+                      device=args.device, dtype=args.dtype)
+    print(summary(res, model, what, levels, bits, dr, args, time.perf_counter() - t0))
+    if exact is not None:
+        d = math.prod(model.event_shape)
+        ex = exact[: len(_rows(res))]
+        ex_bpd = float((-ex / (d * math.log(2))).mean())
+        print(f"exact mean bits/dim of the same points (closed form): {ex_bpd:.5f}")
+    if out is not None:
+        print(f"rows: {out}")
+    return 0
+
+
+def _rows(res):
+    return getattr(res, "rows", [])
+
+
+def summary(res, model, what, levels, bits, dr, args, seconds) -> str:
+    n = len(_rows(res))
+    if levels is not None:
+        q = f"uniform dequantization over {levels} levels on [{dr[0]:g}, {dr[1]:g}]"
+    elif bits is not None:
+        q = f"uniform dequantization over 2**{bits} levels on [{dr[0]:g}, {dr[1]:g}]"
+    else:
+        q = "continuous data (no dequantization)"
+    est = "exact trace" if args.trace == "exact" else f"Hutchinson, {args.probes} probe(s)"
+    mean, se = float(res.mean_bpd), float(res.stderr_bpd)
+    nfe = sum(r.nfe for r in res.rows) / max(1, n)
+    lines = [f"{model.spec} on {what}: {n} samples, {q}, {est}, RK45 rtol={args.rtol:g} atol={args.atol:g}"]
+    if res.failed:
+        shown = ", ".join(f"{i} ({s})" for i, s in res.failed[:5])
+        lines.append(f"{len(res.failed)} sample(s) failed and are left out of the mean: {shown}"
+                     f"{' ...' if len(res.failed) > 5 else ''}")
+    if res.resumed:
+        lines.append(f"{res.resumed} row(s) read back from a previous run of the same settings")
+    ok = sorted(r.bpd for r in res.rows if r.status == "SUCCESS")
+    med = (ok[(len(ok) - 1) // 2] + ok[len(ok) // 2]) / 2 if ok else float("nan")
+    lines.append(f"mean bits/dim {mean:.4f} +- {se:.4f} (standard error over {res.n_ok} samples); "
+                 f"median {med:.4f}; mean NLL {res.mean_nats:.3f} nats; mean NFE {nfe:.0f}; {seconds:.1f} s")
+    return "\n".join(lines)

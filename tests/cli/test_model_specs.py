@@ -1,0 +1,143 @@
+"""``--model`` specs (factory, diffusers folder) and bad input: one line, non-zero exit, no traceback."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from _clihelpers import one_line_error, png_size, run, table_rows
+
+FACTORIES = textwrap.dedent("""
+    import torch
+    from flowsde.adapters import Diffusion, schedules
+    from flowsde.validation import default_mixture
+
+    def good(dtype=torch.float64):
+        data = default_mixture(2)
+        sched = schedules.VP()
+        d = Diffusion(data.oracle(sched, "eps"), sched, prediction="eps")
+        d.event_shape = (2,)
+        return d
+
+    def no_shape():
+        d = good()
+        del d.event_shape
+        return d
+
+    def wrong_type():
+        return torch.nn.Linear(2, 2)
+
+    def raises():
+        raise RuntimeError("weights not found")
+""")
+
+
+@pytest.fixture
+def factories(tmp_path, monkeypatch):
+    (tmp_path / "myfactories.py").write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_factory_model(capsys, factories):
+    rc, out, err = run(capsys, "compare", "--model", "myfactories:good", "--solvers", "euler", "heun", "--nfe", 20,
+                       "--batch-size", 64, "--out", factories / "o")
+    assert rc == 0, err
+    rows = {r["solver"]: r for r in table_rows(out)}
+    assert float(rows["heun"]["error"]) < float(rows["euler"]["error"])
+    # the event shape from --shape when the Diffusion does not carry it
+    rc, out, err = run(capsys, "compare", "--model", "myfactories:no_shape", "--shape", 2, "--solvers", "euler",
+                       "--nfe", 4, "--batch-size", 8, "--out", factories / "o2")
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("spec, msg", [
+    ("myfactories:wrong_type", "the factory returned Linear, not a flowsde.adapters.Diffusion"),
+    ("myfactories:raises", "the factory raised RuntimeError: weights not found"),
+    ("myfactories:missing", "has no callable 'missing'"),
+    ("no_such_pkg_xyz.mod:make", "cannot import module 'no_such_pkg_xyz.mod'"),
+    ("myfactories:no_shape", "pass --shape"),
+    ("not-a-model", "unknown model"),
+])
+def test_bad_model_specs(capsys, factories, spec, msg):
+    line = one_line_error(*run(capsys, "compare", "--model", spec, "--out", factories / "o")[::2])
+    assert msg in line
+
+
+def test_not_a_diffusers_folder(capsys, tmp_path):
+    (tmp_path / "unet").mkdir()
+    line = one_line_error(*run(capsys, "compare", "--model", tmp_path)[::2])
+    assert "not a diffusers pipeline folder (missing model_index.json, scheduler)" in line
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """A diffusers pipeline folder, as DDPMPipeline.save_pretrained writes it, from a tiny random UNet."""
+    diffusers = pytest.importorskip("diffusers")
+    import torch
+    import warnings
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                     block_out_channels=(8, 16), norm_num_groups=4,
+                                     down_block_types=("DownBlock2D", "DownBlock2D"),
+                                     up_block_types=("UpBlock2D", "UpBlock2D"))
+        folder = tmp_path_factory.mktemp("pipe") / "ddpm"
+        diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler(num_train_timesteps=100)) \
+            .save_pretrained(str(folder))
+    return folder
+
+
+def test_diffusers_folder(capsys, pipeline, tmp_path):
+    rc, out, err = run(capsys, "compare", "--model", pipeline, "--solvers", "euler", "heun", "--nfe", 8,
+                       "--batch-size", 4, "--rk45-tols", "1e-3", "--reference-tol", "1e-5", "--out", tmp_path / "o")
+    assert rc == 0, err
+    assert "diffusers UNet2DModel (1, 8, 8) with DDPMScheduler" in out
+    rows = {r["solver"]: r for r in table_rows(out)}
+    assert rows["euler"]["NFE"] == "8" and rows["heun"]["setting"] == "4 steps"
+    assert float(rows["euler"]["error"]) > 0
+    # (1, 8, 8) samples drawn as images: 4 per row (the batch), reference + 2 solvers
+    assert png_size(tmp_path / "o" / "samples.png") == (round((1.6 + 0.5 * 4) * 100), round((0.5 * 3 + 0.3) * 100))
+
+
+def test_compare_bad_options(capsys, tmp_path, monkeypatch):
+    import flowsde.validation
+
+    def no_work(*a, **k):
+        raise AssertionError("the comparison ran before the input was checked")
+
+    monkeypatch.setattr(flowsde.validation, "compare_solvers", no_work)
+    (tmp_path / "file.txt").write_text("")
+    cases = [
+        (["--nfe", 0], "'0' is not a positive integer"),
+        (["--nfe", "ten"], "'ten' is not a positive integer"),
+        (["--nfe", -4], "'-4' is not a positive integer"),
+        (["--solvers", "rk4"], "--solvers: unknown rk4"),
+        (["--solvers", "heun", "--nfe", 1], "NFE budget 1 is below one step of 'heun'"),
+        (["--beta", -1], "'-1' must be a finite number >= 0"),
+        (["--beta", "nan"], "must be a finite number >= 0"),
+        (["--dtype", "int8"], "choose float32 or float64"),
+        (["--device", "gpu0"], "not a torch device"),
+        (["--batch-size", 0], "not a positive integer"),
+        (["--out", tmp_path / "file.txt"], "exists and is not a folder"),
+        (["--out", tmp_path / "file.txt" / "sub"], "cannot write there"),
+        (["--likelihood-tols", "1e-3"], "only with --model gmm"),
+        (["--model", "gmm", "--prediction", "noise"], "invalid choice"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ]
+    for args, msg in cases:
+        rc, out, err = run(capsys, "compare", *args)
+        assert msg in one_line_error(rc, err), (args, err)
+
+
+def test_the_command_runs_without_hypothesis(tmp_path):
+    # hypothesis is a test-only dependency: block it and run the real entry point in a fresh interpreter
+    code = ("import sys; sys.modules['hypothesis'] = None; from flowsde.__main__ import main; "
+            "sys.exit(main(['compare', '--model', 'not-a-model']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "unknown model" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,724 @@
+"""Negative log-likelihood of a data set: one row per sample, resumable, torch.distributed aware.
+
+:func:`dataset_nll` runs :meth:`flowsde.adapters.Diffusion.log_likelihood` over a data set
+in batches and returns (and writes, with ``out=``) one row per sample::
+
+    index,nats,bpd,stderr,nfe,status
+
+* ``index``: the sample's global index in the data set (``0 .. n-1``);
+* ``nats``: ``-log p(y)``, the negative log-density (nats) of the sample ``y`` as the model
+  sees it (dequantized and scaled to ``data_range`` for discrete data);
+* ``bpd``: bits per dimension of the discrete data (``levels`` or ``bits`` given, the
+  dequantization bound of :func:`flowsde.bits_per_dim`), or ``nats / (D ln 2)`` for
+  continuous data;
+* ``stderr``: standard error of ``nats`` over the Hutchinson probes (``probes >= 2``); ``nan``
+  where not estimated (exact trace, one probe);
+* ``nfe``: evaluations of the network in the solve (of the batch the sample was in unless
+  the likelihood reports a count per sample);
+* ``status``: :class:`flowsde.Status` name (``SUCCESS``, ``NON_FINITE``, ...).
+
+Reproducibility (``docs/nll.md``):
+
+* each sample draws its dequantization noise and its probes from its own generator,
+  seeded by :func:`sample_seeds` from ``(seed, index)`` alone;
+* batches are formed from global indices — batch ``b`` holds ``b*batch_size .. (b+1)*batch_size-1``
+  — whatever the number of processes, so a batch holds the same samples on any world size
+  (the batch-shared RK45 step couples the samples of a batch; with ``per_sample=True``,
+  the default here, a sample's result depends on the sample alone, and the rows do not
+  depend on ``batch_size`` either, up to the rounding of the network's batched arithmetic);
+* floats are written with ``repr`` (shortest round trip), so a row read back from a file
+  is bit-identical to the one computed.
+
+torch.distributed: when a process group is initialised (``torchrun``), the batches not yet
+done are dealt round-robin to the ranks (pending batch ``j`` to rank ``j % world``). Ranks
+meet only at the start (one ``all_gather_object`` of the rows already on disk and of input
+errors) and at the end (``gather_object`` of the new rows and failures to rank 0, then
+``broadcast_object_list`` of the result), never inside a solve: an adaptive solver takes a
+different number of steps on each rank (k-diffusion's likelihood hangs under DDP for that
+reason, its issue #79).
+
+Resume: with ``out=FILE.csv`` every rank appends each finished batch's rows to
+``FILE.csv.parts/rank{r}-of-{w}.csv`` (flushed and fsynced per batch); ``FILE.csv`` itself
+is written once, by rank 0, when every sample has a row, with a ``FILE.csv.json`` summary,
+and the parts folder is then removed. A rerun with the same settings (any world size)
+reads the rows already on disk (part files and a finished ``FILE.csv``), computes only the
+batches that miss a row, and writes the same final file. A torn last line (a kill
+mid-write) is not a valid row (its status is cut) and is ignored. Settings that would change
+the rows (``n``, ``batch_size``, ``seed``, tolerances, estimator, dequantization, dtype, ...)
+are stored in ``FILE.csv.parts/meta.json``; a rerun with others is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+import flowsde
+from flowsde import FlowSDEError, InputError, Status
+
+__all__ = ["dataset_nll", "NLLResult", "NLLRow", "DatasetNLLError", "sample_seeds", "HEADER"]
+
+#: the CSV header of :func:`dataset_nll`'s output
+HEADER = "index,nats,bpd,stderr,nfe,status"
+_STATUS_NAMES = frozenset(s.name for s in Status)
+_log = logging.getLogger("flowsde.nll")
+#: timeout of the process group that dataset_nll starts itself under torchrun: a rank that finishes
+#: early waits for the slowest at the final gather
+INIT_TIMEOUT = timedelta(hours=6)
+_FORMAT = 1  # bump when the meaning of a row changes (old part files are then refused)
+
+
+class DatasetNLLError(FlowSDEError, RuntimeError):
+    """Some batches of :func:`dataset_nll` raised; the other samples' rows are kept on disk.
+
+    Attributes:
+        failures: list of ``(rank, indices, message)``, one per failed batch.
+    """
+
+    def __init__(self, message: str, failures: List[Tuple[int, List[int], str]]):
+        super().__init__(message)
+        self.failures = failures
+
+
+@dataclass(frozen=True)
+class NLLRow:
+    """One sample's result (see the module docstring for the columns)."""
+
+    index: int
+    nats: float
+    bpd: float
+    stderr: float
+    nfe: int
+    status: str
+
+    def line(self) -> str:
+        """The CSV line (no newline); floats as ``repr`` so they read back bit-identical."""
+        return f"{self.index},{self.nats!r},{self.bpd!r},{self.stderr!r},{self.nfe},{self.status}"
+
+    @staticmethod
+    def parse(line: str) -> Optional["NLLRow"]:
+        """The row of a CSV line, or ``None`` for a header, a blank or a torn (incomplete) line."""
+        parts = line.strip().split(",")
+        if len(parts) != 6 or parts[5] not in _STATUS_NAMES:
+            return None
+        try:
+            return NLLRow(int(parts[0]), float(parts[1]), float(parts[2]), float(parts[3]), int(parts[4]), parts[5])
+        except ValueError:
+            return None
+
+
+@dataclass
+class NLLResult:
+    """What :func:`dataset_nll` returns (the same object on every rank).
+
+    Attributes:
+        rows: one :class:`NLLRow` per sample, sorted by index.
+        mean_bpd: mean bits/dim over the samples with status ``SUCCESS``.
+        stderr_bpd: its standard error over samples, ``std(bpd) / sqrt(n_ok)`` (``nan`` if ``n_ok < 2``).
+        mean_nats, stderr_nats: the same for the NLL in nats.
+        n: number of samples evaluated (after ``limit``); ``n_ok``: those with ``SUCCESS``.
+        failed: ``(index, status)`` of the samples whose solve did not succeed.
+        resumed: samples read from a previous run instead of computed (those of the batches
+            complete on disk; a batch with a missing row is computed again).
+        world_size: processes that took part.
+        out: the CSV written (``None`` without ``out=``).
+        settings: the settings that define the rows (stored with the file for resumes).
+    """
+
+    rows: List[NLLRow]
+    mean_bpd: float
+    stderr_bpd: float
+    mean_nats: float
+    stderr_nats: float
+    n: int
+    n_ok: int
+    failed: List[Tuple[int, str]]
+    resumed: int
+    world_size: int
+    out: Optional[Path]
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def stderr(self) -> float:
+        """``stderr_bpd``: the standard error of ``mean_bpd`` over samples."""
+        return self.stderr_bpd
+
+    def summary(self) -> str:
+        """One line: mean bits/dim and its standard error over samples."""
+        s = (f"bits/dim {self.mean_bpd:.4f} +- {self.stderr_bpd:.4f} (mean +- standard error over "
+             f"{self.n_ok} samples); NLL {self.mean_nats:.4f} +- {self.stderr_nats:.4f} nats")
+        if self.failed:
+            s += f"; {len(self.failed)} sample(s) failed and are excluded: " + _describe_failed(self.failed)
+        return s
+
+    def __repr__(self) -> str:
+        return (f"NLLResult(n={self.n}, n_ok={self.n_ok}, mean_bpd={self.mean_bpd:.6g}, "
+                f"stderr_bpd={self.stderr_bpd:.3g})")
+
+
+# -- seeds ---------------------------------------------------------------------------------------
+
+def _mix32(x: int) -> int:
+    """A bijective 32-bit integer hash (Wellons' lowbias32 finaliser)."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    x ^= x >> 16
+    return x
+
+
+def sample_seeds(seed: int, indices: Sequence[int]) -> List[int]:
+    """The generator seed of each sample: ``(mix32(seed) + index) mod 2^32``.
+
+    Distinct for distinct indices of one run (up to 2^32 samples); a function of ``seed`` and
+    the index alone, so a sample's dequantization noise and probes do not depend on its
+    batch, its rank or the world size. 32 bits because torch's CPU generator (mt19937) uses
+    only the low 32 bits of a seed.
+    """
+    base = _mix32(int(seed) ^ 0x5EED5EED)
+    return [(base + int(i)) & 0xFFFFFFFF for i in indices]
+
+
+# -- input ---------------------------------------------------------------------------------------
+
+def _check_int(name: str, v, lo: int = 1, allow_none: bool = False) -> None:
+    if v is None and allow_none:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise InputError(f"dataset_nll: {name} must be an int >= {lo}, got {v!r}.")
+
+
+def _length(data) -> int:
+    if isinstance(data, torch.Tensor):
+        if data.dim() < 2:
+            raise InputError(f"dataset_nll: data must be (N, *event_shape) with an event dimension, got shape "
+                             f"{tuple(data.shape)}; add one, e.g. data[:, None].")
+        return data.shape[0]
+    if not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        raise InputError(f"dataset_nll: data must be a tensor (N, *event_shape) or a map-style torch Dataset "
+                         f"(with __len__ and __getitem__), got {type(data).__name__}.")
+    return len(data)
+
+
+def _item(data, i: int) -> torch.Tensor:
+    x = data[i]
+    if isinstance(x, (tuple, list)):  # (x, label) datasets
+        x = x[0]
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise InputError(f"dataset_nll: data[{i}] is a {type(x).__name__}, not a tensor ({e}); the Dataset "
+                             "must return a tensor or a (tensor, label) pair.") from e
+    return x
+
+
+def _batch(data, idx: List[int], device, dtype) -> torch.Tensor:
+    if isinstance(data, torch.Tensor):
+        x = data[idx[0]:idx[-1] + 1]
+    else:
+        x = torch.stack([_item(data, i) for i in idx])
+    return x.to(device=device, dtype=dtype)
+
+
+def _net_param(diffusion):
+    net = getattr(diffusion, "net", None)
+    if isinstance(net, torch.nn.Module):
+        for p in net.parameters():
+            return p
+    return None
+
+
+# -- distributed ---------------------------------------------------------------------------------
+
+def _process_group():
+    """``(torch.distributed, rank, world)`` when a process group is initialised, else ``(None, 0, 1)``."""
+    import torch.distributed as td
+
+    if td.is_available() and td.is_initialized():
+        return td, td.get_rank(), td.get_world_size()
+    return None, 0, 1
+
+
+def _all_gather(td, world, obj):
+    if td is None:
+        return [obj]
+    got = [None] * world
+    td.all_gather_object(got, obj)
+    return got
+
+
+def _gather(td, rank, world, obj):
+    if td is None:
+        return [obj]
+    got = [None] * world if rank == 0 else None
+    td.gather_object(obj, got, dst=0)
+    return got
+
+
+def _broadcast(td, obj):
+    if td is None:
+        return obj
+    box = [obj]
+    td.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+def _parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def _summary_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def _read_rows(path: Path) -> List[NLLRow]:
+    rows = []
+    with open(path, "r", encoding="utf-8") as f:
+        for line in f:
+            r = NLLRow.parse(line)
+            if r is not None:
+                rows.append(r)
+    return rows
+
+
+def _diff(a: dict, b: dict) -> str:
+    keys = sorted(set(a) | set(b))
+    return ", ".join(f"{k}: {a.get(k)!r} there vs {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k))
+
+
+def _previous_rows(out: Path, settings: dict) -> List[NLLRow]:
+    """Rows already on disk for ``out`` (its part files and a finished file), checked against ``settings``."""
+    parts, summ = _parts_dir(out), _summary_path(out)
+    rows: List[NLLRow] = []
+    for meta_path in (parts / "meta.json", summ):
+        if meta_path.exists():
+            try:
+                old = json.loads(meta_path.read_text(encoding="utf-8")).get("settings", {})
+            except (OSError, ValueError) as e:
+                raise InputError(f"dataset_nll: cannot read {meta_path} ({e}); delete it (and {parts}) to start "
+                                 "over.") from e
+            if old != settings:
+                raise InputError(f"dataset_nll: {out} holds results of a run with other settings "
+                                 f"({_diff(old, settings)}); "
+                                 f"rerun with those settings to resume, or choose another out / delete {out}, "
+                                 f"{summ} and {parts} to start over.")
+    if out.exists():
+        if not summ.exists():
+            raise InputError(f"dataset_nll: {out} exists but was not written by dataset_nll (no {summ.name} next "
+                             "to it); choose another out or delete it.")
+        rows += _read_rows(out)
+    if parts.is_dir():
+        for p in sorted(parts.glob("rank*.csv")):
+            rows += _read_rows(p)
+    return rows
+
+
+def _write_atomic(path: Path, text: str, tag: str) -> None:
+    tmp = path.with_name(f".{path.name}.{tag}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _PartWriter:
+    """Appends finished rows to this rank's part file, one flushed + fsynced write per batch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+        self.f = open(path, "a", encoding="utf-8")
+        if torn:  # a line cut by a kill: end it, so it stays one (ignored) invalid line
+            self.f.write("\n")
+
+    def write(self, rows: List[NLLRow]) -> None:
+        self.f.write("".join(r.line() + "\n" for r in rows))
+        self.f.flush()
+        os.fsync(self.f.fileno())
+
+    def close(self) -> None:
+        self.f.close()
+
+
+# -- statistics ----------------------------------------------------------------------------------
+
+def _mean_se(v: List[float]) -> Tuple[float, float]:
+    n = len(v)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = math.fsum(v) / n
+    if n < 2:
+        return m, float("nan")
+    var = math.fsum((x - m) ** 2 for x in v) / (n - 1)
+    return m, math.sqrt(var / n)
+
+
+def _ranges(idx: List[int]) -> str:
+    idx = sorted(idx)
+    out, start, prev = [], idx[0], idx[0]
+    for i in idx[1:] + [None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ",".join(out)
+
+
+def _describe_failed(failed: List[Tuple[int, str]], limit: int = 5) -> str:
+    by: Dict[str, List[int]] = {}
+    for i, s in failed:
+        by.setdefault(s, []).append(i)
+    return "; ".join(f"{s} at samples {_ranges(v) if len(v) <= 50 else _ranges(v[:50]) + ',...'}"
+                     for s, v in list(by.items())[:limit])
+
+
+def _jsonable(v):
+    """A setting as stored in ``meta.json``: numbers, strings, lists; a callable by its qualified name."""
+    if isinstance(v, (bool, int, float, str)) or v is None:
+        return v
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(u) for u in v]
+    if isinstance(v, torch.dtype):
+        return str(v)
+    if callable(v):
+        return f"{getattr(v, '__module__', '')}.{getattr(v, '__qualname__', type(v).__name__)}"
+    return repr(v)
+
+
+# -- the computation -----------------------------------------------------------------------------
+
+def _rows_of(res, idx: List[int], D: int, continuous: bool) -> List[NLLRow]:
+    logp = res.logp.detach().to("cpu", torch.float64)
+    B = logp.shape[0]
+    if getattr(res, "bpd", None) is not None:
+        bpd = res.bpd.detach().to("cpu", torch.float64).tolist()
+    elif continuous:
+        bpd = (-logp / (D * math.log(2))).tolist()
+    else:  # pragma: no cover - the adapters always fill bpd when levels/bits are given
+        raise FlowSDEError("dataset_nll: the likelihood returned no bpd for discrete data.")
+    probes = getattr(res, "logp_probes", None)
+    if probes is not None and probes.dim() == 2 and probes.shape[1] >= 2:
+        # std over the probes per row, in Python: torch's reduction over a (B, k) tensor rounds
+        # differently with B, and a row must not depend on its batch
+        stderr = [_mean_se(list(v))[1] for v in probes.detach().to("cpu", torch.float64).tolist()]
+    elif res.stderr is not None:
+        stderr = res.stderr.detach().to("cpu", torch.float64).tolist()
+    else:
+        stderr = [math.nan] * B
+    per = getattr(res, "nfe_per_sample", None)
+    if per is None:
+        per = (getattr(res, "stats", None) or {}).get("nfe_per_sample")
+    if per is None and isinstance(res.nfe, torch.Tensor) and res.nfe.dim() == 1:
+        per = res.nfe
+    nfe = per.detach().to("cpu").tolist() if isinstance(per, torch.Tensor) else [int(res.nfe)] * B
+    status = [Status(int(s)).name for s in res.status.detach().to("cpu").tolist()]
+    return [NLLRow(i, -lp, b, se, int(n), st)
+            for i, lp, b, se, n, st in zip(idx, logp.tolist(), bpd, stderr, nfe, status)]
+
+
+def dataset_nll(
+    diffusion,
+    data,
+    *,
+    levels: Optional[int] = None,
+    bits: Optional[int] = None,
+    data_range: Optional[Tuple[float, float]] = None,
+    trace: str = "exact",
+    probes: int = 1,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    limit: Optional[int] = None,
+    out=None,
+    progress: bool = False,
+    device=None,
+    dtype: Optional[torch.dtype] = None,
+    per_sample: bool = True,
+    **likelihood_options,
+) -> NLLResult:
+    """Negative log-likelihood and bits/dim of every sample of a data set (see the module docstring).
+
+    Arguments:
+        diffusion: a :class:`flowsde.adapters.Diffusion` (anything with its ``log_likelihood``).
+        data: a tensor ``(N, *event_shape)`` or a map-style torch Dataset whose items are tensors
+            or ``(tensor, label)`` pairs, in the model's data space (on the quantization grid for
+            discrete data, as :func:`flowsde.dequantize` expects).
+        levels, bits: quantization of discrete data (``levels`` bins, or ``2**bits``); the samples
+            are dequantized with their own noise and ``bpd`` is the dequantization bound. Neither:
+            continuous data, no dequantization, ``bpd = nats / (D ln 2)``.
+        data_range: ``(lo, hi)`` the discrete data were scaled to (the likelihood's default if ``None``).
+        trace, probes: as :meth:`Diffusion.log_likelihood`.
+        rtol, atol: RK45 tolerances (``None``: :meth:`Diffusion.log_likelihood`'s defaults).
+        batch_size: samples per solve; batch ``b`` holds the global indices
+            ``b*batch_size .. (b+1)*batch_size - 1``.
+        seed: base seed of the per-sample generators (:func:`sample_seeds`).
+        limit: evaluate the first ``limit`` samples only.
+        out: CSV path (rows written as they finish, resumable; see the module docstring).
+        progress: a tqdm bar (stderr, rank 0) over the samples of this rank.
+        device, dtype: where and in which dtype to evaluate (default: the network's parameters',
+            else the data's device and floating dtype; under ``nccl``, ``cuda:LOCAL_RANK``, where the
+            network, if an ``nn.Module`` elsewhere, is moved: each process holds its own copy).
+        per_sample: per-sample RK45 error control (default ``True``: a sample's result then does
+            not depend on the other samples of its batch, nor on ``batch_size``); ``False``:
+            batch-shared steps (rows then depend on ``batch_size``, not on the world size).
+        **likelihood_options: passed on to :meth:`Diffusion.log_likelihood` (e.g. ``t_eps``,
+            ``max_steps``, ``time``), and stored with the settings.
+
+    torch.distributed: shards when a process group is initialised; under ``torchrun`` without one
+    (``WORLD_SIZE > 1``), starts one itself (``nccl`` for a CUDA model or device, else ``gloo``;
+    timeout :data:`INIT_TIMEOUT`) and destroys it before returning.
+
+    Returns:
+        :class:`NLLResult`, identical on every rank and for any world size.
+
+    Raises:
+        InputError: bad arguments, an ``out`` holding rows of other settings, data of a shape the
+            model refuses (raised on every rank).
+        DatasetNLLError: some batches raised (other than a non-finite solve, which is a row with
+            its status); every other row is computed and kept in the part files, so a rerun
+            retries only the failed batches.
+    """
+    own_group = _init_from_env(diffusion, device)
+    try:
+        return _dataset_nll(diffusion, data, levels=levels, bits=bits, data_range=data_range, trace=trace,
+                            probes=probes, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, limit=limit,
+                            out=out, progress=progress, device=device, dtype=dtype, per_sample=per_sample,
+                            **likelihood_options)
+    finally:
+        if own_group:
+            import torch.distributed as td
+
+            td.destroy_process_group()
+
+
+def _init_from_env(diffusion, device) -> bool:
+    """Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) with no process group yet, start one
+    (``nccl`` when evaluating on CUDA, else ``gloo``) so the ranks share the work instead of each
+    evaluating everything; returns whether it did (the group is then destroyed at the end)."""
+    import torch.distributed as td
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not td.is_available() or td.is_initialized():
+        return False
+    p = _net_param(diffusion)
+    cuda = (device is not None and torch.device(device).type == "cuda") or (
+        device is None and p is not None and p.device.type == "cuda")
+    td.init_process_group("nccl" if cuda else "gloo", timeout=INIT_TIMEOUT)
+    return True
+
+
+def _dataset_nll(diffusion, data, *, levels, bits, data_range, trace, probes, rtol, atol, batch_size, seed,
+                 limit, out, progress, device, dtype, per_sample, **likelihood_options) -> NLLResult:
+    td, rank, world = _process_group()
+    if not callable(getattr(diffusion, "log_likelihood", None)):
+        raise InputError(f"dataset_nll: expected a flowsde.adapters.Diffusion (with log_likelihood), got "
+                         f"{type(diffusion).__name__}.")
+    N = _length(data)
+    if N < 1:
+        raise InputError("dataset_nll: the data set is empty.")
+    _check_int("batch_size", batch_size)
+    _check_int("limit", limit, allow_none=True)
+    _check_int("seed", seed, lo=0)
+    _check_int("levels", levels, lo=2, allow_none=True)
+    _check_int("bits", bits, allow_none=True)
+    if levels is not None and bits is not None and levels != 2**bits:
+        raise InputError(f"dataset_nll: levels={levels} and bits={bits} disagree (levels = 2**bits); give one.")
+    if "generator" in likelihood_options or "throw" in likelihood_options:
+        raise InputError("dataset_nll: generator and throw are set by dataset_nll (per-sample generators from "
+                         "seed; throw=False so one sample's failure is its row's status).")
+    n = N if limit is None else min(limit, N)
+    first = _item(data, 0) if not isinstance(data, torch.Tensor) else data[0]
+    event = tuple(first.shape)
+    if len(event) == 0:
+        raise InputError("dataset_nll: samples must have an event dimension (data of shape (N, *event_shape)).")
+    D = math.prod(event)
+
+    # where and in which dtype
+    p = _net_param(diffusion)
+    if device is None:
+        if td is not None and td.get_backend() == "nccl":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1))))
+            torch.cuda.set_device(device)
+            if p is not None and p.device != device:  # each process holds its own copy of the network
+                diffusion.net.to(device)
+                p = _net_param(diffusion)
+        elif p is not None:
+            device = p.device
+        else:
+            device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
+    device = torch.device(device)
+    if td is not None and td.get_backend() == "nccl" and device.type == "cuda":
+        torch.cuda.set_device(device)  # nccl's object collectives run on the current device
+    if isinstance(dtype, str):
+        name = dtype[len("torch."):] if dtype.startswith("torch.") else dtype
+        dtype = getattr(torch, name, None) if name in ("float16", "bfloat16", "float32", "float64") else dtype
+    if dtype is None:
+        if p is not None and p.dtype.is_floating_point:
+            dtype = p.dtype
+        elif isinstance(first, torch.Tensor) and first.dtype.is_floating_point:
+            dtype = first.dtype
+        else:
+            dtype = torch.get_default_dtype()
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise InputError(f"dataset_nll: dtype must be a floating torch.dtype, got {dtype!r}.")
+
+    lik_kw = dict(trace=trace, probes=probes, per_sample=per_sample, **likelihood_options)
+    if rtol is not None:
+        lik_kw["rtol"] = rtol
+    if atol is not None:
+        lik_kw["atol"] = atol
+    if levels is not None:
+        lik_kw["levels"] = levels
+    if bits is not None:
+        lik_kw["bits"] = bits
+    if data_range is not None:
+        lik_kw["data_range"] = tuple(float(v) for v in data_range)
+    continuous = levels is None and bits is None
+    settings = dict(format=_FORMAT, n=n, event_shape=list(event), batch_size=batch_size, seed=seed, dtype=str(dtype),
+                    **{k: _jsonable(v) for k, v in sorted(lik_kw.items())})
+
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        if out_path.is_dir():
+            raise InputError(f"dataset_nll: out={str(out_path)!r} is a directory; give a file path such as "
+                             f"{out_path / 'nll.csv'}.")
+        if not out_path.parent.is_dir():
+            raise InputError(f"dataset_nll: the folder of out={str(out_path)!r} does not exist; create "
+                             f"{out_path.parent} first.")
+        if not os.access(out_path.parent, os.W_OK):
+            raise InputError(f"dataset_nll: cannot write to {out_path.parent} (out={str(out_path)!r}); choose a "
+                             "writable folder.")
+
+    # -- start: the one collective before the work (rows on disk, input errors) -------------------
+    local_rows, err = [], None
+    if out_path is not None:
+        try:
+            local_rows = _previous_rows(out_path, settings)
+        except InputError as e:
+            err = str(e)
+    gathered = _all_gather(td, world, (local_rows, err))
+    errs = [e for _, e in gathered if e]
+    if errs:
+        raise InputError(errs[0])
+    done: Dict[int, NLLRow] = {}
+    for rows, _ in gathered:
+        for r in rows:
+            if 0 <= r.index < n:
+                done.setdefault(r.index, r)
+    n_batches = -(-n // batch_size)
+    batches = [list(range(b * batch_size, min((b + 1) * batch_size, n))) for b in range(n_batches)]
+    pending = [b for b, idx in enumerate(batches) if any(i not in done for i in idx)]
+    mine = pending[rank::world]
+    skipped = n - sum(len(batches[b]) for b in pending)
+
+    writer = None
+    if out_path is not None and mine:
+        parts = _parts_dir(out_path)
+        parts.mkdir(exist_ok=True)
+        meta = parts / "meta.json"
+        if not meta.exists():
+            _write_atomic(meta, json.dumps({"settings": settings}, indent=1, sort_keys=True), f"r{rank}")
+        writer = _PartWriter(parts / f"rank{rank}-of-{world}.csv")
+
+    # -- the work: no collective in here -------------------------------------------------------
+    new_rows: List[NLLRow] = []
+    failures: List[Tuple[int, List[int], str]] = []
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(len(batches[b]) for b in mine), desc=f"flowsde nll (rank 0 of {world})",
+                   unit="sample", file=sys.stderr)
+    try:
+        for j, b in enumerate(mine):
+            idx = batches[b]
+            try:
+                x = _batch(data, idx, device, dtype)
+                gens = flowsde.per_sample_generators(sample_seeds(seed, idx), device=device)
+                res = diffusion.log_likelihood(x, generator=gens, throw=False, **lik_kw)
+                rows = _rows_of(res, idx, D, continuous)
+            except Exception as e:  # noqa: BLE001 - reported with the samples, the other ranks go on
+                failures.append((rank, idx, f"{type(e).__name__}: {e}"))
+                _log.error("dataset_nll: rank %d of %d, samples %s: %s: %s", rank, world, _ranges(idx),
+                           type(e).__name__, e)
+                if isinstance(e, InputError):  # bad input: every later batch would fail the same way
+                    rest = [i for bb in mine[j + 1:] for i in batches[bb]]
+                    if rest:
+                        failures.append((rank, rest, f"not run: rank {rank} stopped after the InputError above"))
+                    break
+                continue
+            bad = [r for r in rows if r.status != "SUCCESS"]
+            if bad:  # a row with its status, not an exception: reported now, and in the summary
+                for st in sorted({r.status for r in bad}):
+                    _log.warning("dataset_nll: rank %d of %d, samples %s: %s (%s)", rank, world,
+                                 _ranges([r.index for r in bad if r.status == st]), st, Status[st].message)
+            if writer is not None:
+                writer.write(rows)
+            new_rows += rows
+            if bar is not None:
+                bar.update(len(idx))
+    finally:
+        if writer is not None:
+            writer.close()
+        if bar is not None:
+            bar.close()
+
+    # -- end: gather to rank 0, write once, broadcast ------------------------------------------
+    gathered = _gather(td, rank, world, (new_rows, failures))
+    outcome = None
+    if rank == 0:
+        all_failures = [f for _, fs in gathered for f in fs]
+        for rows, _ in gathered:
+            for r in rows:
+                done.setdefault(r.index, r)
+        if all_failures:
+            bad = sorted(i for _, idx, _ in all_failures for i in idx)
+            first_msg = all_failures[0][2]
+            where = "; ".join(f"rank {rk}, samples {_ranges(idx)}: {msg}" for rk, idx, msg in all_failures[:5])
+            keep = f" Finished rows are kept in {_parts_dir(out_path)}; rerun to compute only the failed ones." \
+                if out_path is not None else ""
+            msg = f"dataset_nll: {len(bad)} of {n} samples not evaluated ({where}).{keep}"
+            kind = "input" if all(isinstance(m, str) and (m.startswith("InputError") or m.startswith("not run"))
+                                  for _, _, m in all_failures) else "run"
+            outcome = ("error", kind, msg if kind == "run" else first_msg.split(": ", 1)[1] + keep, all_failures)
+        else:
+            rows = [done[i] for i in range(n)]
+            ok = [r for r in rows if r.status == "SUCCESS"]
+            mb, sb = _mean_se([r.bpd for r in ok])
+            mn, sn = _mean_se([r.nats for r in ok])
+            result = NLLResult(rows=rows, mean_bpd=mb, stderr_bpd=sb, mean_nats=mn, stderr_nats=sn, n=n,
+                               n_ok=len(ok), failed=[(r.index, r.status) for r in rows if r.status != "SUCCESS"],
+                               resumed=skipped, world_size=world, out=out_path, settings=settings)
+            if out_path is not None:
+                _write_atomic(out_path, HEADER + "\n" + "".join(r.line() + "\n" for r in rows), "r0")
+                summary = dict(settings=settings, n=n, n_ok=len(ok), mean_bpd=mb, stderr_bpd=sb, mean_nats=mn,
+                               stderr_nats=sn, failed=[list(f) for f in result.failed])
+                _write_atomic(_summary_path(out_path), json.dumps(summary, indent=1, sort_keys=True), "r0")
+                shutil.rmtree(_parts_dir(out_path), ignore_errors=True)
+            outcome = ("ok", result)
+    outcome = _broadcast(td, outcome)
+    if outcome[0] == "error":
+        _, kind, msg, all_failures = outcome
+        if kind == "input":
+            raise InputError(msg)
+        raise DatasetNLLError(msg, all_failures)
+    return outcome[1]
