@@ -41,7 +41,7 @@ LAMBDA_FLOOR = -20.0
 
 # per model: architecture and optimisation defaults (the shipped weights used these)
 DEFAULTS: Dict[str, dict] = {
-    "digits-eps": dict(kind="eps-vp", width=256, depth=3, dropout=0.2, bound=4.0, gate=True, steps=12000, batch_size=256, lr=1e-3,
+    "digits-eps": dict(kind="eps-vp", width=256, depth=3, dropout=0.2, bound=2.0, gate=True, steps=12000, batch_size=256, lr=1e-3,
                        ema=0.999, holdout=200),
     "digits-velocity": dict(kind="velocity-fm", width=256, depth=3, dropout=0.2, bound=4.0, gate=True, steps=12000, batch_size=256,
                             lr=1e-3, ema=0.999, holdout=200),
