@@ -104,11 +104,9 @@ def _core_name(method: str) -> str:
 def _nfe_of(method: str, n_steps: int) -> int:
     """NFE of ``n_steps`` steps of a fixed-step method (``Solver.nfe``).
 
-    The harness's grids stop at ``t_end`` > 0, never at zero noise, so no method saves the evaluation
-    of a last step to zero (EDM, DPM-2: ``2n``, not the ``2n - 1`` of a grid ending at zero).
+    The harness's grids stop at ``t_end`` > 0, never at zero noise (``to_zero_noise=False``).
     """
-    solver = flowsde.get_solver(_core_name(method))
-    return max(int(solver.nfe(n_steps)), int(n_steps) * int(solver.evals_per_step))
+    return int(flowsde.get_solver(_core_name(method)).nfe(n_steps))
 
 
 def steps_for_budget(method: str, budget: int) -> Tuple[int, int]:

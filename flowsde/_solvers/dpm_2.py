@@ -26,9 +26,9 @@ class DPM2(SemiLinearSolver):
     needs_t_from_ratio = True
     evals_per_step = 2
 
-    def nfe(self, n_steps: int) -> int:
-        """``2n - 1`` on a grid ending at zero noise (k-diffusion's); ``2n`` otherwise."""
-        return 2 * int(n_steps) - 1
+    def nfe(self, n_steps: int, *, to_zero_noise: bool = False) -> int:
+        """``2n``; ``2n - 1`` on a grid ending at zero noise (k-diffusion's: the last step is Euler)."""
+        return 2 * int(n_steps) - (1 if to_zero_noise and n_steps > 0 else 0)
 
     def prepare(self, problem, grid, state):
         # exp(lerp(log r0, log r1, 1/2)), written as torch.lerp evaluates it at weight 1/2

@@ -39,9 +39,9 @@ class DPMpp2SAncestral(SemiLinearSolver):
         """``eta``: optional, the peer's eta; it must agree with the problem's beta (see the module)."""
         self._set_eta(eta)
 
-    def nfe(self, n_steps: int) -> int:
-        """``2n - 1`` on a grid ending at zero noise (k-diffusion's); ``2n`` otherwise."""
-        return 2 * int(n_steps) - 1
+    def nfe(self, n_steps: int, *, to_zero_noise: bool = False) -> int:
+        """``2n``; ``2n - 1`` on a grid ending at zero noise (k-diffusion's: the last step is Euler)."""
+        return 2 * int(n_steps) - (1 if to_zero_noise and n_steps > 0 else 0)
 
     def prepare(self, problem, grid, state):
         steps, mids = [], []

@@ -71,9 +71,9 @@ class EDM(SemiLinearSolver):
         self.round_sigma = round_sigma
         self.needs_t_from_ratio = self.S_churn > 0
 
-    def nfe(self, n_steps: int) -> int:
-        """``2n - 1`` on a grid ending at zero noise (EDM's); ``2n`` otherwise."""
-        return 2 * int(n_steps) - 1
+    def nfe(self, n_steps: int, *, to_zero_noise: bool = False) -> int:
+        """``2n``; ``2n - 1`` on a grid ending at zero noise (EDM's: the last step is Euler)."""
+        return 2 * int(n_steps) - (1 if to_zero_noise and n_steps > 0 else 0)
 
     def gammas(self, ratios) -> list:
         """EDM's ``gamma_i`` for the grid's noise levels ``ratios`` (Python floats, ``sigma/alpha``)."""

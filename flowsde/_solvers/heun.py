@@ -24,7 +24,7 @@ class Heun(Solver):
     def __init__(self, final_euler: bool = False):
         self.final_euler = bool(final_euler)
 
-    def nfe(self, n_steps: int) -> int:
+    def nfe(self, n_steps: int, *, to_zero_noise: bool = False) -> int:
         """``2 N``, or ``2 N - 1`` with ``final_euler``."""
         n = 2 * int(n_steps)
         return n - 1 if self.final_euler and n_steps > 0 else n

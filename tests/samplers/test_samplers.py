@@ -118,7 +118,7 @@ def test_step_to_zero_noise(method):
     ts = grid_to_zero(10)
     sol = flowsde.solve(problem, latents(), ts, method=method, save_all=True)
     assert min(calls) > 0
-    assert sol.nfe == len(calls) == flowsde.get_solver(method).nfe(10)
+    assert sol.nfe == len(calls) == flowsde.get_solver(method).nfe(10, to_zero_noise=True)
     x_last, t_last = sol.xs[-2], ts[-2]
     clean = d.x0(t_last, x_last)
     if method in ("ddim", "dpmpp_2m", "unipc", "dpmpp_2m_sde", "dpmpp_3m_sde"):
@@ -322,3 +322,13 @@ def test_exact_for_a_point_mass(method, sched, cuts, to_zero):
     a0, s0, a1, s1 = (float(f(ts[k])) for k in (0, -1) for f in (schedule.alpha, schedule.sigma))
     exact = a1 * c + (s1 / s0) * (x - a0 * c)
     torch.testing.assert_close(out, exact, rtol=1e-10, atol=1e-10 * float(x.abs().max()))
+
+
+@pytest.mark.parametrize("method", ["edm", "dpm_2", "dpmpp_2s_ancestral"])
+def test_declared_nfe_on_a_grid_stopping_above_zero_noise(method):
+    """Two-stage samplers take both evaluations on every step of a grid ending at sigma > 0."""
+    d = vp()
+    problem = d.pf_ode() if method != "dpmpp_2s_ancestral" else d.reverse_sde(0.0)
+    ts = torch.linspace(d.schedule.t_max, d.schedule.t_min, 7, dtype=torch.float64)
+    sol = flowsde.solve(problem, latents(), ts, method=method)
+    assert sol.nfe == flowsde.get_solver(method).nfe(6) == 12
