@@ -200,7 +200,7 @@ def test_t_eps_rounding_clamped_real_excursion_refused():
     # k-diffusion's float32 sigma_min: 0.0019999996 for 0.002, off by rounding only
     r = dif.log_likelihood(x, t_eps=0.0019999996)
     assert r.stats["t_eps"] == 0.002
-    with pytest.raises(InputError, match=r"t_eps = 0\.0019 lies outside .* by 0\.0001"):
+    with pytest.raises(InputError, match=r"log_likelihood: t_eps = 0\.0019 is outside .* by 0\.0001"):
         dif.log_likelihood(x, t_eps=0.0019)
 
 
