@@ -1,4 +1,4 @@
-"""Scale and anchors, one model and one set of inputs (issue 13; figures in docs/benchmarks.md).
+"""Scale and anchors, one model and one set of inputs (figures in docs/benchmarks.md).
 
 Sections (all on the same model, float32, one thread per process):
 

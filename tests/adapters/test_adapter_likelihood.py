@@ -2,7 +2,7 @@
 
 The exact answer is the mixture's closed-form marginal ``log p_{t_eps}(x)``
 (``GaussianMixture.log_prob_t``), and the prior is the exact marginal at ``T``, so the
-only error is the solver's. Bound: 1e-3 nats at rtol = atol = 1e-5 (issue 4): the
+only error is the solver's. Bound: 1e-3 nats at rtol = atol = 1e-5 (docs/likelihood.md): the
 log-density channel is controlled to 1e-5 nats per step in absolute terms, and a solve
 takes < 60 steps, so the accumulated error is <= 6e-4 even without cancellation.
 """
@@ -133,8 +133,8 @@ def test_bad_input():
     with pytest.raises(InputError, match="not 256-level"):
         dif.log_likelihood(x.clamp(-0.9, 0.9), bits=8)  # continuous data is not on the 8-bit grid
     with pytest.raises(InputError, match="without levels= or bits="):
-        dif.log_likelihood(x, data_range=(-1, 1))  # issue 11: bpd=None in silence before
-    # issue 11: data in [-2, 2] with data_range (-1, 1) gave 15.6 bits/dim
+        dif.log_likelihood(x, data_range=(-1, 1))  # regression: bpd=None in silence before
+    # regression: data in [-2, 2] with data_range (-1, 1) gave 15.6 bits/dim
     wide = torch.tensor([[-2.0, 0.5], [1.5, 2.0]], dtype=DT)
     for kw in (dict(bits=8), dict(levels=17, dequantize=False)):
         with pytest.raises(InputError, match="outside"):

@@ -3,7 +3,7 @@
 Both engines control the same quantities (the state's RMS error per sample, the log-density's
 absolute error per step, max over the batch) with the same Dormand-Prince pair, so at the default
 ``bpd_tol = 1e-5`` (log-density held to ``1e-5 D ln 2`` nats per step) both must land within
-1e-3 nats of the closed form (issue 10's small-problem bound) and of each other.
+1e-3 nats of the closed form (the small-problem bound of docs/likelihood.md) and of each other.
 """
 
 import math

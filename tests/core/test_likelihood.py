@@ -185,7 +185,7 @@ def test_dequantize_stays_in_bins(kw, L):
 
 
 def test_data_outside_range_refused():
-    # issue 11: data in [-2, 2] with data_range (-1, 1) must not give a number
+    # data in [-2, 2] with data_range (-1, 1) must not give a number
     x = torch.tensor([[-2.0, 0.0, 2.0], [0.0, 0.5, 1.0]], dtype=torch.float64)
     with pytest.raises(InputError, match=r"outside \[-1.0, 1.0\] in samples \[0\]"):
         dequantize(x, levels=5, data_range=(-1, 1))

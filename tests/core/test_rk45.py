@@ -222,7 +222,7 @@ def test_time_passed_to_the_function(per_sample):
 
 
 def test_float32_state_keeps_float64_time():
-    # issue 10: a float32 state turned an end time of 1/3 into 0.3333333432674408 inside RK45
+    # regression: a float32 state turned an end time of 1/3 into 0.3333333432674408 inside RK45
     seen = []
 
     def f(t, y):
@@ -238,7 +238,7 @@ def test_float32_state_keeps_float64_time():
 
 @pytest.mark.parametrize("t0,t1", [(80.0, 0.002), (0.002, 80.0), (1.0, 1e-5)])
 def test_initial_step_probe_and_stages_stay_in_span(t0, t1):
-    # issue 10: a drift near zero at the start made Hairer's probe land past the end of the span
+    # regression: a drift near zero at the start made Hairer's probe land past the end of the span
     lo, hi = min(t0, t1), max(t0, t1)
     seen = []
 
