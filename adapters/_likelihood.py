@@ -129,7 +129,7 @@ def log_likelihood(
         :class:`DiffusionLikelihood`: ``logp`` (score_sde-comparable), ``stderr``, ``solver_error``
         (nats; ``solver_error_bpd`` per dimension), ``bpd`` (if ``levels``/``bits``), and with
         ``corrected``: ``logp_corrected``, ``stderr_corrected``, ``bpd_corrected``, ``residual``
-        (decoder log-likelihood + entropy); ``nfe`` counts both solves.
+        (decoder log-likelihood + entropy); ``nfe`` (and ``stats["nfe_per_sample"]``) count both solves.
     """
     unknown = sorted(set(options) - set(CORE_OPTIONS))
     if unknown:
@@ -212,6 +212,7 @@ def log_likelihood(
         res.stderr_corrected = res2.stderr
         res.solver_error_corrected = res2.solver_error
         res.nfe += res2.nfe + 1
+        res.stats["nfe_per_sample"] = res.stats["nfe_per_sample"] + res2.stats["nfe_per_sample"] + 1
         res.status = torch.maximum(res.status, res2.status)
         if L is not None:
             res.bpd_corrected = bits_per_dim(res.logp_corrected, D, levels=L, data_range=data_range)

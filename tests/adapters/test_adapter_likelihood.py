@@ -104,6 +104,8 @@ def test_bits_per_dim_and_corrected_form_by_hand(kw, L):
     assert (r.logp_corrected - corrected).abs().max() < 1e-3
     assert (r.bpd_corrected + corrected / (d * math.log(2)) - offset).abs().max() < 1e-3
     assert r.stats["dequantized"] and r.stats["levels"] == L
+    # batch-shared steps (the default): every sample's count is the batch's, both solves + the score call
+    assert r.stats["nfe_per_sample"].tolist() == [r.nfe] * 3
 
 
 def test_default_prior_and_hutchinson_run():
