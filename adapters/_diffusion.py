@@ -11,7 +11,8 @@ and from a velocity, with ``D = alpha sigma' - alpha' sigma`` (flow_matching
 
     eps = (alpha u - alpha' x)/D,   x0 = (sigma' x - sigma u)/D.
 
-The beta-family (docs/design.md, "The Itô / beta family"; Song et al. 2021, Karras et al. 2022 eq. 6) all share the marginals p_t:
+The beta-family (docs/design.md, "The Itô / beta family"; Song et al. 2021, Karras et al. 2022
+eq. 6) all share the marginals p_t:
 
     reverse:  dx = [f x - (1+beta)/2 g^2 score] dt + sqrt(beta) g dW   (solve with decreasing ts),
     forward:  dx = [f x - (1-beta)/2 g^2 score] dt + sqrt(beta) g dW   (increasing ts),

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import math
 import multiprocessing as mp
@@ -44,12 +43,12 @@ import resource
 import subprocess
 import sys
 import time
-import types
 
 import torch
 
 import flowsde
 from flowsde.adapters import VP, Diffusion, edm_sampler, to_denoiser
+from flowsde.validation import k_diffusion_sampling
 
 HERE = os.path.abspath(__file__)
 
@@ -172,24 +171,6 @@ def per_call(fn, device, n=20, rounds=10):
         _sync(device)
         best = min(best, (time.perf_counter() - t0) / n)
     return best
-
-
-def kdiffusion_sampling():
-    """k-diffusion's ``sampling.py`` without its package ``__init__`` (which needs skimage)."""
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = list(spec.submodule_search_locations)[0]
-    pkg = types.ModuleType("_kd_bench")
-    pkg.__path__ = [root]
-    utils = types.ModuleType("_kd_bench.utils")
-    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    pkg.utils = utils
-    sys.modules["_kd_bench"], sys.modules["_kd_bench.utils"] = pkg, utils
-    s = importlib.util.spec_from_file_location("_kd_bench.sampling", f"{root}/sampling.py")
-    mod = importlib.util.module_from_spec(s)
-    s.loader.exec_module(mod)
-    return mod
 
 
 # -- likelihood ----------------------------------------------------------------------------------
@@ -541,7 +522,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     dif, name, data = build(args.device)
     try:
-        kd = kdiffusion_sampling()
+        kd = k_diffusion_sampling()
     except ImportError as e:
         print(f"k-diffusion's sampling.py not loadable ({e}); its rows are skipped")
         kd = None

@@ -13,30 +13,21 @@ import pytest
 import torch
 
 from flowsde import InputError
-from flowsde.adapters import EDM, VE, VP, Diffusion, Linear
-from flowsde.validation.references import GaussianMixture
+from flowsde.adapters import EDM, VP, Diffusion, Linear
+from flowsde.validation import GaussianMixture, likelihood_mixture, schedule_predictions
 
 DT = torch.float64
 LOG2PI = math.log(2 * math.pi)
 
 
-def mixture(d, K=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    means = 1.5 * torch.randn(K, d, generator=g, dtype=DT)
-    A = torch.randn(K, d, d, generator=g, dtype=DT) / math.sqrt(d)
-    covs = 0.3 * A @ A.transpose(1, 2) + 0.05 * torch.eye(d, dtype=DT)
-    w = torch.tensor([0.5, 0.3, 0.2], dtype=DT)[:K]
-    return GaussianMixture(w / w.sum(), means, covs), g
-
-
 # one prediction type per schedule, so the conversions are exercised too
-CASES = [(VP(), "eps"), (VE(), "score"), (EDM(), "x0"), (Linear(), "velocity")]
+CASES = schedule_predictions()
 
 
 @pytest.mark.parametrize("d", [2, 16])
 @pytest.mark.parametrize("sched,pred", CASES, ids=lambda c: type(c).__name__ if not isinstance(c, str) else c)
 def test_mixture_logp_exact_within_1e3(sched, pred, d):
-    gm, g = mixture(d)
+    gm, g = likelihood_mixture(d)
     x = gm.sample(6, generator=g)
     dif = Diffusion(gm.oracle(sched, pred), sched, prediction=pred)
     T = torch.tensor(float(sched.t_max), dtype=DT)
@@ -50,7 +41,7 @@ def test_mixture_logp_exact_within_1e3(sched, pred, d):
 
 
 def test_log_snr_time_variable_agrees():
-    gm, g = mixture(3)
+    gm, g = likelihood_mixture(3)
     x = gm.sample(4, generator=g)
     sched = VP()
     dif = Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps")
@@ -109,7 +100,7 @@ def test_bits_per_dim_and_corrected_form_by_hand(kw, L):
 
 
 def test_default_prior_and_hutchinson_run():
-    gm, g = mixture(2)
+    gm, g = likelihood_mixture(2)
     x = gm.sample(3, generator=g)
     sched = VP()
     dif = Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps")
@@ -122,7 +113,7 @@ def test_default_prior_and_hutchinson_run():
 
 
 def test_bad_input():
-    gm, g = mixture(2)
+    gm, g = likelihood_mixture(2)
     sched = VP()
     dif = Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps")
     x = gm.sample(2, generator=g)
@@ -154,7 +145,7 @@ def test_bad_input():
 
 def test_image_shaped_event_and_float32():
     # D = 4 data as (B, 1, 2, 2) images: the exact trace works on any event shape
-    gm, g = mixture(4)
+    gm, g = likelihood_mixture(4)
     x = gm.sample(3, generator=g)
     sched = EDM()
     dif = Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps")
@@ -178,7 +169,7 @@ def test_result_types_and_one_signature():
 
     core_fields = set(flowsde.LikelihoodResult.__dataclass_fields__)
     assert not core_fields & {"bpd", "logp_corrected", "bpd_corrected", "residual", "stderr_corrected"}
-    gm, g = mixture(2)
+    gm, g = likelihood_mixture(2)
     sched = VP()
     dif = Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps")
     r = dif.log_likelihood(gm.sample(2, generator=g))
@@ -195,7 +186,7 @@ def test_result_types_and_one_signature():
 
 
 def test_t_eps_rounding_clamped_real_excursion_refused():
-    gm, g = mixture(2)
+    gm, g = likelihood_mixture(2)
     sched = EDM()
     dif = Diffusion(gm.oracle(sched, "x0"), sched, prediction="x0")
     x = gm.sample(2, generator=g)
@@ -208,7 +199,7 @@ def test_t_eps_rounding_clamped_real_excursion_refused():
 
 def test_prior_end_where_alpha_vanishes_is_explained():
     # Linear with t_max = 1: alpha(1) = 0; an eps model's velocity divides by alpha there
-    gm, g = mixture(2)
+    gm, g = likelihood_mixture(2)
     lin = Linear()
     dif = Diffusion(gm.oracle(lin, "eps"), lin, prediction="eps")
     with pytest.raises(InputError, match="alpha = 0.*velocity.*not N\\(0, sigma\\^2 I\\)"):
