@@ -115,16 +115,22 @@ def _rss_kib():
         return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
+def _best_of(fn, repeats, device):
+    """``(best seconds, fn's last result)``: the minimum wall time over ``repeats`` calls."""
+    res, best = None, math.inf
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        res = fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, res
+
+
 def _run_child(fn, repeats, device, conn):
     try:
         rss0 = _rss_kib()
-        res, best = None, math.inf
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            res = fn()
-            _sync(device)
-            best = min(best, time.perf_counter() - t0)
+        best, res = _best_of(fn, repeats, device)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0  # KiB on Linux
         # plain lists: torch would send tensors through shared memory, which a pipe cannot carry here
         res = tuple(r.detach().cpu().tolist() if isinstance(r, torch.Tensor) else r for r in res)
@@ -139,13 +145,7 @@ def measure(fn, repeats, device):
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        res, best = None, math.inf
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            res = fn()
-            _sync(device)
-            best = min(best, time.perf_counter() - t0)
+        best, res = _best_of(fn, repeats, device)
         return best, res, (torch.cuda.max_memory_allocated() - base) / 2**20
     ctx = mp.get_context("fork")
     a, b = ctx.Pipe(duplex=False)
