@@ -1,7 +1,7 @@
 """``Diffusion``: a network of any parameterization under any schedule, as core problems.
 
 With ``x_t = alpha x_0 + sigma eps`` (data at ``t = 0``) every prediction is an
-exact affine function of the others (DESIGN.md; flow_matching ``path/affine.py``):
+exact affine function of the others (docs/design.md, "Conventions"; flow_matching ``path/affine.py``):
 
     score = -eps/sigma,   x0 = (x - sigma eps)/alpha,   v = alpha eps - sigma x0  (alpha^2 + sigma^2 = 1),
     velocity u = alpha' x0 + sigma' eps = f x - g^2/2 score,
@@ -11,7 +11,8 @@ and from a velocity, with ``D = alpha sigma' - alpha' sigma`` (flow_matching
 
     eps = (alpha u - alpha' x)/D,   x0 = (sigma' x - sigma u)/D.
 
-The beta-family (DESIGN.md; Song et al. 2021, Karras et al. 2022 eq. 6) all share the marginals p_t:
+The beta-family (docs/design.md, "The Itô / beta family"; Song et al. 2021, Karras et al. 2022
+eq. 6) all share the marginals p_t:
 
     reverse:  dx = [f x - (1+beta)/2 g^2 score] dt + sqrt(beta) g dW   (solve with decreasing ts),
     forward:  dx = [f x - (1-beta)/2 g^2 score] dt + sqrt(beta) g dW   (increasing ts),

@@ -8,7 +8,7 @@ the data. flowsde puts data at ``t = 0``; at the boundary
     t = 1 - s,   alpha(t) = alpha_s,   sigma(t) = sigma_s,
     velocity(x, t) = dx/dt = -u(x, 1 - t),
 
-and nothing inside the core knows about the other convention (DESIGN.md).
+and nothing inside the core knows about the other convention (docs/design.md, "Conventions").
 ``CondOTScheduler`` (``alpha_s = s``, ``sigma_s = 1 - s``) becomes
 :class:`~flowsde.adapters.schedules.Linear`. No import of flow_matching is
 needed: its schedulers are duck-typed (``scheduler(s)`` returning an object

@@ -37,6 +37,8 @@ from flowsde import log_likelihood as _core_log_likelihood
 from flowsde.utils import batch_broadcast, randn
 from flowsde._likelihood import _check_data, _check_range, check_in_range, quantization_levels
 
+from ._schedule import time_in_range
+
 TIMES = ("t", "log_snr")
 LOG2PI = math.log(2 * math.pi)
 
@@ -78,19 +80,6 @@ def log_snr_ode(ode: ODE, schedule, t_range: Tuple[float, float]) -> ODE:
     return ODE(drift)
 
 
-def _time_in_range(name: str, value: float, lo: float, hi: float) -> float:
-    """``value`` clamped into ``[lo, hi]`` when it is off by rounding only (a float32 copy of an end,
-    e.g. k-diffusion's 0.0019999996 for 0.002); a real excursion is refused with enough digits."""
-    if lo <= value <= hi:
-        return value
-    end = lo if value < lo else hi
-    if abs(value - end) <= 4 * torch.finfo(torch.float32).eps * max(abs(end), 1e-30):
-        return end
-    raise InputError(f"log_likelihood: {name} = {value!r} lies outside the schedule's range [t_min, t_max] = "
-                     f"[{lo!r}, {hi!r}] by {abs(value - end):.3g} (more than float32 rounding); the model is "
-                     "undefined there. Pass a time inside the range.")
-
-
 def log_likelihood(
     diffusion,
     x: torch.Tensor,
@@ -112,7 +101,8 @@ def log_likelihood(
         diffusion: a :class:`flowsde.adapters.Diffusion`.
         x: data ``(B, *event)`` in the model's data space (e.g. scaled to ``[-1, 1]``).
         t_eps: data-end time of the ODE (default ``schedule.t_min``, and ``0`` for a ``"velocity"`` model,
-            whose drift is defined at ``t = 0``; a value off the range by float32 rounding is clamped).
+            whose drift is defined at ``t = 0``; a value off the range by rounding only is clamped:
+            :func:`flowsde.adapters.time_in_range`).
         t_max: prior-end time (default ``schedule.t_max``).
         time: integration variable, ``"t"`` or ``"log_snr"``.
         prior_logp: ``z -> (B,)`` log-density at ``t_max`` (default ``diffusion.prior().log_prob``;
@@ -139,7 +129,7 @@ def log_likelihood(
         :class:`DiffusionLikelihood`: ``logp`` (score_sde-comparable), ``stderr``, ``solver_error``
         (nats; ``solver_error_bpd`` per dimension), ``bpd`` (if ``levels``/``bits``), and with
         ``corrected``: ``logp_corrected``, ``stderr_corrected``, ``bpd_corrected``, ``residual``
-        (decoder log-likelihood + entropy); ``nfe`` counts both solves.
+        (decoder log-likelihood + entropy); ``nfe`` (and ``stats["nfe_per_sample"]``) count both solves.
     """
     unknown = sorted(set(options) - set(CORE_OPTIONS))
     if unknown:
@@ -156,8 +146,8 @@ def log_likelihood(
         # a velocity model's PF-ODE drift is the network's output itself, defined at t = 0 (nothing
         # divides by sigma): the likelihood is taken at the data end, as flow_matching does
         t_lo = 0.0
-    t_eps = t_lo if t_eps is None else _time_in_range("t_eps", float(t_eps), t_lo, t_hi)
-    T = t_hi if t_max is None else _time_in_range("t_max", float(t_max), t_lo, t_hi)
+    t_eps = t_lo if t_eps is None else time_in_range(float(t_eps), t_lo, t_hi, name="t_eps", where="log_likelihood")
+    T = t_hi if t_max is None else time_in_range(float(t_max), t_lo, t_hi, name="t_max", where="log_likelihood")
     if not t_eps < T:
         raise InputError(f"log_likelihood: need t_eps = {t_eps!r} < t_max = {T!r}.")
     alpha_T = float(schedule.alpha(torch.tensor(T, dtype=torch.float64)))
@@ -222,6 +212,7 @@ def log_likelihood(
         res.stderr_corrected = res2.stderr
         res.solver_error_corrected = res2.solver_error
         res.nfe += res2.nfe + 1
+        res.stats["nfe_per_sample"] = res.stats["nfe_per_sample"] + res2.stats["nfe_per_sample"] + 1
         res.status = torch.maximum(res.status, res2.status)
         if L is not None:
             res.bpd_corrected = bits_per_dim(res.logp_corrected, D, levels=L, data_range=data_range)

@@ -10,6 +10,8 @@ import torch
 from flowsde import InputError
 from flowsde.utils import check_positive, randn
 
+from ._inputs import _META_FIX, check_tensor
+
 __all__ = ["GaussianPrior"]
 
 
@@ -42,18 +44,23 @@ class GaussianPrior:
         ``generator``: ``None`` (global RNG), a ``torch.Generator``, or a list of ``B``
         per-sample generators (``flowsde.per_sample_generators``), in which case sample
         ``i`` depends only on generator ``i`` (results independent of the batch size).
+        ``device="meta"`` is refused (a meta tensor has no values to sample).
         """
         shape = tuple(int(s) for s in shape)
         if len(shape) < 1 or any(s < 1 for s in shape):
             raise InputError(f"prior.sample: shape must be (B, *event) with positive sizes, got {shape}.")
+        if device is not None and torch.device(device).type == "meta":
+            raise InputError(f"prior.sample: device={device!r} is the 'meta' device; {_META_FIX}.")
         dtype = torch.get_default_dtype() if dtype is None else dtype
         return self.std * randn(shape, generator, dtype, device)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log N(x; 0, std^2 I)`` summed over the event dimensions: ``(B,)``, dtype of ``x``."""
+        """``log N(x; 0, std^2 I)`` summed over the event dimensions: ``(B,)``, dtype of ``x``.
+        A tensor on the meta device is refused (:class:`flowsde.InputError`)."""
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise InputError(f"prior.log_prob: x must be a tensor of shape (B, *event), got {type(x).__name__}"
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else ''}.")
+        check_tensor(x, "x", "prior.log_prob")
         d = x[0].numel()
         sq = (x.reshape(x.shape[0], -1) ** 2).sum(1)
         return -0.5 * sq / self.std**2 - 0.5 * d * math.log(2 * math.pi * self.std**2)

@@ -7,7 +7,7 @@ follow ``t``):
 - ``alpha(t)``, ``sigma(t)`` and their time derivatives ``d_alpha(t)``,
   ``d_sigma(t)``;
 - the forward-SDE coefficients ``f(t) = alpha'/alpha`` and
-  ``g2(t) = d sigma^2/dt - 2 f sigma^2`` (DESIGN.md);
+  ``g2(t) = d sigma^2/dt - 2 f sigma^2`` (docs/design.md, "The Itô / beta family");
 - ``log_snr(t) = 2 log(alpha/sigma)`` and ``sigma_ratio(t) = sigma/alpha``
   (EDM's sigma; NVlabs/edm writes ``x = s(t) (x_0 + sigma(t) n)``);
 - the inverse maps ``t_from_log_snr(lam)`` and ``t_from_sigma_ratio(r)``;

@@ -198,7 +198,7 @@ def equal_accuracy(curve, e_ref):
 
 def frontier(dims, lo=1.0, hi=6.0, step=0.25):
     """flowsde (batch, the default) at rtol = atol = 10^-lo .. 10^-hi vs torchdiffeq at 1e-3 .. 1e-6:
-    the NFE flowsde needs to reach torchdiffeq's accuracy (the issue's target: <= 0.8x)."""
+    the NFE flowsde needs to reach torchdiffeq's accuracy (the target: <= 0.8x)."""
     n = int(round((hi - lo) / step))
     tols = [10 ** -(lo + i * step) for i in range(n + 1)]
     for d in dims:

@@ -21,20 +21,11 @@ import math
 
 import torch
 
-from flowsde.adapters import EDM, VE, VP, Diffusion, Linear
-from flowsde.validation.references import GaussianMixture
+from flowsde.adapters import Diffusion
+from flowsde.validation import likelihood_mixture, schedule_predictions
 
 DT = torch.float64
-CASES = [(VP(), "eps"), (VE(), "score"), (EDM(), "x0"), (Linear(), "velocity")]
-
-
-def mixture(d, K=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    means = 1.5 * torch.randn(K, d, generator=g, dtype=DT)
-    A = torch.randn(K, d, d, generator=g, dtype=DT) / math.sqrt(d)
-    covs = 0.3 * A @ A.transpose(1, 2) + 0.05 * torch.eye(d, dtype=DT)
-    w = torch.tensor([0.5, 0.3, 0.2], dtype=DT)[:K]
-    return GaussianMixture(w / w.sum(), means, covs), g
+CASES = schedule_predictions()  # the problems of tests/adapters/test_adapter_likelihood.py
 
 
 def main(argv=None):
@@ -49,7 +40,7 @@ def main(argv=None):
     rows = {tol: [] for tol in tols}  # (true, estimate, d) in nats
     for d in (2, 8, 16):
         for sched, pred in CASES:
-            gm, g = mixture(d)
+            gm, g = likelihood_mixture(d)
             x = gm.sample(args.batch, generator=g)
             dif = Diffusion(gm.oracle(sched, pred), sched, prediction=pred)
             T = torch.tensor(float(sched.t_max), dtype=DT)

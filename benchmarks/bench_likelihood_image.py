@@ -33,15 +33,13 @@ problems; a few minutes on 2 cores) or ``--quick``; ``--plot docs/img/lik_image.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import platform
-import sys
-import types
 
 import torch
 
 import flowsde
+from flowsde.validation import k_diffusion_sampling
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 LN2 = math.log(2)
@@ -158,28 +156,13 @@ def run_flowsde(p, seed, method="rk45", **kw):
     return r.logp.to(torch.float64), r.nfe, r.solver_error.to(torch.float64)
 
 
-def load_kdiffusion_sampling():
-    spec = importlib.util.find_spec("k_diffusion")  # without executing the package __init__
-    root = list(spec.submodule_search_locations)[0]
-    pkg = types.ModuleType("_kd_stub")
-    pkg.__path__ = [root]
-    utils = types.ModuleType("_kd_stub.utils")
-    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    pkg.utils = utils
-    sys.modules["_kd_stub"], sys.modules["_kd_stub.utils"] = pkg, utils
-    s = importlib.util.spec_from_file_location("_kd_stub.sampling", f"{root}/sampling.py")
-    mod = importlib.util.module_from_spec(s)
-    s.loader.exec_module(mod)
-    return mod
-
-
 _KD = None
 
 
 def run_kdiff(p, seed, tol):
     global _KD
     if _KD is None:
-        _KD = load_kdiffusion_sampling()
+        _KD = k_diffusion_sampling()
     torch.manual_seed(seed)  # its probe: torch.randint_like(x, 2) * 2 - 1 from the global RNG
     ll, info = _KD.log_likelihood(lambda x, s: p["den"](x, s), p["x"], SIGMA_MIN, SIGMA_MAX, atol=tol, rtol=tol)
     # k-diffusion's prior is N(0, sigma_max^2 I) in the state's dtype: same as prior_logp up to round-off

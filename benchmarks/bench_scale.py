@@ -1,4 +1,4 @@
-"""Scale and anchors, one model and one set of inputs (issue 13; figures in docs/benchmarks.md).
+"""Scale and anchors, one model and one set of inputs (figures in docs/benchmarks.md).
 
 Sections (all on the same model, float32, one thread per process):
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import math
 import multiprocessing as mp
@@ -44,12 +43,12 @@ import resource
 import subprocess
 import sys
 import time
-import types
 
 import torch
 
 import flowsde
 from flowsde.adapters import VP, Diffusion, edm_sampler, to_denoiser
+from flowsde.validation import k_diffusion_sampling
 
 HERE = os.path.abspath(__file__)
 
@@ -116,16 +115,22 @@ def _rss_kib():
         return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
+def _best_of(fn, repeats, device):
+    """``(best seconds, fn's last result)``: the minimum wall time over ``repeats`` calls."""
+    res, best = None, math.inf
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        res = fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, res
+
+
 def _run_child(fn, repeats, device, conn):
     try:
         rss0 = _rss_kib()
-        res, best = None, math.inf
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            res = fn()
-            _sync(device)
-            best = min(best, time.perf_counter() - t0)
+        best, res = _best_of(fn, repeats, device)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0  # KiB on Linux
         # plain lists: torch would send tensors through shared memory, which a pipe cannot carry here
         res = tuple(r.detach().cpu().tolist() if isinstance(r, torch.Tensor) else r for r in res)
@@ -140,13 +145,7 @@ def measure(fn, repeats, device):
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        res, best = None, math.inf
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            res = fn()
-            _sync(device)
-            best = min(best, time.perf_counter() - t0)
+        best, res = _best_of(fn, repeats, device)
         return best, res, (torch.cuda.max_memory_allocated() - base) / 2**20
     ctx = mp.get_context("fork")
     a, b = ctx.Pipe(duplex=False)
@@ -172,24 +171,6 @@ def per_call(fn, device, n=20, rounds=10):
         _sync(device)
         best = min(best, (time.perf_counter() - t0) / n)
     return best
-
-
-def kdiffusion_sampling():
-    """k-diffusion's ``sampling.py`` without its package ``__init__`` (which needs skimage)."""
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = list(spec.submodule_search_locations)[0]
-    pkg = types.ModuleType("_kd_bench")
-    pkg.__path__ = [root]
-    utils = types.ModuleType("_kd_bench.utils")
-    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    pkg.utils = utils
-    sys.modules["_kd_bench"], sys.modules["_kd_bench.utils"] = pkg, utils
-    s = importlib.util.spec_from_file_location("_kd_bench.sampling", f"{root}/sampling.py")
-    mod = importlib.util.module_from_spec(s)
-    s.loader.exec_module(mod)
-    return mod
 
 
 # -- likelihood ----------------------------------------------------------------------------------
@@ -541,7 +522,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     dif, name, data = build(args.device)
     try:
-        kd = kdiffusion_sampling()
+        kd = k_diffusion_sampling()
     except ImportError as e:
         print(f"k-diffusion's sampling.py not loadable ({e}); its rows are skipped")
         kd = None

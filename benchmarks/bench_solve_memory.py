@@ -1,6 +1,6 @@
 """Peak memory of a sampling solve with and without the autograd graph (``solve(grad=...)``).
 
-The case of the issue that introduced ``grad=``: Heun, 200 steps, a 4096 x 4 batch through
+The case that motivated ``grad=``: Heun, 200 steps, a 4096 x 4 batch through
 a small MLP (4 -> 256 -> 256 -> 4), CPU. Memory is the process's resident set, sampled every
 millisecond by a thread during the solve, minus its value at the start.
 

@@ -74,7 +74,7 @@ class LikelihoodResult:
         solver_error: ``(B,)`` estimate of the ODE solver's error on ``logp`` (nats): the sum of the
             embedded error estimates of the log-density channel over the accepted steps
             (``docs/likelihood.md`` measures how it tracks the true error).
-        nfe: evaluations of the ODE's drift (each with its D or k vector-Jacobian products).
+        nfe: evaluations of the ODE's drift (each with its D or k vector-Jacobian products), for the batch.
         dims: ``D``, the number of data dimensions (for the per-dimension figures).
         prior_logp: ``(B,)`` ``log p_{t_prior}(z)``.
         delta_logp: ``(B,)`` ``int div u dt`` (mean over probes).
@@ -82,7 +82,11 @@ class LikelihoodResult:
         status, t_final: per-sample :class:`flowsde.Status` and time reached (float64).
         n_steps, n_accepted, n_rejected: solver counts (max over samples in per-sample mode).
         logp_probes: ``(B, k)`` one estimate per probe (Hutchinson) or ``None``.
-        stats: extras (engine, mode, tolerances, trace, probes, ...).
+        stats: extras (engine, mode, tolerances, trace, probes, ...), and ``nfe_per_sample``: ``(B,)`` int64
+            on the data's device, the evaluations each sample took (RK45: its first evaluation, the
+            initial-step probe and 6 per step while it ran; both solves with ``error_estimate="resolve"``).
+            With batch-shared steps (and torchdiffeq) it is ``nfe`` for every sample that did not fail;
+            in per-sample mode each sample's own count (``nfe`` is then the batch's, >= the max).
     """
 
     logp: torch.Tensor
@@ -443,6 +447,7 @@ def log_likelihood(
 
     out, z, L, lp = run(engine, ((rtol, atol), (0.0, tol_L)), "flowsde log-likelihood")
     calls = out["calls"]
+    calls_per_sample = _calls_per_sample(out, B, device)
     status = out["status"]
     per_probe = lp.to(torch.float64).unsqueeze(1) + L  # (B, k), float64
     logp = per_probe.mean(1)
@@ -459,6 +464,7 @@ def log_likelihood(
         out2, _, L2, lp2 = run(tight, ((tight.rtol, tight.atol), (0.0, tol_L / q)), "flowsde log-likelihood (resolve)")
         solver_error = (logp - (lp2.to(torch.float64).unsqueeze(1) + L2).mean(1)).abs()
         calls += out2["calls"]
+        calls_per_sample = calls_per_sample + _calls_per_sample(out2, B, device)
         status = torch.maximum(status, out2["status"])
     else:
         err_L = out["err_sum"][1]
@@ -472,8 +478,18 @@ def log_likelihood(
         stats=dict(engine=engine.name, trace=trace, probes=k, probe=probe if trace == "hutchinson" else None,
                    bpd_tol=bpd_tol, logp_atol_per_step=tol_L, rtol=rtol, atol=atol, mode=engine.mode,
                    error_estimate=error_estimate,
-                   t_span=(t_data, t_prior), vjps_per_eval=D if trace == "exact" else k),
+                   t_span=(t_data, t_prior), vjps_per_eval=D if trace == "exact" else k,
+                   nfe_per_sample=calls_per_sample),
     )
+
+
+def _calls_per_sample(out: dict, B: int, device) -> torch.Tensor:
+    """``(B,)`` int64: each sample's evaluations (RK45 counts them on the device; an engine taking one step
+    for the batch, torchdiffeq, evaluates every sample at every call)."""
+    per = out.get("calls_per_sample")
+    if per is None:
+        per = torch.full((B,), out["calls"], dtype=torch.int64, device=device)
+    return per
 
 
 def _engine(method, rtol, atol, per_sample, max_steps):

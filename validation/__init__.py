@@ -44,6 +44,10 @@ __all__ = [
 ]
 from ._nll import DatasetNLLError, NLLResult, NLLRow, dataset_nll  # data-set NLL (docs/nll.md)
 __all__ += ["dataset_nll", "NLLResult", "NLLRow", "DatasetNLLError"]
+from .peers import k_diffusion_sampling  # peers loaded for tests and benchmarks (validation/peers.py)
+__all__ += ["k_diffusion_sampling"]
+from ._likelihood_cases import likelihood_mixture, schedule_predictions  # exact likelihood problems
+__all__ += ["likelihood_mixture", "schedule_predictions"]
 
 
 def __getattr__(name):

@@ -13,8 +13,9 @@ in batches and returns (and writes, with ``out=``) one row per sample::
   continuous data;
 * ``stderr``: standard error of ``nats`` over the Hutchinson probes (``probes >= 2``); ``nan``
   where not estimated (exact trace, one probe);
-* ``nfe``: evaluations of the network in the solve (of the batch the sample was in unless
-  the likelihood reports a count per sample);
+* ``nfe``: evaluations of the network the sample took (the likelihood's
+  ``stats["nfe_per_sample"]``: its own count with ``per_sample=True``, the batch's with
+  batch-shared steps);
 * ``status``: :class:`flowsde.Status` name (``SUCCESS``, ``NON_FINITE``, ...).
 
 Reproducibility (``docs/nll.md``):

@@ -163,7 +163,11 @@ def dopri5(
     Returns:
         a dict with ``y`` (final tuple), ``ys`` (list over components of ``(len(ts), B, ...)``
         or ``None``), ``status``, ``t_final``, ``h`` (last step size), ``n_acc``, ``n_rej``
-        (per-sample int64), ``n_iter`` (loop iterations), ``calls`` (calls of ``func``), ``err_sum``
+        (per-sample int64), ``n_iter`` (loop iterations), ``calls`` (calls of ``func``), ``calls_per_sample``
+        (``(B,)`` int64 on the device: the evaluations each sample took while it ran: the first ``k1``,
+        Hairer's initial-step probe (unless ``first_step`` is given) and 6 per step, accepted, rejected
+        or the one that failed; FSAL reuses ``k1``. With batch-shared steps every sample that did not
+        fail has ``calls``), ``err_sum``
         (per component: for ``"abs"`` components the sum over accepted steps of the embedded error
         estimate ``err``, shape of the component, float64; ``None`` for the others).
     """
@@ -220,6 +224,8 @@ def dopri5(
 
     status = torch.zeros(B, dtype=torch.int64, device=dev)
     running = torch.ones(B, dtype=torch.bool, device=dev)
+    # per-sample evaluation count, kept on the device (no sync): k1 and the probe so far, then 6 per step
+    calls_per_sample = torch.full((B,), calls, dtype=torch.int64, device=dev)
     n_acc = torch.zeros(B, dtype=torch.int64, device=dev)
     n_rej = torch.zeros(B, dtype=torch.int64, device=dev)
     r_prev = torch.full((B,), 1e-4, **f64)
@@ -256,6 +262,7 @@ def dopri5(
         for i in range(1, 7):
             yi = _lincomb(y, sh, _A[i], ks)
             ks.append(f(torch.clamp(t + _C[i] * sh, t_lo, t_hi), yi))
+        calls_per_sample += 6 * running.to(torch.int64)  # the stages of a step of the samples still running
         y1 = _lincomb(y, sh, _B, ks[:6])  # b_7 = 0: y1 uses k1..k6
         err = _lincomb(tuple(torch.zeros_like(v) for v in y), sh, _E, ks)
         r = _ratio(err, y, y1, tols, norms)
@@ -319,7 +326,7 @@ def dopri5(
     if bar is not None:
         bar.close()
     return dict(y=y, ys=ys, status=status, t_final=t, h=h, n_acc=n_acc, n_rej=n_rej, n_iter=n_iter, calls=calls,
-                err_sum=err_sum)
+                calls_per_sample=calls_per_sample, err_sum=err_sum)
 
 
 def check_tolerances(rtol: float, atol: float, dtype: torch.dtype, *, where: str) -> None:
@@ -448,7 +455,7 @@ class RK45(Solver):
             ts=ts if save_all else None,
             xs=out["ys"][0] if save_all else None,
             stats=dict(mode=self.mode, n_accepted_per_sample=out["n_acc"], n_rejected_per_sample=out["n_rej"],
-                       h_last=out["h"], rtol=self.rtol, atol=self.atol),
+                       nfe_per_sample=out["calls_per_sample"], h_last=out["h"], rtol=self.rtol, atol=self.atol),
         )
 
     def __repr__(self) -> str:

@@ -2,7 +2,7 @@
 
 The exact answer is the mixture's closed-form marginal ``log p_{t_eps}(x)``
 (``GaussianMixture.log_prob_t``), and the prior is the exact marginal at ``T``, so the
-only error is the solver's. Bound: 1e-3 nats at rtol = atol = 1e-5 (issue 4): the
+only error is the solver's. Bound: 1e-3 nats at rtol = atol = 1e-5 (docs/likelihood.md): the
 log-density channel is controlled to 1e-5 nats per step in absolute terms, and a solve
 takes < 60 steps, so the accumulated error is <= 6e-4 even without cancellation.
 """
@@ -13,30 +13,21 @@ import pytest
 import torch
 
 from flowsde import InputError
-from flowsde.adapters import EDM, VE, VP, Diffusion, Linear
-from flowsde.validation.references import GaussianMixture
+from flowsde.adapters import EDM, VP, Diffusion, Linear
+from flowsde.validation import GaussianMixture, likelihood_mixture, schedule_predictions
 
 DT = torch.float64
 LOG2PI = math.log(2 * math.pi)
 
 
-def mixture(d, K=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    means = 1.5 * torch.randn(K, d, generator=g, dtype=DT)
-    A = torch.randn(K, d, d, generator=g, dtype=DT) / math.sqrt(d)
-    covs = 0.3 * A @ A.transpose(1, 2) + 0.05 * torch.eye(d, dtype=DT)
-    w = torch.tensor([0.5, 0.3, 0.2], dtype=DT)[:K]
-    return GaussianMixture(w / w.sum(), means, covs), g
-
-
 # one prediction type per schedule, so the conversions are exercised too
-CASES = [(VP(), "eps"), (VE(), "score"), (EDM(), "x0"), (Linear(), "velocity")]
+CASES = schedule_predictions()
 
 
 @pytest.mark.parametrize("d", [2, 16])
 @pytest.mark.parametrize("sched,pred", CASES, ids=lambda c: type(c).__name__ if not isinstance(c, str) else c)
 def test_mixture_logp_exact_within_1e3(sched, pred, d):
-    gm, g = mixture(d)
+    gm, g = likelihood_mixture(d)
     x = gm.sample(6, generator=g)
     dif = Diffusion(gm.oracle(sched, pred), sched, prediction=pred)
     T = torch.tensor(float(sched.t_max), dtype=DT)
@@ -50,7 +41,7 @@ def test_mixture_logp_exact_within_1e3(sched, pred, d):
 
 
 def test_log_snr_time_variable_agrees():
-    gm, g = mixture(3)
+    gm, g = likelihood_mixture(3)
     x = gm.sample(4, generator=g)
     sched = VP()
     dif = Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps")
@@ -104,10 +95,12 @@ def test_bits_per_dim_and_corrected_form_by_hand(kw, L):
     assert (r.logp_corrected - corrected).abs().max() < 1e-3
     assert (r.bpd_corrected + corrected / (d * math.log(2)) - offset).abs().max() < 1e-3
     assert r.stats["dequantized"] and r.stats["levels"] == L
+    # batch-shared steps (the default): every sample's count is the batch's, both solves + the score call
+    assert r.stats["nfe_per_sample"].tolist() == [r.nfe] * 3
 
 
 def test_default_prior_and_hutchinson_run():
-    gm, g = mixture(2)
+    gm, g = likelihood_mixture(2)
     x = gm.sample(3, generator=g)
     sched = VP()
     dif = Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps")
@@ -120,7 +113,7 @@ def test_default_prior_and_hutchinson_run():
 
 
 def test_bad_input():
-    gm, g = mixture(2)
+    gm, g = likelihood_mixture(2)
     sched = VP()
     dif = Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps")
     x = gm.sample(2, generator=g)
@@ -133,8 +126,8 @@ def test_bad_input():
     with pytest.raises(InputError, match="not 256-level"):
         dif.log_likelihood(x.clamp(-0.9, 0.9), bits=8)  # continuous data is not on the 8-bit grid
     with pytest.raises(InputError, match="without levels= or bits="):
-        dif.log_likelihood(x, data_range=(-1, 1))  # issue 11: bpd=None in silence before
-    # issue 11: data in [-2, 2] with data_range (-1, 1) gave 15.6 bits/dim
+        dif.log_likelihood(x, data_range=(-1, 1))  # regression: bpd=None in silence before
+    # regression: data in [-2, 2] with data_range (-1, 1) gave 15.6 bits/dim
     wide = torch.tensor([[-2.0, 0.5], [1.5, 2.0]], dtype=DT)
     for kw in (dict(bits=8), dict(levels=17, dequantize=False)):
         with pytest.raises(InputError, match="outside"):
@@ -152,7 +145,7 @@ def test_bad_input():
 
 def test_image_shaped_event_and_float32():
     # D = 4 data as (B, 1, 2, 2) images: the exact trace works on any event shape
-    gm, g = mixture(4)
+    gm, g = likelihood_mixture(4)
     x = gm.sample(3, generator=g)
     sched = EDM()
     dif = Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps")
@@ -176,7 +169,7 @@ def test_result_types_and_one_signature():
 
     core_fields = set(flowsde.LikelihoodResult.__dataclass_fields__)
     assert not core_fields & {"bpd", "logp_corrected", "bpd_corrected", "residual", "stderr_corrected"}
-    gm, g = mixture(2)
+    gm, g = likelihood_mixture(2)
     sched = VP()
     dif = Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps")
     r = dif.log_likelihood(gm.sample(2, generator=g))
@@ -193,20 +186,20 @@ def test_result_types_and_one_signature():
 
 
 def test_t_eps_rounding_clamped_real_excursion_refused():
-    gm, g = mixture(2)
+    gm, g = likelihood_mixture(2)
     sched = EDM()
     dif = Diffusion(gm.oracle(sched, "x0"), sched, prediction="x0")
     x = gm.sample(2, generator=g)
     # k-diffusion's float32 sigma_min: 0.0019999996 for 0.002, off by rounding only
     r = dif.log_likelihood(x, t_eps=0.0019999996)
     assert r.stats["t_eps"] == 0.002
-    with pytest.raises(InputError, match=r"t_eps = 0\.0019 lies outside .* by 0\.0001"):
+    with pytest.raises(InputError, match=r"log_likelihood: t_eps = 0\.0019 is outside .* by 0\.0001"):
         dif.log_likelihood(x, t_eps=0.0019)
 
 
 def test_prior_end_where_alpha_vanishes_is_explained():
     # Linear with t_max = 1: alpha(1) = 0; an eps model's velocity divides by alpha there
-    gm, g = mixture(2)
+    gm, g = likelihood_mixture(2)
     lin = Linear()
     dif = Diffusion(gm.oracle(lin, "eps"), lin, prediction="eps")
     with pytest.raises(InputError, match="alpha = 0.*velocity.*not N\\(0, sigma\\^2 I\\)"):

@@ -3,37 +3,28 @@
 Both engines control the same quantities (the state's RMS error per sample, the log-density's
 absolute error per step, max over the batch) with the same Dormand-Prince pair, so at the default
 ``bpd_tol = 1e-5`` (log-density held to ``1e-5 D ln 2`` nats per step) both must land within
-1e-3 nats of the closed form (issue 10's small-problem bound) and of each other.
+1e-3 nats of the closed form (the small-problem bound of docs/likelihood.md) and of each other.
 """
 
-import math
 
 import pytest
 import torch
 
 import flowsde
 from flowsde import InputError, SolveError, Status
-from flowsde.adapters import EDM, VE, VP, Diffusion, Linear
-from flowsde.validation.references import GaussianMixture
+from flowsde.adapters import Diffusion
+from flowsde.validation import likelihood_mixture, schedule_predictions
 
 DT = torch.float64
 
 
-def mixture(d, K=3, seed=0):  # the mixture of test_adapter_likelihood.py
-    g = torch.Generator().manual_seed(seed)
-    means = 1.5 * torch.randn(K, d, generator=g, dtype=DT)
-    A = torch.randn(K, d, d, generator=g, dtype=DT) / math.sqrt(d)
-    covs = 0.3 * A @ A.transpose(1, 2) + 0.05 * torch.eye(d, dtype=DT)
-    w = torch.tensor([0.5, 0.3, 0.2], dtype=DT)[:K]
-    return GaussianMixture(w / w.sum(), means, covs), g
-
-CASES = [(VP(), "eps"), (VE(), "score"), (EDM(), "x0"), (Linear(), "velocity")]
+CASES = schedule_predictions()
 
 
 @pytest.mark.parametrize("d", [2, 8])
 @pytest.mark.parametrize("sched,pred", CASES, ids=lambda c: type(c).__name__ if not isinstance(c, str) else c)
 def test_torchdiffeq_dopri5_agrees_with_rk45(sched, pred, d):
-    gm, g = mixture(d)
+    gm, g = likelihood_mixture(d)
     x = gm.sample(5, generator=g)
     dif = Diffusion(gm.oracle(sched, pred), sched, prediction=pred)
     T = torch.tensor(float(sched.t_max), dtype=DT)

@@ -66,7 +66,7 @@ def test_derivatives_equal_autograd(sch, us):
     ds = torch.autograd.grad(s.sum(), t)[0]
     _close(sch.d_alpha(t).detach(), da)
     _close(sch.d_sigma(t).detach(), ds)
-    # f = alpha'/alpha and g^2 = d sigma^2/dt - 2 f sigma^2 (DESIGN.md), by autograd of log alpha and sigma^2
+    # f = alpha'/alpha and g^2 = d sigma^2/dt - 2 f sigma^2 (docs/design.md), by autograd of log alpha and sigma^2
     dla = torch.autograd.grad(torch.log(sch.alpha(t)).sum(), t)[0]
     ds2 = torch.autograd.grad((sch.sigma(t) ** 2).sum(), t)[0]
     _close(sch.f(t).detach(), dla)

@@ -69,6 +69,37 @@ def test_gaussian_data_hand_written_pf_ode(d):
     assert (r.logp - _gauss_logp(x, s2)).abs().max() < 1e-4
 
 
+def _cubic_ode():
+    # dx/dt = -x^3: stiffer for larger |x|, so samples of different sizes need different step counts
+    return flowsde.ODE(lambda t, x: -x**3)
+
+
+def test_nfe_per_sample_in_per_sample_and_batch_shared_modes():
+    x = torch.tensor([[0.1, 0.0], [1.0, -1.0], [3.0, 2.0]], dtype=torch.float64)
+    kw = dict(rtol=1e-6, atol=1e-6)
+    ps = log_likelihood(_cubic_ode(), x, (0.0, 2.0), std_normal_logp, per_sample=True, **kw)
+    per = ps.stats["nfe_per_sample"]
+    assert per.dtype == torch.int64 and per.shape == (3,) and per.device == x.device
+    assert len(set(per.tolist())) == 3 and int(per.max()) == ps.nfe
+    # each sample's count is what it costs alone: solved as a batch of one it takes the same evaluations
+    for i in range(3):
+        alone = log_likelihood(_cubic_ode(), x[i:i + 1], (0.0, 2.0), std_normal_logp, per_sample=True, **kw)
+        assert alone.nfe == int(per[i]) and alone.stats["nfe_per_sample"].tolist() == [alone.nfe]
+    bt = log_likelihood(_cubic_ode(), x, (0.0, 2.0), std_normal_logp, per_sample=False, **kw)
+    assert bt.stats["nfe_per_sample"].tolist() == [bt.nfe] * 3
+    rs = log_likelihood(_cubic_ode(), x, (0.0, 2.0), std_normal_logp, per_sample=False,
+                        error_estimate="resolve", **kw)
+    assert rs.stats["nfe_per_sample"].tolist() == [rs.nfe] * 3  # both solves counted
+
+
+def test_nfe_per_sample_with_torchdiffeq_is_the_batch_count():
+    pytest.importorskip("torchdiffeq")
+    x = torch.tensor([[0.1, 0.0], [3.0, 2.0]], dtype=torch.float64)
+    r = log_likelihood(_cubic_ode(), x, (0.0, 2.0), std_normal_logp, rtol=1e-6, atol=1e-6,
+                       method="torchdiffeq:dopri5")
+    assert r.stats["nfe_per_sample"].tolist() == [r.nfe] * 2
+
+
 def test_float32_data():
     s2 = torch.full((4,), 0.5)
     x = torch.randn(3, 4) * s2.sqrt()
@@ -185,7 +216,7 @@ def test_dequantize_stays_in_bins(kw, L):
 
 
 def test_data_outside_range_refused():
-    # issue 11: data in [-2, 2] with data_range (-1, 1) must not give a number
+    # data in [-2, 2] with data_range (-1, 1) must not give a number
     x = torch.tensor([[-2.0, 0.0, 2.0], [0.0, 0.5, 1.0]], dtype=torch.float64)
     with pytest.raises(InputError, match=r"outside \[-1.0, 1.0\] in samples \[0\]"):
         dequantize(x, levels=5, data_range=(-1, 1))

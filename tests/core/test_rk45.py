@@ -126,6 +126,40 @@ def test_per_sample_steps_differ_and_batch_mode_shares_them():
         assert ((s.x - exact).abs() / (1e-8 + 1e-8 * exact)).max() < 100  # 100 x the local tolerance
 
 
+@pytest.mark.parametrize("first_step", [None, 0.01])
+def test_nfe_per_sample_counts_each_samples_own_evaluations(first_step):
+    # Dormand-Prince with FSAL: 1 evaluation for k1, 1 for Hairer's probe (none with first_step),
+    # then 6 per step, accepted or rejected. Batch-shared steps: every sample has the batch's count.
+    k = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64).reshape(3, 1)
+    ode = flowsde.ODE(lambda t, y: -k * y)
+    y0 = torch.ones(3, 1, dtype=torch.float64)
+    start = 1 if first_step is not None else 2
+    ps = flowsde.solve(ode, y0, torch.tensor([0.0, 3.0]), method=RK45(1e-8, 1e-8, per_sample=True,
+                                                                        first_step=first_step))
+    per = ps.stats["nfe_per_sample"]
+    steps = ps.stats["n_accepted_per_sample"] + ps.stats["n_rejected_per_sample"]
+    assert per.dtype == torch.int64 and per.shape == (3,)
+    assert per.tolist() == (start + 6 * steps).tolist()
+    assert per[0] < per[2] and int(per.max()) == ps.nfe  # the slowest sample runs every iteration
+    bt = flowsde.solve(ode, y0, torch.tensor([0.0, 3.0]), method=RK45(1e-8, 1e-8, per_sample=False,
+                                                                        first_step=first_step))
+    assert bt.stats["nfe_per_sample"].tolist() == [bt.nfe] * 3
+
+
+def test_nfe_per_sample_stops_counting_at_a_failure():
+    # batch-shared steps: the sample that fails at t > 0.5 stops counting, the others keep the batch's
+    def f(t, x):
+        out = -x
+        poison = torch.zeros_like(x)
+        poison[1] = float("nan")
+        return torch.where(t > 0.5, out + poison, out)
+
+    sol = flowsde.solve(flowsde.ODE(f), torch.ones(3, 2, dtype=torch.float64), torch.tensor([0.0, 1.0]),
+                        method=RK45(per_sample=False), throw=False)
+    per = sol.stats["nfe_per_sample"].tolist()
+    assert per[0] == per[2] == sol.nfe and 2 < per[1] < sol.nfe and (per[1] - 2) % 6 == 0
+
+
 @pytest.mark.parametrize("per_sample", [True, False])
 def test_nan_in_one_sample_is_isolated(per_sample):
     def f(t, x):
@@ -222,7 +256,7 @@ def test_time_passed_to_the_function(per_sample):
 
 
 def test_float32_state_keeps_float64_time():
-    # issue 10: a float32 state turned an end time of 1/3 into 0.3333333432674408 inside RK45
+    # regression: a float32 state turned an end time of 1/3 into 0.3333333432674408 inside RK45
     seen = []
 
     def f(t, y):
@@ -238,7 +272,7 @@ def test_float32_state_keeps_float64_time():
 
 @pytest.mark.parametrize("t0,t1", [(80.0, 0.002), (0.002, 80.0), (1.0, 1e-5)])
 def test_initial_step_probe_and_stages_stay_in_span(t0, t1):
-    # issue 10: a drift near zero at the start made Hairer's probe land past the end of the span
+    # regression: a drift near zero at the start made Hairer's probe land past the end of the span
     lo, hi = min(t0, t1), max(t0, t1)
     seen = []
 
