@@ -2,15 +2,18 @@
 
 Shapes, dtypes and devices are host-side metadata and are checked on every
 call at no cost. Finiteness needs the values: instead of a host sync per
-call, each function output is reduced on the device to one float64 sum per
-sample (NaN and Inf propagate through a sum; a float32 output cannot overflow
-a float64 sum); every 256 outputs the pending sums are folded, still on the
-device, into one ``(B,)`` tensor holding each sample's first non-finite
-output (so memory stays ``O(B)``), which is inspected once, at the end of the
-solve. It gives each sample's status (``Status.NON_FINITE`` where any of its
-outputs, or its final state, is not finite) and, with ``throw=True``, an
-error naming the first failing function, step, time and samples.
-"""
+call, each function output is kept (a reference, no copy) until 16 of them, or
+about 2**18 elements, are pending; then they are reduced together on the device
+(one stack and one float64 sum per sample and output: a few kernels per 16
+outputs instead of one per output; NaN and Inf propagate through a sum, and a
+float32 output cannot overflow a float64 sum) and folded into one ``(B,)``
+tensor holding each sample's first non-finite output (so memory stays
+``O(B)`` plus the bounded pending outputs), which is inspected once, at the end
+of the solve. A one-element output on the CPU (a scalar diffusion) is read as
+a Python float at once (no kernel; on the CPU there is no device to sync
+with). An output changed in place after it was returned (its version counter
+moved) is checked as it is then, and the rest of the solve reduces each output
+at once. """
 
 from __future__ import annotations
 
@@ -22,8 +25,10 @@ import torch
 from ._errors import InputError, SolveError
 from ._solution import Status
 
-#: pending per-output sums are folded into one (B,) tensor every this many outputs
-_FOLD_EVERY = 256
+#: pending outputs are reduced and folded into one (B,) tensor every this many outputs ...
+_FOLD_EVERY = 16
+#: ... or as soon as they hold this many elements (the memory they keep alive stays bounded)
+_FOLD_ELEMS = 1 << 18
 
 
 #: state dtypes the solvers refuse: a state accumulated over many steps in them loses the
@@ -145,13 +150,20 @@ class CheckedProblem:
         self._ts_ptr = ts.data_ptr() if ts.is_contiguous() else None
         self._ts_n = ts.numel()
         self._ts_item = ts.element_size()
+        # the user's functions, bound once (one attribute lookup less per call)
+        self._drift = problem.drift
+        self._diffusion = getattr(problem, "diffusion", None)
+        self._score = getattr(problem, "score", None)
         self.step = 0
         self.nfe = 0
         self._records: List[Tuple[str, int, torch.Tensor]] = []  # name, step, t of every checked output
-        # Outputs not yet folded into _first_bad, in record order from record _folded on: a (B,)
-        # float64 per-sample sum, or a one-element output as a 0-dim view.
+        # Outputs not yet folded into _first_bad: (record index, (B, n) detached view, its version);
+        # one-element CPU outputs found non-finite: their record indices.
+        self._fold_every = max(1, int(_FOLD_EVERY))
         self._pending: list = []
-        self._folded = 0
+        self._pending_elems = 0
+        self._bad_scalars: list = []
+        self._cpu = x0.device.type == "cpu"
         self._first_bad: Optional[torch.Tensor] = None  # (B,) first non-finite record per sample, -1: none
 
     def time(self, t):
@@ -183,49 +195,71 @@ class CheckedProblem:
             )
         o = out.detach() if out.requires_grad else out
         self._records.append((name, self.step, t))
-        # A one-element output (a scalar diffusion) is kept as it is: no kernel launched.
-        if o.numel() == 1:
-            self._pending.append(o if o.dim() == 0 else o.reshape(()))
-        else:
-            if o.dim() != 2:
-                o = o.reshape(self.shape[0], -1)
-            self._pending.append(o.sum(1, dtype=torch.float64))
-        if len(self._pending) >= _FOLD_EVERY:
+        k = len(self._records) - 1
+        if o.numel() == 1:  # a scalar diffusion
+            if self._cpu:  # a Python float: no kernel (and no device to sync with)
+                if not math.isfinite(o.item()):
+                    self._bad_scalars.append(k)
+                return out
+            o = o.reshape(1, 1).expand(self.shape[0], 1)
+        elif o.dim() != 2:
+            o = o.reshape(self.shape[0], -1)
+        self._pending.append((k, o, o._version))
+        self._pending_elems += o.numel()
+        if len(self._pending) >= self._fold_every or self._pending_elems >= _FOLD_ELEMS:
             self._fold()
         return out
 
     def _fold(self) -> None:
-        """Fold the pending per-output sums into ``_first_bad`` (device ops only, no sync), so that
-        memory stays ``O(B)`` however long the solve."""
-        if not self._pending:
+        """Reduce the pending outputs (one stack and one per-sample float64 sum per output width)
+        and fold them into ``_first_bad``: device ops only, no sync; memory stays ``O(B)``, plus
+        the bounded pending outputs, however long the solve."""
+        pending, bad_scalars = self._pending, self._bad_scalars
+        if not pending and not bad_scalars:
             return
-        B = self.shape[0]
-        m = len(self._pending)
-        bad = ~torch.isfinite(torch.stack([v if v.dim() else v.expand(B) for v in self._pending]))  # (m, B)
-        rec = torch.arange(self._folded, self._folded + m, device=bad.device)  # a kernel, not a copy
-        # first failing record per sample in this chunk, -1 where none
-        first = torch.where(bad, rec[:, None], self._folded + m).amin(0)
-        first = torch.where(first == self._folded + m, -1, first)
+        n_rec = len(self._records)
+        first = None  # (B,) first failing record per sample in this chunk, n_rec where none
+        groups: dict = {}
+        for k, o, ver in pending:
+            if o._version != ver:  # changed in place since it was returned: check it as it is, and
+                self._fold_every = 1  # from now on reduce each output at once
+            groups.setdefault(o.shape[1], []).append((k, o))
+        for items in groups.values():
+            vals = items[0][1][None] if len(items) == 1 else torch.stack([o for _, o in items])  # (m, B, n)
+            bad = ~torch.isfinite(vals.sum(2, dtype=torch.float64))  # (m, B)
+            ks = [k for k, _ in items]
+            if ks[-1] - ks[0] == len(ks) - 1:  # consecutive records: a kernel, not a copy
+                rec = torch.arange(ks[0], ks[-1] + 1, device=bad.device)
+            else:
+                rec = _to_device(ks, bad.device)
+            f = torch.where(bad, rec[:, None], n_rec).amin(0)
+            first = f if first is None else torch.minimum(first, f)
+        if bad_scalars:  # every sample fails at the first non-finite scalar output
+            k0 = min(bad_scalars)
+            first = (torch.full((self.shape[0],), k0, dtype=torch.int64, device=self.device) if first is None
+                     else first.clamp_max(k0))
+        first = torch.where(first == n_rec, -1, first)
         if self._first_bad is None:
             self._first_bad = first
         else:  # records of earlier chunks come first
             self._first_bad = torch.where(self._first_bad >= 0, self._first_bad, first)
-        self._folded += m
-        self._pending.clear()
+        pending.clear()
+        bad_scalars.clear()
+        self._pending_elems = 0
 
     def drift(self, t, x):
         self.nfe += 1
-        return self._check("drift", t, self.problem.drift(self.time(t), x))
+        return self._check("drift", t, self._drift(t if self._ts_cast is None else self.time(t), x))
 
     def diffusion(self, t, x):
-        g = self.problem.diffusion(self.time(t), x)
+        g = self._diffusion(t if self._ts_cast is None else self.time(t), x)
         if g is None:
             return None
         return self._check("diffusion", t, g, allow_broadcast=True)
 
     def score(self, t, x):
         self.nfe += 1
-        return self._check("score", t, self.problem.score(self.time(t), x))
+        return self._check("score", t, self._score(t if self._ts_cast is None else self.time(t), x))
 
     def finish(self, x: torch.Tensor, ts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-sample ``(status, t_final)`` of a fixed-step solve ending in state ``x``.
