@@ -23,6 +23,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ._errors import InputError, SolveError
+from ._problem import ODE
 from ._solution import Status
 
 #: pending outputs are reduced and folded into one (B,) tensor every this many outputs ...
@@ -151,9 +152,12 @@ class CheckedProblem:
         self._ts_n = ts.numel()
         self._ts_item = ts.element_size()
         # the user's functions, bound once (one attribute lookup less per call)
-        self._drift = problem.drift
+        # (the problem's own functions where its methods only forward to them)
+        plain = isinstance(problem, ODE)
+        self._drift = problem._drift if plain and type(problem).drift is ODE.drift else problem.drift
         self._diffusion = getattr(problem, "diffusion", None)
-        self._score = getattr(problem, "score", None)
+        self._score = (problem._score if plain and type(problem).score is ODE.score and problem._score is not None
+                       else getattr(problem, "score", None))
         self.step = 0
         self.nfe = 0
         self._records: List[Tuple[str, int, torch.Tensor]] = []  # name, step, t of every checked output
