@@ -2,18 +2,19 @@
 
 Shapes, dtypes and devices are host-side metadata and are checked on every
 call at no cost. Finiteness needs the values: instead of a host sync per
-call, each function output is kept (a reference, no copy) until 16 of them, or
-about 2**18 elements, are pending; then they are reduced together on the device
-(one stack and one float64 sum per sample and output: a few kernels per 16
-outputs instead of one per output; NaN and Inf propagate through a sum, and a
-float32 output cannot overflow a float64 sum) and folded into one ``(B,)``
-tensor holding each sample's first non-finite output (so memory stays
-``O(B)`` plus the bounded pending outputs), which is inspected once, at the end
-of the solve. A one-element output on the CPU (a scalar diffusion) is read as
-a Python float at once (no kernel; on the CPU there is no device to sync
-with). An output changed in place after it was returned (its version counter
-moved) is checked as it is then, and the rest of the solve reduces each output
-at once. """
+call, each function output is kept (a reference, no copy) until 32 of them,
+or about 2**18 elements, are pending; then they are reduced together on the
+device (one stack and one per-sample float64 sum: two kernels per 32 outputs
+instead of one per output; NaN and Inf propagate through a sum, and a float32
+output cannot overflow a float64 sum). Every 256 outputs those sums are folded,
+still on the device, into one ``(B,)`` tensor holding each sample's first
+non-finite output (so memory stays ``O(B)`` plus the bounded pending outputs),
+which is inspected once, at the end of the solve. A one-element output on the
+CPU (a scalar diffusion) is read as a Python float at once (no kernel; on the
+CPU there is no device to sync with). An output changed in place after it was
+returned (its version counter moved: a function writing every output into one
+buffer) is checked as it is then, and from then on each output is reduced at
+once. """
 
 from __future__ import annotations
 
@@ -26,10 +27,14 @@ from ._errors import InputError, SolveError
 from ._problem import ODE
 from ._solution import Status
 
-#: pending outputs are reduced and folded into one (B,) tensor every this many outputs ...
-_FOLD_EVERY = 16
-#: ... or as soon as they hold this many elements (the memory they keep alive stays bounded)
-_FOLD_ELEMS = 1 << 18
+#: pending outputs are reduced to per-sample sums every this many outputs ...
+_GROUP = 32
+#: ... or as soon as they hold this many elements (the memory they keep alive stays bounded);
+_GROUP_ELEMS = 1 << 18
+#: the sums are folded into one (B,) tensor every this many outputs
+_FOLD_EVERY = 256
+#: "no failure" in the (B,) tensor of first failing records (any index is smaller)
+_NONE = 1 << 62
 
 
 #: state dtypes the solvers refuse: a state accumulated over many steps in them loses the
@@ -161,14 +166,19 @@ class CheckedProblem:
         self.step = 0
         self.nfe = 0
         self._records: List[Tuple[str, int, torch.Tensor]] = []  # name, step, t of every checked output
-        # Outputs not yet folded into _first_bad: (record index, (B, n) detached view, its version);
-        # one-element CPU outputs found non-finite: their record indices.
+        # Outputs not yet reduced: (record index, (B, n) detached view, its version); their element
+        # count; one-element CPU outputs found non-finite (record indices); reduced sums not yet
+        # folded: (record indices, (m, B) float64) and their row count.
         self._fold_every = max(1, int(_FOLD_EVERY))
+        self._group = min(_GROUP, self._fold_every)
         self._pending: list = []
         self._pending_elems = 0
         self._bad_scalars: list = []
+        self._sums: list = []
+        self._last: dict = {}  # name -> (its last output, version)
+        self._n_sums = 0
         self._cpu = x0.device.type == "cpu"
-        self._first_bad: Optional[torch.Tensor] = None  # (B,) first non-finite record per sample, -1: none
+        self._first_bad: Optional[torch.Tensor] = None  # (B,) first non-finite record per sample, _NONE: none
 
     def time(self, t):
         """``t`` as the user's functions receive it (the state dtype, or float64)."""
@@ -208,48 +218,56 @@ class CheckedProblem:
             o = o.reshape(1, 1).expand(self.shape[0], 1)
         elif o.dim() != 2:
             o = o.reshape(self.shape[0], -1)
+        # A function that writes its outputs into one buffer changes its previous output in place:
+        # from then on every output is reduced at once (the earlier one is checked as it is now).
+        prev = self._last.get(name)
+        if prev is not None and prev[0]._version != prev[1]:
+            self._group = 1
+        self._last[name] = (o, o._version)
         self._pending.append((k, o, o._version))
         self._pending_elems += o.numel()
-        if len(self._pending) >= self._fold_every or self._pending_elems >= _FOLD_ELEMS:
-            self._fold()
+        if len(self._pending) >= self._group or self._pending_elems >= _GROUP_ELEMS:
+            self._reduce()
         return out
 
-    def _fold(self) -> None:
-        """Reduce the pending outputs (one stack and one per-sample float64 sum per output width)
-        and fold them into ``_first_bad``: device ops only, no sync; memory stays ``O(B)``, plus
-        the bounded pending outputs, however long the solve."""
-        pending, bad_scalars = self._pending, self._bad_scalars
-        if not pending and not bad_scalars:
-            return
-        n_rec = len(self._records)
-        first = None  # (B,) first failing record per sample in this chunk, n_rec where none
+    def _reduce(self) -> None:
+        """The pending outputs to per-sample float64 sums: one stack and one sum per output width
+        (device ops only, no sync)."""
         groups: dict = {}
-        for k, o, ver in pending:
-            if o._version != ver:  # changed in place since it was returned: check it as it is, and
-                self._fold_every = 1  # from now on reduce each output at once
+        for k, o, ver in self._pending:
+            if o._version != ver:  # changed in place since it was returned: checked as it is now,
+                self._group = 1  # and from now on each output is reduced at once
             groups.setdefault(o.shape[1], []).append((k, o))
         for items in groups.values():
             vals = items[0][1][None] if len(items) == 1 else torch.stack([o for _, o in items])  # (m, B, n)
-            bad = ~torch.isfinite(vals.sum(2, dtype=torch.float64))  # (m, B)
-            ks = [k for k, _ in items]
-            if ks[-1] - ks[0] == len(ks) - 1:  # consecutive records: a kernel, not a copy
-                rec = torch.arange(ks[0], ks[-1] + 1, device=bad.device)
+            self._sums.append(([k for k, _ in items], vals.sum(2, dtype=torch.float64)))
+            self._n_sums += len(items)
+        self._pending.clear()
+        self._pending_elems = 0
+        if self._n_sums >= self._fold_every:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Fold the reduced sums into ``_first_bad`` (device ops only, no sync): memory stays
+        ``O(B)``, plus the bounded pending outputs, however long the solve."""
+        first = None  # (B,) first failing record per sample in this chunk, _NONE where none
+        if self._sums:
+            ks = [k for idx, _ in self._sums for k in idx]
+            sums = self._sums[0][1] if len(self._sums) == 1 else torch.cat([v for _, v in self._sums])  # (m, B)
+            if ks == list(range(ks[0], ks[0] + len(ks))):  # consecutive records: a kernel, not a copy
+                rec = torch.arange(ks[0], ks[-1] + 1, device=sums.device)
             else:
-                rec = _to_device(ks, bad.device)
-            f = torch.where(bad, rec[:, None], n_rec).amin(0)
-            first = f if first is None else torch.minimum(first, f)
-        if bad_scalars:  # every sample fails at the first non-finite scalar output
-            k0 = min(bad_scalars)
+                rec = _to_device(ks, sums.device)
+            first = torch.where(torch.isfinite(sums), _NONE, rec[:, None]).amin(0)
+            self._sums.clear()
+            self._n_sums = 0
+        if self._bad_scalars:  # every sample fails at the first non-finite scalar output
+            k0 = min(self._bad_scalars)
             first = (torch.full((self.shape[0],), k0, dtype=torch.int64, device=self.device) if first is None
                      else first.clamp_max(k0))
-        first = torch.where(first == n_rec, -1, first)
-        if self._first_bad is None:
-            self._first_bad = first
-        else:  # records of earlier chunks come first
-            self._first_bad = torch.where(self._first_bad >= 0, self._first_bad, first)
-        pending.clear()
-        bad_scalars.clear()
-        self._pending_elems = 0
+            self._bad_scalars.clear()
+        if first is not None:
+            self._first_bad = first if self._first_bad is None else torch.minimum(self._first_bad, first)
 
     def drift(self, t, x):
         self.nfe += 1
@@ -271,14 +289,23 @@ class CheckedProblem:
         A sample is ``NON_FINITE`` when one of its function outputs or its final state is
         not finite; its ``t_final`` is the start of the step where that was first seen
         (``ts[-1]`` when only the final state is). Without ``throw`` nothing syncs with the
-        host; with ``throw`` one sync decides, and a failure raises :class:`SolveError`.
+        host; with ``throw`` one sync decides (a success then needs nothing more), and a
+        failure raises :class:`SolveError`.
         """
         B = self.shape[0]
+        self._reduce()
         self._fold()
+        if self.throw:  # the solve's one host sync decides; a success needs no per-sample bookkeeping
+            ok = torch.isfinite(x.detach()).all()
+            if self._first_bad is not None:
+                ok = ok & (self._first_bad == _NONE).all()
+            if bool(ok):
+                return (torch.full((B,), int(Status.SUCCESS), dtype=torch.int64, device=x.device),
+                        ts[-1].expand(B).clone())
         bad_x = ~torch.isfinite(x.detach()).reshape(B, -1).all(1)
         t_end = ts[-1].expand(B)
         if self._first_bad is not None:
-            first = self._first_bad
+            first = torch.where(self._first_bad == _NONE, -1, self._first_bad)
             bad_calls = first >= 0
             steps = _to_device([r[1] for r in self._records], x.device)
             t_fail = ts[steps[first.clamp_min(0)].clamp_max(ts.shape[0] - 1)]
