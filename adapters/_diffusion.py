@@ -179,7 +179,15 @@ class _Pred:
         defines its own domain), else ``A x + C o`` with the cached coefficients (2 tensor ops)."""
         if target == self.dif.prediction:
             return self.o
-        A, C = self.affine(target)
+        co = self.co
+        if co.scalar:  # a grid time: checks passed and coefficients kept per time value
+            key = ("checked", target, self.dif.check_t)
+            AC = co.vals.get(key)
+            if AC is None:
+                AC = co.vals[key] = self.affine(target)
+            A, C = AC
+        else:
+            A, C = self.affine(target)
         return torch.addcmul(C * self.o, A, self.xw)
 
 
@@ -451,6 +459,11 @@ class Diffusion:
             if not by_w and not callable(bf) and bf == 0.0:
                 return p.out(p.get("velocity"))
             co = p.co
+            if not callable(bf):  # the checks passed and A, C were kept for this time value
+                AC = co.vals.get(("sde", name, bf, self.check_t))
+                if AC is not None:
+                    A, C = AC
+                    return p.out(torch.addcmul(C * p.o, A, p.xw))
             self._refuse(co, f"{where}.drift", divides_alpha=pred in ("eps", "score"))
             self._refuse_singular(co, f"{where}.drift", "velocity", "score")
 
@@ -460,7 +473,7 @@ class Diffusion:
                 return Au + k * As, Cu + k * Cs
 
             if not callable(bf):
-                A, C = co.cached(("sde", name, bf), lambda: tuple(
+                A, C = co.cached(("sde", name, bf, self.check_t), lambda: tuple(
                     co.tensor(v) for v in combine(sign * 0.5 * w2(co, None))))
             else:
                 A, C = (co.tensor(v) for v in combine(sign * 0.5 * w2(co, p.tb)))

@@ -2,15 +2,19 @@
 
 Shapes, dtypes and devices are host-side metadata and are checked on every
 call at no cost. Finiteness needs the values: instead of a host sync per
-call, each function output is reduced on the device to one float64 sum per
-sample (NaN and Inf propagate through a sum; a float32 output cannot overflow
-a float64 sum); every 256 outputs the pending sums are folded, still on the
-device, into one ``(B,)`` tensor holding each sample's first non-finite
-output (so memory stays ``O(B)``), which is inspected once, at the end of the
-solve. It gives each sample's status (``Status.NON_FINITE`` where any of its
-outputs, or its final state, is not finite) and, with ``throw=True``, an
-error naming the first failing function, step, time and samples.
-"""
+call, each function output is kept (a reference, no copy) until 32 of them,
+or about 2**18 elements, are pending; then they are reduced together on the
+device (one stack and one per-sample float64 sum: two kernels per 32 outputs
+instead of one per output; NaN and Inf propagate through a sum, and a float32
+output cannot overflow a float64 sum). Every 256 outputs those sums are folded,
+still on the device, into one ``(B,)`` tensor holding each sample's first
+non-finite output (so memory stays ``O(B)`` plus the bounded pending outputs),
+which is inspected once, at the end of the solve. A one-element output on the
+CPU (a scalar diffusion) is read as a Python float at once (no kernel; on the
+CPU there is no device to sync with). An output changed in place after it was
+returned (its version counter moved: a function writing every output into one
+buffer) is checked as it is then, and from then on each output is reduced at
+once. """
 
 from __future__ import annotations
 
@@ -20,10 +24,17 @@ from typing import List, Optional, Tuple
 import torch
 
 from ._errors import InputError, SolveError
+from ._problem import ODE
 from ._solution import Status
 
-#: pending per-output sums are folded into one (B,) tensor every this many outputs
+#: pending outputs are reduced to per-sample sums every this many outputs ...
+_GROUP = 32
+#: ... or as soon as they hold this many elements (the memory they keep alive stays bounded);
+_GROUP_ELEMS = 1 << 18
+#: the sums are folded into one (B,) tensor every this many outputs
 _FOLD_EVERY = 256
+#: "no failure" in the (B,) tensor of first failing records (any index is smaller)
+_NONE = 1 << 62
 
 
 #: state dtypes the solvers refuse: a state accumulated over many steps in them loses the
@@ -145,14 +156,29 @@ class CheckedProblem:
         self._ts_ptr = ts.data_ptr() if ts.is_contiguous() else None
         self._ts_n = ts.numel()
         self._ts_item = ts.element_size()
+        # the user's functions, bound once (one attribute lookup less per call)
+        # (the problem's own functions where its methods only forward to them)
+        plain = isinstance(problem, ODE)
+        self._drift = problem._drift if plain and type(problem).drift is ODE.drift else problem.drift
+        self._diffusion = getattr(problem, "diffusion", None)
+        self._score = (problem._score if plain and type(problem).score is ODE.score and problem._score is not None
+                       else getattr(problem, "score", None))
         self.step = 0
         self.nfe = 0
         self._records: List[Tuple[str, int, torch.Tensor]] = []  # name, step, t of every checked output
-        # Outputs not yet folded into _first_bad, in record order from record _folded on: a (B,)
-        # float64 per-sample sum, or a one-element output as a 0-dim view.
+        # Outputs not yet reduced: (record index, (B, n) detached view, its version); their element
+        # count; one-element CPU outputs found non-finite (record indices); reduced sums not yet
+        # folded: (record indices, (m, B) float64) and their row count.
+        self._fold_every = max(1, int(_FOLD_EVERY))
+        self._group = min(_GROUP, self._fold_every)
         self._pending: list = []
-        self._folded = 0
-        self._first_bad: Optional[torch.Tensor] = None  # (B,) first non-finite record per sample, -1: none
+        self._pending_elems = 0
+        self._bad_scalars: list = []
+        self._sums: list = []
+        self._last: dict = {}  # name -> (its last output, version)
+        self._n_sums = 0
+        self._cpu = x0.device.type == "cpu"
+        self._first_bad: Optional[torch.Tensor] = None  # (B,) first non-finite record per sample, _NONE: none
 
     def time(self, t):
         """``t`` as the user's functions receive it (the state dtype, or float64)."""
@@ -183,49 +209,79 @@ class CheckedProblem:
             )
         o = out.detach() if out.requires_grad else out
         self._records.append((name, self.step, t))
-        # A one-element output (a scalar diffusion) is kept as it is: no kernel launched.
-        if o.numel() == 1:
-            self._pending.append(o if o.dim() == 0 else o.reshape(()))
-        else:
-            if o.dim() != 2:
-                o = o.reshape(self.shape[0], -1)
-            self._pending.append(o.sum(1, dtype=torch.float64))
-        if len(self._pending) >= _FOLD_EVERY:
-            self._fold()
+        k = len(self._records) - 1
+        if o.numel() == 1:  # a scalar diffusion
+            if self._cpu:  # a Python float: no kernel (and no device to sync with)
+                if not math.isfinite(o.item()):
+                    self._bad_scalars.append(k)
+                return out
+            o = o.reshape(1, 1).expand(self.shape[0], 1)
+        elif o.dim() != 2:
+            o = o.reshape(self.shape[0], -1)
+        # A function that writes its outputs into one buffer changes its previous output in place:
+        # from then on every output is reduced at once (the earlier one is checked as it is now).
+        prev = self._last.get(name)
+        if prev is not None and prev[0]._version != prev[1]:
+            self._group = 1
+        self._last[name] = (o, o._version)
+        self._pending.append((k, o, o._version))
+        self._pending_elems += o.numel()
+        if len(self._pending) >= self._group or self._pending_elems >= _GROUP_ELEMS:
+            self._reduce()
         return out
 
-    def _fold(self) -> None:
-        """Fold the pending per-output sums into ``_first_bad`` (device ops only, no sync), so that
-        memory stays ``O(B)`` however long the solve."""
-        if not self._pending:
-            return
-        B = self.shape[0]
-        m = len(self._pending)
-        bad = ~torch.isfinite(torch.stack([v if v.dim() else v.expand(B) for v in self._pending]))  # (m, B)
-        rec = torch.arange(self._folded, self._folded + m, device=bad.device)  # a kernel, not a copy
-        # first failing record per sample in this chunk, -1 where none
-        first = torch.where(bad, rec[:, None], self._folded + m).amin(0)
-        first = torch.where(first == self._folded + m, -1, first)
-        if self._first_bad is None:
-            self._first_bad = first
-        else:  # records of earlier chunks come first
-            self._first_bad = torch.where(self._first_bad >= 0, self._first_bad, first)
-        self._folded += m
+    def _reduce(self) -> None:
+        """The pending outputs to per-sample float64 sums: one stack and one sum per output width
+        (device ops only, no sync)."""
+        groups: dict = {}
+        for k, o, ver in self._pending:
+            if o._version != ver:  # changed in place since it was returned: checked as it is now,
+                self._group = 1  # and from now on each output is reduced at once
+            groups.setdefault(o.shape[1], []).append((k, o))
+        for items in groups.values():
+            vals = items[0][1][None] if len(items) == 1 else torch.stack([o for _, o in items])  # (m, B, n)
+            self._sums.append(([k for k, _ in items], vals.sum(2, dtype=torch.float64)))
+            self._n_sums += len(items)
         self._pending.clear()
+        self._pending_elems = 0
+        if self._n_sums >= self._fold_every:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Fold the reduced sums into ``_first_bad`` (device ops only, no sync): memory stays
+        ``O(B)``, plus the bounded pending outputs, however long the solve."""
+        first = None  # (B,) first failing record per sample in this chunk, _NONE where none
+        if self._sums:
+            ks = [k for idx, _ in self._sums for k in idx]
+            sums = self._sums[0][1] if len(self._sums) == 1 else torch.cat([v for _, v in self._sums])  # (m, B)
+            if ks == list(range(ks[0], ks[0] + len(ks))):  # consecutive records: a kernel, not a copy
+                rec = torch.arange(ks[0], ks[-1] + 1, device=sums.device)
+            else:
+                rec = _to_device(ks, sums.device)
+            first = torch.where(torch.isfinite(sums), _NONE, rec[:, None]).amin(0)
+            self._sums.clear()
+            self._n_sums = 0
+        if self._bad_scalars:  # every sample fails at the first non-finite scalar output
+            k0 = min(self._bad_scalars)
+            first = (torch.full((self.shape[0],), k0, dtype=torch.int64, device=self.device) if first is None
+                     else first.clamp_max(k0))
+            self._bad_scalars.clear()
+        if first is not None:
+            self._first_bad = first if self._first_bad is None else torch.minimum(self._first_bad, first)
 
     def drift(self, t, x):
         self.nfe += 1
-        return self._check("drift", t, self.problem.drift(self.time(t), x))
+        return self._check("drift", t, self._drift(t if self._ts_cast is None else self.time(t), x))
 
     def diffusion(self, t, x):
-        g = self.problem.diffusion(self.time(t), x)
+        g = self._diffusion(t if self._ts_cast is None else self.time(t), x)
         if g is None:
             return None
         return self._check("diffusion", t, g, allow_broadcast=True)
 
     def score(self, t, x):
         self.nfe += 1
-        return self._check("score", t, self.problem.score(self.time(t), x))
+        return self._check("score", t, self._score(t if self._ts_cast is None else self.time(t), x))
 
     def finish(self, x: torch.Tensor, ts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-sample ``(status, t_final)`` of a fixed-step solve ending in state ``x``.
@@ -233,14 +289,23 @@ class CheckedProblem:
         A sample is ``NON_FINITE`` when one of its function outputs or its final state is
         not finite; its ``t_final`` is the start of the step where that was first seen
         (``ts[-1]`` when only the final state is). Without ``throw`` nothing syncs with the
-        host; with ``throw`` one sync decides, and a failure raises :class:`SolveError`.
+        host; with ``throw`` one sync decides (a success then needs nothing more), and a
+        failure raises :class:`SolveError`.
         """
         B = self.shape[0]
+        self._reduce()
         self._fold()
+        if self.throw:  # the solve's one host sync decides; a success needs no per-sample bookkeeping
+            ok = torch.isfinite(x.detach()).all()
+            if self._first_bad is not None:
+                ok = ok & (self._first_bad == _NONE).all()
+            if bool(ok):
+                return (torch.full((B,), int(Status.SUCCESS), dtype=torch.int64, device=x.device),
+                        ts[-1].expand(B).clone())
         bad_x = ~torch.isfinite(x.detach()).reshape(B, -1).all(1)
         t_end = ts[-1].expand(B)
         if self._first_bad is not None:
-            first = self._first_bad
+            first = torch.where(self._first_bad == _NONE, -1, self._first_bad)
             bad_calls = first >= 0
             steps = _to_device([r[1] for r in self._records], x.device)
             t_fail = ts[steps[first.clamp_min(0)].clamp_max(ts.shape[0] - 1)]

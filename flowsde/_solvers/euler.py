@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .base import Solver
 
 
@@ -10,4 +12,5 @@ class Euler(Solver):
     order = 1
 
     def step(self, problem, t0, t1, x, noise, last, state):
-        return x + self.step_size(t0, t1, state) * problem.drift(t0, x)
+        h = state["h"] if "h" in state else t1 - t0
+        return torch.addcmul(x, h, problem.drift(t0, x))  # x + h f: one kernel

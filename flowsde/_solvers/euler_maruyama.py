@@ -27,8 +27,8 @@ class EulerMaruyama(Solver):
     noise_types = ("scalar", "diagonal")
 
     def step(self, problem, t0, t1, x, noise, last, state):
-        h = self.step_size(t0, t1, state)
-        x1 = x + h * problem.drift(t0, x)
+        h = state["h"] if "h" in state else t1 - t0
+        x1 = torch.addcmul(x, h, problem.drift(t0, x))  # x + h f: one kernel
         if problem.is_sde:
             g = problem.diffusion(t0, x)
             sqrt_h = state["sqrt_h"] if "sqrt_h" in state else h.abs().sqrt()

@@ -13,6 +13,8 @@ of N steps then costs 2N - 1 evaluations.
 
 from __future__ import annotations
 
+import torch
+
 from .base import Solver
 
 
@@ -34,13 +36,13 @@ class Heun(Solver):
         return {"half_h": ((ts[1:] - ts[:-1]).to(x0.dtype) * 0.5).unbind(0)}
 
     def step(self, problem, t0, t1, x, noise, last, state):
-        h = self.step_size(t0, t1, state)
+        h = state["h"] if "h" in state else t1 - t0
         d = problem.drift(t0, x)
-        x_pred = x + h * d
+        x_pred = torch.addcmul(x, h, d)  # x + h d: one kernel
         if last and self.final_euler:
             return x_pred
         half = state["half_h"][state["i"]] if "half_h" in state else 0.5 * h
-        return x + half * (d + problem.drift(t1, x_pred))
+        return torch.addcmul(x, half, d + problem.drift(t1, x_pred))
 
     def __repr__(self) -> str:
         return f"Heun(final_euler={self.final_euler})"
