@@ -28,8 +28,8 @@ def test_rows_do_not_depend_on_the_batch_size(capsys, tmp_path):
         # the same per-sample solve; only the float rounding of batched vs single matrix products differs
         for k in ("nats", "bpd", "stderr"):
             assert float(ra[k]) == pytest.approx(float(rb[k]), rel=1e-10, abs=1e-10), (k, ra, rb)
-    # NFE is reported per solve (the likelihood gives no per-sample count): the batch's is its slowest sample's
-    assert {int(r["nfe"]) for r in b} == {max(int(r["nfe"]) for r in a)}
+    # NFE is each sample's own count (stats["nfe_per_sample"]): the same whatever the batch
+    assert [r["nfe"] for r in a] == [r["nfe"] for r in b]
     bpd = np.array([float(r["bpd"]) for r in a])
     assert all(r["status"] == "SUCCESS" and int(r["nfe"]) > 0 and r["stderr"] != "nan" for r in a)
     # the summary line is the mean of the rows and its standard error over samples
