@@ -158,11 +158,12 @@ def solver_part(args):
 
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     with torch.no_grad():
-        # Same answers first: the comparison is of equal work.
-        a = kdiff_heun()
-        b = flowsde.solve(ode, x0, sigmas, method=heun).x
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-4), (a - b).abs().max()
-        assert torch.equal(bare_em(), fl_em(True))
+        # Same answers first (to float32 round-off, relative to the largest entry: flowsde's updates
+        # are fused multiply-adds, x + h d in one addcmul): the comparison is of equal work.
+        for a, b in ((kdiff_heun(), flowsde.solve(ode, x0, sigmas, method=heun).x), (bare_em(), fl_em(True))):
+            err = float((a - b).abs().max() / b.abs().max())
+            if not err < 1e-5:
+                raise SystemExit(f"bench_overhead: flowsde and the anchor loop disagree ({err:.2e})")
         r = timed_interleaved({
             "kdiff_heun": lambda: kdiff_heun(True),
             "bare_heun": lambda: kdiff_heun(False),

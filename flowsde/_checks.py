@@ -14,7 +14,12 @@ CPU (a scalar diffusion) is read as a Python float at once (no kernel; on the
 CPU there is no device to sync with). An output changed in place after it was
 returned (its version counter moved: a function writing every output into one
 buffer) is checked as it is then, and from then on each output is reduced at
-once. """
+once.
+
+It gives each sample's status (``Status.NON_FINITE`` where any of its outputs,
+or its final state, is not finite) and, with ``throw=True``, an error naming
+the first failing function, step, time and samples.
+"""
 
 from __future__ import annotations
 
