@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
-
 import pytest
 import torch
 
-from flowsde.validation import GaussianMixture
+from flowsde.validation import GaussianMixture, k_diffusion_sampling
 
 F64 = torch.float64
 
 
 def kdiffusion_sampling():
-    """k-diffusion's ``sampling.py`` as a module, or ``pytest.skip`` with the reason.
-
-    Its package ``__init__`` imports PIL, torchvision, clean-fid, wandb (and skimage), so the
-    file is loaded alone under a stub package whose ``utils`` has the one helper it uses
-    (``append_dims``), as ``tests/adapters/test_edm.py`` does."""
-    spec = importlib.util.find_spec("k_diffusion")  # does not execute the package __init__
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("k-diffusion is not installed (test extra: pip install --no-deps k-diffusion==0.1.1.post1)")
-    root = list(spec.submodule_search_locations)[0]
-    pkg = types.ModuleType("_kd_samplers_stub")
-    pkg.__path__ = [root]
-    utils = types.ModuleType("_kd_samplers_stub.utils")
-    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
-    pkg.utils = utils
-    saved = {k: sys.modules.get(k) for k in ("_kd_samplers_stub", "_kd_samplers_stub.utils")}
-    sys.modules["_kd_samplers_stub"], sys.modules["_kd_samplers_stub.utils"] = pkg, utils
+    """k-diffusion's ``sampling.py`` as a module (:func:`flowsde.validation.k_diffusion_sampling`, which
+    loads it without the package ``__init__``), or ``pytest.skip`` with the loader's reason."""
     try:
-        s = importlib.util.spec_from_file_location("_kd_samplers_stub.sampling", f"{root}/sampling.py")
-        mod = importlib.util.module_from_spec(s)
-        s.loader.exec_module(mod)
-    except ImportError as e:  # its sampling.py needs scipy, torchdiffeq, torchsde, tqdm
-        pytest.skip(f"k-diffusion's sampling.py could not be loaded: {e}")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
-    return mod
+        return k_diffusion_sampling()
+    except ImportError as e:
+        pytest.skip(str(e))
 
 
 def diffusers_schedulers():
