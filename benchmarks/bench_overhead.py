@@ -344,7 +344,7 @@ def adapter_part(args):
 def breakdown_part(args):
     """Where the solver's per-step time goes: the bare Euler loop on the ~150 us MLP with one piece
     of per-step work added at a time (a float64 step size; a per-sample finiteness sum of every
-    output, as ``flowsde.solve`` did before issue 11), the bare loop with the update as one
+    output, as ``flowsde.solve`` did before commit 33fec59), the bare loop with the update as one
     ``addcmul`` and the outputs' sums taken 32 at a time (as ``flowsde.solve`` does now), then
     ``flowsde.solve`` itself on the same drift."""
     if args.device != "cpu":
