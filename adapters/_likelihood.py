@@ -35,7 +35,7 @@ from flowsde import ODE, InputError, LikelihoodResult, bits_per_dim
 from flowsde import dequantize as _dequantize
 from flowsde import log_likelihood as _core_log_likelihood
 from flowsde.utils import batch_broadcast, randn
-from flowsde._likelihood import _check_data, _check_range, check_in_range, quantization_levels
+from flowsde.likelihood import check_data, check_data_range, check_in_range, quantization_levels
 
 from ._schedule import time_in_range
 
@@ -138,7 +138,7 @@ def log_likelihood(
     schedule = getattr(diffusion, "schedule", None)
     if schedule is None or not hasattr(diffusion, "pf_ode"):
         raise InputError(f"log_likelihood: expected a flowsde.adapters.Diffusion, got {type(diffusion).__name__}.")
-    _check_data(x)
+    check_data(x)
     if time not in TIMES:
         raise InputError(f"time={time!r}: choose one of {TIMES}.")
     t_lo, t_hi = float(schedule.t_min), float(schedule.t_max)
@@ -169,7 +169,7 @@ def log_likelihood(
                              "bins of the data).")
         dequantize = False
     else:
-        data_range = (-1.0, 1.0) if data_range is None else _check_range(data_range)
+        data_range = (-1.0, 1.0) if data_range is None else check_data_range(data_range)
         if dequantize is None:
             dequantize = True
         if not dequantize:

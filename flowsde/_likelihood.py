@@ -121,7 +121,8 @@ class LikelihoodResult:
                 f"trace={self.stats.get('trace')!r}, success={ok}/{self.status.numel()})")
 
 
-def _check_data(x, name="x") -> None:
+def check_data(x, name="x") -> None:
+    """Refuse what cannot be data: the solver's checks of ``x0`` plus an event dimension."""
     check_x0(x, name)  # tensor, floating (not half precision), batch-first, finite, real device: the solver's checks
     if x.dim() < 2:
         raise InputError(f"{name}: expected a batch-first tensor (B, *event_shape) with an event dimension, got "
@@ -166,7 +167,7 @@ def quantization_levels(levels, bits, *, default_bits: Optional[int] = 8, where:
 
 def bin_width(levels: int, data_range: Tuple[float, float]) -> float:
     """``Delta = (hi - lo) / (L - 1)``: the spacing of the data grid and the width of each dequantization bin."""
-    lo, hi = _check_range(data_range)
+    lo, hi = check_data_range(data_range)
     return (hi - lo) / (levels - 1)
 
 
@@ -197,7 +198,8 @@ def bits_per_dim(logp: torch.Tensor, dims: int, *, levels: Optional[int] = None,
     return -logp / (dims * math.log(2)) - math.log2(bin_width(L, data_range))
 
 
-def _check_range(data_range):
+def check_data_range(data_range):
+    """``(lo, hi)`` as floats; refuse anything but finite ``lo < hi``."""
     try:
         lo, hi = (float(v) for v in data_range)
     except (TypeError, ValueError) as e:
@@ -210,7 +212,7 @@ def _check_range(data_range):
 def check_in_range(x: torch.Tensor, data_range, *, levels: Optional[int] = None, where: str = "x") -> None:
     """Refuse data outside ``data_range`` (widened by half a bin when ``levels`` is given: the support of
     dequantized data)."""
-    lo, hi = _check_range(data_range)
+    lo, hi = check_data_range(data_range)
     half = 0.0 if levels is None else 0.5 * (hi - lo) / (levels - 1)
     # relative slack for the rounding of the scaling to the data range
     slack = 8 * torch.finfo(x.dtype).eps * max(abs(lo), abs(hi), hi - lo)
@@ -247,9 +249,9 @@ def dequantize(x: torch.Tensor, *, levels: Optional[int] = None, bits: Optional[
     Raises:
         InputError: ``x`` outside ``data_range`` or off the grid.
     """
-    _check_data(x)
+    check_data(x)
     L = quantization_levels(levels, bits, where="dequantize")
-    lo, hi = _check_range(data_range)
+    lo, hi = check_data_range(data_range)
     check_in_range(x, data_range, where="dequantize")
     delta = (hi - lo) / (L - 1)
     kf = (x - lo) / delta
@@ -354,7 +356,7 @@ def log_likelihood(
     if not isinstance(ode, ODE) or ode.is_sde:
         raise InputError(f"log_likelihood: expected a flowsde.ODE (the probability-flow ODE), got "
                          f"{type(ode).__name__}; for a diffusion use Diffusion.pf_ode() or Diffusion.log_likelihood.")
-    _check_data(x)
+    check_data(x)
     try:
         t_data, t_prior = (float(v) for v in t_span)
     except (TypeError, ValueError) as e:

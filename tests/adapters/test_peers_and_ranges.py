@@ -14,9 +14,8 @@ import flowsde
 from flowsde import InputError
 from flowsde.adapters import Diffusion, EDMPrecond, from_diffusers, from_flow_matching, to_denoiser, to_flow_matching
 from flowsde.adapters.schedules import EDM, VE, VP, Linear
-from flowsde.validation import GaussianMixture
+from flowsde.validation import GaussianMixture, k_diffusion_sampling
 
-from _kdiffusion import load_kdiffusion_sampling
 
 F64 = torch.float64
 
@@ -93,7 +92,7 @@ def test_flow_model_likelihood_at_the_data_end():
 # ============================================================ peers: k-diffusion's log_likelihood via to_denoiser
 def _kd():
     try:
-        kd = load_kdiffusion_sampling()
+        kd = k_diffusion_sampling()
     except ImportError as e:
         pytest.skip(f"k-diffusion's sampling.py could not be loaded: {e}")
     if kd is None:

@@ -115,8 +115,8 @@ def test_rows_do_not_depend_on_batch_size_with_per_sample_control(trace, probes)
     kw = dict(bits=W.BITS, seed=1, trace=trace, probes=probes, per_sample=True)
     runs = [dataset_nll(dif, x, batch_size=b, **kw).rows for b in (1, 3, 10)]
 
-    def key(rows):  # nfe is the batch's count (the likelihood reports no per-sample count yet)
-        return [(r.index, r.nats, r.bpd, r.stderr if trace == "hutchinson" else 0.0, r.status) for r in rows]
+    def key(rows):  # nfe is each sample's own count (stats["nfe_per_sample"])
+        return [(r.index, r.nats, r.bpd, r.stderr if trace == "hutchinson" else 0.0, r.status, r.nfe) for r in rows]
 
     assert key(runs[0]) == key(runs[1]) == key(runs[2])
     if trace == "hutchinson":
