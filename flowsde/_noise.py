@@ -21,7 +21,7 @@ from typing import Sequence, Union
 import torch
 
 from ._errors import InputError
-from .utils import randn
+from .utils import check_generators, randn
 
 
 def per_sample_generators(seeds: Union[Sequence[int], torch.Tensor], device: Union[str, torch.device] = "cpu"):
@@ -155,20 +155,10 @@ def make_noise_source(generator, x: torch.Tensor) -> NoiseSource:
             )
         return _PathNoise(generator)
     if isinstance(generator, (list, tuple)):
-        if len(generator) != x.shape[0]:
-            raise InputError(
-                f"generator: got {len(generator)} per-sample generators for a batch of {x.shape[0]}; "
-                "pass one per sample (flowsde.per_sample_generators(seeds))."
-            )
-        for i, g in enumerate(generator):
-            if not isinstance(g, torch.Generator):
-                raise InputError(f"generator[{i}] is {type(g).__name__}, expected torch.Generator.")
+        check_generators(generator, x.shape[0], "generator")
         return _GeneratorNoise(list(generator))
     raise InputError(
         f"generator: expected None, a torch.Generator, a list of them (one per sample) or a BrownianPath; "
         f"got {type(generator).__name__}."
     )
 
-
-#: the former name, still imported by ``flowsde.adapters``' EDM sampler
-make_noise = make_noise_source

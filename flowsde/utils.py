@@ -21,9 +21,22 @@ import torch
 
 from ._errors import InputError
 
-__all__ = ["randn", "rand", "rademacher", "batch_broadcast", "check_positive", "check_time_and_state"]
+__all__ = ["randn", "rand", "rademacher", "check_generators", "batch_broadcast", "check_positive", "check_time_and_state"]
 
 Generators = Union[None, torch.Generator, Sequence[torch.Generator]]
+
+
+def check_generators(generators: Sequence, batch, what: str) -> None:
+    """Refuse a list of per-sample generators whose length is not the batch size ``batch`` or
+    whose entries are not ``torch.Generator``s; ``what`` names the caller in the message."""
+    if len(generators) != batch:
+        raise InputError(
+            f"{what}: got {len(generators)} per-sample generators for a batch of {batch}; pass one per "
+            "sample (flowsde.per_sample_generators(seeds))."
+        )
+    for i, g in enumerate(generators):
+        if not isinstance(g, torch.Generator):
+            raise InputError(f"{what}: generator[{i}] is {type(g).__name__}, expected torch.Generator.")
 
 
 def _draw(fn: Callable, shape, generator: Generators, dtype, device, what: str) -> torch.Tensor:
@@ -31,15 +44,7 @@ def _draw(fn: Callable, shape, generator: Generators, dtype, device, what: str) 
         return fn(shape, generator)
     shape = tuple(int(s) for s in shape)
     if isinstance(generator, (list, tuple)):
-        if len(shape) < 1 or len(generator) != shape[0]:
-            B = shape[0] if shape else "a 0-dim shape"
-            raise InputError(
-                f"{what}: got {len(generator)} per-sample generators for a batch of {B}; pass one per "
-                "sample (flowsde.per_sample_generators(seeds))."
-            )
-        for i, g in enumerate(generator):
-            if not isinstance(g, torch.Generator):
-                raise InputError(f"{what}: generator[{i}] is {type(g).__name__}, expected torch.Generator.")
+        check_generators(generator, shape[0] if shape else "a 0-dim shape", what)
         return torch.stack([fn(shape[1:], g) for g in generator])
     raise InputError(
         f"{what}: generator must be None, a torch.Generator or a list of them (one per sample), got "
