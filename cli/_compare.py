@@ -53,7 +53,8 @@ def _positive_int(s: str) -> int:
     return v
 
 
-def _positive_float(s: str) -> float:
+def _finite_float(s: str, *, strict: bool) -> float:
+    """An argparse type: a finite number ``> 0`` (``strict``) or ``>= 0``."""
     import argparse
     import math
 
@@ -61,22 +62,17 @@ def _positive_float(s: str) -> float:
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"{s!r} must be a finite number > 0")
+    if not (math.isfinite(v) and (v > 0 if strict else v >= 0)):
+        raise argparse.ArgumentTypeError(f"{s!r} must be a finite number {'>' if strict else '>='} 0")
     return v
+
+
+def _positive_float(s: str) -> float:
+    return _finite_float(s, strict=True)
 
 
 def _nonneg_float(s: str) -> float:
-    import argparse
-    import math
-
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"{s!r} must be a finite number >= 0")
-    return v
+    return _finite_float(s, strict=False)
 
 
 def plan(model, args):

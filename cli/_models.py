@@ -69,7 +69,7 @@ def resolve(spec: str, *, device: torch.device, dtype: torch.dtype, schedule: st
     p = Path(spec)
     if p.is_dir():
         return _diffusers(p, device, dtype)
-    if _FACTORY.match(spec) and not p.exists():
+    if is_factory_spec(spec):
         return _factory(spec, device, dtype, shape)
     if p.exists():
         raise CLIError(f"--model {spec}: a file, not a model; pass a diffusers pipeline folder (model_index.json, "
@@ -114,19 +114,30 @@ def _shipped(name: str, device, dtype) -> Model:
                  test_data=test, description=getattr(info, "description", name))
 
 
-def _factory(spec: str, device, dtype, shape) -> Model:
-    from flowsde.adapters import Diffusion
+def is_factory_spec(spec: str) -> bool:
+    """``package.module:factory`` (and not an existing path)."""
+    return bool(_FACTORY.match(spec)) and not Path(spec).exists()
 
+
+def import_factory(flag: str, spec: str, returns: str) -> Callable:
+    """The callable named by ``package.module:factory``, or a one-line :class:`CLIError`."""
     mod_name, fn_name = spec.split(":")
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise CLIError(f"--model {spec}: cannot import module {mod_name!r} ({e}); check the name and that the "
+        raise CLIError(f"{flag} {spec}: cannot import module {mod_name!r} ({e}); check the name and that the "
                        f"package is installed or its folder is on PYTHONPATH.") from None
     fn = getattr(mod, fn_name, None)
-    if fn is None or not callable(fn):
-        raise CLIError(f"--model {spec}: module {mod_name!r} has no callable {fn_name!r}; name a function that "
-                       f"returns a flowsde.adapters.Diffusion.")
+    if not callable(fn):
+        raise CLIError(f"{flag} {spec}: module {mod_name!r} has no callable {fn_name!r}; name a function that "
+                       f"returns {returns}.")
+    return fn
+
+
+def _factory(spec: str, device, dtype, shape) -> Model:
+    from flowsde.adapters import Diffusion
+
+    fn = import_factory("--model", spec, "a flowsde.adapters.Diffusion")
 
     def call(**kw):
         try:

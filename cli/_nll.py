@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import math
-import re
 import time
 from pathlib import Path
 
@@ -12,9 +10,9 @@ import torch
 
 from ._compare import _positive_float, _positive_int
 from ._errors import CLIError
+from ._models import import_factory, is_factory_spec
 from ._output import out_file, progress_enabled
 
-_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 def add_arguments(p) -> None:
@@ -66,16 +64,8 @@ def load_data(src: str, model) -> tuple:
             raise CLIError(f"--data {src}: holds a {type(data).__name__}; save one tensor (N, *event) with "
                            f"torch.save(x, path).")
         data = data.to(torch.float64)
-    elif _FACTORY.match(src) and not p.exists():
-        mod_name, fn_name = src.split(":")
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise CLIError(f"--data {src}: cannot import module {mod_name!r} ({e}); check the name and that it is "
-                           f"on PYTHONPATH.") from None
-        fn = getattr(mod, fn_name, None)
-        if not callable(fn):
-            raise CLIError(f"--data {src}: module {mod_name!r} has no callable {fn_name!r}.")
+    elif is_factory_spec(src):
+        fn = import_factory("--data", src, "a torch Dataset or a tensor (N, *event)")
         try:
             data = fn()
         except Exception as e:
