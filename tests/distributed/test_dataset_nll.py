@@ -180,14 +180,20 @@ def _complete_batches(done):
     return sum(all(i in done for i in range(b, b + 4)) for b in range(0, W.N_SAMPLES, 4))
 
 
-def test_killed_two_process_run_resumes_with_one_process(tmp_path, reference):
-    _, ref, _ = reference
+def _killed_two_process_run(tmp_path):
+    """A 2-process run killed mid-way: its output path and the indices its part files hold."""
     out = tmp_path / "killed.csv"
     parts = tmp_path / "killed.csv.parts"
     proc = _torchrun(2, out, "--sleep", "0.01", "--pid-dir", str(tmp_path), wait=False)
     _kill_midway(proc, parts, tmp_path, 2)
     done = {r.index for r in _rows_in(parts)}
     assert not out.exists() and 0 < len(done) < W.N_SAMPLES, "the kill did not land mid-way"
+    return out, done
+
+
+def test_killed_two_process_run_resumes_with_one_process(tmp_path, reference):
+    _, ref, _ = reference
+    out, done = _killed_two_process_run(tmp_path)
     dif, data, _ = W.model_and_data()
     res = dataset_nll(dif, data, out=out, **DEFAULTS)  # world size 1 now
     assert out.read_bytes() == ref
@@ -197,12 +203,7 @@ def test_killed_two_process_run_resumes_with_one_process(tmp_path, reference):
 @pytest.mark.slow
 def test_killed_run_resumes_with_the_same_world_size(tmp_path, reference):
     _, ref, _ = reference
-    out = tmp_path / "killed.csv"
-    parts = tmp_path / "killed.csv.parts"
-    proc = _torchrun(2, out, "--sleep", "0.01", "--pid-dir", str(tmp_path), wait=False)
-    _kill_midway(proc, parts, tmp_path, 2)
-    done = {r.index for r in _rows_in(parts)}
-    assert not out.exists() and 0 < len(done) < W.N_SAMPLES, "the kill did not land mid-way"
+    out, done = _killed_two_process_run(tmp_path)
     p = _torchrun(2, out)
     assert p.returncode == 0, p.stderr[-3000:]
     assert out.read_bytes() == ref
