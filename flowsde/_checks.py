@@ -288,6 +288,12 @@ class CheckedProblem:
         self.nfe += 1
         return self._check("score", t, self._score(t if self._ts_cast is None else self.time(t), x))
 
+    def denoise(self, t, x):
+        """A semi-linear problem's data prediction ``D(t, x)`` (``flowsde.SemiLinearODE``):
+        one network evaluation, checked as the drift is."""
+        self.nfe += 1
+        return self._check("denoise", t, self.problem.denoise(t if self._ts_cast is None else self.time(t), x))
+
     def finish(self, x: torch.Tensor, ts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-sample ``(status, t_final)`` of a fixed-step solve ending in state ``x``.
 

@@ -40,15 +40,9 @@ def raw_problem(problem):
 
 
 def denoise(problem, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``D(t, x)`` through the solve's checked wrapper: counted as one network evaluation,
-    its shape, dtype, device and finiteness checked as the drift's are."""
-    fn = getattr(problem, "denoise", None)
-    if fn is not None:
-        return fn(t, x)
-    # CheckedProblem (flowsde/_checks.py) checks drift/diffusion/score; the data
-    # prediction goes through the same check and NFE count.
-    problem.nfe += 1
-    return problem._check("denoise", t, problem.problem.denoise(problem.time(t), x))
+    """``D(t, x)`` through the solve's checked wrapper (``CheckedProblem.denoise``): counted as one
+    network evaluation, its shape, dtype, device and finiteness checked as the drift's are."""
+    return problem.denoise(t, x)
 
 
 def ancestral_step(r0: float, r1: float, eta: float):
