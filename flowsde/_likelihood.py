@@ -45,7 +45,7 @@ import torch
 
 from ._checks import check_x0
 from ._solvers.rk45 import check_tolerances
-from .utils import rademacher, rand, randn
+from .utils import batch_broadcast, rademacher, rand, randn
 from ._errors import InputError
 from ._solution import Status
 
@@ -305,6 +305,7 @@ def log_likelihood(
     progress: bool = False,
     exact_max_bytes: int = 2**30,
     error_estimate: str = "embedded",
+    time_warp: float = 1.0,
 ) -> LikelihoodResult:
     """``log p_{t_data}(x)`` by solving the ODE with the instantaneous change of variables.
 
@@ -339,6 +340,12 @@ def log_likelihood(
             (a second solve of the same probes with every tolerance divided by
             :data:`RESOLVE_FACTOR`; ``solver_error = |logp - logp_tight|``, ``logp`` stays the first
             solve's; it also covers the state's error; ``nfe`` counts both solves).
+        time_warp: ``rho >= 1``: the engine integrates in ``s = t^(1/rho)`` instead of ``t``
+            (``dx/ds = rho s^(rho-1) u(s^rho, x)``, the divergence scaled alike; the integral, hence the
+            answer, is the same), which needs ``t >= 0`` on the span. ``1`` (default): in ``t``. On an
+            EDM-time ODE (``t = sigma`` from 0.002 to 80) ``rho = 1.5`` takes 0.6-0.8x the NFE of ``rho = 1``
+            at equal error (``docs/likelihood.md``, "Time warp"); the adapters' ``time=`` chooses the
+            variable ``t`` itself.
 
     Returns:
         :class:`LikelihoodResult`, with ``solver_error`` the solver's error estimate (nats; in bits/dim
@@ -373,6 +380,7 @@ def log_likelihood(
         raise InputError(f"probes must be a positive int, got {probes!r}.")
     if error_estimate not in ERROR_ESTIMATES:
         raise InputError(f"error_estimate={error_estimate!r}: choose one of {ERROR_ESTIMATES}.")
+    rho = _check_warp(time_warp, t_data, t_prior)
     if trace == "exact" and probes != 1:
         raise InputError(f"probes={probes} applies to trace='hutchinson'; the exact trace has no probes.")
     B, event, dtype, device = x.shape[0], tuple(x.shape[1:]), x.dtype, x.device
@@ -403,8 +411,14 @@ def log_likelihood(
     time_dtype = getattr(ode, "time_dtype", None) or dtype
     first = [True]
 
+    t_lo, t_hi = min(t_data, t_prior), max(t_data, t_prior)
+
     def func(t, y):
         xs = y[0].detach()
+        if rho != 1.0:  # t = s^rho, in float64, clamped to the span (s^rho may round just outside it)
+            s = t
+            t = s.pow(rho).clamp(t_lo, t_hi)
+            dt_ds = rho * s.pow(rho - 1.0)
         tt = t.to(time_dtype)  # time is float64 in the solver; cast once here
         with torch.enable_grad():
             xg = xs.requires_grad_(True)
@@ -423,19 +437,27 @@ def log_likelihood(
             else:
                 u = ode.drift(tt, xg)
             if not u.requires_grad:  # a drift that does not depend on x (divergence 0)
-                return u.detach(), torch.zeros(B, k, dtype=torch.float64, device=device)
-            g = _batched_vjp(u, xg, cot)
-        if trace == "exact":
-            div = torch.diagonal(g.reshape(D, B, D), dim1=0, dim2=2).sum(-1).unsqueeze(1)  # (B, 1)
-        else:
-            div = (g * cot).reshape(k, B, D).sum(-1).transpose(0, 1)  # (B, k)
+                div = torch.zeros(B, k, dtype=torch.float64, device=device)
+            else:
+                g = _batched_vjp(u, xg, cot)
+                if trace == "exact":
+                    div = torch.diagonal(g.reshape(D, B, D), dim1=0, dim2=2).sum(-1).unsqueeze(1)  # (B, 1)
+                else:
+                    div = (g * cot).reshape(k, B, D).sum(-1).transpose(0, 1)  # (B, k)
         # the log-density is accumulated in float64: at |logp| ~ 3000 float32 resolves only 2e-4 nats
-        return u.detach(), div.detach().to(torch.float64)
+        u, div = u.detach(), div.detach().to(torch.float64)
+        if rho != 1.0:  # d/ds = (dt/ds) d/dt on both channels
+            u = u * batch_broadcast(dt_ds.to(dtype), u)
+            div = div * (dt_ds.unsqueeze(-1) if dt_ds.dim() else dt_ds)
+        return u, div
 
-    ts = torch.tensor([t_data, t_prior], dtype=torch.float64, device=device)
+    span = (t_data, t_prior) if rho == 1.0 else (t_data ** (1.0 / rho), t_prior ** (1.0 / rho))
+    ts = torch.tensor(span, dtype=torch.float64, device=device)
     y0 = (x.detach(), torch.zeros(B, k, dtype=torch.float64, device=device))
     def run(eng, tols, what):
         out = eng.integrate(func, y0, ts, norms=("rms", "abs"), tols=tols, progress=progress, desc=what)
+        if rho != 1.0:  # report the time reached in t, not in the warped s
+            out["t_final"] = out["t_final"].pow(rho).clamp(t_lo, t_hi)
         if throw:
             eng.raise_on_failure(out, what=f"log_likelihood ({eng.name})")
         z, L = out["y"]
@@ -479,10 +501,23 @@ def log_likelihood(
         logp_probes=None if trace == "exact" else per_probe,
         stats=dict(engine=engine.name, trace=trace, probes=k, probe=probe if trace == "hutchinson" else None,
                    bpd_tol=bpd_tol, logp_atol_per_step=tol_L, rtol=rtol, atol=atol, mode=engine.mode,
-                   error_estimate=error_estimate,
+                   error_estimate=error_estimate, time_warp=rho,
                    t_span=(t_data, t_prior), vjps_per_eval=D if trace == "exact" else k,
                    nfe_per_sample=calls_per_sample),
     )
+
+
+def _check_warp(time_warp, t_data: float, t_prior: float) -> float:
+    """``time_warp`` as a float ``rho >= 1``; a warp needs a span in ``t >= 0``."""
+    if (not isinstance(time_warp, (int, float)) or isinstance(time_warp, bool) or not math.isfinite(time_warp)
+            or time_warp < 1):
+        raise InputError(f"log_likelihood: time_warp must be a finite number >= 1 (the exponent rho of "
+                         f"t = s^rho; 1 integrates in t itself), got {time_warp!r}.")
+    rho = float(time_warp)
+    if rho != 1.0 and min(t_data, t_prior) < 0:
+        raise InputError(f"log_likelihood: time_warp={rho:g} integrates in s = t^(1/rho), which needs t >= 0, "
+                         f"but t_span = {(t_data, t_prior)}; shift the ODE's time or use time_warp=1.")
+    return rho
 
 
 def _calls_per_sample(out: dict, B: int, device) -> torch.Tensor:

@@ -335,3 +335,54 @@ def test_error_estimate_resolve_tracks_the_true_error():
     assert ((ratio > 0.5) & (ratio < 2.0)).all(), ratio
     with pytest.raises(InputError, match="error_estimate"):
         log_likelihood(_edm_gauss_ode(s2), x, (0.002, T), prior, error_estimate="twice")
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("rho", [1.5, 2.0])
+def test_time_warp_same_integral_exact_answer(rho, per_sample):
+    # integrating in s = t^(1/rho) changes the steps, not the answer: within the same bound as t itself,
+    # with the time reached reported in t and the user's drift called with t in the span
+    d = 4
+    s2 = torch.linspace(0.1, 1.0, d, dtype=torch.float64) ** 2
+    T = 20.0
+    x = torch.randn(5, d, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * s2.sqrt()
+    seen = []
+    base = _edm_gauss_ode(s2)
+
+    def u(t, x):
+        seen.append(t.detach().clone())
+        return base.drift(t, x)
+
+    prior = lambda z: _gauss_logp(z, s2 + T**2)  # noqa: E731
+    r = log_likelihood(flowsde.ODE(u), x, (0.002, T), prior, bpd_tol=1e-6, time_warp=rho, per_sample=per_sample)
+    exact = _gauss_logp(x, s2 + 0.002**2)
+    assert r.success and r.stats["time_warp"] == rho
+    assert (r.logp - exact).abs().max() < 1e-4
+    assert torch.allclose(r.t_final, torch.full_like(r.t_final, T), rtol=1e-12, atol=0)
+    ts = torch.cat([t.reshape(-1) for t in seen])
+    assert ts.min() >= 0.002 and ts.max() <= T and ts.dtype == torch.float64  # time_dtype of the ODE: float64
+    plain = log_likelihood(base, x, (0.002, T), prior, bpd_tol=1e-6, per_sample=per_sample)
+    assert not torch.equal(r.logp, plain.logp)  # a different step sequence ...
+    assert (r.logp - plain.logp).abs().max() < 1e-4  # ... to the same answer
+
+
+def test_time_warp_float32_and_data_end_at_zero():
+    # t = 0 at the data end (s = 0, dt/ds = 0 there for rho > 1), float32 state
+    d = 3
+    s2 = torch.tensor([0.05, 0.2, 1.0], dtype=torch.float64)
+    T = 10.0
+    x = torch.randn(4, d, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * s2.sqrt()
+    r = log_likelihood(_edm_gauss_ode(s2.float()), x.float(), (0.0, T), lambda z: _gauss_logp(z, s2 + T**2),
+                       bpd_tol=1e-5, time_warp=1.5)
+    assert r.success and (r.logp - _gauss_logp(x, s2)).abs().max() < 1e-3
+
+
+def test_time_warp_refusals():
+    s2 = torch.ones(2, dtype=torch.float64)
+    x = torch.randn(2, 2, dtype=torch.float64)
+    prior = lambda z: _gauss_logp(z, s2 + 1.0)  # noqa: E731
+    for bad in (0.5, float("nan"), True, "1.5"):
+        with pytest.raises(InputError, match="time_warp must be a finite number >= 1"):
+            log_likelihood(_edm_gauss_ode(s2), x, (0.0, 1.0), prior, time_warp=bad)
+    with pytest.raises(InputError, match=r"needs t >= 0.*\(-1.0, 1.0\)"):
+        log_likelihood(_edm_gauss_ode(s2), x, (-1.0, 1.0), prior, time_warp=2.0)
