@@ -135,6 +135,26 @@ def _sqrt(v, dtype, device) -> torch.Tensor:
     return torch.sqrt(torch.as_tensor(v, dtype=_F64)).to(device=device, dtype=dtype)
 
 
+def _check_output(dif, out, x: torch.Tensor, lab: torch.Tensor, where) -> None:
+    """Refuse a network output that is not a tensor of the shape of ``x`` (``where``: a string, or a
+    function giving it: built only for the message)."""
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        where = where() if callable(where) else where
+        raise InputError(f"{where}: net(x, t) returned {got} for x of shape {tuple(x.shape)}; a "
+                         f"{dif.prediction!r}-prediction network must return the shape of x."
+                         + swapped_output_hint(out, lab, x))
+
+
+class _GridEntry:
+    """What :meth:`Diffusion._keep` holds for one grid time and kind."""
+
+    __slots__ = ("dtype", "device", "B", "label", "A", "C")
+
+    def __init__(self, dtype, device: int, B: int, label, A, C):
+        self.dtype, self.device, self.B, self.label, self.A, self.C = dtype, device, B, label, A, C
+
+
 class _Pred:
     """One network call at (t, x) and the exact conversions derived from it (lazily)."""
 
@@ -146,11 +166,7 @@ class _Pred:
         self.B = B = x.shape[0]
         lab = co.label(x.dtype, B)
         out = dif.net(x, lab)
-        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise InputError(f"{where}: net(x, t) returned {got} for x of shape {tuple(x.shape)}; a "
-                             f"{dif.prediction!r}-prediction network must return the shape of x."
-                             + swapped_output_hint(out, lab, x))
+        _check_output(dif, out, x, lab, where)
         self.x = x
         self.o = out if out.dtype == co.wd else out.to(co.wd)
         self.xw = x if x.dtype == co.wd else x.to(co.wd)
@@ -288,6 +304,7 @@ class Diffusion:
         self._slack = rounding_slack(t_lo, t_hi)
         self._alpha_zero_at_tmax = float(schedule.alpha(torch.tensor(t_hi, dtype=_F64))) <= 0.0
         self._cache: dict = {}
+        self._grid: dict = {}  # (time value, kind, check_t) -> _GridEntry (see _grid_entry)
 
     def __repr__(self) -> str:
         return f"Diffusion(net={getattr(self.net, '__name__', self.net)!r}, schedule={self.schedule!r}, " \
@@ -328,6 +345,7 @@ class Diffusion:
         if co is None:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
+                self._grid.clear()
             lo, hi = self._range
             bad, tc = self._classify(tf, tf)
             if bad is None:
@@ -382,9 +400,47 @@ class Diffusion:
                 "'velocity', 'x0' or 'v', whose conversions are finite at t_max.")
 
     # -- conversions -----------------------------------------------------------------------
-    def _convert(self, target: str, t, x: torch.Tensor) -> torch.Tensor:
-        p = _Pred(self, t, x, f"Diffusion.{target}")
-        return p.out(p.get(target))
+    def _grid_entry(self, kind, t, x):
+        """The entry kept by :meth:`_keep` for this grid time (a 0-dim CPU time without gradient, seen
+        before) when ``x`` has the dtype, device and batch size it was kept for; else ``None``.
+
+        The full path (``_coefs``, range and singularity checks, coefficients) ran for this time, kind
+        and ``check_t``; what a call can still change (dtype, device, batch, a meta or 0-dim ``x``) is
+        compared here (docs/adapters.md, "Guards")."""
+        if type(t) is not torch.Tensor or type(x) is not torch.Tensor or t.dim() or not t.is_cpu or t.requires_grad:
+            return None
+        e = self._grid.get((t.item(), kind, self.check_t))
+        if (e is None or x.dtype is not e.dtype or x.get_device() != e.device or x.is_meta or not x.dim()
+                or x.shape[0] != e.B):
+            return None
+        return e
+
+    def _keep(self, kind, t, x, co: _Coef, A, C) -> None:
+        """Keep ``(label, A, C)`` of a grid time whose full path just succeeded (``A = None``: the
+        network's output itself; the conversion is ``A x + C o``; kind ``"g"``: ``C`` is the diffusion)."""
+        if (co.scalar and co.wd == x.dtype and type(t) is torch.Tensor and t.dim() == 0 and t.is_cpu
+                and not t.requires_grad and (A is None or A.dim() == 0)):
+            self._grid[(t.item(), kind, self.check_t)] = _GridEntry(
+                x.dtype, x.get_device(), x.shape[0], co.label(x.dtype, x.shape[0]), A, C)
+
+    def _net_affine(self, e: "_GridEntry", x: torch.Tensor, where: Callable[[], str]) -> torch.Tensor:
+        """``A x + C net(x, t)`` from a kept entry: the network call, its output check, two tensor ops."""
+        o = self.net(x, e.label)
+        _check_output(self, o, x, e.label, where)
+        if o.dtype is not x.dtype:
+            o = o.to(x.dtype)
+        return o if e.A is None else torch.addcmul(e.C * o, e.A, x)
+
+    def _convert(self, target: str, t, x: torch.Tensor, where: Optional[str] = None) -> torch.Tensor:
+        e = self._grid_entry(target, t, x)
+        if e is not None:
+            return self._net_affine(e, x, lambda: where or f"Diffusion.{target}")
+        p = _Pred(self, t, x, where or f"Diffusion.{target}")
+        y = p.out(p.get(target))
+        if p.co.scalar:
+            A, C = (None, None) if target == self.prediction else p.co.vals[("checked", target, self.check_t)]
+            self._keep(target, t, x, p.co, A, C)
+        return y
 
     def score(self, t, x: torch.Tensor) -> torch.Tensor:
         """``grad_x log p_t(x) = -eps/sigma``; shape of ``x``."""
@@ -454,15 +510,22 @@ class Diffusion:
             return SDE(drift, self._diffusion_fn(w2, not callable(bf), where), noise_type="scalar", score=self.score,
                        direction=direction, time_dtype=_F64)
 
+        kind = ("sde", name, bf)
+
         def drift(t, x):
-            p = _Pred(self, t, x, f"{where}.drift")
             if not by_w and not callable(bf) and bf == 0.0:
-                return p.out(p.get("velocity"))
+                return self._convert("velocity", t, x, f"{where}.drift")
+            if not callable(bf):
+                e = self._grid_entry(kind, t, x)
+                if e is not None:
+                    return self._net_affine(e, x, lambda: f"{where}.drift")
+            p = _Pred(self, t, x, f"{where}.drift")
             co = p.co
             if not callable(bf):  # the checks passed and A, C were kept for this time value
                 AC = co.vals.get(("sde", name, bf, self.check_t))
                 if AC is not None:
                     A, C = AC
+                    self._keep(kind, t, x, co, A, C)
                     return p.out(torch.addcmul(C * p.o, A, p.xw))
             self._refuse(co, f"{where}.drift", divides_alpha=pred in ("eps", "score"))
             self._refuse_singular(co, f"{where}.drift", "velocity", "score")

@@ -238,6 +238,7 @@ def sweep(p, seed, ref, methods, tols_flowsde, tols_other):
 
 
 def main(argv=None):
+    global WARP
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--dims", type=int, nargs="+", default=[3072, 64])
@@ -248,7 +249,6 @@ def main(argv=None):
     ap.add_argument("--warp", type=float, default=WARP, help="time_warp of the flowsde-warp method")
     ap.add_argument("--plot", default=None)
     args = ap.parse_args(argv)
-    global WARP
     WARP = args.warp
     torch.set_num_threads(1)
     print(f"# {platform.platform()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "

@@ -379,3 +379,57 @@ def test_inputs_not_mutated():
         getattr(dif, m)(t, x)
     dif.reverse_sde(0.5).drift(t, x)
     assert torch.equal(x, x_c) and torch.equal(t, t_c)
+
+
+class _Net(torch.nn.Module):
+    """``net(x, t)``: a fixed nonlinear map; ``bad = True`` makes it return a wrong shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad = False
+
+    def forward(self, x, t):
+        y = torch.tanh(x) * (1 + t.reshape((-1,) + (1,) * (x.dim() - 1)))
+        return y[:, :1] if self.bad else y
+
+
+@pytest.mark.parametrize("call", ["velocity", "x0", "eps", "reverse_drift", "pf_drift"])
+def test_repeated_grid_time_same_answer_as_a_fresh_diffusion(call):
+    # A grid time's checks and coefficients are kept after its first call (docs/adapters.md, "Guards"):
+    # later calls with another batch size, dtype or device-less (meta) input must still get the full
+    # path's answer and errors.
+    def fn(d):
+        return {"velocity": d.velocity, "x0": d.x0, "eps": d.eps, "reverse_drift": d.reverse_sde(0.5).drift,
+                "pf_drift": d.pf_ode().drift}[call]
+
+    net = _Net()
+    dif = Diffusion(net, VP(), "eps")
+    f = fn(dif)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    for x in (torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g), torch.randn(6, 3, generator=g),
+              torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g)):
+        for _ in range(3):  # first call, the call that keeps the entry, the kept entry
+            got = f(t, x)
+            want = fn(Diffusion(net, VP(), "eps"))(t, x)
+            assert got.dtype == x.dtype and torch.equal(got, want)
+    with pytest.raises(InputError, match="meta"):
+        f(t, torch.empty(4, 3, device="meta"))
+    net.bad = True
+    with pytest.raises(InputError, match=r"returned \(4, 1\) for x of shape \(4, 3\)"):
+        f(t, torch.randn(4, 3))
+
+
+def test_repeated_grid_time_keeps_the_range_check():
+    dif = Diffusion(_Net(), VP(), "eps")
+    t_bad = torch.tensor(1.5, dtype=torch.float64)
+    x = torch.randn(2, 3)
+    for _ in range(3):  # refused every time: nothing is kept for a refused time
+        with pytest.raises(InputError, match="above t_max"):
+            dif.velocity(t_bad, x)
+    dif.check_t = False  # the switch is part of what was checked
+    dif.velocity(t_bad, x)
+    dif.velocity(t_bad, x)
+    dif.check_t = "auto"
+    with pytest.raises(InputError, match="above t_max"):
+        dif.velocity(t_bad, x)
