@@ -82,6 +82,17 @@ def test_gmm_nll_matches_the_exact_log_density(capsys):
     assert abs(model - exact) < 1e-3
 
 
+def test_gmm_nll_with_time_warp_matches_the_exact_log_density(capsys):
+    # integrating in s = t^(1/1.5): the same bound as in t (the test above)
+    rc, out, err = run(capsys, "nll", "--model", "gmm", "--schedule", "linear", "--prediction", "velocity",
+                       "--limit", 4, "--rtol", "1e-6", "--atol", "1e-6", "--time-warp", "1.5")
+    assert rc == 0, err
+    assert "time warp 1.5" in out
+    model = float([ln for ln in out.splitlines() if ln.startswith("mean bits/dim")][0].split()[2])
+    exact = float(out.strip().splitlines()[-1].split()[-1])
+    assert abs(model - exact) < 1e-3
+
+
 def test_likelihood_is_an_alias_of_nll(capsys):
     rc, out, err = run(capsys, "likelihood", "--limit", 2, *FAST)
     assert rc == 0, err and "mean bits/dim" in out
@@ -106,6 +117,7 @@ def test_nll_bad_input(capsys, tmp_path):
         (["--model", "moons"], "has no data set of its own"),
         (["--limit", 0], "not a positive integer"),
         (["--trace", "magic"], "invalid choice"),
+        (["--time-warp", "0.5"], "must be >= 1"),
     ]
     for args, msg in cases:
         rc, out, err = run(capsys, "nll", *args)
