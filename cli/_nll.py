@@ -183,7 +183,8 @@ def main(args, model) -> int:
     res = dataset_nll(model.diffusion, data, levels=levels, bits=bits, data_range=dr, trace=args.trace,
                       probes=args.probes, rtol=args.rtol, atol=args.atol, batch_size=args.batch_size, seed=args.seed,
                       limit=args.limit, out=str(out) if out else None, progress=progress_enabled(args.quiet),
-                      device=args.device, dtype=args.dtype, time_warp=args.time_warp)
+                      device=args.device, dtype=args.dtype,
+                      **({} if args.time_warp == 1.0 else dict(time_warp=args.time_warp)))
     print(summary(res, model, what, levels, bits, dr, args, time.perf_counter() - t0))
     if exact is not None:
         d = math.prod(model.event_shape)
