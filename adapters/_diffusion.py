@@ -426,7 +426,8 @@ class Diffusion:
     def _net_affine(self, e: "_GridEntry", x: torch.Tensor, where: Callable[[], str]) -> torch.Tensor:
         """``A x + C net(x, t)`` from a kept entry: the network call, its output check, two tensor ops."""
         o = self.net(x, e.label)
-        _check_output(self, o, x, e.label, where)
+        if type(o) is not torch.Tensor or o.shape != x.shape:
+            _check_output(self, o, x, e.label, where)
         if o.dtype is not x.dtype:
             o = o.to(x.dtype)
         return o if e.A is None else torch.addcmul(e.C * o, e.A, x)
@@ -573,10 +574,18 @@ class Diffusion:
                 "diffusion=lambda t: schedule.sigma(t)); or start the time grid just below t_max.")
 
     def _diffusion_fn(self, w2, const: bool, where: str) -> Callable:
+        kind = ("g", where)
+
         def diffusion(t, x):
+            if const:
+                e = self._grid_entry(kind, t, x)
+                if e is not None:
+                    return e.C
             co = self._coefs(t, x, f"{where}.diffusion")
             if const:  # kept per time value with the other coefficients
                 g = co.cached(("g", where, x.dtype), lambda: _sqrt(w2(co, None), x.dtype, co.device))
+                if g.dim() == 0:
+                    self._keep(kind, t, x, co, None, g)
             else:
                 tb = co.t.expand(x.shape[0]) if co.t.dim() == 0 else co.t
                 g = _sqrt(w2(co, tb), x.dtype, co.device)

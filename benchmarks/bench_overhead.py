@@ -345,7 +345,7 @@ def breakdown_part(args):
     """Where the solver's per-step time goes: the bare Euler loop on the ~150 us MLP with one piece
     of per-step work added at a time (a float64 step size; a per-sample finiteness sum of every
     output, as ``flowsde.solve`` did before commit 33fec59), the bare loop with the update as one
-    ``addcmul`` and the outputs' sums taken 32 at a time (as ``flowsde.solve`` does now), then
+    ``addcmul`` and the outputs' sums taken 16 at a time (as ``flowsde.solve`` does now), then
     ``flowsde.solve`` itself on the same drift."""
     if args.device != "cpu":
         return
@@ -381,12 +381,12 @@ def breakdown_part(args):
         bool(torch.isfinite(torch.stack(sums)).all())
         return x
 
-    def bare_grouped_sums():  # the check flowsde does now: outputs kept, reduced 32 at a time
+    def bare_grouped_sums():  # the check flowsde does now: outputs kept, reduced 16 at a time
         x, pending, sums = x0, [], []
         for i in range(n):
             d = drift(None, x)
             pending.append(d)
-            if len(pending) == 32:
+            if len(pending) == 16:
                 sums.append(torch.stack(pending).sum(2, dtype=f64))
                 pending = []
             x = torch.addcmul(x, dts32[i], d)
@@ -403,7 +403,7 @@ def breakdown_part(args):
     with torch.no_grad():
         r = timed_interleaved({"bare Euler loop (float32 steps)": bare, "+ float64 step h = t1 - t0": bare_h64,
                                "+ per-sample finiteness sums": bare_h64_sums,
-                               "bare, addcmul, sums 32 at a time": bare_grouped_sums,
+                               "bare, addcmul, sums 16 at a time": bare_grouped_sums,
                                "flowsde.solve, same drift": solve},
                               args.reps, lambda: None, **_timing(args))
     print(f"\n== solver breakdown: Euler, {n} steps, MLP w{ADAPTER_NETS[0][1]} d{ADAPTER_NETS[0][2]}, batch {B}; "

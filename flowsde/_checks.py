@@ -2,9 +2,9 @@
 
 Shapes, dtypes and devices are host-side metadata and are checked on every
 call at no cost. Finiteness needs the values: instead of a host sync per
-call, each function output is kept (a reference, no copy) until 32 of them,
-or about 2**18 elements, are pending; then they are reduced together on the
-device (one stack and one per-sample float64 sum: two kernels per 32 outputs
+call, each function output is kept (a reference, no copy) until 16 of them,
+or about 2**16 elements, are pending; then they are reduced together on the
+device (one stack and one per-sample float64 sum: two kernels per 16 outputs
 instead of one per output; NaN and Inf propagate through a sum, and a float32
 output cannot overflow a float64 sum). Every 256 outputs those sums are folded,
 still on the device, into one ``(B,)`` tensor holding each sample's first
@@ -33,9 +33,11 @@ from ._problem import ODE
 from ._solution import Status
 
 #: pending outputs are reduced to per-sample sums every this many outputs ...
-_GROUP = 32
-#: ... or as soon as they hold this many elements (the memory they keep alive stays bounded);
-_GROUP_ELEMS = 1 << 18
+_GROUP = 16
+#: ... or as soon as they hold this many elements (the memory they keep alive stays bounded: kept
+#: outputs evict the network's weights from the CPU caches; 16 and 2**16 measured cheaper than 32
+#: and 2**18 on the 150 us MLP of benchmarks/bench_overhead.py, docs/benchmarks.md);
+_GROUP_ELEMS = 1 << 16
 #: the sums are folded into one (B,) tensor every this many outputs
 _FOLD_EVERY = 256
 #: "no failure" in the (B,) tensor of first failing records (any index is smaller)
@@ -183,6 +185,7 @@ class CheckedProblem:
         self._last: dict = {}  # name -> (its last output, version)
         self._n_sums = 0
         self._cpu = x0.device.type == "cpu"
+        self._device_index = x0.get_device()  # -1 on the CPU: compared without building a torch.device
         self._first_bad: Optional[torch.Tensor] = None  # (B,) first non-finite record per sample, _NONE: none
 
     def time(self, t):
@@ -196,6 +199,38 @@ class CheckedProblem:
         return t.to(self.time_dtype)
 
     def _check(self, name, t, out, allow_broadcast=False):
+        # The common case first, in a few attribute reads: a plain tensor of x's dtype, shape and
+        # device, without gradient (this runs once per function output).
+        if (type(out) is torch.Tensor and out.dtype is self.dtype and out.shape == self._size
+                and not out.requires_grad and out.get_device() == self._device_index and not out.is_meta):
+            o = out
+        elif (self._cpu and allow_broadcast and type(out) is torch.Tensor and out.dtype is self.dtype
+              and not out.dim() and out.is_cpu and not out.requires_grad):  # a 0-dim diffusion on the CPU
+            self._scalar(name, t, out)
+            return out
+        else:
+            o = self._check_general(name, t, out, allow_broadcast)
+            if o is None:
+                return out
+        rec = self._records
+        rec.append((name, self.step, t))
+        ver = o._version
+        # A function that writes its outputs into one buffer changes its previous output in place:
+        # from then on every output is reduced at once (the earlier one is checked as it is now).
+        prev = self._last.get(name)
+        if prev is not None and prev[0]._version != prev[1]:
+            self._group = 1
+        self._last[name] = (o, ver)
+        self._pending.append((len(rec) - 1, o, ver))
+        self._pending_elems += o.numel()
+        if len(self._pending) >= self._group or self._pending_elems >= _GROUP_ELEMS:
+            self._reduce()
+        return out
+
+    def _check_general(self, name, t, out, allow_broadcast):
+        """:meth:`_check` beyond the common case: the errors, a detached view of an output with
+        gradient, a broadcast diffusion; ``None`` when the output is fully handled here (a
+        one-element CPU output, read as a Python float)."""
         if not isinstance(out, torch.Tensor):
             raise InputError(f"{name} returned {type(out).__name__} at step {self.step}; it must return a torch.Tensor.")
         if out.dtype != self.dtype:
@@ -213,35 +248,30 @@ class CheckedProblem:
                 f"{self.shape}; it must return the shape of x."
             )
         o = out.detach() if out.requires_grad else out
+        if o.numel() == 1 and self._cpu:
+            self._scalar(name, t, o)
+            return None
+        return o
+
+    def _scalar(self, name, t, o) -> None:
+        """A one-element CPU output (a scalar diffusion), read as a Python float: no kernel, and no
+        device to sync with."""
         self._records.append((name, self.step, t))
-        k = len(self._records) - 1
-        if o.numel() == 1:  # a scalar diffusion
-            if self._cpu:  # a Python float: no kernel (and no device to sync with)
-                if not math.isfinite(o.item()):
-                    self._bad_scalars.append(k)
-                return out
-            o = o.reshape(1, 1).expand(self.shape[0], 1)
-        elif o.dim() != 2:
-            o = o.reshape(self.shape[0], -1)
-        # A function that writes its outputs into one buffer changes its previous output in place:
-        # from then on every output is reduced at once (the earlier one is checked as it is now).
-        prev = self._last.get(name)
-        if prev is not None and prev[0]._version != prev[1]:
-            self._group = 1
-        self._last[name] = (o, o._version)
-        self._pending.append((k, o, o._version))
-        self._pending_elems += o.numel()
-        if len(self._pending) >= self._group or self._pending_elems >= _GROUP_ELEMS:
-            self._reduce()
-        return out
+        if not math.isfinite(o.item()):
+            self._bad_scalars.append(len(self._records) - 1)
 
     def _reduce(self) -> None:
         """The pending outputs to per-sample float64 sums: one stack and one sum per output width
         (device ops only, no sync)."""
         groups: dict = {}
+        B = self.shape[0]
         for k, o, ver in self._pending:
             if o._version != ver:  # changed in place since it was returned: checked as it is now,
                 self._group = 1  # and from now on each output is reduced at once
+            if o.numel() == 1:  # a scalar diffusion on a device: one value for every sample
+                o = o.reshape(1, 1).expand(B, 1)
+            elif o.dim() != 2:
+                o = o.reshape(B, -1)
             groups.setdefault(o.shape[1], []).append((k, o))
         for items in groups.values():
             vals = items[0][1][None] if len(items) == 1 else torch.stack([o for _, o in items])  # (m, B, n)

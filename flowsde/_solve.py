@@ -157,16 +157,16 @@ def _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress):
     h = (ts[1:] - ts[:-1]).to(x0.dtype)
     hs = h.unbind(0)
     sqrt_hs = h.abs().sqrt().unbind(0) if checked.is_sde else None
-    ts_host = ts.tolist()  # the grid as floats, for solvers that branch on time on the host
+    state["ts"] = ts
+    state["ts_host"] = ts.tolist()  # the grid as floats, for solvers that branch on time on the host
+    step = solver.step
+    last = n - 1
     for i in steps:
-        checked.step = i
-        state["i"] = i
-        state["ts"] = ts
-        state["ts_host"] = ts_host
+        checked.step = state["i"] = i
         state["h"] = hs[i]
         if sqrt_hs is not None:
             state["sqrt_h"] = sqrt_hs[i]
-        x = solver.step(checked, tv[i], tv[i + 1], x, noise_source, i == n - 1, state)
+        x = step(checked, tv[i], tv[i + 1], x, noise_source, i == last, state)
         if save_all:
             xs.append(x)
     if tuple(x.shape) != tuple(x0.shape):

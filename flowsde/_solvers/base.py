@@ -38,8 +38,9 @@ class Solver:
     Protocol of a fixed-step solve (:func:`flowsde.solve`)::
 
         state = solver.init_state(problem, x0, ts)       # once; a dict the solver owns
+        state["ts"], state["ts_host"] = ts, ts.tolist()  # set by the loop, once
         for i in range(len(ts) - 1):
-            state["i"], state["ts"] = i, ts              # set by the loop
+            state["i"], state["h"] = i, h[i]             # set by the loop, each step
             x = solver.step(problem, ts[i], ts[i + 1], x, noise, i == len(ts) - 2, state)
 
     ``problem`` is the checked problem (its ``drift``, ``diffusion``, ``score``

@@ -393,14 +393,14 @@ class _Net(torch.nn.Module):
         return y[:, :1] if self.bad else y
 
 
-@pytest.mark.parametrize("call", ["velocity", "x0", "eps", "reverse_drift", "pf_drift"])
+@pytest.mark.parametrize("call", ["velocity", "x0", "eps", "reverse_drift", "pf_drift", "reverse_diffusion"])
 def test_repeated_grid_time_same_answer_as_a_fresh_diffusion(call):
     # A grid time's checks and coefficients are kept after its first call (docs/adapters.md, "Guards"):
     # later calls with another batch size, dtype or device-less (meta) input must still get the full
     # path's answer and errors.
     def fn(d):
         return {"velocity": d.velocity, "x0": d.x0, "eps": d.eps, "reverse_drift": d.reverse_sde(0.5).drift,
-                "pf_drift": d.pf_ode().drift}[call]
+                "pf_drift": d.pf_ode().drift, "reverse_diffusion": d.reverse_sde(0.5).diffusion}[call]
 
     net = _Net()
     dif = Diffusion(net, VP(), "eps")
@@ -415,6 +415,8 @@ def test_repeated_grid_time_same_answer_as_a_fresh_diffusion(call):
             assert got.dtype == x.dtype and torch.equal(got, want)
     with pytest.raises(InputError, match="meta"):
         f(t, torch.empty(4, 3, device="meta"))
+    if call == "reverse_diffusion":  # no network call
+        return
     net.bad = True
     with pytest.raises(InputError, match=r"returned \(4, 1\) for x of shape \(4, 3\)"):
         f(t, torch.randn(4, 3))
