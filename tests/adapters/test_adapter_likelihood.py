@@ -24,20 +24,23 @@ LOG2PI = math.log(2 * math.pi)
 CASES = schedule_predictions()
 
 
+@pytest.mark.parametrize("warp", [None, 1.5])
 @pytest.mark.parametrize("d", [2, 16])
 @pytest.mark.parametrize("sched,pred", CASES, ids=lambda c: type(c).__name__ if not isinstance(c, str) else c)
-def test_mixture_logp_exact_within_1e3(sched, pred, d):
+def test_mixture_logp_exact_within_1e3(sched, pred, d, warp):
+    # the documented defaults, and the knob that buys image-scale NFE (docs/likelihood.md, "Time warp")
     gm, g = likelihood_mixture(d)
     x = gm.sample(6, generator=g)
     dif = Diffusion(gm.oracle(sched, pred), sched, prediction=pred)
     T = torch.tensor(float(sched.t_max), dtype=DT)
-    r = dif.log_likelihood(x, prior_logp=lambda z: gm.log_prob_t(sched, T, z))  # the documented defaults
+    kw = {} if warp is None else dict(time_warp=warp)
+    r = dif.log_likelihood(x, prior_logp=lambda z: gm.log_prob_t(sched, T, z), **kw)
     # a velocity model is evaluated at the data end t = 0 (its drift is defined there), the others at t_min
     t_eps = 0.0 if pred == "velocity" else float(sched.t_min)
     exact = gm.log_prob_t(sched, torch.tensor(t_eps, dtype=DT), x)
     assert r.success and r.stderr is None
     assert (r.logp - exact).abs().max() < 1e-3, (r.logp - exact, r.nfe)
-    assert r.stats["t_eps"] == t_eps and r.stats["time"] == "t"
+    assert r.stats["t_eps"] == t_eps and r.stats["time"] == "t" and r.stats["time_warp"] == (warp or 1.0)
 
 
 def test_log_snr_time_variable_agrees():
@@ -205,17 +208,3 @@ def test_prior_end_where_alpha_vanishes_is_explained():
     with pytest.raises(InputError, match="alpha = 0.*velocity.*not N\\(0, sigma\\^2 I\\)"):
         dif.log_likelihood(gm.sample(2, generator=g))
 
-
-@pytest.mark.parametrize("d", [2, 16])
-@pytest.mark.parametrize("sched,pred", CASES, ids=lambda c: type(c).__name__ if not isinstance(c, str) else c)
-def test_mixture_logp_exact_within_1e3_with_time_warp(sched, pred, d):
-    # the knob that buys image-scale NFE (docs/likelihood.md, "Time warp") keeps the small-problem bound
-    gm, g = likelihood_mixture(d)
-    x = gm.sample(6, generator=g)
-    dif = Diffusion(gm.oracle(sched, pred), sched, prediction=pred)
-    T = torch.tensor(float(sched.t_max), dtype=DT)
-    r = dif.log_likelihood(x, prior_logp=lambda z: gm.log_prob_t(sched, T, z), time_warp=1.5)
-    t_eps = 0.0 if pred == "velocity" else float(sched.t_min)
-    exact = gm.log_prob_t(sched, torch.tensor(t_eps, dtype=DT), x)
-    assert r.success and r.stats["time_warp"] == 1.5
-    assert (r.logp - exact).abs().max() < 1e-3, (r.logp - exact, r.nfe)
