@@ -179,6 +179,7 @@ class CheckedProblem:
         self._fold_every = max(1, int(_FOLD_EVERY))
         self._group = min(_GROUP, self._fold_every)
         self._pending: list = []
+        self._pending_state_shaped = True  # every pending output has the state's shape
         self._pending_elems = 0
         self._bad_scalars: list = []
         self._sums: list = []
@@ -212,6 +213,8 @@ class CheckedProblem:
             o = self._check_general(name, t, out, allow_broadcast)
             if o is None:
                 return out
+            if o.shape != self._size:
+                self._pending_state_shaped = False
         rec = self._records
         rec.append((name, self.step, t))
         ver = o._version
@@ -263,22 +266,27 @@ class CheckedProblem:
     def _reduce(self) -> None:
         """The pending outputs to per-sample float64 sums: one stack and one sum per output width
         (device ops only, no sync)."""
-        groups: dict = {}
-        B = self.shape[0]
-        for k, o, ver in self._pending:
-            if o._version != ver:  # changed in place since it was returned: checked as it is now,
-                self._group = 1  # and from now on each output is reduced at once
-            if o.numel() == 1:  # a scalar diffusion on a device: one value for every sample
-                o = o.reshape(1, 1).expand(B, 1)
-            elif o.dim() != 2:
-                o = o.reshape(B, -1)
-            groups.setdefault(o.shape[1], []).append((k, o))
-        for items in groups.values():
-            vals = items[0][1][None] if len(items) == 1 else torch.stack([o for _, o in items])  # (m, B, n)
-            self._sums.append(([k for k, _ in items], vals.sum(2, dtype=torch.float64)))
-            self._n_sums += len(items)
-        self._pending.clear()
+        pending, B = self._pending, self.shape[0]
+        if any(o._version != ver for _, o, ver in pending):  # changed in place since returned: checked
+            self._group = 1  # as it is now, and from now on each output is reduced at once
+        if not pending:
+            items = []
+        elif self._pending_state_shaped:  # the common case: every output has the state's shape
+            items = [[(k, o) for k, o, _ in pending]]
+        else:
+            groups: dict = {}
+            for k, o, _ in pending:
+                if o.numel() == 1:  # a scalar diffusion on a device: one value for every sample
+                    o = o.reshape(1, 1).expand(B, 1)
+                groups.setdefault(o[0].numel(), []).append((k, o))
+            items = groups.values()
+        for group in items:
+            vals = torch.stack([o for _, o in group]).reshape(len(group), B, -1)  # (m, B, n)
+            self._sums.append(([k for k, _ in group], vals.sum(2, dtype=torch.float64)))
+            self._n_sums += len(group)
+        pending.clear()
         self._pending_elems = 0
+        self._pending_state_shaped = True
         if self._n_sums >= self._fold_every:
             self._fold()
 
