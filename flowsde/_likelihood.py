@@ -456,9 +456,12 @@ def log_likelihood(
     y0 = (x.detach(), torch.zeros(B, k, dtype=torch.float64, device=device))
     def run(eng, tols, what):
         out = eng.integrate(func, y0, ts, norms=("rms", "abs"), tols=tols, progress=progress, desc=what)
-        if rho != 1.0:  # report the time reached in t, not in the warped s (the end exactly, not s_end^rho)
-            tf = out["t_final"]
-            out["t_final"] = torch.where(tf == ts[-1], t_prior, tf.pow(rho).clamp(t_lo, t_hi))
+        if rho != 1.0:  # report the time reached and the last step in t, not in the warped s
+            sf, s_lo, s_hi = out["t_final"], float(ts.min()), float(ts.max())
+            t_of = lambda v: v.clamp(s_lo, s_hi).pow(rho).clamp(t_lo, t_hi)  # noqa: E731
+            out["t_final"] = torch.where(sf == ts[-1], t_prior, t_of(sf))  # the end exactly, not s_end^rho
+            if torch.is_tensor(out.get("h")):
+                out["h"] = t_of(sf + out["h"]) - t_of(sf)
         if throw:
             eng.raise_on_failure(out, what=f"log_likelihood ({eng.name})")
         z, L = out["y"]

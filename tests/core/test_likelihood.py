@@ -386,3 +386,18 @@ def test_time_warp_refusals():
             log_likelihood(_edm_gauss_ode(s2), x, (0.0, 1.0), prior, time_warp=bad)
     with pytest.raises(InputError, match=r"needs t >= 0.*\(-1.0, 1.0\)"):
         log_likelihood(_edm_gauss_ode(s2), x, (-1.0, 1.0), prior, time_warp=2.0)
+
+
+def test_time_warp_failure_names_times_in_t():
+    # a drift that turns NaN above t = 3: the error's [t, t + h] (in t, not in the warped s) holds 3
+    def u(t, x):
+        tt = t.reshape((-1,) + (1,) * (x.dim() - 1)) if t.dim() else t
+        return torch.where(tt > 3.0, torch.nan, 1.0) * x
+
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    with pytest.raises(SolveError) as e:
+        log_likelihood(flowsde.ODE(u), x, (0.01, 10.0), std_normal_logp, time_warp=1.5)
+    t, h = e.value.t, float(str(e.value).split("step size ")[1].split(":")[0])
+    assert t <= 3.0 <= t + h, (t, h)
+    r = log_likelihood(flowsde.ODE(u), x, (0.01, 10.0), std_normal_logp, time_warp=1.5, throw=False)
+    assert (r.status == Status.NON_FINITE).all() and ((r.t_final > 0.01) & (r.t_final <= 3.0)).all()
