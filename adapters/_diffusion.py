@@ -135,12 +135,10 @@ def _sqrt(v, dtype, device) -> torch.Tensor:
     return torch.sqrt(torch.as_tensor(v, dtype=_F64)).to(device=device, dtype=dtype)
 
 
-def _check_output(dif, out, x: torch.Tensor, lab: torch.Tensor, where) -> None:
-    """Refuse a network output that is not a tensor of the shape of ``x`` (``where``: a string, or a
-    function giving it: built only for the message)."""
+def _check_output(dif, out, x: torch.Tensor, lab: torch.Tensor, where: str) -> None:
+    """Refuse a network output that is not a tensor of the shape of ``x``."""
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        where = where() if callable(where) else where
         raise InputError(f"{where}: net(x, t) returned {got} for x of shape {tuple(x.shape)}; a "
                          f"{dif.prediction!r}-prediction network must return the shape of x."
                          + swapped_output_hint(out, lab, x))
@@ -304,7 +302,7 @@ class Diffusion:
         self._slack = rounding_slack(t_lo, t_hi)
         self._alpha_zero_at_tmax = float(schedule.alpha(torch.tensor(t_hi, dtype=_F64))) <= 0.0
         self._cache: dict = {}
-        self._grid: dict = {}  # (time value, kind, check_t) -> _GridEntry (see _grid_entry)
+        self._grid: dict = {}  # (time value, kind, check_t) -> _GridEntry (see _kept)
 
     def __repr__(self) -> str:
         return f"Diffusion(net={getattr(self.net, '__name__', self.net)!r}, schedule={self.schedule!r}, " \
@@ -400,42 +398,43 @@ class Diffusion:
                 "'velocity', 'x0' or 'v', whose conversions are finite at t_max.")
 
     # -- conversions -----------------------------------------------------------------------
-    def _grid_entry(self, kind, t, x):
-        """The entry kept by :meth:`_keep` for this grid time (a 0-dim CPU time without gradient, seen
-        before) when ``x`` has the dtype, device and batch size it was kept for; else ``None``.
+    def _kept(self, kind, t, x: torch.Tensor, where: Optional[str] = None):
+        """The answer at a grid time from the entry :meth:`_keep` made (a 0-dim CPU time without
+        gradient, seen before, with ``x`` of the dtype, device and batch size it was kept for), or
+        ``None`` where there is none: ``A x + C net(x, t)`` (the network call, its output check and two
+        tensor ops), the network's output itself (``A = None``), or the diffusion ``C`` (no network).
 
         The full path (``_coefs``, range and singularity checks, coefficients) ran for this time, kind
         and ``check_t``; what a call can still change (dtype, device, batch, a meta or 0-dim ``x``) is
-        compared here (docs/adapters.md, "Guards")."""
+        compared here (docs/adapters.md, "Guards"). ``where`` names the caller in an error
+        (default ``Diffusion.<kind>``)."""
         if type(t) is not torch.Tensor or type(x) is not torch.Tensor or t.dim() or not t.is_cpu or t.requires_grad:
             return None
         e = self._grid.get((t.item(), kind, self.check_t))
         if (e is None or x.dtype is not e.dtype or x.get_device() != e.device or x.is_meta or not x.dim()
                 or x.shape[0] != e.B):
             return None
-        return e
+        if e.label is None:  # a diffusion coefficient
+            return e.C
+        o = self.net(x, e.label)
+        if type(o) is not torch.Tensor or o.shape != x.shape:
+            _check_output(self, o, x, e.label, where or f"Diffusion.{kind}")
+        if o.dtype is not x.dtype:
+            o = o.to(x.dtype)
+        return o if e.A is None else torch.addcmul(e.C * o, e.A, x)
 
     def _keep(self, kind, t, x, co: _Coef, A, C) -> None:
         """Keep ``(label, A, C)`` of a grid time whose full path just succeeded (``A = None``: the
         network's output itself; the conversion is ``A x + C o``; kind ``"g"``: ``C`` is the diffusion)."""
         if (co.scalar and co.wd == x.dtype and type(t) is torch.Tensor and t.dim() == 0 and t.is_cpu
                 and not t.requires_grad and (A is None or A.dim() == 0)):
-            self._grid[(t.item(), kind, self.check_t)] = _GridEntry(
-                x.dtype, x.get_device(), x.shape[0], co.label(x.dtype, x.shape[0]), A, C)
-
-    def _net_affine(self, e: "_GridEntry", x: torch.Tensor, where: Callable[[], str]) -> torch.Tensor:
-        """``A x + C net(x, t)`` from a kept entry: the network call, its output check, two tensor ops."""
-        o = self.net(x, e.label)
-        if type(o) is not torch.Tensor or o.shape != x.shape:
-            _check_output(self, o, x, e.label, where)
-        if o.dtype is not x.dtype:
-            o = o.to(x.dtype)
-        return o if e.A is None else torch.addcmul(e.C * o, e.A, x)
+            label = None if kind[0] == "g" else co.label(x.dtype, x.shape[0])
+            self._grid[(t.item(), kind, self.check_t)] = _GridEntry(x.dtype, x.get_device(), x.shape[0], label, A, C)
 
     def _convert(self, target: str, t, x: torch.Tensor, where: Optional[str] = None) -> torch.Tensor:
-        e = self._grid_entry(target, t, x)
-        if e is not None:
-            return self._net_affine(e, x, lambda: where or f"Diffusion.{target}")
+        y = self._kept(target, t, x, where)
+        if y is not None:
+            return y
         p = _Pred(self, t, x, where or f"Diffusion.{target}")
         y = p.out(p.get(target))
         if p.co.scalar:
@@ -517,9 +516,9 @@ class Diffusion:
             if not by_w and not callable(bf) and bf == 0.0:
                 return self._convert("velocity", t, x, f"{where}.drift")
             if not callable(bf):
-                e = self._grid_entry(kind, t, x)
-                if e is not None:
-                    return self._net_affine(e, x, lambda: f"{where}.drift")
+                y = self._kept(kind, t, x, f"{where}.drift")
+                if y is not None:
+                    return y
             p = _Pred(self, t, x, f"{where}.drift")
             co = p.co
             if not callable(bf):  # the checks passed and A, C were kept for this time value
@@ -578,9 +577,9 @@ class Diffusion:
 
         def diffusion(t, x):
             if const:
-                e = self._grid_entry(kind, t, x)
-                if e is not None:
-                    return e.C
+                g = self._kept(kind, t, x)
+                if g is not None:
+                    return g
             co = self._coefs(t, x, f"{where}.diffusion")
             if const:  # kept per time value with the other coefficients
                 g = co.cached(("g", where, x.dtype), lambda: _sqrt(w2(co, None), x.dtype, co.device))
