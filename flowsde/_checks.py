@@ -276,9 +276,9 @@ class CheckedProblem:
         else:
             groups: dict = {}
             for k, o, _ in pending:
-                if o.numel() == 1:  # a scalar diffusion on a device: one value for every sample
-                    o = o.reshape(1, 1).expand(B, 1)
-                groups.setdefault(o[0].numel(), []).append((k, o))
+                # (B, n): a scalar diffusion on a device is one value for every sample
+                o = o.reshape(1, 1).expand(B, 1) if o.numel() == 1 else o.reshape(B, -1)
+                groups.setdefault(o.shape[1], []).append((k, o))
             items = groups.values()
         for group in items:
             vals = torch.stack([o for _, o in group]).reshape(len(group), B, -1)  # (m, B, n)

@@ -63,3 +63,24 @@ def test_interleaved_widths_and_scalars_keep_record_order(monkeypatch, group, fo
     assert sol.t_final.tolist() == pytest.approx([0.6, 1.0, 1.0, 0.4])
     with pytest.raises(flowsde.SolveError, match=r"diffusion returned NaN/Inf at step 4 \(t = 0.4\) in sample 3\."):
         flowsde.solve(sde, x0, ts, method="euler_maruyama", generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("group", [2, 16])
+def test_state_shaped_and_broadcast_outputs_in_one_group(monkeypatch, group):
+    # a drift of the state's shape (B, 3, 1) and a diffusion (B, 1, 1) broadcast over the event share a
+    # pending group: each is reduced at its own width, and the failing sample and step are still named
+    import flowsde._checks as checks
+
+    monkeypatch.setattr(checks, "_GROUP", group)
+    rows = torch.arange(4).reshape(4, 1, 1)
+
+    def g(t, x):
+        return torch.where((rows == 2) & (t > 0.45), float("nan"), 0.1 * torch.ones(4, 1, 1, dtype=F64))
+
+    sde = flowsde.SDE(lambda t, x: -x, g, noise_type="diagonal")
+    x0 = torch.ones(4, 3, 1, dtype=F64)
+    ts = grids.uniform(0, 1, 10)
+    with pytest.raises(flowsde.SolveError, match=r"diffusion returned NaN/Inf at step 5 \(t = 0.5\) in sample 2\."):
+        flowsde.solve(sde, x0, ts, method="euler_maruyama", generator=torch.Generator().manual_seed(0))
+    sol = flowsde.solve(sde, x0, ts, method="euler_maruyama", generator=torch.Generator().manual_seed(0), throw=False)
+    assert sol.status_names() == ["SUCCESS", "SUCCESS", "NON_FINITE", "SUCCESS"]
