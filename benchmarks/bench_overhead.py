@@ -204,6 +204,36 @@ class TimeMLP(torch.nn.Module):
         return self.mlp(torch.cat([x, t[:, None]], 1))
 
 
+def vp_loop_constants(sched, ts: torch.Tensor, B: int, device, dtype) -> dict:
+    """Per-step constants of hand-written loops on an eps-network under ``sched`` on the grid ``ts``
+    (float64 formulas, cast once): the PF-ODE ``u = A x + C_ode eps``, the reverse SDE (beta = 1)
+    drift ``A x + C_rev eps`` and diffusion ``g``, the steps ``dt`` and ``sqrt|dt|``, and the
+    network's ``(B,)`` time ``labels``; lists indexed by step."""
+    t0s = ts[:-1].to(torch.float64)
+    a, s, da, ds = sched.alpha(t0s), sched.sigma(t0s), sched.d_alpha(t0s), sched.d_sigma(t0s)
+    f, g2 = da / a, sched.g2(t0s)
+    C_ode = ds - f * s  # u = f x + (sigma' - f sigma) eps
+    C_rev = C_ode + 0.5 * g2 / s  # reverse drift (beta = 1) u - g^2/2 score, score = -eps/sigma
+    dt = ts[1:].to(torch.float64) - t0s
+
+    def cast(v):
+        return [c.to(device=device, dtype=dtype) for c in v]
+
+    return dict(A=cast(f), C_ode=cast(C_ode), C_rev=cast(C_rev), dt=cast(dt), g=cast(g2.sqrt()),
+                sqrt_dt=cast(dt.abs().sqrt()),
+                labels=[t.to(device=device, dtype=dtype).expand(B) for t in sched.net_time(t0s)])
+
+
+def bare_vp_euler(net, x0: torch.Tensor, k: dict) -> torch.Tensor:
+    """Euler on the PF-ODE by hand with the constants of :func:`vp_loop_constants`: the network call,
+    two ops for the drift, two for the update."""
+    x = x0
+    for i in range(len(k["dt"])):
+        eps = net(x, k["labels"][i])
+        x = x + k["dt"][i] * torch.addcmul(k["C_ode"][i] * eps, k["A"][i], x)
+    return x
+
+
 #: the two networks of the adapter part: (label, width, depth) of an MLP on [x, t] at batch 64, dim 16;
 #: about 150 us and 20 us per call on one unloaded core of the machine in docs/benchmarks.md
 #: (each run measures and prints its own per-call time, in the same round-robin as the loops).
@@ -231,23 +261,15 @@ def adapter_part(args):
     sched = VP()
     ts = flowsde.grids.uniform(1.0, 1e-3, n).to(f64)
     t0s = ts[:-1]
-    # the hand-written loops' per-step constants (float64 formulas, cast to float32 once)
-    a, s, da, ds = sched.alpha(t0s), sched.sigma(t0s), sched.d_alpha(t0s), sched.d_sigma(t0s)
-    f, g2 = da / a, sched.g2(t0s)
-    A_ode, C_ode = f, ds - f * s  # u = f x + (sigma' - f sigma) eps
-    C_rev = C_ode + 0.5 * g2 / s  # reverse drift (beta = 1) u - g^2/2 score, score = -eps/sigma
-    dt = ts[1:] - ts[:-1]
-    g = g2.sqrt()
-    c32 = lambda v: [c.to(torch.float32) for c in v]  # noqa: E731
-    A_l, Co_l, Cr_l, dt_l, g_l = c32(A_ode), c32(C_ode), c32(C_rev), c32(dt), c32(g)
-    sdt_l = c32(dt.abs().sqrt())
+    k = vp_loop_constants(sched, ts, B, "cpu", torch.float32)
+    A_l, Co_l, Cr_l, dt_l, g_l, sdt_l = k["A"], k["C_ode"], k["C_rev"], k["dt"], k["g"], k["sqrt_dt"]
     print(f"\n== adapter overhead: Diffusion(net, VP(), 'eps'), {n} steps t = 1 -> 1e-3, batch {B}, dim {D}, "
           f"float32, {torch.get_num_threads()} thread(s); times: {_timing_words(args)}")
     print(f"{'net':<34}{'loop':<22}{'ms / solve':>11}{'us / step':>11}{'beyond net':>11}{'ratio':>8}")
     for name, width, depth in ADAPTER_NETS:
         torch.manual_seed(0)
         net = TimeMLP(D, width, depth).eval()
-        labels = [t.to(torch.float32).expand(B) for t in t0s]
+        labels = k["labels"]
         x0 = torch.randn(B, D, generator=torch.Generator().manual_seed(0))
 
         def net_only():
@@ -257,11 +279,7 @@ def adapter_part(args):
             return x
 
         def bare_euler():
-            x = x0
-            for i in range(n):
-                eps = net(x, labels[i])
-                x = x + dt_l[i] * torch.addcmul(Co_l[i] * eps, A_l[i], x)
-            return x
+            return bare_vp_euler(net, x0, k)
 
         def bare_em():
             gen = torch.Generator().manual_seed(1)
