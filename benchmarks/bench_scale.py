@@ -288,7 +288,8 @@ def likelihood_comparison(args, dif, x, kd, d64=None, per_dim=False):
     for far less error than the others reach)."""
     dev, B = args.device, x.shape[0]
     v = rademacher(tuple(x.shape), 1, dev, torch.float32)
-    d64, x64, v64 = (d64 or as64(dif)), x.double(), v.double()
+    rdt = getattr(args, "ref_dtype", torch.float64)  # the references' dtype (float64 unless asked)
+    d64, x64, v64 = (d64 or as64(dif)), x.to(rdt), v.to(rdt)
     pf = dif.pf_ode()
     t_mid = torch.full((B,), 0.5, device=dev)
 
@@ -303,7 +304,7 @@ def likelihood_comparison(args, dif, x, kd, d64=None, per_dim=False):
           f"(flowsde: {fl_tol}); one drift + VJP = {c * 1e3:.3f} ms")
     rt = getattr(args, "ref_tol", 1e-9)
     print("error: mean |logp - reference| over the batch, the reference being the same method and probe at "
-          f"tol = {rt:g} in float64")
+          f"tol = {rt:g} in {str(rdt).replace('torch.', '')}")
     refs = {
         "flowsde": flowsde_ll(d64, x64, rt, per_sample=False, per_dim=per_dim)[0],
         "own-probe": torchdiffeq_ll(d64, x64, v64, rt, rt)[0],

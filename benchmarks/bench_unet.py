@@ -25,7 +25,7 @@ Sections:
     python benchmarks/bench_unet.py --device cuda --batch 128 512
     python benchmarks/bench_unet.py --device cuda --batch 128 --compile reduce-overhead
     python benchmarks/bench_unet.py --device cpu --size small --batch 2 --steps 5 --repeats 1 --tol 1e-2 \
-        --ref-tol 1e-4                                                                   # CPU smoke run
+        --ref-tol 1e-4 --ref-dtype float32                                               # CPU smoke run
 """
 
 from __future__ import annotations
@@ -136,11 +136,16 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--tol", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4],
                     help="likelihood: the tolerance sweep (rtol = atol on every channel)")
-    ap.add_argument("--ref-tol", type=float, default=1e-6, help="likelihood: the float64 reference's tolerance")
+    ap.add_argument("--ref-tol", type=float, default=1e-6, help="likelihood: the reference's tolerance")
+    ap.add_argument("--ref-dtype", choices=("float64", "float32"), default="float64",
+                    help="likelihood: the reference's dtype (float32 only for a CPU smoke run: float64 convolutions "
+                         "are slow there)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--compile", default=None, metavar="MODE", help="torch.compile(net, mode=MODE) for every loop")
     ap.add_argument("--section", choices=("all", "sampling", "likelihood"), default="all")
     args = ap.parse_args(argv)
+    if torch.device(args.device).type == "cpu":
+        torch.set_num_threads(1)  # as bench_scale: its peak-memory probe forks, which intra-op threads can hang
     net, n_params = build(args.size, args.device, args.compile)
     name = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else "CPU"
     print(f"# UNet2DModel 3x32x32 ({args.size}, {n_params / 1e6:.1f} M parameters, random weights), {name}, "
@@ -148,7 +153,8 @@ def main(argv=None):
     if args.section in ("all", "sampling"):
         section_sampling(args, net)
     if args.section in ("all", "likelihood"):
-        net64 = build(args.size, args.device)[0].double()  # the same weights (seed 0), uncompiled, float64
+        args.ref_dtype = getattr(torch, args.ref_dtype)
+        net64 = build(args.size, args.device)[0].to(args.ref_dtype)  # the same weights (seed 0), uncompiled
         section_likelihood(args, net, net64)
 
 
