@@ -14,9 +14,9 @@ reference to the closed form, which is the probe's estimator error, not the solv
 
 Methods:
 
-* ``flowsde``: ``flowsde.log_likelihood`` with its defaults except ``bpd_tol`` (swept);
-* ``flowsde-warp``: the same call with ``time_warp=1.5`` (the documented knob: the engine integrates in
-  ``s = sigma^(1/1.5)``; ``--warp`` sets the exponent);
+* ``flowsde``: ``flowsde.log_likelihood`` with its defaults except ``bpd_tol`` (swept): the engine
+  integrates in ``s = sigma^(1/1.5)`` (``time_warp`` 1.5, the default on a span in ``t >= 0``);
+* ``flowsde-warp``: the same call with ``time_warp=WARP`` (``--warp``, default 1: in ``sigma`` itself);
 * ``flowsde-dopri8``: the same call with ``method="torchdiffeq:dopri8"`` (the documented engine knob);
 * ``kdiff``: k-diffusion's ``log_likelihood`` (crowsonkb/k-diffusion ``sampling.py``, loaded from the
   installed package without its ``__init__``, which needs scikit-image), ``rtol = atol`` swept;
@@ -208,8 +208,8 @@ def reliable_nfe(points, target):
     return best
 
 
-#: the time warp of the ``flowsde-warp`` method (``--warp``)
-WARP = 1.5
+#: the time warp of the ``flowsde-warp`` method (``--warp``; 1: the engine integrates in sigma itself)
+WARP = 1.0
 
 
 def sweep(p, seed, ref, methods, tols_flowsde, tols_other):

@@ -30,9 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--probes", type=_positive_int, default=1, help="Hutchinson probes per sample (default 1)")
     p.add_argument("--rtol", type=_positive_float, default=1e-5, help="RK45 rtol (default 1e-5)")
     p.add_argument("--atol", type=_positive_float, default=1e-5, help="RK45 atol (default 1e-5)")
-    p.add_argument("--time-warp", type=_time_warp, default=1.0, metavar="RHO",
-                   help="integrate in s = t^(1/RHO) (default 1: in t); 1.5 saves NFE on EDM-time models "
-                        "(docs/likelihood.md, 'Time warp')")
+    p.add_argument("--time-warp", type=_time_warp, default=None, metavar="RHO",
+                   help="integrate in s = t^(1/RHO) (default: the library's, 1.5 on a span in t >= 0; 1: in t "
+                        "itself; docs/likelihood.md, 'Time warp')")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="samples per solve (default 64); "
                    "results do not depend on it")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="only the first N samples")
@@ -184,7 +184,7 @@ def main(args, model) -> int:
                       probes=args.probes, rtol=args.rtol, atol=args.atol, batch_size=args.batch_size, seed=args.seed,
                       limit=args.limit, out=str(out) if out else None, progress=progress_enabled(args.quiet),
                       device=args.device, dtype=args.dtype,
-                      **({} if args.time_warp == 1.0 else dict(time_warp=args.time_warp)))
+                      **({} if args.time_warp is None else dict(time_warp=args.time_warp)))
     print(summary(res, model, what, levels, bits, dr, args, time.perf_counter() - t0))
     if exact is not None:
         d = math.prod(model.event_shape)
@@ -211,7 +211,7 @@ def summary(res, model, what, levels, bits, dr, args, seconds) -> str:
     est = "exact trace" if args.trace == "exact" else f"Hutchinson, {args.probes} probe(s)"
     mean, se = float(res.mean_bpd), float(res.stderr_bpd)
     nfe = sum(r.nfe for r in res.rows) / max(1, n)
-    warp = f", time warp {args.time_warp:g}" if args.time_warp != 1.0 else ""
+    warp = f", time warp {args.time_warp:g}" if args.time_warp is not None else ""
     lines = [f"{model.spec} on {what}: {n} samples, {q}, {est}, RK45 rtol={args.rtol:g} atol={args.atol:g}{warp}"]
     if res.failed:
         shown = ", ".join(f"{i} ({s})" for i, s in res.failed[:5])

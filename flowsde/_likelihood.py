@@ -58,6 +58,8 @@ ERROR_ESTIMATES = ("embedded", "resolve")
 RESOLVE_FACTOR = 30.0
 #: default accuracy of the log-density in bits per dimension (see ``docs/likelihood.md``, "Error control")
 DEFAULT_BPD_TOL = 1e-5
+#: default time warp where the span is in ``t >= 0`` (see ``docs/likelihood.md``, "Time warp")
+DEFAULT_TIME_WARP = 1.5
 
 
 @dataclass
@@ -305,7 +307,7 @@ def log_likelihood(
     progress: bool = False,
     exact_max_bytes: int = 2**30,
     error_estimate: str = "embedded",
-    time_warp: float = 1.0,
+    time_warp: Optional[float] = None,
 ) -> LikelihoodResult:
     """``log p_{t_data}(x)`` by solving the ODE with the instantaneous change of variables.
 
@@ -342,10 +344,13 @@ def log_likelihood(
             solve's; it also covers the state's error; ``nfe`` counts both solves).
         time_warp: ``rho >= 1``: the engine integrates in ``s = t^(1/rho)`` instead of ``t``
             (``dx/ds = rho s^(rho-1) u(s^rho, x)``, the divergence scaled alike; the integral, hence the
-            answer, is the same), which needs ``t >= 0`` on the span. ``1`` (default): in ``t``. On an
-            EDM-time ODE (``t = sigma`` from 0.002 to 80) ``rho = 1.5`` takes 0.6-0.8x the NFE of ``rho = 1``
-            at equal error (``docs/likelihood.md``, "Time warp"); the adapters' ``time=`` chooses the
-            variable ``t`` itself.
+            answer, is the same), which needs ``t >= 0`` on the span; ``1`` integrates in ``t``. Default
+            (``None``): :data:`DEFAULT_TIME_WARP` (1.5) when the span is in ``t >= 0``, else 1. The warp
+            stretches the data end, where the solutions of diffusion models are least smooth in ``t``
+            (``sigma ~ sqrt(t)`` under VP, the data's small-variance directions resolving at small
+            ``sigma``): on the shipped trained digits models it cuts the error at the default ``bpd_tol``
+            from 2.5e-3 to 6e-5 bits/dim at the same NFE, and at image scale it takes 0.4-0.8x
+            k-diffusion's NFE (``docs/likelihood.md``, "Time warp").
 
     Returns:
         :class:`LikelihoodResult`, with ``solver_error`` the solver's error estimate (nats; in bits/dim
@@ -512,7 +517,10 @@ def log_likelihood(
 
 
 def _check_warp(time_warp, t_data: float, t_prior: float) -> float:
-    """``time_warp`` as a float ``rho >= 1``; a warp needs a span in ``t >= 0``."""
+    """``time_warp`` as a float ``rho >= 1`` (``None``: the default for the span); a warp needs a span
+    in ``t >= 0``."""
+    if time_warp is None:
+        return DEFAULT_TIME_WARP if min(t_data, t_prior) >= 0 else 1.0
     if (not isinstance(time_warp, (int, float)) or isinstance(time_warp, bool) or not math.isfinite(time_warp)
             or time_warp < 1):
         raise InputError(f"log_likelihood: time_warp must be a finite number >= 1 (the exponent rho of "
