@@ -423,12 +423,13 @@ class Diffusion:
             o = o.to(x.dtype)
         return o if e.A is None else torch.addcmul(e.C * o, e.A, x)
 
-    def _keep(self, kind, t, x, co: _Coef, A, C) -> None:
+    def _keep(self, kind, t, x, co: _Coef, A, C, net: bool = True) -> None:
         """Keep ``(label, A, C)`` of a grid time whose full path just succeeded (``A = None``: the
-        network's output itself; the conversion is ``A x + C o``; kind ``"g"``: ``C`` is the diffusion)."""
+        network's output itself; the conversion is ``A x + C o``; ``net=False``: ``C`` is the answer,
+        a diffusion coefficient, and no network time is kept)."""
         if (co.scalar and co.wd == x.dtype and type(t) is torch.Tensor and t.dim() == 0 and t.is_cpu
                 and not t.requires_grad and (A is None or A.dim() == 0)):
-            label = None if kind[0] == "g" else co.label(x.dtype, x.shape[0])
+            label = co.label(x.dtype, x.shape[0]) if net else None
             self._grid[(t.item(), kind, self.check_t)] = _GridEntry(x.dtype, x.get_device(), x.shape[0], label, A, C)
 
     def _convert(self, target: str, t, x: torch.Tensor, where: Optional[str] = None) -> torch.Tensor:
@@ -584,7 +585,7 @@ class Diffusion:
             if const:  # kept per time value with the other coefficients
                 g = co.cached(("g", where, x.dtype), lambda: _sqrt(w2(co, None), x.dtype, co.device))
                 if g.dim() == 0:
-                    self._keep(kind, t, x, co, None, g)
+                    self._keep(kind, t, x, co, None, g, net=False)
             else:
                 tb = co.t.expand(x.shape[0]) if co.t.dim() == 0 else co.t
                 g = _sqrt(w2(co, tb), x.dtype, co.device)

@@ -205,10 +205,6 @@ class CheckedProblem:
         if (type(out) is torch.Tensor and out.dtype is self.dtype and out.shape == self._size
                 and not out.requires_grad and out.get_device() == self._device_index and not out.is_meta):
             o = out
-        elif (self._cpu and allow_broadcast and type(out) is torch.Tensor and out.dtype is self.dtype
-              and not out.dim() and out.is_cpu and not out.requires_grad):  # a 0-dim diffusion on the CPU
-            self._scalar(name, t, out)
-            return out
         else:
             o = self._check_general(name, t, out, allow_broadcast)
             if o is None:
@@ -251,17 +247,12 @@ class CheckedProblem:
                 f"{self.shape}; it must return the shape of x."
             )
         o = out.detach() if out.requires_grad else out
-        if o.numel() == 1 and self._cpu:
-            self._scalar(name, t, o)
+        if o.numel() == 1 and self._cpu:  # a scalar diffusion: a Python float (no kernel, no device to sync)
+            self._records.append((name, self.step, t))
+            if not math.isfinite(o.item()):
+                self._bad_scalars.append(len(self._records) - 1)
             return None
         return o
-
-    def _scalar(self, name, t, o) -> None:
-        """A one-element CPU output (a scalar diffusion), read as a Python float: no kernel, and no
-        device to sync with."""
-        self._records.append((name, self.step, t))
-        if not math.isfinite(o.item()):
-            self._bad_scalars.append(len(self._records) - 1)
 
     def _reduce(self) -> None:
         """The pending outputs to per-sample float64 sums: one stack and one sum per output width

@@ -114,12 +114,8 @@ class _GeneratorNoise(NoiseSource):
 
     def __init__(self, generator):
         self.generator = generator
-        # one stream for the whole tensor: the draw itself, without the per-sample dispatch of utils.randn
-        self._one = generator is None or isinstance(generator, torch.Generator)
 
     def randn_like(self, x):
-        if self._one:
-            return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
         return randn(x.shape, self.generator, x.dtype, x.device)
 
 
