@@ -101,7 +101,10 @@ def _compare_doc() -> str:
 def main(argv=None) -> int:
     """The ``flowsde`` command; returns the exit status (0 ok, 2 bad input, 1 a failed solve)."""
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)
+    if extra:  # name the command whose options these are not (argparse names the top-level parser)
+        _Parser(prog=f"flowsde {args.cmd}" if getattr(args, "cmd", None) else "flowsde").error(
+            f"unrecognized arguments: {' '.join(extra)}")
     import flowsde
 
     from ._errors import CLIError

@@ -126,7 +126,7 @@ def test_compare_bad_options(capsys, tmp_path, monkeypatch):
         (["--out", tmp_path / "file.txt" / "sub"], "cannot write there"),
         (["--likelihood-tols", "1e-3"], "only with --model gmm"),
         (["--model", "gmm", "--prediction", "noise"], "invalid choice"),
-        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--bogus"], "flowsde compare: error: unrecognized arguments: --bogus"),
     ]
     for args, msg in cases:
         rc, out, err = run(capsys, "compare", *args)
