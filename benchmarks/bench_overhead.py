@@ -345,13 +345,14 @@ def adapter_part(args):
                 "adapter": lambda: [ode.drift(t_mid, x_mid) for _ in range(20)]}, 20 * args.reps, lambda: None,
                 **_timing(args))
         # what each loop adds to the network calls alone, per step
-        over = {k: (r[k] - r["net_only"]) / n for k in r}
+        over = {row: (r[row] - r["net_only"]) / n for row in r}
         label = f"{name}: {1e6 * r['net_only'] / n:.0f} us/call (w{width} d{depth})"
-        for k, ref in (("net_only", None), ("bare_euler", None), ("flowsde_euler", "bare_euler"),
-                       ("solve_no_adapter", "bare_euler"), ("flowsde_euler_cold", "bare_euler"), ("bare_em", None),
-                       ("flowsde_em", "bare_em"), ("solve_no_adapter_em", "bare_em")):
-            ratio = "" if ref is None else f"{r[k] / r[ref]:.3f}"
-            print(f"{label:<34}{k:<22}{1e3 * r[k]:>11.3f}{1e6 * r[k] / n:>11.1f}{1e6 * over[k]:>11.1f}{ratio:>8}")
+        for row, ref in (("net_only", None), ("bare_euler", None), ("flowsde_euler", "bare_euler"),
+                         ("solve_no_adapter", "bare_euler"), ("flowsde_euler_cold", "bare_euler"), ("bare_em", None),
+                         ("flowsde_em", "bare_em"), ("solve_no_adapter_em", "bare_em")):
+            ratio = "" if ref is None else f"{r[row] / r[ref]:.3f}"
+            print(f"{label:<34}{row:<22}{1e3 * r[row]:>11.3f}{1e6 * r[row] / n:>11.1f}{1e6 * over[row]:>11.1f}"
+                  f"{ratio:>8}")
             label = ""
         print(f"{'':<34}{'one drift call: adapter':<34}{1e6 * per_call['adapter'] / 20:>10.1f} us, by hand "
               f"{1e6 * per_call['hand'] / 20:.1f} us: the adapter adds "

@@ -144,7 +144,7 @@ class CheckedProblem:
     right before the user's function, unless the problem has ``time_dtype=torch.float64``.
     """
 
-    def __init__(self, problem, x0: torch.Tensor, ts: torch.Tensor, throw: bool = True):
+    def __init__(self, problem, x0: torch.Tensor, ts: torch.Tensor, throw: bool = True, defer: bool = False):
         self.problem = problem
         self.noise_type = problem.noise_type
         self.is_sde = problem.is_sde
@@ -155,6 +155,9 @@ class CheckedProblem:
         self.device = x0.device
         self.ts = ts
         self.throw = bool(throw)
+        # defer: outputs get their host-side checks only; finish() reads the final state's finiteness
+        # and returns None on a failure, for the caller to replay the solve without defer
+        self.defer = bool(defer)
         tdt = getattr(problem, "time_dtype", None)
         self.time_dtype = torch.float64 if tdt == torch.float64 else x0.dtype
         # The grid cast once: a grid time ts[k] (a view, as the fixed-step loop passes) is looked
@@ -204,10 +207,17 @@ class CheckedProblem:
         # device, without gradient (this runs once per function output).
         if (type(out) is torch.Tensor and out.dtype is self.dtype and out.shape == self._size
                 and not out.requires_grad and out.get_device() == self._device_index and not out.is_meta):
+            if self.defer:
+                return out
             o = out
         else:
             o = self._check_general(name, t, out, allow_broadcast)
-            if o is None:
+            if self.defer:
+                return out
+            if o.numel() == 1 and self._cpu:  # a scalar diffusion: a Python float (no kernel, no device to sync)
+                self._records.append((name, self.step, t))
+                if not math.isfinite(o.item()):
+                    self._bad_scalars.append(len(self._records) - 1)
                 return out
             if o.shape != self._size:
                 self._pending_state_shaped = False
@@ -227,9 +237,8 @@ class CheckedProblem:
         return out
 
     def _check_general(self, name, t, out, allow_broadcast):
-        """:meth:`_check` beyond the common case: the errors, a detached view of an output with
-        gradient, a broadcast diffusion; ``None`` when the output is fully handled here (a
-        one-element CPU output, read as a Python float)."""
+        """:meth:`_check` beyond the common case: the errors; returns the output, detached where it
+        carries gradient (a broadcast diffusion has another shape)."""
         if not isinstance(out, torch.Tensor):
             raise InputError(f"{name} returned {type(out).__name__} at step {self.step}; it must return a torch.Tensor.")
         if out.dtype != self.dtype:
@@ -246,13 +255,7 @@ class CheckedProblem:
                 f"{name} returned shape {tuple(out.shape)} at step {self.step} (t = {_fmt_t(t)}) for x of shape "
                 f"{self.shape}; it must return the shape of x."
             )
-        o = out.detach() if out.requires_grad else out
-        if o.numel() == 1 and self._cpu:  # a scalar diffusion: a Python float (no kernel, no device to sync)
-            self._records.append((name, self.step, t))
-            if not math.isfinite(o.item()):
-                self._bad_scalars.append(len(self._records) - 1)
-            return None
-        return o
+        return out.detach() if out.requires_grad else out
 
     def _reduce(self) -> None:
         """The pending outputs to per-sample float64 sums: one stack and one sum per output width
@@ -323,16 +326,20 @@ class CheckedProblem:
         self.nfe += 1
         return self._check("denoise", t, self.problem.denoise(t if self._ts_cast is None else self.time(t), x))
 
-    def finish(self, x: torch.Tensor, ts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def finish(self, x: torch.Tensor, ts: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """Per-sample ``(status, t_final)`` of a fixed-step solve ending in state ``x``.
 
         A sample is ``NON_FINITE`` when one of its function outputs or its final state is
         not finite; its ``t_final`` is the start of the step where that was first seen
         (``ts[-1]`` when only the final state is). Without ``throw`` nothing syncs with the
         host; with ``throw`` one sync decides (a success then needs nothing more), and a
-        failure raises :class:`SolveError`.
+        failure raises :class:`SolveError`. With ``defer`` the one sync reads the final
+        state alone and a failure returns ``None``: the caller replays the solve without
+        ``defer`` to name it.
         """
         B = self.shape[0]
+        if self.defer:
+            return _success(x, ts) if bool(torch.isfinite(x.detach()).all()) else None
         self._reduce()
         self._fold()
         if self.throw:  # the solve's one host sync decides; a success needs no per-sample bookkeeping
@@ -340,8 +347,7 @@ class CheckedProblem:
             if self._first_bad is not None:
                 ok = ok & (self._first_bad == _NONE).all()
             if bool(ok):
-                return (torch.full((B,), int(Status.SUCCESS), dtype=torch.int64, device=x.device),
-                        ts[-1].expand(B).clone())
+                return _success(x, ts)
         bad_x = ~torch.isfinite(x.detach()).reshape(B, -1).all(1)
         t_end = ts[-1].expand(B)
         if self._first_bad is not None:
@@ -375,6 +381,12 @@ class CheckedProblem:
             f"the state became non-finite (overflow) in sample{_plural(samples)} {_list(samples)} although every "
             "function output was finite; use float64 or smaller steps (throw=False returns the result with "
             "per-sample status).", step=self.step, samples=samples)
+
+
+def _success(x: torch.Tensor, ts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(status, t_final)`` of a solve whose every sample succeeded."""
+    B = x.shape[0]
+    return torch.full((B,), int(Status.SUCCESS), dtype=torch.int64, device=x.device), ts[-1].expand(B).clone()
 
 
 def _to_device(values: list, device: torch.device) -> torch.Tensor:

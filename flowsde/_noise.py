@@ -108,6 +108,13 @@ class NoiseSource:
         """``W(t1) - W(t0)`` shaped like ``x``; ``sqrt_abs_dt = sqrt(|t1 - t0|)`` (a float or tensor)."""
         return self.randn_like(x).mul_(sqrt_abs_dt)
 
+    def snapshot(self, x: torch.Tensor):
+        """A function that puts this source back where it is now, so that a second run draws the
+        same noise (``solve`` replays a failed solve to name its first failing step; docs/design.md,
+        "Errors"); ``None`` where it cannot (a user's own source: ``solve`` then checks every
+        output as it goes)."""
+        return None
+
 
 class _GeneratorNoise(NoiseSource):
     """``None``, one ``torch.Generator`` or a list of per-sample generators (:func:`flowsde.utils.randn`)."""
@@ -117,6 +124,19 @@ class _GeneratorNoise(NoiseSource):
 
     def randn_like(self, x):
         return randn(x.shape, self.generator, x.dtype, x.device)
+
+    def snapshot(self, x):
+        g = self.generator
+        if g is None:  # torch's global RNG: the CPU's, and the device's where x lives
+            return _rng_snapshot(x.device)
+        gens = g if isinstance(g, list) else [g]
+        states = [gen.get_state() for gen in gens]
+
+        def rewind():
+            for gen, st in zip(gens, states):
+                gen.set_state(st)
+
+        return rewind
 
 
 class _PathNoise(NoiseSource):
@@ -132,6 +152,28 @@ class _PathNoise(NoiseSource):
 
     def dW(self, t0, t1, sqrt_abs_dt, x):
         return self.path.increment(t0, t1).to(dtype=x.dtype, device=x.device)
+
+    def snapshot(self, x):  # the path gives the same increments to any query; its generator is rewound
+        state = self._gen.get_state()
+        return lambda: self._gen.set_state(state)
+
+
+def _rng_snapshot(device: torch.device):
+    """Rewinding torch's global RNG: the CPU generator, and ``device``'s on CUDA (``None`` on
+    another accelerator, whose global generator this does not reach)."""
+    if device.type not in ("cpu", "cuda"):
+        return None
+    cpu = torch.get_rng_state()
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        dev_state = torch.cuda.get_rng_state(index)
+
+        def rewind():
+            torch.set_rng_state(cpu)
+            torch.cuda.set_rng_state(dev_state, index)
+
+        return rewind
+    return lambda: torch.set_rng_state(cpu)
 
 
 def make_noise_source(generator, x: torch.Tensor) -> NoiseSource:

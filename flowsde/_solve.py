@@ -132,14 +132,26 @@ def solve(
     ts = check_ts(ts, x0, direction=getattr(problem, "direction", None))
     solver.check_problem(problem)
     noise_source = make_noise_source(generator, x0)
-    checked = CheckedProblem(problem, x0, ts, throw=throw)
     with torch.set_grad_enabled(bool(grad)):
         if solver.adaptive:
+            checked = CheckedProblem(problem, x0, ts, throw=throw)
             return solver.solve(checked, x0, ts, noise=noise_source, save_all=save_all, progress=progress)
-        return _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress)
+        # throw=True: outputs get their host-side checks as they come and the final state decides (a
+        # NaN/Inf in an output the solver uses reaches the state); a failure is replayed from x0 with
+        # the same noise and every output checked, to name it (docs/design.md, "Errors").
+        rewind = noise_source.snapshot(x0) if throw else None
+        checked = CheckedProblem(problem, x0, ts, throw=throw, defer=rewind is not None)
+        sol = _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress)
+        if sol is None:
+            rewind()
+            sol = _fixed_step_loop(solver, CheckedProblem(problem, x0, ts, throw=throw), x0, ts, noise_source,
+                                   save_all, progress)
+        return sol
 
 
 def _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress):
+    """The steps of a fixed-step solve; ``None`` where ``checked`` defers its checks and the final
+    state is not finite."""
     n = ts.shape[0] - 1
     x = x0
     xs = [x0] if save_all else None
@@ -171,7 +183,10 @@ def _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress):
             xs.append(x)
     if tuple(x.shape) != tuple(x0.shape):
         raise InputError(f"{solver.name}: the state changed shape from {tuple(x0.shape)} to {tuple(x.shape)}.")
-    status, t_final = checked.finish(x, ts)
+    done = checked.finish(x, ts)
+    if done is None:
+        return None
+    status, t_final = done
     return Solution(
         x=x,
         nfe=checked.nfe,
