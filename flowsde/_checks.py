@@ -19,6 +19,14 @@ once.
 It gives each sample's status (``Status.NON_FINITE`` where any of its outputs,
 or its final state, is not finite) and, with ``throw=True``, an error naming
 the first failing function, step, time and samples.
+
+A fixed-step solve with ``throw=True`` defers all this (``defer=True``): the
+outputs get their host-side checks only, and the one sync at the end reads the
+final state's finiteness (a NaN or Inf in an output the solver uses reaches the
+state through its arithmetic: ``x + h NaN`` is NaN, ``0 * Inf`` is NaN). Only when
+that fails does :func:`flowsde.solve` replay the solve from ``x0``, with the same
+noise and every output checked as above, to name the failure. A success then
+costs nothing per step.
 """
 
 from __future__ import annotations
@@ -205,22 +213,22 @@ class CheckedProblem:
     def _check(self, name, t, out, allow_broadcast=False):
         # The common case first, in a few attribute reads: a plain tensor of x's dtype, shape and
         # device, without gradient (this runs once per function output).
-        if (type(out) is torch.Tensor and out.dtype is self.dtype and out.shape == self._size
+        # (A 0-dim diffusion is common too.)
+        if (type(out) is torch.Tensor and out.dtype is self.dtype
+                and (out.shape == self._size or (allow_broadcast and not out.dim()))
                 and not out.requires_grad and out.get_device() == self._device_index and not out.is_meta):
-            if self.defer:
-                return out
             o = out
         else:
             o = self._check_general(name, t, out, allow_broadcast)
-            if self.defer:
-                return out
+        if self.defer:
+            return out
+        if o.shape != self._size:
             if o.numel() == 1 and self._cpu:  # a scalar diffusion: a Python float (no kernel, no device to sync)
                 self._records.append((name, self.step, t))
                 if not math.isfinite(o.item()):
                     self._bad_scalars.append(len(self._records) - 1)
                 return out
-            if o.shape != self._size:
-                self._pending_state_shaped = False
+            self._pending_state_shaped = False
         rec = self._records
         rec.append((name, self.step, t))
         ver = o._version

@@ -103,9 +103,13 @@ def solve(
         throw: ``True``: a numerical failure (NaN/Inf in a function output or the
             state, an exhausted step budget, a step size underflow) raises
             :class:`flowsde.SolveError` naming the samples, step and time (checked
-            with one host sync at the end of the solve, not per step). ``False``:
-            never raises for a numerical failure; ``Solution.status`` marks each
-            failed sample (:class:`flowsde.Status`).
+            with one host sync at the end of the solve, not per step). With a
+            fixed-step method the final state decides, and a failed solve is run a
+            second time from ``x0`` with the same noise and every output checked, to
+            name its first failure (your functions are then called twice: give them
+            no side effects that matter). ``False``: never raises for a numerical
+            failure; ``Solution.status`` marks each failed sample
+            (:class:`flowsde.Status`), with no host sync.
         grad: ``False`` (default): the solve runs under ``torch.no_grad()`` and keeps
             no autograd graph (sampling memory stays O(batch x state)). ``True``:
             the graph is kept so that ``Solution.x`` can be differentiated.
