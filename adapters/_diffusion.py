@@ -512,31 +512,34 @@ class Diffusion:
                        direction=direction, time_dtype=_F64)
 
         kind = ("sde", name, bf)
+        const = not callable(bf)  # a constant knob: the drift's coefficients are kept per grid time
+        velocity = not by_w and const and bf == 0.0  # beta = 0: the PF-ODE velocity
+        where_drift = f"{where}.drift"
 
         def drift(t, x):
-            if not by_w and not callable(bf) and bf == 0.0:
-                return self._convert("velocity", t, x, f"{where}.drift")
-            if not callable(bf):
-                y = self._kept(kind, t, x, f"{where}.drift")
+            if velocity:
+                return self._convert("velocity", t, x, where_drift)
+            if const:
+                y = self._kept(kind, t, x, where_drift)
                 if y is not None:
                     return y
-            p = _Pred(self, t, x, f"{where}.drift")
+            p = _Pred(self, t, x, where_drift)
             co = p.co
-            if not callable(bf):  # the checks passed and A, C were kept for this time value
+            if const:  # the checks passed and A, C were kept for this time value
                 AC = co.vals.get(("sde", name, bf, self.check_t))
                 if AC is not None:
                     A, C = AC
                     self._keep(kind, t, x, co, A, C)
                     return p.out(torch.addcmul(C * p.o, A, p.xw))
-            self._refuse(co, f"{where}.drift", divides_alpha=pred in ("eps", "score"))
-            self._refuse_singular(co, f"{where}.drift", "velocity", "score")
+            self._refuse(co, where_drift, divides_alpha=pred in ("eps", "score"))
+            self._refuse_singular(co, where_drift, "velocity", "score")
 
             def combine(k):
                 # u + sign/2 w2 score, as A x + C o: one affine map from the two conversions' coefficients
                 (Au, Cu), (As, Cs) = co.affine64(pred, "velocity"), co.affine64(pred, "score")
                 return Au + k * As, Cu + k * Cs
 
-            if not callable(bf):
+            if const:
                 A, C = co.cached(("sde", name, bf, self.check_t), lambda: tuple(
                     co.tensor(v) for v in combine(sign * 0.5 * w2(co, None))))
             else:
@@ -545,7 +548,7 @@ class Diffusion:
                 A, C = batch_broadcast(A, p.xw), batch_broadcast(C, p.xw)
             return p.out(torch.addcmul(C * p.o, A, p.xw))
 
-        return SDE(drift, self._diffusion_fn(w2, not callable(bf), where), noise_type="scalar", score=self.score,
+        return SDE(drift, self._diffusion_fn(w2, const, where), noise_type="scalar", score=self.score,
                    direction=direction, time_dtype=_F64)
 
     def _refuse_singular(self, co: _Coef, where: str, *targets: str) -> None:

@@ -37,7 +37,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ._errors import InputError, SolveError
-from ._problem import ODE
+from ._problem import ODE, SDE, broadcast_diffusion
 from ._solution import Status
 
 #: pending outputs are reduced to per-sample sums every this many outputs ...
@@ -178,7 +178,9 @@ class CheckedProblem:
         # (the problem's own functions where its methods only forward to them)
         plain = isinstance(problem, ODE)
         self._drift = problem._drift if plain and type(problem).drift is ODE.drift else problem.drift
-        self._diffusion = getattr(problem, "diffusion", None)
+        # a plain SDE's diffusion unwrapped (one frame less per call), its output broadcast in diffusion()
+        self._raw_diffusion = plain and problem.is_sde and type(problem).diffusion is SDE.diffusion
+        self._diffusion = problem._diffusion if self._raw_diffusion else getattr(problem, "diffusion", None)
         self._score = (problem._score if plain and type(problem).score is ODE.score and problem._score is not None
                        else getattr(problem, "score", None))
         self.step = 0
@@ -322,6 +324,8 @@ class CheckedProblem:
         g = self._diffusion(t if self._ts_cast is None else self.time(t), x)
         if g is None:
             return None
+        if self._raw_diffusion:
+            g = broadcast_diffusion(g, x, self.noise_type)
         return self._check("diffusion", t, g, allow_broadcast=True)
 
     def score(self, t, x):

@@ -121,8 +121,11 @@ class _GeneratorNoise(NoiseSource):
 
     def __init__(self, generator):
         self.generator = generator
+        self._one_stream = generator is None or isinstance(generator, torch.Generator)
 
     def randn_like(self, x):
+        if self._one_stream:  # utils.randn's own first case, called here without its layers (once per step)
+            return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
         return randn(x.shape, self.generator, x.dtype, x.device)
 
     def snapshot(self, x):
