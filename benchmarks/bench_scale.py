@@ -234,15 +234,17 @@ def scipy_ll(dif, x, v, rtol, atol):
     return prior.log_prob(z).double().cpu() + L, sol.nfev
 
 
-def flowsde_ll(dif, x, tol, per_sample, per_dim=False):
+def flowsde_ll(dif, x, tol, per_sample, per_dim=False, time_warp=None):
     """flowsde with every channel at ``tol`` as the others: ``rtol = atol = tol`` on the state, and
     ``bpd_tol = tol / (D ln 2)``, i.e. ``tol`` nats of absolute local error on the log-density
-    (``per_dim``: ``bpd_tol = tol``, the log-density held per dimension as the state's RMS norm is)."""
+    (``per_dim``: ``bpd_tol = tol``, the log-density held per dimension as the state's RMS norm is);
+    ``time_warp``: ``log_likelihood``'s (``None``: its default)."""
     sched, pf, prior = dif.schedule, dif.pf_ode(), dif.prior()
     D = x[0].numel()
     r = flowsde.log_likelihood(pf, x, (float(sched.t_min), float(sched.t_max)), prior.log_prob, trace="hutchinson",
                                generator=torch.Generator(device=x.device).manual_seed(1), rtol=tol, atol=tol,
-                               bpd_tol=tol if per_dim else tol / (D * math.log(2)), per_sample=per_sample)
+                               bpd_tol=tol if per_dim else tol / (D * math.log(2)), per_sample=per_sample,
+                               time_warp=time_warp)
     return r.logp.double().cpu(), r.nfe
 
 
@@ -265,7 +267,7 @@ def as64(dif):
 
 
 def _interp_time(points, err):
-    """Time at error ``err`` by log-log interpolation between a method's (error, time) points."""
+    """Time (or any cost) at error ``err`` by log-log interpolation between a method's (error, cost) points."""
     pts = sorted((e, t) for e, t in points if e > 0)
     for (e0, t0), (e1, t1) in zip(pts, pts[1:]):
         if e0 <= err <= e1:
@@ -287,6 +289,7 @@ def likelihood_comparison(args, dif, x, kd, d64=None, per_dim=False):
     ``bpd_tol`` is the tolerance itself (see :func:`flowsde_ll`; at image size the nats mapping asks
     for far less error than the others reach)."""
     dev, B = args.device, x.shape[0]
+    warp = getattr(args, "time_warp", None)  # flowsde's time_warp (None: the library default)
     v = rademacher(tuple(x.shape), 1, dev, torch.float32)
     rdt = getattr(args, "ref_dtype", torch.float64)  # the references' dtype (float64 unless asked)
     d64, x64, v64 = (d64 or as64(dif)), x.to(rdt), v.to(rdt)
@@ -306,17 +309,24 @@ def likelihood_comparison(args, dif, x, kd, d64=None, per_dim=False):
     print("error: mean |logp - reference| over the batch, the reference being the same method and probe at "
           f"tol = {rt:g} in {str(rdt).replace('torch.', '')}")
     refs = {
-        "flowsde": flowsde_ll(d64, x64, rt, per_sample=False, per_dim=per_dim)[0],
+        "flowsde": flowsde_ll(d64, x64, rt, per_sample=False, per_dim=per_dim, time_warp=warp)[0],
         "own-probe": torchdiffeq_ll(d64, x64, v64, rt, rt)[0],
     }
     if kd is not None:
         refs["kd"] = kd_ll(kd, d64, x64, rt, rt)[0]
 
+    eps = torch.finfo(x.dtype).eps
+
     def methods(tol):
-        m = [
+        # flowsde refuses tolerances below the data dtype's resolution (an error estimate of round-off);
+        # the anchors run on, so that their errors reach the ones flowsde gets at its tightest tolerance
+        m = [] if tol < eps else [
             ("flowsde RK45, batch-shared steps", "flowsde",
-             lambda: flowsde_ll(dif, x, tol, per_sample=False, per_dim=per_dim)),
-            ("flowsde RK45, per-sample steps", "flowsde", lambda: flowsde_ll(dif, x, tol, per_sample=True, per_dim=per_dim)),
+             lambda: flowsde_ll(dif, x, tol, per_sample=False, per_dim=per_dim, time_warp=warp)),
+            ("flowsde RK45, per-sample steps", "flowsde",
+             lambda: flowsde_ll(dif, x, tol, per_sample=True, per_dim=per_dim, time_warp=warp)),
+        ]
+        m += [
             ("torchdiffeq dopri5, augmented state", "own-probe", lambda: torchdiffeq_ll(dif, x, v, tol, tol)),
             ("score_sde recipe (scipy RK45, host round trip)", "own-probe", lambda: scipy_ll(dif, x, v, tol, tol)),
         ]
@@ -328,6 +338,9 @@ def likelihood_comparison(args, dif, x, kd, d64=None, per_dim=False):
     print(f"{'tol':>6s} {'method':48s} {'NFE':>5s} {'time s':>8s} {'floor s':>8s} {'overhead':>8s} "
           f"{'err nats':>9s} {'err bpd':>9s} {'peak MiB':>8s}")
     for tol in args.sweep:
+        if tol < eps:
+            print(f"{tol:6.0e} flowsde: skipped, below {str(x.dtype).replace('torch.', '')}'s resolution "
+                  f"({eps:.2g}), which it refuses")
         for name, ref, fn in methods(tol):
             try:
                 t, (lp, nfe), peak = measure(fn, args.repeats, dev)
@@ -343,19 +356,22 @@ def likelihood_comparison(args, dif, x, kd, d64=None, per_dim=False):
             print(f"{tol:6.0e} {name:48s} {nfe:5d} {t:8.3f} {floor:8.3f} {row['overhead']:8.1%} {err:9.2e} "
                   f"{row['err_bpd']:9.2e} {peak:8.1f}")
     # equal error: each method's time interpolated (log-log) at the errors flowsde reached
-    names = list(dict.fromkeys(r["method"] for r in rows))
+    base = "flowsde RK45, batch-shared steps"
+    names = [base] + [n for n in dict.fromkeys(r["method"] for r in rows) if n != base]
     pts = {n: [(r["err_nats"], r["seconds"]) for r in rows if r["method"] == n] for n in names}
-    base = names[0] if names else None
-    print("\ntime at equal error, relative to flowsde batch-shared (log-log interpolation over the sweep; "
-          "n/a: outside a method's range)")
+    nfe_pts = {n: [(r["err_nats"], r["nfe"]) for r in rows if r["method"] == n] for n in names}
+    print("\nat equal error, relative to flowsde batch-shared (log-log interpolation over the sweep; n/a: "
+          "outside a method's range): time, and in brackets NFE (the load-independent part)")
     ratios = []
     for r in [r for r in rows if r["method"] == base]:
         line = [f"err {r['err_nats']:.2e} nats:"]
         for n in names[1:]:
             t = _interp_time(pts[n], r["err_nats"])
-            line.append(f"{n.split(' (')[0].split(',')[0]} {t / r['seconds']:.2f}x" if t else
-                        f"{n.split(' (')[0].split(',')[0]} n/a")
-            ratios.append(dict(err=r["err_nats"], method=n, ratio=(t / r["seconds"]) if t else None))
+            nfe = _interp_time(nfe_pts[n], r["err_nats"])
+            label = n.split(" (")[0].replace(" steps", "").replace(", augmented state", "")
+            line.append(f"{label} {t / r['seconds']:.2f}x ({nfe / r['nfe']:.2f}x)" if t else f"{label} n/a")
+            ratios.append(dict(err=r["err_nats"], method=n, ratio=(t / r["seconds"]) if t else None,
+                               nfe_ratio=(nfe / r["nfe"]) if nfe else None))
         print("  " + line[0] + " " + "; ".join(line[1:]))
     return dict(rows=rows, equal_error=ratios)
 
@@ -518,9 +534,12 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tol", type=float, default=1e-5, help="rtol = atol of the data-set NLL solves")
-    p.add_argument("--sweep", type=float, nargs="+", default=[1e-3, 1e-4, 1e-5, 1e-6],
-                   help="tolerances of the likelihood comparison")
+    p.add_argument("--sweep", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8],
+                   help="tolerances of the likelihood comparison (flowsde skips those below float32's "
+                        "resolution; the anchors go on, to reach its errors)")
     p.add_argument("--batch", type=int, default=32, help="likelihood batch")
+    p.add_argument("--time-warp", type=float, default=None,
+                   help="flowsde's log_likelihood time_warp in the likelihood section (default: the library's)")
     p.add_argument("--sample-batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=18)
     p.add_argument("--samples", dest="n", type=int, default=128, help="samples of the data-set NLL")

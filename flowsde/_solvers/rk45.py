@@ -85,17 +85,25 @@ State = Tuple[torch.Tensor, ...]
 
 
 def _lincomb(y: State, h: torch.Tensor, coeffs: Sequence[float], ks: Sequence[State]) -> State:
-    """``y + h sum_j coeffs_j k_j`` componentwise; ``h`` is ``(B,)``, broadcast per component."""
+    """``y + h sum_j coeffs_j k_j`` componentwise; ``h`` is ``(B,)``, broadcast per component.
+
+    One kernel per term (``acc += a k`` into the first term's fresh product) and one for the update
+    (``addcmul``), instead of a product and a sum per term."""
     out = []
+    h_of = {}  # h in each component's dtype, cast once
     for c, yc in enumerate(y):
         acc = None
         for a, k in zip(coeffs, ks):
             if a == 0.0:
                 continue
-            term = k[c] * a
-            acc = term if acc is None else acc + term
-        hc = h.to(yc.dtype).reshape((-1,) + (1,) * (yc.dim() - 1))
-        out.append(yc if acc is None else yc + hc * acc)
+            acc = k[c] * a if acc is None else acc.add_(k[c], alpha=a)
+        if acc is None:
+            out.append(yc)
+            continue
+        hc = h_of.get(yc.dtype)
+        if hc is None:
+            hc = h_of[yc.dtype] = h.to(yc.dtype)
+        out.append(torch.addcmul(yc, hc.reshape((-1,) + (1,) * (yc.dim() - 1)), acc))
     return tuple(out)
 
 
