@@ -266,12 +266,13 @@ def edm_ode(model, *, dtype: Optional[torch.dtype] = None, model_dtype: Optional
         ``x = latents * sigma_max``.
     """
 
+    own = True  # flowsde's Denoiser: it takes one 0-dim float64 sigma for the batch
     if isinstance(model, Denoiser):
         D = model._eval
     elif hasattr(model, "schedule") and callable(getattr(model, "x0", None)):
         D = Denoiser(model)._eval
     elif callable(model):
-        D = model
+        D, own = model, False
     else:
         raise InputError(f"edm_ode: expected a flowsde.adapters.Diffusion, a Denoiser or a denoiser "
                          f"model(x, sigma), got {type(model).__name__}.")
@@ -281,7 +282,12 @@ def edm_ode(model, *, dtype: Optional[torch.dtype] = None, model_dtype: Optional
 
     def denoise(t, x):
         md = model_dtype or x.dtype
-        sig = t.to(md).expand(x.shape[0]) if t.dim() == 0 else t.to(md)  # a view: not for in-place writes
+        if own and t.dim() == 0:
+            # a grid level as it is (float64, 0-dim): the Denoiser maps it to the schedule's time in
+            # float64 and the Diffusion reuses that time's coefficients from one solve to the next
+            sig = t
+        else:  # a peer's denoiser: (B,) sigma in the model's dtype, its convention
+            sig = t.to(md).expand(x.shape[0]) if t.dim() == 0 else t.to(md)  # a view: not for in-place writes
         out = D(x.to(md), sig)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x.shape):
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

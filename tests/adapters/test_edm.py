@@ -398,3 +398,26 @@ def test_samples_follow_the_mixture(S_churn):
     assert_marginals(sol.x, gm, alpha=1e-3)
     coarse = edm_sampler(d, lat, num_steps=6, S_churn=S_churn, generator=_gen(1))
     assert not check_marginals(coarse.x, gm, alpha=1e-3).passed
+
+
+@pytest.mark.parametrize("schedule,prediction", SCHEDULES[:3], ids=lambda v: getattr(v, "__name__", str(v))[:30])
+@pytest.mark.parametrize("S_churn", [0.0, 30.0])
+def test_diffusion_path_is_the_peer_path(schedule, prediction, S_churn):
+    """``edm_sampler`` on a Diffusion gives its Denoiser one 0-dim float64 sigma per call (the
+    Diffusion then reuses each level's coefficients from one solve to the next); the same Denoiser
+    called as a peer's denoiser gets EDM's ``(B,)`` sigma. Both are the same sampler: float64
+    round-off apart, and the fast path is stable over repeated solves."""
+    gm = mixture()
+    dif = Diffusion(gm.oracle(schedule, prediction), schedule, prediction=prediction)
+    den = to_denoiser(dif)
+    lo, hi = max(0.002, den.sigma_min * 1.0001), min(80.0, den.sigma_max / 1.0001)
+    lat = torch.randn(16, 2, dtype=F64, generator=_gen(3))
+
+    def run(model):
+        return edm_sampler(model, lat, num_steps=10, sigma_min=lo, sigma_max=hi, S_churn=S_churn,
+                           generator=_gen(4)).x
+
+    peer = run(lambda x, sigma: den(x, sigma))
+    first, again = run(dif), run(dif)
+    assert torch.equal(first, again)
+    torch.testing.assert_close(first, peer, rtol=RTOL64, atol=RTOL64)
