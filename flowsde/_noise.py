@@ -111,8 +111,8 @@ class NoiseSource:
     def snapshot(self, x: torch.Tensor):
         """A function that puts this source back where it is now, so that a second run draws the
         same noise (``solve`` replays a failed solve to name its first failing step; docs/design.md,
-        "Errors"); ``None`` where it cannot (a user's own source: ``solve`` then checks every
-        output as it goes)."""
+        "Errors"); ``None`` where it cannot (torch's global RNG on an accelerator other than CUDA:
+        ``solve`` then checks every output as it goes)."""
         return None
 
 
