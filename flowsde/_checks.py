@@ -20,7 +20,7 @@ It gives each sample's status (``Status.NON_FINITE`` where any of its outputs,
 or its final state, is not finite) and, with ``throw=True``, an error naming
 the first failing function, step, time and samples.
 
-A fixed-step solve with ``throw=True`` defers all this (``defer=True``): the
+A fixed-step solve with ``throw=True``, or any on the CPU, defers all this (``defer=True``): the
 outputs get their host-side checks only, and the one sync at the end reads the
 final state's finiteness (a NaN or Inf in an output the solver uses reaches the
 state through its arithmetic: ``x + h NaN`` is NaN, ``0 * Inf`` is NaN). Only when

@@ -109,7 +109,8 @@ def solve(
             name its first failure (your functions are then called twice: give them
             no side effects that matter). ``False``: never raises for a numerical
             failure; ``Solution.status`` marks each failed sample
-            (:class:`flowsde.Status`), with no host sync.
+            (:class:`flowsde.Status`); on an accelerator with no host sync (every
+            output reduced on the device), on the CPU as with ``True``.
         grad: ``False`` (default): the solve runs under ``torch.no_grad()`` and keeps
             no autograd graph (sampling memory stays O(batch x state)). ``True``:
             the graph is kept so that ``Solution.x`` can be differentiated.
@@ -140,10 +141,11 @@ def solve(
         if solver.adaptive:
             checked = CheckedProblem(problem, x0, ts, throw=throw)
             return solver.solve(checked, x0, ts, noise=noise_source, save_all=save_all, progress=progress)
-        # throw=True: outputs get their host-side checks as they come and the final state decides (a
-        # NaN/Inf in an output the solver uses reaches the state); a failure is replayed from x0 with
-        # the same noise and every output checked, to name it (docs/design.md, "Errors").
-        rewind = noise_source.snapshot(x0) if throw else None
+        # throw=True, or any solve on the CPU (where reading a value is no device sync): outputs get
+        # their host-side checks as they come and the final state decides (a NaN/Inf in an output the
+        # solver uses reaches the state); a failure is replayed from x0 with the same noise and every
+        # output checked, to name it (docs/design.md, "Errors").
+        rewind = noise_source.snapshot(x0) if throw or x0.device.type == "cpu" else None
         checked = CheckedProblem(problem, x0, ts, throw=throw, defer=rewind is not None)
         sol = _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress)
         if sol is None:

@@ -1,8 +1,9 @@
-"""``throw=True`` on a fixed-step solve reads finiteness off the final state and replays a failed
-solve, with the same noise and every output checked, to name its first failure (flowsde/_solve.py,
-docs/design.md "Errors"). The replay must see exactly the calls of the first run, whatever the
-noise source, and name the same function, step, time and samples as the full check of
-``throw=False``; a successful solve calls each function once per evaluation."""
+"""A fixed-step solve with ``throw=True`` (or any on the CPU) reads finiteness off the final state
+and replays a failed solve, with the same noise and every output checked, to name its first failure
+(flowsde/_solve.py, docs/design.md "Errors"). The replay must see exactly the calls of the first run,
+whatever the noise source, and name the same function, step, time and samples (with ``throw=False``
+the same status and ``t_final``) as checking every output as it comes; a successful solve calls
+each function once per evaluation."""
 
 import pytest
 import torch
@@ -37,14 +38,27 @@ def _generator(kind):
     return flowsde.BrownianPath(0.0, 1.0, (B, 2), dtype=F64, seed=3)
 
 
+def _no_rewind(monkeypatch):
+    """Every output checked as it comes, in one run (as where the noise cannot be rewound): the
+    reference the replay must reproduce."""
+    import flowsde._noise as noise
+
+    monkeypatch.setattr(noise._GeneratorNoise, "snapshot", lambda self, x: None)
+    monkeypatch.setattr(noise._PathNoise, "snapshot", lambda self, x: None)
+
+
 @pytest.mark.parametrize("kind", ["global", "generator", "per_sample", "brownian"])
-def test_replay_sees_the_first_runs_calls_and_names_the_full_checks_failure(kind):
+def test_replay_sees_the_first_runs_calls_and_names_the_full_checks_failure(kind, monkeypatch):
     ts = grids.uniform(0.0, 1.0, 40)
     x0 = torch.zeros(B, 2, dtype=F64)
+    n = len(ts) - 1
 
-    calls_full = []
-    full = flowsde.solve(_recording_sde(calls_full), x0, ts, method="euler_maruyama", generator=_generator(kind),
-                         throw=False)
+    with monkeypatch.context() as m:
+        _no_rewind(m)
+        calls_full = []
+        full = flowsde.solve(_recording_sde(calls_full), x0, ts, method="euler_maruyama",
+                             generator=_generator(kind), throw=False)
+    assert len(calls_full) == n
     failed = [i for i, s in enumerate(full.status_names()) if s == "NON_FINITE"]
     assert failed, "the problem must fail in some sample for this test to mean anything"
     rng_after_full = torch.get_rng_state() if kind == "global" else None
@@ -52,19 +66,26 @@ def test_replay_sees_the_first_runs_calls_and_names_the_full_checks_failure(kind
     calls = []
     with pytest.raises(flowsde.SolveError) as e:
         flowsde.solve(_recording_sde(calls), x0, ts, method="euler_maruyama", generator=_generator(kind))
-    n = len(ts) - 1
-    assert len(calls) == 2 * n == 2 * len(calls_full)  # the deferred run, then the replay
+    assert len(calls) == 2 * n  # the deferred run, then the replay
     for (ta, xa), (tb, xb), (tc, xc) in zip(calls[:n], calls[n:], calls_full):
         assert ta == tb == tc
         assert torch.equal(xa.nan_to_num(7.0), xb.nan_to_num(7.0))  # the replay drew the same noise
-        assert torch.equal(xb.nan_to_num(7.0), xc.nan_to_num(7.0))  # ... as the throw=False run
-    # the error names what throw=False's per-output check found first
+        assert torch.equal(xb.nan_to_num(7.0), xc.nan_to_num(7.0))  # ... as the checked-as-it-goes run
+    # the error names what the per-output check found first
     first_t = float(full.t_final[failed].min())
     assert e.value.t == pytest.approx(first_t)
     assert e.value.samples == [i for i in failed if float(full.t_final[i]) == first_t]
     assert e.value.step == int(round(first_t * n))
     if kind == "global":  # the global RNG ends where one run leaves it
         assert torch.equal(torch.get_rng_state(), rng_after_full)
+
+    # throw=False on the CPU: deferred too, and the replay gives the per-output check's status and t_final
+    calls = []
+    sol = flowsde.solve(_recording_sde(calls), x0, ts, method="euler_maruyama", generator=_generator(kind),
+                        throw=False)
+    assert len(calls) == 2 * n
+    assert torch.equal(sol.status, full.status) and torch.equal(sol.t_final, full.t_final)
+    assert torch.equal(sol.x.nan_to_num(7.0), full.x.nan_to_num(7.0))
 
 
 def test_success_calls_each_function_once_per_evaluation():
@@ -78,9 +99,7 @@ def test_success_calls_each_function_once_per_evaluation():
 
 def test_a_source_that_cannot_be_rewound_is_checked_as_it_goes(monkeypatch):
     # as torch's global RNG on an accelerator other than CUDA: no snapshot, every output checked
-    import flowsde._noise as noise
-
-    monkeypatch.setattr(noise._GeneratorNoise, "snapshot", lambda self, x: None)
+    _no_rewind(monkeypatch)
     calls = []
     ts = grids.uniform(0.0, 1.0, 40)
     with pytest.raises(flowsde.SolveError, match="drift returned NaN/Inf at step") as e:
