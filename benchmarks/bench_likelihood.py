@@ -32,6 +32,7 @@ import time
 import numpy as np
 import torch
 
+import _checkout  # noqa: F401  (first: refuses a flowsde installed from another checkout)
 import flowsde
 from flowsde.adapters.schedules import EDM
 from flowsde.validation.references import GaussianMixture

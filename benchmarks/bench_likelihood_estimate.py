@@ -21,6 +21,7 @@ import math
 
 import torch
 
+import _checkout  # noqa: F401  (first: refuses a flowsde installed from another checkout)
 from flowsde.adapters import Diffusion
 from flowsde.validation import likelihood_mixture, schedule_predictions
 

@@ -40,6 +40,7 @@ import platform
 
 import torch
 
+import _checkout  # noqa: F401  (first: refuses a flowsde installed from another checkout)
 import flowsde
 from flowsde.validation import k_diffusion_sampling
 

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+import _checkout  # noqa: F401  (first: refuses a flowsde installed from another checkout)
 import flowsde
 import flowsde.models as fm
 

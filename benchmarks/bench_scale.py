@@ -46,6 +46,7 @@ import time
 
 import torch
 
+import _checkout  # noqa: F401  (first: refuses a flowsde installed from another checkout)
 import flowsde
 from flowsde.adapters import VP, Diffusion, edm_sampler, to_denoiser
 from flowsde.validation import k_diffusion_sampling

@@ -39,6 +39,7 @@ import time
 
 import torch
 
+import _checkout  # noqa: F401  (first: refuses a flowsde installed from another checkout)
 import flowsde
 from flowsde.adapters import VP, Diffusion
 
