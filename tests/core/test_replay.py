@@ -116,3 +116,51 @@ def test_state_overflow_without_a_bad_output_is_reported_after_the_replay():
     ode = flowsde.ODE(lambda t, x: torch.full_like(x, 1e308))
     with pytest.raises(flowsde.SolveError, match="state became non-finite"):
         flowsde.solve(ode, torch.full((2, 1), 1e308, dtype=F64), grids.uniform(0.0, 1.0, 5), method="euler")
+
+
+def _poisoned_diffusion(t_bad, sample):
+    """A VP eps-model whose network returns NaN in ``sample`` at the network time ``t_bad`` (a grid
+    time), and a smooth linear eps elsewhere: a failure every fixed-step method meets at the start
+    of the same step, whatever else it evaluates."""
+    from flowsde.adapters import Diffusion
+    from flowsde.adapters.schedules import VP
+
+    def net(x, t):
+        out = 0.3 * x
+        hit = (t.to(F64) - t_bad).abs() < 1e-6 * max(1.0, abs(t_bad))
+        mask = torch.zeros(x.shape[0], dtype=torch.bool)
+        mask[sample] = True
+        return torch.where((hit & mask).reshape(-1, *([1] * (x.dim() - 1))), float("nan"), out)
+
+    return Diffusion(net, VP(), "eps")
+
+
+FIXED_STEP = sorted(m for m in flowsde.METHODS if not flowsde.get_solver(m).adaptive)
+
+
+@pytest.mark.parametrize("method", FIXED_STEP)
+def test_every_fixed_step_method_carries_a_nan_to_the_state(method, monkeypatch):
+    """The replay design rests on this: no method's arithmetic removes a NaN from its outputs, so
+    the final state shows it and the replay names what checking every output as it comes names."""
+    solver = flowsde.get_solver(method)
+    ts = grids.uniform(1.0, 1e-3, 12)
+    k, sample = 5, 2
+    dif = _poisoned_diffusion(float(ts[k]), sample)
+    problem = dif.pf_ode() if solver.solves_ode else dif.reverse_sde(1.0)
+    x0 = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+
+    def run(throw):
+        return flowsde.solve(problem, x0, ts, method=method, generator=torch.Generator().manual_seed(1), throw=throw)
+
+    with pytest.raises(flowsde.SolveError) as deferred:
+        run(True)
+    with monkeypatch.context() as m:
+        _no_rewind(m)
+        with pytest.raises(flowsde.SolveError) as as_it_goes:
+            run(True)
+    assert (deferred.value.step, deferred.value.t, deferred.value.samples) == \
+        (as_it_goes.value.step, as_it_goes.value.t, as_it_goes.value.samples)
+    assert deferred.value.samples == [sample]
+    assert deferred.value.step <= k
+    sol = run(False)
+    assert sol.status_names()[sample] == "NON_FINITE"
