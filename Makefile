@@ -2,7 +2,7 @@
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-fast bench
+.PHONY: install demo test test-fast bench docs
 
 install:
 	@$(PYTHON) scripts/install.py --torch-version $(TORCH_VERSION)
@@ -19,3 +19,7 @@ test-fast: install
 
 bench: install
 	$(PYTHON) benchmarks/run_all.py
+
+# The user guide and the API reference, built strictly (a broken reference fails) into site/.
+docs:
+	$(PYTHON) -m mkdocs build --strict --site-dir site

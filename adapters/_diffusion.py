@@ -28,14 +28,13 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from flowsde import ODE, SDE, InputError
-from flowsde.utils import batch_broadcast
+from flowsde import ODE, SDE, InputError, SemiLinearSDE
+from flowsde._internal import ROUNDING, batch_broadcast, rounding_slack
 
 from ._inputs import check_call, check_net, swapped_output_hint
 from ._likelihood import log_likelihood as _log_likelihood
 from ._prior import GaussianPrior
-from ._semilinear import semilinear_ode, semilinear_sde
-from ._schedule import ROUNDING, rounding_slack
+from ._problems import semilinear_ode, semilinear_sde
 from .schedules import Schedule
 
 __all__ = ["Diffusion", "PREDICTIONS"]
@@ -254,7 +253,7 @@ class Diffusion:
             (``grad_x log p_t``), ``"x0"`` (denoised data), ``"v"``
             (``alpha eps - sigma x0``, Salimans & Ho 2022; variance-preserving schedules only)
             or ``"velocity"`` (``dx_t/dt`` of the path, flow matching).
-        dtype: ``None`` (conversions applied in the dtype of ``x``) or e.g. ``torch.float64``:
+        compute_dtype: ``None`` (conversions applied in the dtype of ``x``) or e.g. ``torch.float64``:
             applied in that dtype, the result cast back to ``x.dtype``. Coefficients are always
             computed in float64 from the float64 time. The network is called with ``x`` as given.
         check_t: range check of ``t`` for conversions: ``"auto"`` (when ``t`` is on the CPU,
@@ -275,7 +274,7 @@ class Diffusion:
     """
 
     def __init__(self, net: Callable, schedule: Schedule, prediction: str = "eps", *,
-                 dtype: Optional[torch.dtype] = None, check_t: Union[bool, str] = "auto"):
+                 compute_dtype: Optional[torch.dtype] = None, check_t: Union[bool, str] = "auto"):
         if not callable(net):
             raise InputError(f"Diffusion(net=...): net must be callable net(x, t), got {type(net).__name__}.")
         if not isinstance(schedule, Schedule):
@@ -287,15 +286,15 @@ class Diffusion:
             raise InputError(f"Diffusion(prediction='v'): v = alpha eps - sigma x0 is only a parameterization when "
                              f"alpha^2 + sigma^2 = 1, which {schedule!r} does not satisfy. Use a variance-preserving "
                              "schedule (VP, Cosine, Discrete) or convert the network's output to eps/x0 yourself.")
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise InputError(f"Diffusion(dtype={dtype!r}): must be None or a floating torch.dtype.")
+        if compute_dtype is not None and not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
+            raise InputError(f"Diffusion(compute_dtype={compute_dtype!r}): must be None or a floating torch.dtype.")
         if check_t not in (True, False, "auto"):
             raise InputError(f"Diffusion(check_t={check_t!r}): must be True, False or 'auto'.")
         check_net(net, "Diffusion(net=...)")
         self.net = net
         self.schedule = schedule
         self.prediction = prediction
-        self.dtype = dtype
+        self.compute_dtype = compute_dtype
         self.check_t = check_t
         t_lo, t_hi = float(schedule.t_min), float(schedule.t_max)
         self._range = (t_lo, t_hi)
@@ -318,7 +317,7 @@ class Diffusion:
         host read, and otherwise only clamped on the device when within rounding of a bound.
         """
         check_call(where, t, x)
-        wd = self.dtype or x.dtype
+        wd = self.compute_dtype or x.dtype
         if isinstance(t, torch.Tensor):
             if t.dim() == 0 and t.is_cpu and not t.requires_grad:
                 tf = t.item()
@@ -596,7 +595,7 @@ class Diffusion:
 
         return diffusion
 
-    def reverse_sde(self, beta: Optional[BetaLike] = None, *, diffusion: Optional[BetaLike] = None) -> SDE:
+    def reverse_sde(self, beta: Optional[BetaLike] = None, *, diffusion: Optional[BetaLike] = None) -> SemiLinearSDE:
         """The reverse-time family ``dx = [f x - (1+beta)/2 g^2 score] dt + sqrt(beta) g dW``.
 
         Solve it with *decreasing* ``ts`` (``T -> t_min``): a backward Euler-Maruyama step with
@@ -613,12 +612,18 @@ class Diffusion:
         infinite drift and diffusion, so a flow-matching model can start sampling there.
 
         Returns a :class:`flowsde.SemiLinearSDE` (the exponential-integrator samplers of
-        ``docs/samplers.md`` solve it) when ``beta`` is given, a plain :class:`flowsde.SDE` with
-        ``diffusion=w``.
+        ``docs/samplers.md`` solve it), given ``beta`` or ``diffusion``; with ``diffusion=w`` its
+        ``beta`` is ``w(t)^2 / g(t)^2``.
         """
         sde = self._sde(beta, -1.0, "reverse_sde", diffusion)
         if diffusion is not None:
-            return sde
+            w, g2 = self._beta_fn(diffusion, "reverse_sde", "diffusion"), self.schedule.g2
+
+            def beta_of_w(t):
+                wt = torch.as_tensor(w(t) if callable(w) else w, dtype=_F64, device=t.device)
+                return wt * wt / g2(t.to(_F64))
+
+            return semilinear_sde(self, sde, beta_of_w)
         return semilinear_sde(self, sde, 1.0 if beta is None else beta)
 
     def forward_sde(self, beta: Optional[BetaLike] = None, *, diffusion: Optional[BetaLike] = None) -> SDE:

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from flowsde import InputError
-from flowsde.utils import check_time_and_state
+from flowsde._internal import check_time_and_state
 
 __all__ = ["check_call", "check_tensor", "check_net"]
 
@@ -48,7 +48,7 @@ def check_call(where: str, t, x, *, order: str = "(t, x)") -> None:
     ``x`` must be a floating tensor ``(B, *event)``; ``t`` a number, a 0-dim or a ``(B,)`` tensor
     (its shape against ``B`` is checked where it is used). Arguments that fit only the other
     order (a state-shaped ``t`` with a time-shaped ``x``) are reported as swapped
-    (:func:`flowsde.utils.check_time_and_state` for ``(t, x)``).
+    (:func:`flowsde._internal.check_time_and_state` for ``(t, x)``).
     """
     # the common case in a few attribute reads (this runs once per network call)
     if isinstance(x, torch.Tensor) and x.dim() >= 1 and not x.is_meta and x.is_floating_point() and (

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -34,10 +33,10 @@ import torch
 from flowsde import ODE, InputError, LikelihoodResult, bits_per_dim
 from flowsde import dequantize as _dequantize
 from flowsde import log_likelihood as _core_log_likelihood
-from flowsde.utils import batch_broadcast, randn
-from flowsde.likelihood import check_data, check_data_range, check_in_range, quantization_levels
+from flowsde._internal import batch_broadcast, randn
+from flowsde._internal import check_data, check_data_range, check_in_range, quantization_levels
 
-from ._schedule import time_in_range
+from flowsde._internal import time_in_range
 
 TIMES = ("t", "log_snr")
 LOG2PI = math.log(2 * math.pi)
@@ -45,26 +44,6 @@ LOG2PI = math.log(2 * math.pi)
 #: the core's keyword options (probes, tolerances, engine, throw, ...), passed through unchanged
 CORE_OPTIONS = tuple(n for n, p in inspect.signature(_core_log_likelihood).parameters.items()
                      if p.kind is inspect.Parameter.KEYWORD_ONLY)
-
-
-@dataclass(repr=False)
-class DiffusionLikelihood(LikelihoodResult):
-    """What ``Diffusion.log_likelihood`` returns: the core's :class:`flowsde.LikelihoodResult`
-    (``logp``, ``stderr``, ``solver_error``, ``nfe``, ``status``, ...) plus
-
-    Attributes:
-        bpd: ``(B,)`` bits/dim (``flowsde.bits_per_dim``), when ``levels``/``bits`` is given.
-        logp_corrected, stderr_corrected, bpd_corrected: the t_eps-corrected numbers (``corrected=True``).
-        solver_error_corrected: ``(B,)`` the second solve's error estimate on ``logp_corrected`` (nats).
-        residual: ``(B,)`` decoder log-likelihood + entropy of the correction.
-    """
-
-    bpd: Optional[torch.Tensor] = None
-    logp_corrected: Optional[torch.Tensor] = None
-    stderr_corrected: Optional[torch.Tensor] = None
-    bpd_corrected: Optional[torch.Tensor] = None
-    solver_error_corrected: Optional[torch.Tensor] = None
-    residual: Optional[torch.Tensor] = None
 
 
 def log_snr_ode(ode: ODE, schedule, t_range: Tuple[float, float]) -> ODE:
@@ -94,7 +73,7 @@ def log_likelihood(
     dequantize: Optional[bool] = None,
     corrected: bool = False,
     **options,
-) -> DiffusionLikelihood:
+) -> LikelihoodResult:
     """``log p(x)`` (nats per sample) and bits/dim of data under a diffusion model's PF-ODE.
 
     Arguments:
@@ -126,7 +105,7 @@ def log_likelihood(
             probes, then (``corrected``) ``e`` and its probes.
 
     Returns:
-        :class:`DiffusionLikelihood`: ``logp`` (score_sde-comparable), ``stderr``, ``solver_error``
+        :class:`LikelihoodResult`: ``logp`` (score_sde-comparable), ``stderr``, ``solver_error``
         (nats; ``solver_error_bpd`` per dimension), ``bpd`` (if ``levels``/``bits``), and with
         ``corrected``: ``logp_corrected``, ``stderr_corrected``, ``bpd_corrected``, ``residual``
         (decoder log-likelihood + entropy); ``nfe`` (and ``stats["nfe_per_sample"]``) count both solves.
@@ -192,7 +171,7 @@ def log_likelihood(
     else:
         ode, span = pf, (t_eps, T)
     core = _core_log_likelihood(ode, data, span, prior_logp, **options)
-    res = DiffusionLikelihood(**{f: getattr(core, f) for f in LikelihoodResult.__dataclass_fields__})
+    res = LikelihoodResult(**{f: getattr(core, f) for f in LikelihoodResult.__dataclass_fields__})
     res.stats.update(time=time, t_eps=t_eps, t_max=T, dequantized=bool(dequantize), levels=L,
                      data_range=tuple(data_range) if L is not None else None)
     if L is not None:
@@ -223,7 +202,7 @@ def _signature():
     """``log_likelihood``'s signature spelled out: its own parameters, then the core's keyword options."""
     own = [p for p in inspect.signature(log_likelihood).parameters.values() if p.kind is not p.VAR_KEYWORD]
     core = [p for n, p in inspect.signature(_core_log_likelihood).parameters.items() if n in CORE_OPTIONS]
-    return inspect.Signature(own + core, return_annotation=DiffusionLikelihood)
+    return inspect.Signature(own + core, return_annotation=LikelihoodResult)
 
 
 log_likelihood.__signature__ = _signature()

@@ -24,10 +24,10 @@ from typing import Callable, Optional
 import torch
 
 from flowsde import InputError
-from flowsde.utils import batch_broadcast, check_positive
+from flowsde._internal import batch_broadcast, check_positive
 
 from ._diffusion import Diffusion
-from ._schedule import ROUNDING
+from flowsde._internal import ROUNDING
 from ._inputs import check_call, check_net
 from .schedules import EDM
 

@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from flowsde import InputError
-from flowsde.utils import check_positive, randn
+from flowsde._internal import check_positive, randn
 
 from ._inputs import _META_FIX, check_tensor
 

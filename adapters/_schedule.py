@@ -15,36 +15,7 @@ import torch.nn.functional as F
 
 from flowsde import InputError
 
-__all__ = ["Schedule", "ROUNDING", "rounding_slack", "time_in_range"]
-
-#: A time off a schedule's range ``[t_min, t_max]`` by at most this much relative to the bound
-#: (rounding of a float32 grid: 1e-5 is ~80 float32 ulps) is accepted and clamped onto the bound.
-ROUNDING = 1e-5
-
-
-def rounding_slack(lo: float, hi: float):
-    """``(below, above)``: how far outside ``[lo, hi]`` a time may lie by rounding only:
-    ``ROUNDING * |bound|``, or ``ROUNDING * 1e-3 * (hi - lo)`` for a bound at 0. The one rule of
-    the adapters (``Diffusion``'s conversions; use it for any other time given by a user)."""
-    return tuple(ROUNDING * (abs(b) if b != 0 else 1e-3 * (hi - lo)) for b in (lo, hi))
-
-
-def time_in_range(value: float, lo: float, hi: float, *, name: str = "t", where: str = "") -> float:
-    """``value`` clamped into ``[lo, hi]`` when it is off by rounding only (:func:`rounding_slack`,
-    e.g. k-diffusion's float32 0.0019999996 for 0.002); a real excursion raises
-    :class:`flowsde.InputError` printing the value, the bound and the difference with all digits."""
-    s_lo, s_hi = rounding_slack(lo, hi)
-    if lo <= value <= hi:
-        return value
-    if lo - s_lo <= value < lo:
-        return lo
-    if hi < value <= hi + s_hi:
-        return hi
-    end = lo if value < lo else hi
-    prefix = f"{where}: " if where else ""
-    raise InputError(f"{prefix}{name} = {value!r} is outside the range [t_min, t_max] = [{lo!r}, {hi!r}] by "
-                     f"{abs(value - end):.3g}, more than rounding (within {ROUNDING:g} of a bound, relative, a time "
-                     "is clamped onto it). Pass a time inside the range.")
+__all__ = ["Schedule"]
 
 def _as_tensor(t) -> torch.Tensor:
     if isinstance(t, torch.Tensor):

@@ -34,7 +34,7 @@ import torch
 from flowsde import InputError
 
 from ._discrete import Discrete
-from flowsde.utils import check_positive
+from flowsde._internal import check_positive
 
 from ._schedule import Schedule, _as_tensor, _check_range, _logsigmoid, _one, _zero
 

@@ -41,7 +41,7 @@ def main(argv=None):
                            generator=flowsde.per_sample_generators(range(args.n))).double()
     D = x[0].numel()
     for name in ("digits-eps", "digits-velocity"):
-        dif = fm.load(name, dtype=torch.float64)
+        dif = fm.load(name, net_dtype=torch.float64)
         ref = dif.log_likelihood(x, bpd_tol=1e-9, rtol=1e-9, atol=1e-9)
         print(f"\n## {name}: {args.n} test digits, exact trace, float64; reference NFE {ref.nfe}")
         print(f"{'setting':40s} {'true error':>11s} {'estimate':>9s} {'NFE':>5s}   (bits/dim, max over the batch)")

@@ -135,7 +135,7 @@ def solver_part(args):
         return x
 
     ode = flowsde.ODE(drift)
-    heun = flowsde.Heun(final_euler=True)
+    heun = flowsde.solvers.Heun(final_euler=True)
 
     # EM on an SDE with the same drift cost, on a uniform grid in [1, 0.01].
     g = torch.tensor(0.5, device=dev, dtype=dtype)

@@ -120,7 +120,7 @@ def main(argv=None):
               f"{args.reps} round-robin repeats")
         print(f"{'method':<20}{'variant':<18}{'ms/solve':>10}{'us/step':>10}{'over bare (us/step)':>21}")
         for m in args.methods:
-            solver = flowsde.get_solver(m)
+            solver = flowsde.solvers.get_solver(m)
             k = solver.evals_per_step
             problem = ode
             fns = {"bare": (lambda k=k: bare(k))}
@@ -200,7 +200,7 @@ def digits_part(n_samples=256, budgets=(10, 20, 40, 80)):
     Error: RMS over samples of |x - x_ref| / sqrt(64) (pixel units of the [-1, 1] data range)."""
     import flowsde.models as models
 
-    d = models.load("digits-eps", dtype=torch.float64)
+    d = models.load("digits-eps", net_dtype=torch.float64)
     info = models.info("digits-eps")
     sched = info.schedule
     t_lo, t_hi = info.t_range
@@ -215,11 +215,11 @@ def digits_part(n_samples=256, budgets=(10, 20, 40, 80)):
         methods = ["ddim", "dpm_2", "dpmpp_2m", "lms", "unipc", "edm", "heun"]
         print(f"{'method':<10}" + "".join(f"{'NFE<=' + str(b):>14}" for b in budgets))
         for m in methods:
-            solver = flowsde.get_solver(m) if m != "heun" else flowsde.Heun()
+            solver = flowsde.solvers.get_solver(m) if m != "heun" else flowsde.solvers.Heun()
             cells = []
             for b in budgets:
                 n = b // solver.evals_per_step  # no step to zero noise: evals_per_step at every step
-                r = flowsde.grids.edm(r_lo, r_hi, n=n + 1, rho=7.0, final_zero=False)
+                r = flowsde.grids.edm(r_lo, r_hi, steps=n, rho=7.0, final_zero=False)
                 ts = sched.t_from_sigma_ratio(r).clamp(t_lo, t_hi)
                 ts[0], ts[-1] = t_hi, t_lo
                 sol = flowsde.solve(d.pf_ode(), x_T, ts, method=solver)

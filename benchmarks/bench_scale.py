@@ -2,7 +2,7 @@
 
 Sections (all on the same model, float32, one thread per process):
 
-* ``nll``: data-set NLL throughput (samples/s) of :func:`flowsde.validation.dataset_nll` with
+* ``nll``: data-set NLL throughput (samples/s) of :func:`flowsde.workloads.dataset_nll` with
   1 and 2 processes (``torchrun``, gloo), the time of the call itself (process start excluded).
 * ``likelihood``: one batch of dequantized digits, Hutchinson (1 Rademacher probe), RK45 /
   dopri5 at the same rtol = atol = tol on every channel, over a sweep of tol (``--sweep``), and
@@ -84,7 +84,7 @@ def build(device="cpu", dtype=torch.float32):
     try:
         import flowsde.models as fm
 
-        dif = fm.load("digits-eps", device=device, dtype=dtype)
+        dif = fm.load("digits-eps", device=device, net_dtype=dtype)
         data = fm.digits("test")
         name = "digits-eps (shipped, flowsde.models)"
     except (ImportError, AttributeError, KeyError):
@@ -424,11 +424,11 @@ def section_sampling(args, dif, kd):
         return run
 
     def edm():
-        sol = edm_sampler(dif, latents, num_steps=N, sigma_min=smin, sigma_max=smax, dtype=torch.float32)
+        sol = edm_sampler(dif, latents, steps=N, sigma_min=smin, sigma_max=smax, dtype=torch.float32)
         return sol.x, sol.nfe
 
     methods = [("bare Euler loop (EDM frame)", bare), ("flowsde solve euler", fl("euler")),
-               ("flowsde solve heun", fl("heun")), ("flowsde edm_sampler (Heun, S_churn 0)", edm)]
+               ("flowsde solve heun", fl("heun")), ("flowsde edm_sampler (Heun, s_churn 0)", edm)]
     if kd is not None:
         methods[1:1] = [("k-diffusion sample_euler", kd_euler), ("k-diffusion sample_heun", kd_heun)]
     rows = []
@@ -455,7 +455,7 @@ def section_sampling(args, dif, kd):
 def nll_worker(args):
     import torch.distributed as td
 
-    from flowsde.validation import dataset_nll
+    from flowsde.workloads import dataset_nll
 
     torch.set_num_threads(1)
     if "RANK" in os.environ:

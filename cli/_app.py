@@ -95,7 +95,7 @@ def _compare_doc() -> str:
             "has the error to that reference, a sliced Wasserstein-2 distance to independent reference samples\n"
             "(with the noise-floor row), and wall time; CSV, JSON and two PNGs go to --out.\n"
             "Solvers: euler heun edm_heun rk45 euler_maruyama pc edm_churn, and the other samplers of\n"
-            "flowsde.METHODS.")
+            "flowsde.solvers.METHODS.")
 
 
 def main(argv=None) -> int:

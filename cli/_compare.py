@@ -28,7 +28,7 @@ def add_arguments(p) -> None:
                         "0 = the PF-ODE (default: 1)")
     p.add_argument("--grid", choices=["edm", "uniform"], default="edm",
                    help="time grid: EDM's rho=7 grid in sigma/alpha, or uniform in t (default: edm)")
-    p.add_argument("--s-churn", type=_nonneg_float, default=10.0, help="S_churn of edm_churn (default: 10)")
+    p.add_argument("--s-churn", type=_nonneg_float, default=10.0, help="s_churn of edm_churn (default: 10)")
     p.add_argument("--reference-tol", type=_positive_float, default=1e-8,
                    help="RK45 tolerance of the float64 PF-ODE reference (default: 1e-8)")
     p.add_argument("--sde-reference-steps", type=_positive_int, default=None, metavar="K",
@@ -77,7 +77,7 @@ def _nonneg_float(s: str) -> float:
 
 def plan(model, args):
     """The solver set, checked (names, every budget) before any work."""
-    from flowsde.validation import default_methods, known_methods, steps_for_budget
+    from flowsde.workloads import default_methods, known_methods, steps_for_budget
 
     solvers = list(args.solvers) if args.solvers else list(default_methods())
     known = known_methods()
@@ -87,7 +87,7 @@ def plan(model, args):
     import flowsde
 
     for s in solvers:
-        if s in known and s not in ("edm_heun", "edm_churn") and flowsde.get_solver(s).adaptive:
+        if s in known and s not in ("edm_heun", "edm_churn") and flowsde.solvers.get_solver(s).adaptive:
             continue  # a tolerance sweep (--rk45-tols), no budget
         for b in args.nfe:
             steps_for_budget(s, b)  # InputError: a budget below one step
@@ -103,14 +103,14 @@ def plan(model, args):
 
 def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
     """Run the comparison, print the table, write the files; returns {what: path}."""
-    from flowsde.validation import compare_solvers
+    from flowsde.workloads import compare_solvers
 
     t0 = time.perf_counter()
     res = compare_solvers(
-        model.diffusion, model.exact, event_shape=model.event_shape, n=args.batch_size, budgets=tuple(args.nfe),
+        model.diffusion, model.exact, event_shape=model.event_shape, samples=args.batch_size, budgets=tuple(args.nfe),
         methods=solvers, beta=args.beta, rk45_tols=tuple(args.rk45_tols), reference_tol=args.reference_tol,
         sde_reference_steps=args.sde_reference_steps,
-        likelihood_tols=tuple(args.likelihood_tols), grid=args.grid, s_churn=args.s_churn, seed=args.seed,
+        likelihood_tols=tuple(args.likelihood_tols), grid=args.grid, s_churn=args.s_churn, generator=args.seed,
         dtype=args.dtype, device=args.device, reference_model=model.reference,
         progress=progress_enabled(args.quiet))
     res.info["title"] = title or f"{model.spec}: error vs NFE"

@@ -32,7 +32,7 @@ def main(args, model, parse) -> int:
     else:
         import flowsde
 
-        extra = [m for m in ("dpmpp_2m", "unipc") if m in flowsde.METHODS]
+        extra = [m for m in ("dpmpp_2m", "unipc") if m in flowsde.solvers.METHODS]
         cargs = parse(["compare"] + common + ["--batch-size", "128", "--nfe", "10", "20", "40",
                                               "--rk45-tols", "1e-3", "1e-5", "--sde-reference-steps", "400",
                                               "--solvers", "euler", "heun", *extra, "rk45", "euler_maruyama"])

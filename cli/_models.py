@@ -81,7 +81,7 @@ def resolve(spec: str, *, device: torch.device, dtype: torch.dtype, schedule: st
 
 def _gmm(schedule: str, prediction: str, dim: int, device) -> Model:
     from flowsde.adapters import Diffusion, schedules
-    from flowsde.validation import default_mixture
+    from flowsde.workloads import default_mixture
 
     sched = {"vp": schedules.VP, "cosine": schedules.Cosine, "subvp": schedules.SubVP, "ve": schedules.VE,
              "edm": schedules.EDM, "linear": schedules.Linear}[schedule]()
@@ -98,15 +98,15 @@ def _shipped(name: str, device, dtype) -> Model:
     from flowsde import models
 
     info = models.info(name)
-    diff = models.load(name, device=device, dtype=dtype)
-    ref = models.load(name, device=device, dtype=torch.float64) if dtype != torch.float64 else None
+    diff = models.load(name, device=device, net_dtype=dtype)
+    ref = models.load(name, device=device, net_dtype=torch.float64) if dtype != torch.float64 else None
     event = tuple(int(s) for s in info.event_shape)
     levels = getattr(info, "levels", None)
     dr = getattr(info, "data_range", None)
     image = (8, 8) if event == (64,) else (event if len(event) in (2, 3) else None)
     density = test = None
     if event == (2,) and hasattr(models, "toy_data"):
-        density = lambda n: models.toy_data(name, n, 99)  # noqa: E731
+        density = lambda n: models.toy_data(name, n, generator=99)  # noqa: E731
     if name.startswith("digits"):
         test = lambda: models.digits("test")  # noqa: E731
     return Model(spec=name, kind="shipped", diffusion=diff, reference=ref, event_shape=event, levels=levels,

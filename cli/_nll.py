@@ -157,7 +157,7 @@ def quantization(model, args):
 
 
 def main(args, model) -> int:
-    from flowsde.validation import dataset_nll
+    from flowsde.workloads import dataset_nll
 
     if args.probes > 1 and args.trace == "exact":
         raise CLIError("--probes: only with --trace hutchinson (the exact trace needs no probes).")
@@ -181,7 +181,7 @@ def main(args, model) -> int:
     out = out_file(args.out) if args.out else None
     t0 = time.perf_counter()
     res = dataset_nll(model.diffusion, data, levels=levels, bits=bits, data_range=dr, trace=args.trace,
-                      probes=args.probes, rtol=args.rtol, atol=args.atol, batch_size=args.batch_size, seed=args.seed,
+                      probes=args.probes, rtol=args.rtol, atol=args.atol, batch_size=args.batch_size, generator=args.seed,
                       limit=args.limit, out=str(out) if out else None, progress=progress_enabled(args.quiet),
                       device=args.device, dtype=args.dtype,
                       **({} if args.time_warp is None else dict(time_warp=args.time_warp)))
@@ -221,6 +221,6 @@ def summary(res, model, what, levels, bits, dr, args, seconds) -> str:
         lines.append(f"{res.resumed} row(s) read back from a previous run of the same settings")
     ok = sorted(r.bpd for r in res.rows if r.status == "SUCCESS")
     med = (ok[(len(ok) - 1) // 2] + ok[len(ok) // 2]) / 2 if ok else float("nan")
-    lines.append(f"mean bits/dim {mean:.4f} +- {se:.4f} (standard error over {res.n_ok} samples); "
+    lines.append(f"mean bits/dim {mean:.4f} +- {se:.4f} (standard error over {res.succeeded} samples); "
                  f"median {med:.4f}; mean NLL {res.mean_nats:.3f} nats; mean NFE {nfe:.0f}; {seconds:.1f} s")
     return "\n".join(lines)

@@ -67,56 +67,56 @@ def check_device(t: torch.Tensor, name: str) -> None:
         )
 
 
-def check_x0(x0, name: str = "x0") -> None:
-    """``x0`` must be a finite float32/float64 tensor ``(B, *event_shape)`` with ``B >= 1``
+def check_state(x, name: str = "x") -> None:
+    """``x`` must be a finite float32/float64 tensor ``(B, *event_shape)`` with ``B >= 1``
     on a real device."""
-    if not isinstance(x0, torch.Tensor):
-        raise InputError(f"{name}: expected a torch.Tensor of shape (B, *event_shape), got {type(x0).__name__}.")
-    check_device(x0, name)
-    if not x0.is_floating_point():
-        raise InputError(f"{name}: dtype {x0.dtype} is not floating point; use float32 or float64.")
-    if x0.dtype in HALF_DTYPES:
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name}: expected a torch.Tensor of shape (B, *event_shape), got {type(x).__name__}.")
+    check_device(x, name)
+    if not x.is_floating_point():
+        raise InputError(f"{name}: dtype {x.dtype} is not floating point; use float32 or float64.")
+    if x.dtype in HALF_DTYPES:
         raise InputError(
-            f"{name}: dtype {x0.dtype} is too coarse for the solver's state (its increments round away and it "
+            f"{name}: dtype {x.dtype} is too coarse for the solver's state (its increments round away and it "
             f"overflows early); solve in float32 or float64 ({name}.float()). The network may still run in half "
             "precision inside your function: cast x to half there and its output back to x.dtype."
         )
-    if x0.dim() == 0:
+    if x.dim() == 0:
         raise InputError(
-            f"{name}: got a 0-dim tensor ({x0.item()!r}), which looks like a time, not a state; the state is "
+            f"{name}: got a 0-dim tensor ({x.item()!r}), which looks like a time, not a state; the state is "
             "batch-first (B, *event_shape). Did you swap the arguments? The state comes before the times: "
-            "solve(problem, x0, ts), problem functions f(t, x)."
+            "solve(problem, x, grid), problem functions f(t, x)."
         )
-    if x0.shape[0] == 0:
+    if x.shape[0] == 0:
         raise InputError(f"{name}: expected a batch-first tensor (B, *event_shape) with B >= 1, got shape "
-                         f"{tuple(x0.shape)}.")
-    finite = torch.isfinite(x0)
+                         f"{tuple(x.shape)}.")
+    finite = torch.isfinite(x)
     if not bool(finite.all()):
-        bad = (~finite).reshape(x0.shape[0], -1).any(1).nonzero().flatten().tolist()
+        bad = (~finite).reshape(x.shape[0], -1).any(1).nonzero().flatten().tolist()
         raise InputError(f"{name}: contains NaN/Inf in samples {bad[:10]}{' ...' if len(bad) > 10 else ''}.")
 
 
-def check_ts(ts, x0: torch.Tensor, name: str = "ts", *, direction: Optional[str] = None) -> torch.Tensor:
-    """Validate a 1-D strictly monotone grid; return it in float64 on x0's device.
+def check_grid(grid, x: torch.Tensor, name: str = "grid", *, direction: Optional[str] = None) -> torch.Tensor:
+    """Validate a 1-D strictly monotone grid; return it in float64 on x's device.
 
     ``direction`` (a problem's): ``"forward"`` needs an increasing grid,
     ``"reverse"`` a decreasing one, ``None`` either.
     """
-    if not isinstance(ts, torch.Tensor):
+    if not isinstance(grid, torch.Tensor):
         try:
-            ts = torch.as_tensor(ts, dtype=torch.float64)
+            grid = torch.as_tensor(grid, dtype=torch.float64)
         except Exception as e:  # noqa: BLE001
-            raise InputError(f"{name}: expected a 1-D tensor of times, got {type(ts).__name__}.") from e
-    check_device(ts, name)
-    if ts.dim() != 1:
-        swap = (" It looks like the state: did you swap the arguments? solve(problem, x0, ts) takes the state "
-                "first." if ts.dim() >= 2 and x0.dim() == 1 else "")
-        raise InputError(f"{name}: expected a 1-D tensor of times, got shape {tuple(ts.shape)}.{swap}")
-    if ts.numel() < 2:
-        raise InputError(f"{name}: needs at least 2 times (start and end), got {ts.numel()}.")
-    if ts.is_complex() or ts.dtype == torch.bool:
-        raise InputError(f"{name}: expected real times, got dtype {ts.dtype}.")
-    host = ts.detach().to("cpu", torch.float64)
+            raise InputError(f"{name}: expected a 1-D tensor of times, got {type(grid).__name__}.") from e
+    check_device(grid, name)
+    if grid.dim() != 1:
+        swap = (" It looks like the state: did you swap the arguments? solve(problem, x, grid) takes the state "
+                "first." if grid.dim() >= 2 and x.dim() == 1 else "")
+        raise InputError(f"{name}: expected a 1-D tensor of times, got shape {tuple(grid.shape)}.{swap}")
+    if grid.numel() < 2:
+        raise InputError(f"{name}: needs at least 2 times (start and end), got {grid.numel()}.")
+    if grid.is_complex() or grid.dtype == torch.bool:
+        raise InputError(f"{name}: expected real times, got dtype {grid.dtype}.")
+    host = grid.detach().to("cpu", torch.float64)
     if not bool(torch.isfinite(host).all()):
         raise InputError(f"{name}: contains NaN/Inf: {host.tolist()[:10]}.")
     d = host[1:] - host[:-1]
@@ -124,23 +124,23 @@ def check_ts(ts, x0: torch.Tensor, name: str = "ts", *, direction: Optional[str]
         i = int(((d <= 0) if d[0] > 0 else (d >= 0)).nonzero()[0])
         raise InputError(
             f"{name}: times must be strictly increasing or strictly decreasing; "
-            f"ts[{i}] = {host[i].item()!r}, ts[{i + 1}] = {host[i + 1].item()!r} break the order."
+            f"grid[{i}] = {host[i].item()!r}, grid[{i + 1}] = {host[i + 1].item()!r} break the order."
         )
     increasing = bool(d[0] > 0)
     a, b = host[0].item(), host[-1].item()
     if direction == "forward" and not increasing:
         raise InputError(
-            f"{name}: this problem runs forward in time (direction='forward') but ts decreases from {a!r} to "
-            f"{b!r}; solve it on an increasing grid, e.g. flowsde.grids.uniform({b!r}, {a!r}, n)."
+            f"{name}: this problem runs forward in time (direction='forward') but grid decreases from {a!r} to "
+            f"{b!r}; solve it on an increasing grid, e.g. flowsde.grids.uniform({b!r}, {a!r}, steps)."
         )
     if direction == "reverse" and increasing:
         raise InputError(
-            f"{name}: this problem runs backward in time (direction='reverse', e.g. a reverse-time SDE) but ts "
+            f"{name}: this problem runs backward in time (direction='reverse', e.g. a reverse-time SDE) but grid "
             f"increases from {a!r} to {b!r}; solve it on a decreasing grid, e.g. flowsde.grids.uniform({b!r}, "
-            f"{a!r}, n)."
+            f"{a!r}, steps)."
         )
     # a contiguous copy the solve owns (CheckedProblem.time looks grid times up by address)
-    return ts.detach().to(device=x0.device, dtype=torch.float64, copy=True).contiguous()
+    return grid.detach().to(device=x.device, dtype=torch.float64, copy=True).contiguous()
 
 
 class CheckedProblem:
@@ -152,28 +152,28 @@ class CheckedProblem:
     right before the user's function, unless the problem has ``time_dtype=torch.float64``.
     """
 
-    def __init__(self, problem, x0: torch.Tensor, ts: torch.Tensor, throw: bool = True, defer: bool = False):
+    def __init__(self, problem, x: torch.Tensor, grid: torch.Tensor, throw: bool = True, defer: bool = False):
         self.problem = problem
         self.noise_type = problem.noise_type
         self.is_sde = problem.is_sde
         self.has_score = getattr(problem, "has_score", False)
-        self.shape = tuple(x0.shape)
-        self._size = x0.shape  # torch.Size: compared without building a tuple per call
-        self.dtype = x0.dtype
-        self.device = x0.device
-        self.ts = ts
+        self.shape = tuple(x.shape)
+        self._size = x.shape  # torch.Size: compared without building a tuple per call
+        self.dtype = x.dtype
+        self.device = x.device
+        self.grid = grid
         self.throw = bool(throw)
         # defer: outputs get their host-side checks only; finish() reads the final state's finiteness
         # and returns None on a failure, for the caller to replay the solve without defer
         self.defer = bool(defer)
         tdt = getattr(problem, "time_dtype", None)
-        self.time_dtype = torch.float64 if tdt == torch.float64 else x0.dtype
-        # The grid cast once: a grid time ts[k] (a view, as the fixed-step loop passes) is looked
+        self.time_dtype = torch.float64 if tdt == torch.float64 else x.dtype
+        # The grid cast once: a grid time grid[k] (a view, as the fixed-step loop passes) is looked
         # up by address instead of cast at every call.
-        self._ts_cast = None if self.time_dtype == torch.float64 else ts.to(self.time_dtype).unbind(0)
-        self._ts_ptr = ts.data_ptr() if ts.is_contiguous() else None
-        self._ts_n = ts.numel()
-        self._ts_item = ts.element_size()
+        self._ts_cast = None if self.time_dtype == torch.float64 else grid.to(self.time_dtype).unbind(0)
+        self._ts_ptr = grid.data_ptr() if grid.is_contiguous() else None
+        self._ts_n = grid.numel()
+        self._ts_item = grid.element_size()
         # the user's functions, bound once (one attribute lookup less per call)
         # (the problem's own functions where its methods only forward to them)
         plain = isinstance(problem, ODE)
@@ -198,8 +198,8 @@ class CheckedProblem:
         self._sums: list = []
         self._last: dict = {}  # name -> (its last output, version)
         self._n_sums = 0
-        self._cpu = x0.device.type == "cpu"
-        self._device_index = x0.get_device()  # -1 on the CPU: compared without building a torch.device
+        self._cpu = x.device.type == "cpu"
+        self._device_index = x.get_device()  # -1 on the CPU: compared without building a torch.device
         self._first_bad: Optional[torch.Tensor] = None  # (B,) first non-finite record per sample, _NONE: none
 
     def time(self, t):
@@ -254,7 +254,7 @@ class CheckedProblem:
         if out.dtype != self.dtype:
             raise InputError(
                 f"{name} returned dtype {out.dtype} at step {self.step} (t = {_fmt_t(t)}) but x has dtype "
-                f"{self.dtype}; make the function keep the dtype of x (or cast x0)."
+                f"{self.dtype}; make the function keep the dtype of x (or cast x)."
             )
         if out.device != self.device:
             raise InputError(
@@ -338,12 +338,12 @@ class CheckedProblem:
         self.nfe += 1
         return self._check("denoise", t, self.problem.denoise(t if self._ts_cast is None else self.time(t), x))
 
-    def finish(self, x: torch.Tensor, ts: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    def finish(self, x: torch.Tensor, grid: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """Per-sample ``(status, t_final)`` of a fixed-step solve ending in state ``x``.
 
         A sample is ``NON_FINITE`` when one of its function outputs or its final state is
         not finite; its ``t_final`` is the start of the step where that was first seen
-        (``ts[-1]`` when only the final state is). Without ``throw`` nothing syncs with the
+        (``grid[-1]`` when only the final state is). Without ``throw`` nothing syncs with the
         host; with ``throw`` one sync decides (a success then needs nothing more), and a
         failure raises :class:`SolveError`. With ``defer`` the one sync reads the final
         state alone and a failure returns ``None``: the caller replays the solve without
@@ -351,7 +351,7 @@ class CheckedProblem:
         """
         B = self.shape[0]
         if self.defer:
-            return _success(x, ts) if bool(torch.isfinite(x.detach()).all()) else None
+            return _success(x, grid) if bool(torch.isfinite(x.detach()).all()) else None
         self._reduce()
         self._fold()
         if self.throw:  # the solve's one host sync decides; a success needs no per-sample bookkeeping
@@ -359,14 +359,14 @@ class CheckedProblem:
             if self._first_bad is not None:
                 ok = ok & (self._first_bad == _NONE).all()
             if bool(ok):
-                return _success(x, ts)
+                return _success(x, grid)
         bad_x = ~torch.isfinite(x.detach()).reshape(B, -1).all(1)
-        t_end = ts[-1].expand(B)
+        t_end = grid[-1].expand(B)
         if self._first_bad is not None:
             first = torch.where(self._first_bad == _NONE, -1, self._first_bad)
             bad_calls = first >= 0
             steps = _to_device([r[1] for r in self._records], x.device)
-            t_fail = ts[steps[first.clamp_min(0)].clamp_max(ts.shape[0] - 1)]
+            t_fail = grid[steps[first.clamp_min(0)].clamp_max(grid.shape[0] - 1)]
             t_final = torch.where(bad_calls, t_fail, t_end)
             bad_any = bad_calls | bad_x
         else:

@@ -43,9 +43,9 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
-from ._checks import check_x0
+from ._checks import check_state
 from ._solvers.rk45 import check_tolerances
-from .utils import batch_broadcast, rademacher, rand, randn
+from ._utils import batch_broadcast, rademacher, rand, randn
 from ._errors import InputError
 from ._solution import Status
 
@@ -82,13 +82,21 @@ class LikelihoodResult:
         delta_logp: ``(B,)`` ``int div u dt`` (mean over probes).
         z: ``(B, *event)`` the state reached at ``t_prior``.
         status, t_final: per-sample :class:`flowsde.Status` and time reached (float64).
-        n_steps, n_accepted, n_rejected: solver counts (max over samples in per-sample mode).
+        steps, accepted, rejected: solver counts (max over samples in per-sample mode).
         logp_probes: ``(B, k)`` one estimate per probe (Hutchinson) or ``None``.
         stats: extras (engine, mode, tolerances, trace, probes, ...), and ``nfe_per_sample``: ``(B,)`` int64
             on the data's device, the evaluations each sample took (RK45: its first evaluation, the
             initial-step probe and 6 per step while it ran; both solves with ``error_estimate="resolve"``).
             With batch-shared steps (and torchdiffeq) it is ``nfe`` for every sample that did not fail;
             in per-sample mode each sample's own count (``nfe`` is then the batch's, >= the max).
+
+    ``Diffusion.log_likelihood`` (``flowsde.adapters``) returns the same type and fills in
+    what it knows of the data (``None`` otherwise):
+
+        bpd: ``(B,)`` bits/dim (:func:`bits_per_dim`), when ``levels``/``bits`` is given.
+        logp_corrected, stderr_corrected, bpd_corrected: the t_eps-corrected numbers (``corrected=True``).
+        solver_error_corrected: ``(B,)`` the second solve's error estimate on ``logp_corrected`` (nats).
+        residual: ``(B,)`` decoder log-likelihood + entropy of the correction.
     """
 
     logp: torch.Tensor
@@ -101,11 +109,17 @@ class LikelihoodResult:
     z: torch.Tensor
     status: torch.Tensor
     t_final: torch.Tensor
-    n_steps: int = 0
-    n_accepted: int = 0
-    n_rejected: int = 0
+    steps: int = 0
+    accepted: int = 0
+    rejected: int = 0
     logp_probes: Optional[torch.Tensor] = None
     stats: dict = field(default_factory=dict)
+    bpd: Optional[torch.Tensor] = None
+    logp_corrected: Optional[torch.Tensor] = None
+    stderr_corrected: Optional[torch.Tensor] = None
+    bpd_corrected: Optional[torch.Tensor] = None
+    solver_error_corrected: Optional[torch.Tensor] = None
+    residual: Optional[torch.Tensor] = None
 
     @property
     def solver_error_bpd(self) -> torch.Tensor:
@@ -125,7 +139,7 @@ class LikelihoodResult:
 
 def check_data(x, name="x") -> None:
     """Refuse what cannot be data: the solver's checks of ``x0`` plus an event dimension."""
-    check_x0(x, name)  # tensor, floating (not half precision), batch-first, finite, real device: the solver's checks
+    check_state(x, name)  # tensor, floating (not half precision), batch-first, finite, real device: the solver's checks
     if x.dim() < 2:
         raise InputError(f"{name}: expected a batch-first tensor (B, *event_shape) with an event dimension, got "
                          f"shape {tuple(x.shape)}; add one, e.g. x[:, None].")
@@ -505,8 +519,8 @@ def log_likelihood(
     return LikelihoodResult(
         logp=logp, stderr=stderr, solver_error=solver_error, nfe=calls, dims=D,
         prior_logp=lp.to(torch.float64), delta_logp=L.mean(1), z=z, status=status,
-        t_final=out["t_final"], n_steps=out["n_iter"],
-        n_accepted=int(out["n_acc"].max()), n_rejected=int(out["n_rej"].max()),
+        t_final=out["t_final"], steps=out["n_iter"],
+        accepted=int(out["n_acc"].max()), rejected=int(out["n_rej"].max()),
         logp_probes=None if trace == "exact" else per_probe,
         stats=dict(engine=engine.name, trace=trace, probes=k, probe=probe if trace == "hutchinson" else None,
                    bpd_tol=bpd_tol, logp_atol_per_step=tol_L, rtol=rtol, atol=atol, mode=engine.mode,

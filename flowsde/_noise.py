@@ -21,7 +21,7 @@ from typing import Sequence, Union
 import torch
 
 from ._errors import InputError
-from .utils import check_generators, randn
+from ._utils import as_generator, as_seed, check_generators, randn
 
 
 def per_sample_generators(seeds: Union[Sequence[int], torch.Tensor], device: Union[str, torch.device] = "cpu"):
@@ -51,13 +51,14 @@ class BrownianPath:
         t0, t1: the end points (either order).
         shape: the shape of ``W(t)``, i.e. of the state ``x``: ``(B, *event_shape)``.
         dtype, device: of the increments.
-        seed: integer entropy of the path.
+        generator: the path's entropy: an int seed, a ``torch.Generator`` (one seed is drawn
+            from it) or ``None`` (drawn from torch's global RNG).
         tol: resolution of the tree (default ``1e-6 * |t1 - t0|``): queries closer
             than ``tol`` are approximated by a Brownian bridge.
         levy_area: also produce space-time Lévy area (needed by ``method="srk"``).
     """
 
-    def __init__(self, t0, t1, shape, *, dtype=torch.float64, device="cpu", seed: int = 0, tol=None,
+    def __init__(self, t0, t1, shape, *, dtype=torch.float64, device="cpu", generator=None, tol=None,
                  levy_area: bool = False):
         import torchsde
 
@@ -68,7 +69,7 @@ class BrownianPath:
         self.shape = tuple(shape)
         self.dtype = dtype
         self.device = torch.device(device)
-        self.seed = int(seed)
+        self.seed = as_seed(generator, "BrownianPath")
         self.tol = float(tol) if tol is not None else 1e-6 * (hi - lo)
         self.levy_area = levy_area
         self._bm = torchsde.BrownianInterval(
@@ -181,6 +182,7 @@ def _rng_snapshot(device: torch.device):
 
 def make_noise_source(generator, x: torch.Tensor) -> NoiseSource:
     """Turn ``solve``'s ``generator`` argument into a noise source (validated)."""
+    generator = as_generator(generator, x.device)
     if generator is None:
         return _GeneratorNoise(None)
     if isinstance(generator, NoiseSource):
@@ -188,22 +190,22 @@ def make_noise_source(generator, x: torch.Tensor) -> NoiseSource:
     if isinstance(generator, torch.Generator):
         if generator.device.type != x.device.type:
             raise InputError(
-                f"generator: it lives on {generator.device} but x0 is on {x.device}; "
+                f"generator: it lives on {generator.device} but x is on {x.device}; "
                 f"create it with torch.Generator(device={str(x.device)!r})."
             )
         return _GeneratorNoise(generator)
     if isinstance(generator, BrownianPath):
         if tuple(generator.shape) != tuple(x.shape):
             raise InputError(
-                f"generator: BrownianPath has shape {generator.shape} but x0 has shape {tuple(x.shape)}; "
-                "build the path with shape=x0.shape."
+                f"generator: BrownianPath has shape {generator.shape} but x has shape {tuple(x.shape)}; "
+                "build the path with shape=x.shape."
             )
         return _PathNoise(generator)
     if isinstance(generator, (list, tuple)):
         check_generators(generator, x.shape[0], "generator")
         return _GeneratorNoise(list(generator))
     raise InputError(
-        f"generator: expected None, a torch.Generator, a list of them (one per sample) or a BrownianPath; "
+        f"generator: expected None, an int seed, a torch.Generator, a list of them (one per sample) or a BrownianPath; "
         f"got {type(generator).__name__}."
     )
 

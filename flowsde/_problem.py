@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import torch
 
 from ._errors import InputError
-from .utils import batch_broadcast
+from ._utils import batch_broadcast
 
 Callable2 = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -43,12 +43,12 @@ class Solution:
 
     Attributes:
         x: final state, ``(B, *event_shape)``.
-        ts: the times at which states were saved, 1-D (``None`` if only the final state was kept).
-        xs: saved states, ``(len(ts), B, *event_shape)`` (or ``None``).
+        grid: the times at which states were saved, 1-D (``None`` if only the final state was kept).
+        xs: saved states, ``(len(grid), B, *event_shape)`` (or ``None``).
         nfe: number of function evaluations: calls of the drift plus calls of the score
             (the network evaluations, for a model); diffusion calls are not counted.
-        n_steps: steps taken (accepted + rejected for adaptive methods).
-        n_accepted, n_rejected: adaptive step counts (``n_rejected`` is 0 for fixed steps).
+        steps: steps taken (accepted + rejected for adaptive methods).
+        accepted, rejected: adaptive step counts (``rejected`` is 0 for fixed steps).
         status: ``(B,)`` int64 tensor of :class:`Status` codes.
         t_final: ``(B,)`` time each sample reached.
         method: the name of the solver used.
@@ -57,14 +57,14 @@ class Solution:
 
     x: torch.Tensor
     nfe: int
-    n_steps: int
+    steps: int
     status: torch.Tensor
     t_final: torch.Tensor
     method: str
-    ts: Optional[torch.Tensor] = None
+    grid: Optional[torch.Tensor] = None
     xs: Optional[torch.Tensor] = None
-    n_accepted: int = 0
-    n_rejected: int = 0
+    accepted: int = 0
+    rejected: int = 0
     stats: dict = field(default_factory=dict)
 
     @property
@@ -80,6 +80,6 @@ class Solution:
         codes = torch.bincount(self.status.detach().cpu().flatten(), minlength=len(Status)).tolist()
         counts = ", ".join(f"{Status(c).name}={n}" for c, n in enumerate(codes) if n)
         return (
-            f"Solution(method={self.method!r}, x={tuple(self.x.shape)}, nfe={self.nfe}, n_steps={self.n_steps}, "
-            f"accepted={self.n_accepted}, rejected={self.n_rejected}, status: {counts})"
+            f"Solution(method={self.method!r}, x={tuple(self.x.shape)}, nfe={self.nfe}, steps={self.steps}, "
+            f"accepted={self.accepted}, rejected={self.rejected}, status: {counts})"
         )

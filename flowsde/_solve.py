@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 from typing import Union
 
 import torch
 
-from ._checks import CheckedProblem, check_ts, check_x0
+from ._checks import CheckedProblem, check_grid, check_state
 from ._errors import InputError
 from ._noise import make_noise_source
 from ._problem import ODE
 from ._solution import Solution
 from ._solvers import PC, RK45, SAMPLERS, Euler, EulerMaruyama, Heun, Solver, TorchSDE
+from ._solvers.torchdiffeq_engine import methods as _torchdiffeq_methods
 
-#: ``method=`` names and the solver class (or factory) each one builds.
-METHODS = {
+#: ``method=`` names and the solver class (or factory) each one builds: one registry, read-only.
+METHODS = types.MappingProxyType({
     "euler": Euler,
     "heun": Heun,
     "euler_maruyama": EulerMaruyama,
@@ -27,8 +29,9 @@ METHODS = {
     "torchsde_euler": functools.partial(TorchSDE, "euler"),
     "rk45": RK45,
     "dopri5": RK45,
-}
-METHODS.update(SAMPLERS)  # ddim, euler_ancestral, dpm_2, dpmpp_*, lms, unipc, edm (docs/samplers.md)
+    **SAMPLERS,  # ddim, euler_ancestral, dpm_2, dpmpp_*, lms, unipc, edm (docs/samplers.md)
+    **_torchdiffeq_methods(),  # "torchdiffeq:dopri5", ... (torchdiffeq's adaptive solvers)
+})
 
 
 def _option_names(factory) -> list:
@@ -39,7 +42,7 @@ def _option_names(factory) -> list:
 def get_solver(method: Union[str, Solver], **options) -> Solver:
     """A solver instance from a ``method=`` name and its constructor options, or an instance.
 
-    ``get_solver("rk45", rtol=1e-3)`` is ``flowsde.RK45(rtol=1e-3)``.
+    ``get_solver("rk45", rtol=1e-3)`` is ``flowsde.solvers.RK45(rtol=1e-3)``.
 
     Raises:
         InputError: an unknown name, an option the method does not take (the message
@@ -49,13 +52,13 @@ def get_solver(method: Union[str, Solver], **options) -> Solver:
         if options:
             raise InputError(
                 f"options {sorted(options)} were given with the solver instance {method!r}; pass them to its "
-                f"constructor instead (e.g. flowsde.{type(method).__name__}(...)), or give method by name."
+                f"constructor instead (e.g. flowsde.solvers.{type(method).__name__}(...)), or give method by name."
             )
         return method
     if not (isinstance(method, str) and method in METHODS):
         raise InputError(
             f"method={method!r} is unknown; choose one of {sorted(METHODS)} or pass a solver instance "
-            "(e.g. flowsde.PC(snr=0.1), flowsde.Heun(final_euler=True))."
+            "(e.g. flowsde.solvers.PC(snr=0.1), flowsde.solvers.Heun(final_euler=True))."
         )
     factory = METHODS[method]
     if not options:
@@ -73,8 +76,8 @@ def get_solver(method: Union[str, Solver], **options) -> Solver:
 
 def solve(
     problem: ODE,
-    x0: torch.Tensor,
-    ts,
+    x: torch.Tensor,
+    grid,
     *,
     method: Union[str, Solver] = "euler",
     generator=None,
@@ -84,28 +87,28 @@ def solve(
     progress: bool = False,
     **options,
 ) -> Solution:
-    """Solve an ODE or Itô SDE from ``ts[0]`` to ``ts[-1]``.
+    """Solve an ODE or Itô SDE from ``grid[0]`` to ``grid[-1]``.
 
     Arguments:
         problem: an :class:`flowsde.ODE` or :class:`flowsde.SDE`.
-        x0: the state at ``ts[0]``, ``(B, *event_shape)``, float32 or float64; never modified.
-        ts: 1-D times, strictly increasing or strictly decreasing. For a
+        x: the state at ``grid[0]``, ``(B, *event_shape)``, float32 or float64; never modified.
+        grid: 1-D times, strictly increasing or strictly decreasing. For a
             fixed-step method the step grid; for an adaptive one the output times.
             Carried in float64 whatever the state dtype (docs/design.md, "Time").
         method: a name (``"euler"``, ``"heun"``, ``"euler_maruyama"``, ``"pc"``,
             ``"rk45"``, ``"milstein"``, ``"srk"``, ``"torchsde_euler"``) or a solver
             instance carrying options (``flowsde.Heun(final_euler=True)``,
-            ``flowsde.PC(snr=0.16, n_corrector=1)``, ``flowsde.RK45(rtol=1e-5)``).
+            ``flowsde.PC(snr=0.16, corrector_steps=1)``, ``flowsde.RK45(rtol=1e-5)``).
         generator: the noise: ``None`` (global RNG), a ``torch.Generator``, a list of
             generators (one per sample: results do not depend on the batch
             split) or a :class:`flowsde.BrownianPath`.
-        save_all: keep the state at every time of ``ts`` (``Solution.xs``).
+        save_all: keep the state at every time of ``grid`` (``Solution.xs``).
         throw: ``True``: a numerical failure (NaN/Inf in a function output or the
             state, an exhausted step budget, a step size underflow) raises
             :class:`flowsde.SolveError` naming the samples, step and time (checked
             with one host sync at the end of the solve, not per step). With a
             fixed-step method the final state decides, and a failed solve is run a
-            second time from ``x0`` with the same noise and every output checked, to
+            second time from ``x`` with the same noise and every output checked, to
             name its first failure (your functions are then called twice: give them
             no side effects that matter). ``False``: never raises for a numerical
             failure; ``Solution.status`` marks each failed sample
@@ -133,24 +136,24 @@ def solve(
             "as flowsde.SDE(drift, diffusion) or flowsde.ODE(drift)."
         )
     solver = get_solver(method, **options)
-    check_x0(x0)
-    ts = check_ts(ts, x0, direction=getattr(problem, "direction", None))
+    check_state(x)
+    grid = check_grid(grid, x, direction=getattr(problem, "direction", None))
     solver.check_problem(problem)
-    noise_source = make_noise_source(generator, x0)
+    noise_source = make_noise_source(generator, x)
     with torch.set_grad_enabled(bool(grad)):
         if solver.adaptive:
-            checked = CheckedProblem(problem, x0, ts, throw=throw)
-            return solver.solve(checked, x0, ts, noise=noise_source, save_all=save_all, progress=progress)
+            checked = CheckedProblem(problem, x, grid, throw=throw)
+            return solver.solve(checked, x, grid, noise=noise_source, save_all=save_all, progress=progress)
         # throw=True, or any solve on the CPU (where reading a value is no device sync): outputs get
         # their host-side checks as they come and the final state decides (a NaN/Inf in an output the
-        # solver uses reaches the state); a failure is replayed from x0 with the same noise and every
+        # solver uses reaches the state); a failure is replayed from x with the same noise and every
         # output checked, to name it (docs/design.md, "Errors").
-        rewind = noise_source.snapshot(x0) if throw or x0.device.type == "cpu" else None
-        checked = CheckedProblem(problem, x0, ts, throw=throw, defer=rewind is not None)
-        sol = _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress)
+        rewind = noise_source.snapshot(x) if throw or x.device.type == "cpu" else None
+        checked = CheckedProblem(problem, x, grid, throw=throw, defer=rewind is not None)
+        sol = _fixed_step_loop(solver, checked, x, grid, noise_source, save_all, progress)
         if sol is None:
             rewind()
-            sol = _fixed_step_loop(solver, CheckedProblem(problem, x0, ts, throw=throw), x0, ts, noise_source,
+            sol = _fixed_step_loop(solver, CheckedProblem(problem, x, grid, throw=throw), x, grid, noise_source,
                                    save_all, progress)
         return sol
 
@@ -196,11 +199,11 @@ def _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress):
     return Solution(
         x=x,
         nfe=checked.nfe,
-        n_steps=n,
-        n_accepted=n,
+        steps=n,
+        accepted=n,
         status=status,
         t_final=t_final,
         method=solver.name,
-        ts=ts if save_all else None,
+        grid=ts if save_all else None,
         xs=torch.stack(xs) if save_all else None,
     )

@@ -12,14 +12,14 @@ import math
 import torch
 
 from ._errors import InputError
-from .utils import check_positive
+from ._utils import check_positive
 
 __all__ = ["uniform", "edm", "log_uniform", "append_zero"]
 
 
-def _check_n(n, name):
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise InputError(f"{name}: n must be a positive int (number of steps), got {n!r}.")
+def _check_steps(steps, name):
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise InputError(f"{name}: steps must be a positive int (the number of steps, len(grid) - 1), got {steps!r}.")
 
 
 def append_zero(grid: torch.Tensor) -> torch.Tensor:
@@ -27,24 +27,26 @@ def append_zero(grid: torch.Tensor) -> torch.Tensor:
     return torch.cat([grid, grid.new_zeros(1)])
 
 
-def uniform(start: float, stop: float, n: int, *, dtype=torch.float64, device=None) -> torch.Tensor:
-    """``n`` equal steps from ``start`` to ``stop``: ``n + 1`` points."""
-    _check_n(n, "grids.uniform")
+def uniform(start: float, stop: float, steps: int, *, dtype=torch.float64, device=None) -> torch.Tensor:
+    """``steps`` equal steps from ``start`` to ``stop``: ``steps + 1`` points."""
+    _check_steps(steps, "grids.uniform")
     if start == stop:
         raise InputError(f"grids.uniform: start and stop are both {start}; they must differ.")
-    return torch.linspace(float(start), float(stop), n + 1, dtype=dtype, device=device)
+    return torch.linspace(float(start), float(stop), steps + 1, dtype=dtype, device=device)
 
 
-def edm(sigma_min: float = 0.002, sigma_max: float = 80.0, n: int = 18, rho: float = 7.0, *,
+def edm(sigma_min: float = 0.002, sigma_max: float = 80.0, steps: int = 18, rho: float = 7.0, *,
         final_zero: bool = True, dtype=torch.float64, device=None) -> torch.Tensor:
     """Karras et al.'s rho-grid (EDM, eq. 5; NVlabs/edm ``edm_sampler``), descending:
 
         t_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho,  i = 0..n-1,
 
-    followed by ``t_n = 0`` when ``final_zero`` (``n`` points, plus the zero).
-    ``n = 18`` with ``final_zero`` gives EDM's CIFAR-10 grid (NFE = 35 with Heun).
+    ``steps`` steps in all (``len(grid) - 1``, as every grid): with ``final_zero`` the ``n = steps``
+    positive levels and a last step to ``0``; without, ``n = steps + 1`` positive levels.
+    ``steps = 18`` with ``final_zero`` gives EDM's CIFAR-10 grid (NFE = 35 with Heun).
     """
-    _check_n(n, "grids.edm")
+    _check_steps(steps, "grids.edm")
+    n = steps if final_zero else steps + 1
     for k, v in (("sigma_min", sigma_min), ("sigma_max", sigma_max), ("rho", rho)):
         check_positive(k, v, where="grids.edm")
     if sigma_min >= sigma_max:
@@ -60,11 +62,14 @@ def edm(sigma_min: float = 0.002, sigma_max: float = 80.0, n: int = 18, rho: flo
     return g.to(dtype=dtype, device=device)
 
 
-def log_uniform(start: float, stop: float, n: int, *, final_zero: bool = False, dtype=torch.float64,
+def log_uniform(start: float, stop: float, steps: int, *, final_zero: bool = False, dtype=torch.float64,
                 device=None) -> torch.Tensor:
-    """``n`` steps equally spaced in ``log t`` from ``start`` to ``stop`` (both > 0),
-    optionally followed by a final ``0``."""
-    _check_n(n, "grids.log_uniform")
+    """``steps`` steps in all (``len(grid) - 1``): equally spaced in ``log t`` from ``start`` to ``stop``
+    (both > 0), or, with ``final_zero``, ``steps - 1`` such steps and a last one to ``0``."""
+    _check_steps(steps, "grids.log_uniform")
+    n = steps - 1 if final_zero else steps
+    if n < 1:
+        raise InputError(f"grids.log_uniform: final_zero needs steps >= 2 (a log step and the step to 0), got {steps}.")
     for k, v in (("start", start), ("stop", stop)):
         check_positive(k, v, where="grids.log_uniform")
     if start == stop:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from flowsde import InputError
+from flowsde._internal import as_generator, as_seed
 
 __all__ = ["digits", "toy_data", "digits_gaussian", "dequantize_digits", "DIGITS_LEVELS", "DIGITS_RANGE", "DIGITS_SPLIT_SEED", "DIGITS_N_TEST",
            "TOY_NAMES"]
@@ -67,45 +68,47 @@ def dequantize_digits(x: torch.Tensor, generator=None) -> torch.Tensor:
     return flowsde.dequantize(x, levels=DIGITS_LEVELS, data_range=DIGITS_RANGE, generator=generator)
 
 
-def digits_gaussian(copies: int = 10, seed: int = 1) -> torch.distributions.MultivariateNormal:
+def digits_gaussian(copies: int = 10, *, generator=1) -> torch.distributions.MultivariateNormal:
     """The full-covariance Gaussian fitted (maximum likelihood, float64) to the dequantized training digits.
 
     The baseline the digits models are measured against (``docs/models.md``) and the Gaussian part
     of their network. Fitted to ``copies`` dequantizations of the 1500 training digits drawn from
-    ``torch.Generator().manual_seed(seed)`` (dequantization adds ``Delta^2/12`` to each variance, so
+    ``generator`` (an int seed, default 1, or a ``torch.Generator``) (dequantization adds ``Delta^2/12`` to each variance, so
     the constant-zero pixels get a non-singular covariance).
     """
     if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
         raise InputError(f"digits_gaussian(copies={copies!r}): must be a positive int.")
-    g = torch.Generator().manual_seed(seed)
+    g = as_generator(generator)
     tr = digits("train")
     y = torch.cat([dequantize_digits(tr, generator=g) for _ in range(copies)])
     cov = torch.cov(y.T) * (y.shape[0] - 1) / y.shape[0]  # maximum likelihood
     return torch.distributions.MultivariateNormal(y.mean(0), covariance_matrix=cov)
 
 
-def toy_data(name: str = "moons", n: int = 1000, seed: int = 0) -> torch.Tensor:
-    """Samples of a 2-D toy distribution, ``(n, 2)`` float64.
+def toy_data(name: str = "moons", samples: int = 1000, *, generator=0) -> torch.Tensor:
+    """Samples of a 2-D toy distribution, ``(samples, 2)`` float64.
 
-    ``"moons"``: ``sklearn.datasets.make_moons(n, noise=0.05)`` (two interleaved half circles),
+    ``"moons"``: ``sklearn.datasets.make_moons(samples, noise=0.05)`` (two interleaved half circles),
     centred and scaled to ``(x - (0.5, 0.25)) / 0.5`` (inside about ``[-3.2, 3.2] x [-1.8, 1.8]``),
     the distribution the ``moons`` model was trained on.
 
     Arguments:
         name: ``"moons"``.
-        n: number of samples (>= 1).
-        seed: the ``random_state`` of the draw.
+        samples: number of samples (>= 1).
+        generator: the ``random_state`` of the draw: an int seed >= 0 (default 0) or a
+            ``torch.Generator`` (a seed is drawn from it).
     """
     if name not in TOY_NAMES:
         raise InputError(f"toy_data(name={name!r}): known toy distributions are {TOY_NAMES}.")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InputError(f"toy_data(n={n!r}): n must be a positive int.")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"toy_data(seed={seed!r}): seed must be an int >= 0.")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise InputError(f"toy_data(samples={samples!r}): samples must be a positive int.")
+    if isinstance(generator, int) and not isinstance(generator, bool) and generator < 0:
+        raise InputError(f"toy_data(generator={generator!r}): a seed must be an int >= 0.")
+    seed = as_seed(generator, "toy_data") % 2**32
     try:
         from sklearn.datasets import make_moons
     except ImportError as e:  # pragma: no cover
         raise InputError("flowsde.models.toy_data needs scikit-learn (pip install 'flowsde[data]').") from e
-    xy, _ = make_moons(n_samples=n, noise=0.05, random_state=seed)
+    xy, _ = make_moons(n_samples=samples, noise=0.05, random_state=seed)
     x = torch.from_numpy(xy).to(torch.float64)
     return (x - torch.tensor([0.5, 0.25], dtype=torch.float64)) / 0.5

@@ -82,7 +82,7 @@ _SPECS: Dict[str, dict] = {
         description="eps-prediction network on sklearn's two moons (2-D, continuous), VP schedule "
                     "(beta 0.1..20, t in [1e-3, 1])",
         event_shape=(2,), levels=None, data_range=None, schedule=_VP_MOONS, prediction="eps",
-        data="flowsde.models.toy_data('moons', n, seed)", weights="moons.safetensors", build=_vp_eps),
+        data="flowsde.models.toy_data('moons', samples, generator=seed)", weights="moons.safetensors", build=_vp_eps),
 }
 
 
@@ -139,24 +139,25 @@ def build(name: str, net: GaussianResidualMLP) -> Diffusion:
     return s["build"](net, s["schedule"])
 
 
-def load(name: str, *, device="cpu", dtype: torch.dtype = torch.float32) -> Diffusion:
+def load(name: str, *, device="cpu", net_dtype: torch.dtype = torch.float32) -> Diffusion:
     """A shipped model as a :class:`flowsde.adapters.Diffusion` (weights read offline from the package).
 
     Arguments:
         name: one of :func:`names`.
         device: where the network's weights go.
-        dtype: floating dtype of the network (``torch.float32`` or ``torch.float64``).
+        net_dtype: floating dtype the network runs in (``torch.float32`` or ``torch.float64``).
 
     Returns:
         a ``Diffusion`` whose network takes ``(B, *info(name).event_shape)`` in the model's data range.
         The network's parameters do not require gradients (gradients w.r.t. ``x`` still flow).
 
     Raises:
-        InputError: unknown name, a non-floating dtype, or missing weights.
+        InputError: unknown name, a non-floating net_dtype, or missing weights.
     """
     s = _spec(name)
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise InputError(f"load({name!r}, dtype={dtype!r}): dtype must be a floating torch.dtype, e.g. torch.float32.")
+    if not (isinstance(net_dtype, torch.dtype) and net_dtype.is_floating_point):
+        raise InputError(f"load({name!r}, net_dtype={net_dtype!r}): net_dtype must be a floating torch.dtype, e.g. "
+                         "torch.float32.")
     path = weights_path(name)
     if not path.is_file():
         raise InputError(f"load({name!r}): weights {path} are missing; reinstall flowsde or rerun "
@@ -165,5 +166,5 @@ def load(name: str, *, device="cpu", dtype: torch.dtype = torch.float32) -> Diff
     net = GaussianResidualMLP(**config)
     net.load_state_dict(state)
     net.requires_grad_(False)
-    net = net.to(device=device, dtype=dtype).eval()
+    net = net.to(device=device, dtype=net_dtype).eval()
     return s["build"](net, s["schedule"])

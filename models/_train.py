@@ -111,7 +111,7 @@ def _data_source(name: str, seed: int, holdout: int = 0):
             return dequantize_digits(xtr[idx], generator=gen)
 
         return draw, (gauss.mean, gauss.covariance_matrix)
-    pool = toy_data(name, 200_000, seed=seed + 1).to(torch.float32)
+    pool = toy_data(name, 200_000, generator=seed + 1).to(torch.float32)
 
     def draw(batch_size, gen):
         return pool[torch.randint(0, pool.shape[0], (batch_size,), generator=gen)]

@@ -2,7 +2,7 @@
 
 Karras et al. (2022) Algorithm 2 (NVlabs/edm ``generate.py`` ``edm_sampler``):
 at each level ``t_i`` of the rho-grid, *churn* (raise the noise level to
-``t^ = t_i (1 + gamma)``, ``gamma = min(S_churn / N, sqrt(2) - 1)``, by adding
+``t^ = t_i (1 + gamma)``, ``gamma = min(s_churn / N, sqrt(2) - 1)``, by adding
 fresh noise), then take one Heun step of the probability-flow ODE from ``t^``
 to ``t_{i+1}``. Khungurn's notes (seed 001) argue that this is not an exact
 discretisation of any member of the SDE family. We measure it.
@@ -13,10 +13,10 @@ network, float64, ``n`` particles started from the EXACT marginal at
 ``sigma_max = 80`` (so the only error is the sampler's), EDM's grid
 (sigma_min = 0.002, rho = 7, final step to 0). Samplers:
 
-* ``edm``: Algorithm 2 with S_churn in {0, 2, 10, 40} (S_churn = 0 is
+* ``edm``: Algorithm 2 with s_churn in {0, 2, 10, 40} (s_churn = 0 is
   Algorithm 1, the deterministic Heun sampler) through ``flowsde.adapters.edm_sampler``,
-  i.e. the core's ``flowsde.EDM`` solver; NFE = 2N - 1. gamma is
-  clipped at sqrt(2) - 1, so S_churn >= 0.414 N all behave alike.
+  i.e. the core's ``flowsde.solvers.EDMChurn`` solver; NFE = 2N - 1. gamma is
+  clipped at sqrt(2) - 1, so s_churn >= 0.414 N all behave alike.
 * ``edm/sub8``: the same churn, but each ODE move t^ -> t_{i+1} split into 8
   Heun steps of ``flowsde.solve`` (a diagnostic: it separates the churn from the ODE error).
 * ``em``: Euler-Maruyama on the reverse-time family member with beta = 1
@@ -59,15 +59,15 @@ def _schedule():
     return EDM(sigma_min=0.002, sigma_max=80.0)
 
 
-def _edm(denoise, x_T, sigmas, S_churn, seed):
-    """Algorithm 2 through flowsde.adapters.edm_sampler (the core's flowsde.EDM solver)."""
+def _edm(denoise, x_T, sigmas, s_churn, seed):
+    """Algorithm 2 through flowsde.adapters.edm_sampler (the core's flowsde.solvers.EDMChurn solver)."""
     model = lambda x, s: denoise(x, s)  # noqa: E731 - k-diffusion style model(x, sigma)
-    sol = edm_sampler(model, x_T / float(sigmas[0]), sigmas=sigmas, S_churn=S_churn,
+    sol = edm_sampler(model, x_T / float(sigmas[0]), grid=sigmas, s_churn=s_churn,
                       generator=torch.Generator().manual_seed(seed))
     return sol.x
 
 
-def _edm_substeps(denoise, x, sigmas, S_churn, seed, substeps):
+def _edm_substeps(denoise, x, sigmas, s_churn, seed, substeps):
     """A diagnostic, not EDM's algorithm: EDM's churn at every level (the forward noising kernel
     x + sqrt(t^^2 - t_i^2) z, which maps p_{t_i} onto p_{t^} exactly), then the ODE move t^ -> t_{i+1}
     split into ``substeps`` Heun steps of flowsde.solve (Euler into t = 0). Separates the churn from
@@ -76,14 +76,14 @@ def _edm_substeps(denoise, x, sigmas, S_churn, seed, substeps):
     ode = edm_ode(lambda x, s: denoise(x, s))
     sig = [float(v) for v in sigmas]
     N = len(sig) - 1
-    gamma = min(S_churn / N, math.sqrt(2) - 1)
+    gamma = min(s_churn / N, math.sqrt(2) - 1)
     nfe = 0
     for i in range(N):
         t_hat = sig[i] * (1 + gamma)
         if gamma > 0:
             x = x + math.sqrt(t_hat ** 2 - sig[i] ** 2) * torch.randn(x.shape, generator=gen, dtype=x.dtype)
         knots = torch.linspace(t_hat, sig[i + 1], substeps + 1, dtype=F64)
-        sol = flowsde.solve(ode, x, knots, method=flowsde.Heun(final_euler=sig[i + 1] == 0))
+        sol = flowsde.solve(ode, x, knots, method=flowsde.solvers.Heun(final_euler=sig[i + 1] == 0))
         x, nfe = sol.x, nfe + sol.nfe
     return x, nfe
 
@@ -130,12 +130,12 @@ def main(argv=None):
     rows = [("exact", "-", "-", 0) + distances(gm.sample(args.n, generator=g), gm)]
     sde = _family_sde(gm, sched, 1.0)
     for N in args.steps:
-        sigmas = flowsde.grids.edm(0.002, 80.0, n=N, rho=7, final_zero=True)
+        sigmas = flowsde.grids.edm(0.002, 80.0, steps=N, rho=7, final_zero=True)
         for c in args.churn:
             x = _edm(denoise, x_T.clone(), sigmas, c, args.seed + 1)
             rows.append(("edm", N, f"{c:g}", 2 * N - 1) + distances(x, gm))
         for M in ((N, 2 * N) if N == max(args.steps) else (N,)):  # EM at 2N = EDM's NFE is the next row set
-            ts = flowsde.grids.edm(0.002, 80.0, n=M, rho=7, final_zero=True)
+            ts = flowsde.grids.edm(0.002, 80.0, steps=M, rho=7, final_zero=True)
             sol = flowsde.solve(sde, x_T, ts, method="euler_maruyama", generator=torch.Generator().manual_seed(7))
             rows.append(("em", M, "beta=1", sol.nfe) + distances(sol.x, gm))
         if args.substeps > 1 and N <= 16:  # same churn, (nearly) exact ODE moves: isolates the ODE discretisation error
@@ -143,14 +143,14 @@ def main(argv=None):
                 x, nfe = _edm_substeps(denoise, x_T.clone(), sigmas, c, args.seed + 1, args.substeps)
                 rows.append((f"edm/sub{args.substeps}", N, f"{c:g}", nfe) + distances(x, gm))
         for rule in ("per_sample", "score_sde"):
-            sol = flowsde.solve(sde, x_T, sigmas, method=flowsde.PC(snr=0.16, n_corrector=1, step_rule=rule),
+            sol = flowsde.solve(sde, x_T, sigmas, method=flowsde.solvers.PC(snr=0.16, corrector_steps=1, step_rule=rule),
                                 generator=torch.Generator().manual_seed(8))
             rows.append((f"pc/{rule}", N, "beta=1", sol.nfe) + distances(sol.x, gm))
     print(f"n = {args.n} particles, 2-D mixture of 3, EDM schedule, exact denoiser, start at the exact "
           f"marginal at sigma = 80, grid rho = 7 ending at 0.")
-    print("EDM sampler: flowsde.adapters.edm_sampler (flowsde.EDM); EM/PC: flowsde.adapters.Diffusion "
+    print("EDM sampler: flowsde.adapters.edm_sampler (flowsde.solvers.EDMChurn); EM/PC: flowsde.adapters.Diffusion "
           "reverse_sde(beta=1).")
-    print(f"{'sampler':13s} {'steps':>5s} {'S_churn':>8s} {'NFE':>4s} {'max KS':>8s} {'|mean err|':>10s} "
+    print(f"{'sampler':13s} {'steps':>5s} {'s_churn':>8s} {'NFE':>4s} {'max KS':>8s} {'|mean err|':>10s} "
           f"{'rel cov err':>11s} {'Holm p':>8s}")
     for r in rows:
         print(f"{r[0]:13s} {str(r[1]):>5s} {str(r[2]):>8s} {r[3]:>4d} {r[4]:8.4f} {r[5]:10.4f} {r[6]:11.4f} {r[7]:8.2g}")

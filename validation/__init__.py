@@ -1,53 +1,50 @@
 """flowsde.validation: analytic references, Fokker–Planck residuals, marginal tests,
-convergence orders and hypothesis strategies, for flowsde's tests and its users'."""
+convergence orders and hypothesis strategies, for flowsde's tests and its users'.
 
-from ._compare import Comparison, ComparisonRow, compare_solvers, default_methods, default_mixture, known_methods, \
-    sliced_w2, steps_for_budget
+The command line's jobs (solver comparison, data-set NLL) are in ``flowsde.workloads``.
+"""
+
 from ._fokker_planck import (
-    FokkerPlanckTerms,
+    FokkerPlanckResult,
     assert_fokker_planck,
     fokker_planck_residual,
     fokker_planck_terms,
     reverse_time_log_prob,
     reverse_time_sde,
 )
+from ._likelihood_cases import likelihood_mixture, schedule_predictions
+from ._marginals import MarginalsResult, assert_marginals, check_marginals, required_samples, sliced_w2
 from ._orders import OrderResult, convergence_order
-from ._marginals import MarginalTestResult, assert_marginals, check_marginals, required_samples
-from .references import DiracMixture, GaussianMixture, OU
+from .peers import k_diffusion_sampling
+from .references import OU, DiracMixture, GaussianMixture
 
 __all__ = [
+    # exact references
     "GaussianMixture",
     "DiracMixture",
     "OU",
+    "likelihood_mixture",
+    "schedule_predictions",
+    # Fokker-Planck residuals
     "fokker_planck_residual",
     "fokker_planck_terms",
     "assert_fokker_planck",
+    "FokkerPlanckResult",
     "reverse_time_sde",
     "reverse_time_log_prob",
-    "FokkerPlanckTerms",
+    # marginals
     "check_marginals",
     "assert_marginals",
     "required_samples",
-    "MarginalTestResult",
+    "MarginalsResult",
+    "sliced_w2",
+    # convergence orders
     "convergence_order",
     "OrderResult",
+    # hypothesis strategies (imported on first use) and peers loaded for tests and benchmarks
     "strategies",
-    # the solver-comparison harness (validation/_compare.py)
-    "compare_solvers",
-    "Comparison",
-    "ComparisonRow",
-    "default_methods",
-    "default_mixture",
-    "known_methods",
-    "sliced_w2",
-    "steps_for_budget",
+    "k_diffusion_sampling",
 ]
-from ._nll import DatasetNLLError, NLLResult, NLLRow, dataset_nll  # data-set NLL (docs/nll.md)
-__all__ += ["dataset_nll", "NLLResult", "NLLRow", "DatasetNLLError"]
-from .peers import k_diffusion_sampling  # peers loaded for tests and benchmarks (validation/peers.py)
-__all__ += ["k_diffusion_sampling"]
-from ._likelihood_cases import likelihood_mixture, schedule_predictions  # exact likelihood problems
-__all__ += ["likelihood_mixture", "schedule_predictions"]
 
 
 def __getattr__(name):

@@ -46,13 +46,13 @@ import torch
 
 from flowsde import ODE, SDE, InputError
 
-__all__ = ["fokker_planck_residual", "assert_fokker_planck", "reverse_time_sde", "FokkerPlanckTerms"]
+__all__ = ["fokker_planck_residual", "assert_fokker_planck", "reverse_time_sde", "FokkerPlanckResult"]
 
 DIRECTIONS = ("forward", "reverse")
 
 
 @dataclass
-class FokkerPlanckTerms:
+class FokkerPlanckResult:
     """The pieces of the residual at each point, all ``(B,)``.
 
     Attributes:
@@ -113,7 +113,7 @@ def _grad(out, inp):
 
 
 def fokker_planck_terms(problem: ODE, log_prob: Callable, t, x: torch.Tensor, *,
-                        direction: str = "forward") -> FokkerPlanckTerms:
+                        direction: str = "forward") -> FokkerPlanckResult:
     """Like :func:`fokker_planck_residual` but returns every term (for diagnostics)."""
     _check_problem(problem)
     if direction not in DIRECTIONS:
@@ -173,7 +173,7 @@ def fokker_planck_terms(problem: ODE, log_prob: Callable, t, x: torch.Tensor, *,
     scale = dl_dt.abs() + sum(v.abs() for v in terms.values()) + torch.finfo(x.dtype).tiny
     res = (dl_dt - rhs).abs() / scale
     detach = {k: v.detach() for k, v in terms.items()}
-    return FokkerPlanckTerms(residual=res.detach(), lhs=dl_dt.detach(), rhs=rhs.detach(), terms=detach)
+    return FokkerPlanckResult(residual=res.detach(), lhs=dl_dt.detach(), rhs=rhs.detach(), terms=detach)
 
 
 def fokker_planck_residual(problem: ODE, log_prob: Callable, t, x: torch.Tensor, *,

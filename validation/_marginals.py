@@ -1,7 +1,7 @@
 """Statistical tests of particles against an exact Gaussian-mixture marginal.
 
-``check_marginals(samples, reference)`` runs one family of hypothesis tests
-of ``H0: samples ~ reference`` (i.i.d.), each exact or asymptotically exact:
+``check_marginals(x, reference)`` runs one family of hypothesis tests
+of ``H0: x ~ reference`` (i.i.d.), each exact or asymptotically exact:
 
 * **KS on random projections.** For ``P`` random unit directions ``u`` (from a
   seeded generator) the projection ``y = u . x`` of a Gaussian mixture is a 1-D
@@ -35,22 +35,23 @@ import numpy as np
 import torch
 
 from flowsde import InputError
+from flowsde._internal import as_generator
 
 from .references import GaussianMixture
 
-__all__ = ["check_marginals", "assert_marginals", "MarginalTestResult", "required_samples"]
+__all__ = ["check_marginals", "assert_marginals", "MarginalsResult", "required_samples", "sliced_w2"]
 
 MIN_SAMPLES = 30
 
 
 @dataclass
-class MarginalTestResult:
+class MarginalsResult:
     """Outcome of :func:`check_marginals`.
 
     Attributes:
         passed: no Holm-adjusted p-value ``<= alpha``.
         alpha: the family-wise false-alarm rate.
-        n: number of samples.
+        samples: number of samples.
         projections: ``(P, D)`` unit directions.
         ks_statistic, ks_pvalue: ``(P,)`` numpy arrays.
         m2_z, m2_pvalue: ``(P,)`` second-moment z-scores and two-sided p-values.
@@ -63,7 +64,7 @@ class MarginalTestResult:
 
     passed: bool
     alpha: float
-    n: int
+    samples: int
     projections: np.ndarray
     ks_statistic: np.ndarray
     ks_pvalue: np.ndarray
@@ -90,7 +91,7 @@ class MarginalTestResult:
         name, p = self.worst
         verdict = "PASSED" if self.passed else "REJECTED"
         return (
-            f"{verdict} at alpha={self.alpha:g} (n={self.n}, {len(self.ks_pvalue)} projections, Holm-corrected): "
+            f"{verdict} at alpha={self.alpha:g} (samples={self.samples}, {len(self.ks_pvalue)} projections, Holm-corrected): "
             f"most significant test {name} with adjusted p={p:.3g}; max KS distance {self.max_ks:.4f}; "
             f"mean chi2={self.mean_chi2:.3g} (p={self.mean_pvalue:.3g}); second-moment |z| max "
             f"{np.abs(self.m2_z).max():.3g}; mean error {np.array2string(self.mean_error, precision=4)}; "
@@ -143,24 +144,25 @@ def required_samples(reference: GaussianMixture, min_effect: float, *, alpha: fl
     return n
 
 
-def check_marginals(samples: torch.Tensor, reference: GaussianMixture, *, alpha: float = 0.01,
-                    n_projections: int = 8, seed: int = 0, min_effect: Optional[float] = None,
-                    power: float = 0.9) -> MarginalTestResult:
-    """Test whether ``samples`` are i.i.d. draws from ``reference``.
+def check_marginals(x: torch.Tensor, reference: GaussianMixture, *, alpha: float = 0.01,
+                    n_projections: int = 8, generator=0, min_effect: Optional[float] = None,
+                    power: float = 0.9) -> MarginalsResult:
+    """Test whether the samples ``x`` are i.i.d. draws from ``reference``.
 
     Arguments:
-        samples: ``(n, *event)`` with ``prod(event) = D``; any float dtype.
+        x: ``(n, *event)`` samples with ``prod(event) = D``; any float dtype.
         reference: a :class:`GaussianMixture` (for time ``t``: ``mixture.marginal(schedule, t)``).
         alpha: family-wise false-alarm rate (probability of rejecting exact samples).
         n_projections: number ``P`` of random 1-D projections.
-        seed: seeds the projection directions (same seed, same test).
+        generator: the projection directions' randomness: an int seed (default 0; same seed, same
+            test) or a ``torch.Generator``.
         min_effect: if given, require enough samples to detect a mean shift of this
             many reference standard deviations with probability ``power``
             (:func:`required_samples`); raises :class:`flowsde.InputError` otherwise.
         power: see ``min_effect``.
 
     Returns:
-        :class:`MarginalTestResult` (``.passed``, p-values, statistics, ``.summary()``).
+        :class:`MarginalsResult` (``.passed``, p-values, statistics, ``.summary()``).
 
     Raises:
         InputError: non-finite samples, wrong shapes, fewer than 30 samples, or too few
@@ -171,32 +173,32 @@ def check_marginals(samples: torch.Tensor, reference: GaussianMixture, *, alpha:
     if not isinstance(reference, GaussianMixture):
         raise InputError(f"reference: expected a GaussianMixture (e.g. mixture.marginal(schedule, t)), got "
                          f"{type(reference).__name__}.")
-    if not isinstance(samples, torch.Tensor) or samples.dim() < 1:
-        raise InputError(f"samples: expected a tensor (n, *event), got {type(samples).__name__}.")
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise InputError(f"x: expected a tensor of samples (n, *event), got {type(x).__name__}.")
     D = reference.dim
-    if samples[0].numel() != D:
-        raise InputError(f"samples: shape {tuple(samples.shape)} is not (n, *event) with prod(event) = {D} "
+    if x[0].numel() != D:
+        raise InputError(f"x: shape {tuple(x.shape)} is not (n, *event) with prod(event) = {D} "
                          "(the reference's dimension).")
     if not (0 < alpha < 1):
         raise InputError(f"alpha={alpha!r}: must be in (0, 1).")
     if not (isinstance(n_projections, int) and n_projections >= 1):
         raise InputError(f"n_projections={n_projections!r}: must be an int >= 1.")
-    x = samples.detach().reshape(samples.shape[0], D).to("cpu", torch.float64)
+    x = x.detach().reshape(x.shape[0], D).to("cpu", torch.float64)
     finite = torch.isfinite(x).all(1)
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten().tolist()
-        raise InputError(f"samples: {len(bad)} of {x.shape[0]} samples are non-finite (indices {bad[:10]}"
+        raise InputError(f"x: {len(bad)} of {x.shape[0]} samples are non-finite (indices {bad[:10]}"
                          f"{' ...' if len(bad) > 10 else ''}); the sampler diverged or produced NaN.")
     n = x.shape[0]
     if n < MIN_SAMPLES:
-        raise InputError(f"samples: n={n} is too few; the CLT moment tests need n >= {MIN_SAMPLES}.")
+        raise InputError(f"x: n={n} is too few; the CLT moment tests need n >= {MIN_SAMPLES}.")
     if min_effect is not None:
         need = required_samples(reference, min_effect, alpha=alpha, power=power, n_projections=n_projections)
         if n < need:
-            raise InputError(f"samples: n={n} is too few to detect a mean shift of {min_effect} standard deviations "
+            raise InputError(f"x: n={n} is too few to detect a mean shift of {min_effect} standard deviations "
                              f"with power {power} at alpha={alpha} ({n_projections} projections); need n >= {need}.")
 
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = as_generator(generator)
     U = torch.randn(n_projections, D, generator=gen, dtype=torch.float64)
     U = U / U.norm(dim=1, keepdim=True)
     w = reference.weights.cpu().numpy()
@@ -233,35 +235,54 @@ def check_marginals(samples: torch.Tensor, reference: GaussianMixture, *, alpha:
     names = [f"ks[{i}]" for i in range(n_projections)] + [f"m2[{i}]" for i in range(n_projections)] + ["mean"]
     adj = _holm(np.concatenate([ks_p, m2_p, [mean_p]]))
     adjusted = dict(zip(names, adj.tolist()))
-    return MarginalTestResult(
-        passed=bool((adj > alpha).all()), alpha=float(alpha), n=n, projections=U.numpy(),
+    return MarginalsResult(
+        passed=bool((adj > alpha).all()), alpha=float(alpha), samples=n, projections=U.numpy(),
         ks_statistic=ks_stat, ks_pvalue=ks_p, m2_z=m2_z, m2_pvalue=m2_p, mean_chi2=chi2, mean_pvalue=mean_p,
         adjusted_pvalues=adjusted, mean_error=dm.numpy(), cov_error=cov_err,
     )
 
 
-def assert_marginals(samples: torch.Tensor, reference: GaussianMixture, **kwargs) -> MarginalTestResult:
+def assert_marginals(x: torch.Tensor, reference: GaussianMixture, **kwargs) -> MarginalsResult:
     """:func:`check_marginals`, raising ``AssertionError`` with its summary when it rejects.
 
     The message names the most significant test (KS on projection ``i``, the
     second moment on projection ``i``, or the mean), its direction, its Holm-adjusted
     p-value, and the sample vs reference mean and variance along that direction.
     """
-    res = check_marginals(samples, reference, **kwargs)
+    res = check_marginals(x, reference, **kwargs)
     if not res.passed:
         name, p = res.worst
         detail = ""
         if name != "mean":
             i = int(name[name.index("[") + 1:-1])
             u = res.projections[i]
-            x = samples.detach().reshape(samples.shape[0], -1).to("cpu", torch.float64).numpy() @ u
+            y = x.detach().reshape(x.shape[0], -1).to("cpu", torch.float64).numpy() @ u
             w = reference.weights.cpu().numpy()
             m_k = reference.means.cpu().numpy() @ u
             v_k = np.einsum("d,kde,e->k", u, reference.covs.cpu().numpy(), u)
             m = float((w * m_k).sum())
             v = float((w * (v_k + m_k ** 2)).sum()) - m * m
-            detail = (f" Along direction {np.array2string(u, precision=3)}: sample mean {x.mean():.4g} vs "
-                      f"reference {m:.4g}, sample variance {x.var():.4g} vs reference {v:.4g}"
+            detail = (f" Along direction {np.array2string(u, precision=3)}: sample mean {y.mean():.4g} vs "
+                      f"reference {m:.4g}, sample variance {y.var():.4g} vs reference {v:.4g}"
                       f"{', KS distance %.4f' % res.ks_statistic[i] if name.startswith('ks') else ''}.")
         raise AssertionError("samples do not follow the reference marginal: " + res.summary() + detail)
     return res
+
+
+def sliced_w2(a: torch.Tensor, b: torch.Tensor, *, n_projections: int = 64, generator=0) -> float:
+    """Sliced Wasserstein-2 distance between two equally sized sample sets ``(n, *event)``.
+
+    ``sqrt(mean_theta W2(theta.a, theta.b)^2)`` over ``n_projections`` random unit
+    directions (drawn from ``generator``: an int seed, default 0, or a ``torch.Generator``), each 1-D W2 from sorted projections
+    (Bonneel et al. 2015, "Sliced and Radon Wasserstein barycenters of measures").
+    """
+    a = a.detach().reshape(a.shape[0], -1).to("cpu", torch.float64)
+    b = b.detach().reshape(b.shape[0], -1).to("cpu", torch.float64)
+    if a.shape != b.shape:
+        raise InputError(f"sliced_w2: the sample sets must have the same shape, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}.")
+    theta = torch.randn(a.shape[1], n_projections, generator=as_generator(generator), dtype=torch.float64)
+    theta = theta / theta.norm(dim=0, keepdim=True)
+    pa, _ = (a @ theta).sort(0)
+    pb, _ = (b @ theta).sort(0)
+    return float(((pa - pb) ** 2).mean().sqrt())

@@ -5,7 +5,7 @@ with ``2^level`` steps over ``[t0, t1]`` (either direction), compared with a
 reference at the times of the coarsest grid.
 
 * ``kind="strong"``: every level and the reference are driven by the *same*
-  :class:`flowsde.BrownianPath` (one independent path per row of ``x0``); the
+  :class:`flowsde.BrownianPath` (one independent path per row of ``x``); the
   reference is the same method on ``2^ref_level`` steps (or ``exact``), and
 
       err = sqrt( mean over paths of max over save times of |x_h - x_ref|^2 ).
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from flowsde import BrownianPath, InputError, solve
+from flowsde._internal import as_seed
 from flowsde import grids as _grids
 
 __all__ = ["convergence_order", "OrderResult"]
@@ -82,9 +83,8 @@ def _fit(hs, errs, confidence):
 
 def convergence_order(
     problem,
-    x0: torch.Tensor,
-    t0: float,
-    t1: float,
+    x: torch.Tensor,
+    t_span: Sequence[float],
     *,
     method="euler_maruyama",
     kind: str = "strong",
@@ -92,8 +92,7 @@ def convergence_order(
     ref_level: Optional[int] = None,
     exact: Union[None, float, Callable] = None,
     phi: Optional[Callable] = None,
-    seed: int = 0,
-    path: Optional[BrownianPath] = None,
+    generator=0,
     confidence: float = 0.95,
 ) -> OrderResult:
     """Measure a solver's empirical order on ``problem``.
@@ -101,20 +100,21 @@ def convergence_order(
     Arguments:
         problem: a :class:`flowsde.SDE` (``kind="strong"`` / ``"weak"``) or any problem
             for ``kind="ode"``.
-        x0: ``(B, *event)`` initial states: ``B`` independent paths (SDE) or ``B``
+        x: ``(B, *event)`` initial states: ``B`` independent paths (SDE) or ``B``
             initial points (ODE).
-        t0, t1: the time span (``t1 < t0`` solves backward in time).
+        t_span: ``(t0, t1)``, the time span (``t1 < t0`` solves backward in time).
         method: a ``method=`` name or solver instance for :func:`flowsde.solve`.
         kind: ``"strong"``, ``"weak"`` or ``"ode"``.
         levels: grid levels (``2^level`` steps each), at least 3, increasing.
         ref_level: level of the reference solve (default ``max(levels) + 3``);
             ignored when ``exact`` is given.
-        exact: strong/ode: ``exact(ts) -> (len(ts), *x0.shape)``, the exact solution at
+        exact: strong/ode: ``exact(ts) -> (len(ts), *x.shape)``, the exact solution at
             the save times ``ts`` (a float64 1-D tensor); weak: the number ``E phi(x(t1))``.
         phi: weak test function ``phi(x) -> (B,)`` (default ``|x|^2`` over event dims).
-        seed: seed of the shared Brownian path.
-        path: a :class:`flowsde.BrownianPath` over ``[t0, t1]`` with shape ``x0.shape``
-            to use instead (e.g. the one an ``exact`` solution reads ``W(t)`` from).
+        generator: the Brownian path every level shares: an int seed (default 0) or a
+            ``torch.Generator`` (a path is built from it), or a :class:`flowsde.BrownianPath`
+            over ``[t0, t1]`` with shape ``x.shape`` (e.g. the one an ``exact`` solution reads
+            ``W(t)`` from).
         confidence: level of the slope's confidence interval.
 
     Returns:
@@ -124,14 +124,19 @@ def convergence_order(
         InputError: bad arguments; an error that is zero or non-finite at some level
             (nothing to regress: the method is exact there, or it diverged).
     """
+    try:
+        t0, t1 = (float(v) for v in t_span)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"t_span: expected (t0, t1), got {t_span!r}.") from e
+    path = generator if isinstance(generator, BrownianPath) else None
     if kind not in KINDS:
         raise InputError(f"kind={kind!r}: must be one of {KINDS}.")
     levels = [int(v) for v in levels]
     if len(levels) < 3 or sorted(set(levels)) != levels or levels[0] < 0:
         raise InputError(f"levels={levels}: need at least 3 distinct increasing levels >= 0 (for a confidence "
                          "interval on the slope).")
-    if not isinstance(x0, torch.Tensor) or x0.dim() < 1:
-        raise InputError(f"x0: expected a tensor (B, *event), got {type(x0).__name__}.")
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise InputError(f"x: expected a tensor (B, *event), got {type(x).__name__}.")
     if float(t0) == float(t1):
         raise InputError(f"t0 = t1 = {t0}: the span must be non-empty.")
     if kind in ("strong", "weak") and not getattr(problem, "is_sde", False):
@@ -141,26 +146,27 @@ def convergence_order(
     if kind == "weak" and exact is not None and not isinstance(exact, (int, float)):
         raise InputError("exact: for kind='weak' give the number E phi(x(t1)).")
     if kind != "weak" and exact is not None and not callable(exact):
-        raise InputError("exact: for kind='strong'/'ode' give a callable exact(ts) -> (len(ts), *x0.shape).")
+        raise InputError("exact: for kind='strong'/'ode' give a callable exact(ts) -> (len(ts), *x.shape).")
     ref_level = max(levels) + 3 if ref_level is None else int(ref_level)
     if exact is None and ref_level <= max(levels):
         raise InputError(f"ref_level={ref_level} must exceed max(levels)={max(levels)}.")
     phi = phi if phi is not None else (lambda x: (x * x).reshape(x.shape[0], -1).sum(1))
     top = max(levels) if exact is not None else ref_level
 
-    if path is not None and (not isinstance(path, BrownianPath) or tuple(path.shape) != tuple(x0.shape)):
-        raise InputError(f"path: expected a flowsde.BrownianPath with shape {tuple(x0.shape)}, got {path!r}.")
+    if path is not None and tuple(path.shape) != tuple(x.shape):
+        raise InputError(f"generator: expected a flowsde.BrownianPath with shape {tuple(x.shape)}, got {path!r}.")
     if kind != "ode" and path is None:
+        seed = as_seed(generator, "convergence_order")  # one path for every level
         # Resolve the tree below the finest step so that every grid sees the same path.
-        path = BrownianPath(t0, t1, x0.shape, dtype=x0.dtype, device=x0.device, seed=seed,
+        path = BrownianPath(t0, t1, x.shape, dtype=x.dtype, device=x.device, generator=seed,
                             tol=abs(float(t1) - float(t0)) * 2.0 ** -(top + 4))
         if getattr(method, "needs_levy_area", False) or method == "srk":
-            path = BrownianPath(t0, t1, x0.shape, dtype=x0.dtype, device=x0.device, seed=seed,
+            path = BrownianPath(t0, t1, x.shape, dtype=x.dtype, device=x.device, generator=seed,
                                 tol=abs(float(t1) - float(t0)) * 2.0 ** -(top + 4), levy_area=True)
 
     def run(level):
-        ts = _grids.uniform(float(t0), float(t1), 2 ** level, dtype=x0.dtype, device=x0.device)
-        sol = solve(problem, x0, ts, method=method, generator=path, save_all=(kind != "weak"))
+        ts = _grids.uniform(float(t0), float(t1), 2 ** level, dtype=x.dtype, device=x.device)
+        sol = solve(problem, x, ts, method=method, generator=path, save_all=(kind != "weak"))
         return (sol.xs if kind != "weak" else sol.x).detach()
 
     stride0 = 2 ** levels[0]
@@ -169,9 +175,9 @@ def convergence_order(
         target = float(exact) if exact is not None else float(phi(run(ref_level)).mean())
     elif exact is not None:
         ref = exact(save_ts)
-        if tuple(ref.shape) != (stride0 + 1,) + tuple(x0.shape):
+        if tuple(ref.shape) != (stride0 + 1,) + tuple(x.shape):
             raise InputError(f"exact(ts) returned shape {tuple(ref.shape)}, expected "
-                             f"{(stride0 + 1,) + tuple(x0.shape)}.")
+                             f"{(stride0 + 1,) + tuple(x.shape)}.")
     else:
         ref = run(ref_level)[:: 2 ** (ref_level - levels[0])]
 
@@ -181,7 +187,7 @@ def convergence_order(
         if kind == "weak":
             errs.append(abs(float(phi(out).mean()) - target))
         else:
-            sq = ((out[:: 2 ** (lvl - levels[0])] - ref.to(out)) ** 2).reshape(stride0 + 1, x0.shape[0], -1).sum(-1)
+            sq = ((out[:: 2 ** (lvl - levels[0])] - ref.to(out)) ** 2).reshape(stride0 + 1, x.shape[0], -1).sum(-1)
             errs.append(math.sqrt(float(sq.max(0).values.mean())))
     errs = np.asarray(errs)
     if not (np.isfinite(errs).all() and (errs > 0).all()):

@@ -20,14 +20,14 @@ from .dpmpp_2m import DPMpp2M  # noqa: E402
 from .dpmpp_2m_sde import DPMpp2MSDE  # noqa: E402
 from .dpmpp_2s_ancestral import DPMpp2SAncestral  # noqa: E402
 from .dpmpp_3m_sde import DPMpp3MSDE  # noqa: E402
-from .edm import EDM  # noqa: E402
+from .edm import EDMChurn  # noqa: E402
 from .euler_ancestral import EulerAncestral  # noqa: E402
 from .lms import LMS  # noqa: E402
-from .semilinear import SemiLinearSolver  # noqa: E402
+from .sampler import SemiLinearSolver  # noqa: E402
 from .unipc import UniPC  # noqa: E402
 
 SAMPLERS = {cls.name: cls for cls in (DDIM, EulerAncestral, DPM2, DPMpp2M, DPMpp2SAncestral, DPMpp2MSDE, DPMpp3MSDE,
-                                      LMS, UniPC, EDM)}
+                                      LMS, UniPC, EDMChurn)}
 
 __all__ += ["SemiLinearSolver", "DDIM", "EulerAncestral", "DPM2", "DPMpp2M", "DPMpp2SAncestral", "DPMpp2MSDE",
-            "DPMpp3MSDE", "LMS", "UniPC", "EDM", "SAMPLERS"]
+            "DPMpp3MSDE", "LMS", "UniPC", "EDMChurn", "SAMPLERS"]

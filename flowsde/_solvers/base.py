@@ -66,11 +66,11 @@ class Solver:
     adaptive = False
     evals_per_step: int = 1
 
-    def nfe(self, n_steps: int, *, to_zero_noise: bool = False) -> int:
-        """Network evaluations of a solve of ``n_steps`` fixed steps; ``to_zero_noise``: the grid
+    def nfe(self, steps: int, *, to_zero_noise: bool = False) -> int:
+        """Network evaluations of a solve of ``steps`` fixed steps; ``to_zero_noise``: the grid
         ends at zero noise (a semi-linear problem's ``sigma = 0``), where two-stage samplers take a
         one-evaluation last step."""
-        return int(n_steps) * int(self.evals_per_step)
+        return int(steps) * int(self.evals_per_step)
 
     def strong_order_for(self, noise: str):
         """The strong order on ``noise``: a noise type (``"scalar"``, ``"diagonal"``) or

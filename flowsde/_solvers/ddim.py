@@ -22,7 +22,7 @@ from typing import Optional
 import math
 
 from .._errors import InputError
-from .semilinear import SemiLinearSolver, denoise, scale
+from .sampler import SemiLinearSolver, denoise, scale
 
 
 class DDIM(SemiLinearSolver):
@@ -42,7 +42,7 @@ class DDIM(SemiLinearSolver):
             raise InputError(f"method={self.name!r}: eta = sqrt(beta) = {eta!r} > 1 has no DDIM step (its noise "
                              "would exceed sigma); solve reverse_sde(beta) with beta <= 1.")
         coef = []
-        for i in range(grid.n_steps):
+        for i in range(grid.steps):
             a0, s0, a1, s1 = grid.a[i], grid.s[i], grid.a[i + 1], grid.s[i + 1]
             c = eta * s1 * math.sqrt(-math.expm1(-2 * grid.h(i))) if eta else 0.0
             c_eps = math.sqrt(max(s1 * s1 - c * c, 0.0))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from .semilinear import SemiLinearSolver, denoise, scale, unscale
+from .sampler import SemiLinearSolver, denoise, scale, unscale
 
 
 class DPM2(SemiLinearSolver):
@@ -26,14 +26,14 @@ class DPM2(SemiLinearSolver):
     needs_t_from_ratio = True
     evals_per_step = 2
 
-    def nfe(self, n_steps: int, *, to_zero_noise: bool = False) -> int:
+    def nfe(self, steps: int, *, to_zero_noise: bool = False) -> int:
         """``2n``; ``2n - 1`` on a grid ending at zero noise (k-diffusion's: the last step is Euler)."""
-        return 2 * int(n_steps) - (1 if to_zero_noise and n_steps > 0 else 0)
+        return 2 * int(steps) - (1 if to_zero_noise and steps > 0 else 0)
 
     def prepare(self, problem, grid, state):
         # exp(lerp(log r0, log r1, 1/2)), written as torch.lerp evaluates it at weight 1/2
         mid = [math.exp(math.log(grid.r[i + 1]) - (math.log(grid.r[i + 1]) - math.log(grid.r[i])) * 0.5)
-               if not grid.to_zero(i) else grid.r[i] for i in range(grid.n_steps)]
+               if not grid.to_zero(i) else grid.r[i] for i in range(grid.steps)]
         t_mid = grid.times(problem, mid, self.name)
         state["mid"] = mid
         state["a_mid"] = problem.alpha(t_mid).tolist()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from .semilinear import SemiLinearSolver, denoise, scale
+from .sampler import SemiLinearSolver, denoise, scale
 
 
 class DPMpp2M(SemiLinearSolver):
@@ -25,7 +25,7 @@ class DPMpp2M(SemiLinearSolver):
 
     def prepare(self, problem, grid, state):
         coef = []
-        for i in range(grid.n_steps):
+        for i in range(grid.steps):
             if grid.to_zero(i):
                 coef.append(None)
                 continue

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from .._errors import InputError
-from .semilinear import SemiLinearSolver, denoise, scale
+from .sampler import SemiLinearSolver, denoise, scale
 
 SOLVER_TYPES = ("midpoint", "heun")
 
@@ -40,7 +40,7 @@ class DPMpp2MSDE(SemiLinearSolver):
 
     def prepare(self, problem, grid, state):
         eta, coef = state["eta"], []
-        for i in range(grid.n_steps):
+        for i in range(grid.steps):
             h = grid.h(i)
             if grid.to_zero(i):
                 coef.append(None)

@@ -21,7 +21,7 @@ from typing import Optional
 
 import math
 
-from .semilinear import SemiLinearSolver, ancestral_step, denoise, scale, unscale
+from .sampler import SemiLinearSolver, ancestral_step, denoise, scale, unscale
 
 
 class DPMpp2SAncestral(SemiLinearSolver):
@@ -39,13 +39,13 @@ class DPMpp2SAncestral(SemiLinearSolver):
         """``eta``: optional, the peer's eta; it must agree with the problem's beta (see the module)."""
         self._set_eta(eta)
 
-    def nfe(self, n_steps: int, *, to_zero_noise: bool = False) -> int:
+    def nfe(self, steps: int, *, to_zero_noise: bool = False) -> int:
         """``2n``; ``2n - 1`` on a grid ending at zero noise (k-diffusion's: the last step is Euler)."""
-        return 2 * int(n_steps) - (1 if to_zero_noise and n_steps > 0 else 0)
+        return 2 * int(steps) - (1 if to_zero_noise and steps > 0 else 0)
 
     def prepare(self, problem, grid, state):
         steps, mids = [], []
-        for i in range(grid.n_steps):
+        for i in range(grid.steps):
             r0 = grid.r[i]
             r_down, r_up = ancestral_step(r0, grid.r[i + 1], state["eta"])
             if r_down == 0:

@@ -22,7 +22,7 @@ from typing import Optional
 
 import math
 
-from .semilinear import SemiLinearSolver, denoise, scale
+from .sampler import SemiLinearSolver, denoise, scale
 
 
 class DPMpp3MSDE(SemiLinearSolver):
@@ -39,7 +39,7 @@ class DPMpp3MSDE(SemiLinearSolver):
 
     def prepare(self, problem, grid, state):
         eta, coef = state["eta"], []
-        for i in range(grid.n_steps):
+        for i in range(grid.steps):
             if grid.to_zero(i):
                 coef.append(None)
                 continue

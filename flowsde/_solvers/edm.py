@@ -4,17 +4,17 @@
 In the scaled state ``y = x/alpha`` at noise level ``r = sigma/alpha`` (EDM's ``x`` and ``t``),
 where the probability-flow ODE is ``dy/dr = (y - D)/r``, step ``i`` from ``r_i`` to ``r_{i+1}``:
 
-    gamma_i = min(S_churn/N, sqrt(2) - 1)  if S_tmin <= r_i <= S_tmax  else 0,
-    r^ = r_i + gamma_i r_i,   y^ = y_i + sqrt(r^^2 - r_i^2) S_noise z,
+    gamma_i = min(s_churn/N, sqrt(2) - 1)  if s_tmin <= r_i <= s_tmax  else 0,
+    r^ = r_i + gamma_i r_i,   y^ = y_i + sqrt(r^^2 - r_i^2) s_noise z,
     d = (y^ - D(r^, y^))/r^,   y_{i+1} = y^ + (r_{i+1} - r^) d,
     if r_{i+1} > 0:  d' = (y_{i+1} - D(r_{i+1}, y_{i+1}))/r_{i+1},   y_{i+1} = y^ + (r_{i+1} - r^)(d + d')/2.
 
 ``N`` is EDM's: the number of positive noise levels of the grid (``len(ts) - 1`` when it ends at
 zero noise, ``len(ts)`` otherwise, so that a grid stopped before zero churns as the full one).
 The network sees the churned pair ``(y^, r^)`` (diffusers #8549 evaluated it before the noise
-was added). With ``S_churn > 0`` one normal draw is taken every step, also where ``gamma = 0``
+was added). With ``s_churn > 0`` one normal draw is taken every step, also where ``gamma = 0``
 (as NVlabs/edm and k-diffusion), so per-sample generator streams line up with theirs; with
-``S_churn = 0`` nothing is drawn and this is Algorithm 1 (Heun).
+``s_churn = 0`` nothing is drawn and this is Algorithm 1 (Heun).
 
 Order 2 without churn (Heun); 2 NFE per step. The last step to zero noise is EDM's Euler step
 (``last_step="euler"``, 1 NFE: ``2N - 1`` for the solve) or, with ``last_step="denoise"``, returns
@@ -32,7 +32,7 @@ from typing import Callable, Optional
 import torch
 
 from .._errors import InputError
-from .semilinear import SemiLinearSolver, denoise, scale, unscale
+from .sampler import SemiLinearSolver, denoise, scale, unscale
 
 LAST_STEPS = ("euler", "denoise")
 
@@ -40,13 +40,13 @@ LAST_STEPS = ("euler", "denoise")
 def _number(name, v, *, allow_inf=False):
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
     if not (ok and (allow_inf or math.isfinite(v)) and v >= 0):
-        raise InputError(f"EDM({name}={v!r}): {name} must be a number >= 0{'' if not allow_inf else ' (inf allowed)'}.")
+        raise InputError(f"EDMChurn({name}={v!r}): {name} must be a number >= 0{'' if not allow_inf else ' (inf allowed)'}.")
     return float(v)
 
 
-class EDM(SemiLinearSolver):
+class EDMChurn(SemiLinearSolver):
     """Arguments:
-        S_churn, S_tmin, S_tmax, S_noise: EDM's churn (defaults: none; ``S_tmax`` may be ``inf``).
+        s_churn, s_tmin, s_tmax, s_noise: EDM's churn (defaults: none; ``s_tmax`` may be ``inf``).
         last_step: ``"euler"`` (EDM) or ``"denoise"`` for a step to zero noise.
         round_sigma: optional ``r -> r`` applied to ``r^`` (NVlabs/edm's ``net.round_sigma``).
     """
@@ -56,33 +56,33 @@ class EDM(SemiLinearSolver):
     scaled = True
     evals_per_step = 2
 
-    def __init__(self, S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = math.inf, S_noise: float = 1.0,
+    def __init__(self, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
                  last_step: str = "euler", round_sigma: Optional[Callable] = None):
-        self.S_churn = _number("S_churn", S_churn)
-        self.S_tmin = _number("S_tmin", S_tmin)
-        self.S_tmax = _number("S_tmax", S_tmax, allow_inf=True)
-        self.S_noise = _number("S_noise", S_noise)
+        self.s_churn = _number("s_churn", s_churn)
+        self.s_tmin = _number("s_tmin", s_tmin)
+        self.s_tmax = _number("s_tmax", s_tmax, allow_inf=True)
+        self.s_noise = _number("s_noise", s_noise)
         if last_step not in LAST_STEPS:
-            raise InputError(f"EDM(last_step={last_step!r}): must be one of {LAST_STEPS}.")
+            raise InputError(f"EDMChurn(last_step={last_step!r}): must be one of {LAST_STEPS}.")
         if round_sigma is not None and not callable(round_sigma):
-            raise InputError(f"EDM(round_sigma=...): must be callable r -> r or None, got "
+            raise InputError(f"EDMChurn(round_sigma=...): must be callable r -> r or None, got "
                              f"{type(round_sigma).__name__}.")
         self.last_step = last_step
         self.round_sigma = round_sigma
-        self.needs_t_from_ratio = self.S_churn > 0
+        self.needs_t_from_ratio = self.s_churn > 0
 
-    def nfe(self, n_steps: int, *, to_zero_noise: bool = False) -> int:
+    def nfe(self, steps: int, *, to_zero_noise: bool = False) -> int:
         """``2n``; ``2n - 1`` on a grid ending at zero noise (EDM's: the last step is Euler)."""
-        return 2 * int(n_steps) - (1 if to_zero_noise and n_steps > 0 else 0)
+        return 2 * int(steps) - (1 if to_zero_noise and steps > 0 else 0)
 
     def gammas(self, ratios) -> list:
         """EDM's ``gamma_i`` for the grid's noise levels ``ratios`` (Python floats, ``sigma/alpha``)."""
         N = sum(1 for r in ratios if r > 0)
-        g_max = min(self.S_churn / N, math.sqrt(2) - 1) if self.S_churn > 0 else 0.0
-        return [g_max if self.S_tmin <= r <= self.S_tmax else 0.0 for r in ratios[:-1]]
+        g_max = min(self.s_churn / N, math.sqrt(2) - 1) if self.s_churn > 0 else 0.0
+        return [g_max if self.s_tmin <= r <= self.s_tmax else 0.0 for r in ratios[:-1]]
 
     def prepare(self, problem, grid, state):
-        n = grid.n_steps
+        n = grid.steps
         denoise_last = self.last_step == "denoise" and grid.to_zero(n - 1)
         gammas = self.gammas(grid.r)
         if denoise_last:
@@ -100,7 +100,7 @@ class EDM(SemiLinearSolver):
         t_hat = t_hat.to(grid.device) if churned else None
         state["hat"] = {i: (hats[i], t_hat[k], a_hat[k]) for k, i in enumerate(churned)}
         state["gammas"] = gammas
-        state["draw"] = [self.S_churn > 0 and not (denoise_last and i == n - 1) for i in range(n)]
+        state["draw"] = [self.s_churn > 0 and not (denoise_last and i == n - 1) for i in range(n)]
         state["denoise_last"] = denoise_last
 
     def step(self, problem, t0, t1, x, noise, last, state):
@@ -112,7 +112,7 @@ class EDM(SemiLinearSolver):
         z = noise.randn_like(x) if state["draw"][i] else None
         if i in state["hat"]:
             r_hat, t_hat, a_hat = state["hat"][i]
-            y_hat = y + math.sqrt(r_hat ** 2 - r0 ** 2) * self.S_noise * z
+            y_hat = y + math.sqrt(r_hat ** 2 - r0 ** 2) * self.s_noise * z
             d = (y_hat - denoise(problem, t_hat, scale(a_hat, y_hat))) / r_hat
         else:
             r_hat, y_hat = r0, y
@@ -124,5 +124,5 @@ class EDM(SemiLinearSolver):
         return scale(a1, y1)
 
     def __repr__(self) -> str:
-        return (f"EDM(S_churn={self.S_churn!r}, S_tmin={self.S_tmin!r}, S_tmax={self.S_tmax!r}, "
-                f"S_noise={self.S_noise!r}, last_step={self.last_step!r})")
+        return (f"EDMChurn(s_churn={self.s_churn!r}, s_tmin={self.s_tmin!r}, s_tmax={self.s_tmax!r}, "
+                f"s_noise={self.s_noise!r}, last_step={self.last_step!r})")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .semilinear import SemiLinearSolver, ancestral_step, denoise
+from .sampler import SemiLinearSolver, ancestral_step, denoise
 
 
 class EulerAncestral(SemiLinearSolver):
@@ -38,7 +38,7 @@ class EulerAncestral(SemiLinearSolver):
 
     def prepare(self, problem, grid, state):
         coef = []
-        for i in range(grid.n_steps):
+        for i in range(grid.steps):
             r0, a0, a1 = grid.r[i], grid.a[i], grid.a[i + 1]
             r_down, r_up = ancestral_step(r0, grid.r[i + 1], state["eta"])
             # x1 = a1 (y + (r_down - r0)(y - D)/r0 + r_up z), y = x/a0, as one combination of x and D

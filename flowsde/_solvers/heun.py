@@ -5,7 +5,7 @@
     x1 = x0 + h (d + f(t1, x')) / 2,          h = t1 - t0
 
 This is the step of Karras et al. (2022), Algorithm 1 (NVlabs/edm
-``edm_sampler`` with ``S_churn = 0``) on a given grid. With
+``edm_sampler`` with ``s_churn = 0``) on a given grid. With
 ``final_euler=True`` the last step of a solve is a plain Euler step, as EDM
 does when the grid ends at sigma = 0 (where the drift is singular): a solve
 of N steps then costs 2N - 1 evaluations.
@@ -26,10 +26,10 @@ class Heun(Solver):
     def __init__(self, final_euler: bool = False):
         self.final_euler = bool(final_euler)
 
-    def nfe(self, n_steps: int, *, to_zero_noise: bool = False) -> int:
+    def nfe(self, steps: int, *, to_zero_noise: bool = False) -> int:
         """``2 N``, or ``2 N - 1`` with ``final_euler``."""
-        n = 2 * int(n_steps)
-        return n - 1 if self.final_euler and n_steps > 0 else n
+        n = 2 * int(steps)
+        return n - 1 if self.final_euler and steps > 0 else n
 
     def init_state(self, problem, x0, ts) -> dict:
         # h / 2 for every step, once per solve (in the state's dtype, as the loop's h)

@@ -20,7 +20,7 @@ evaluated at zero noise).
 from __future__ import annotations
 
 from .._errors import InputError
-from .semilinear import SemiLinearSolver, denoise, scale, unscale
+from .sampler import SemiLinearSolver, denoise, scale, unscale
 
 
 def lms_coefficients(r, i: int, p: int) -> list:
@@ -54,7 +54,7 @@ class LMS(SemiLinearSolver):
         self.order = 1 if order == 1 else 2
 
     def prepare(self, problem, grid, state):
-        state["coef"] = [lms_coefficients(grid.r, i, min(i + 1, self.lms_order)) for i in range(grid.n_steps)]
+        state["coef"] = [lms_coefficients(grid.r, i, min(i + 1, self.lms_order)) for i in range(grid.steps)]
         state["ds"] = []
 
     def step(self, problem, t0, t1, x, noise, last, state):

@@ -1,7 +1,7 @@
 """Predictor–corrector sampling (Song et al., 2021, "Score-Based Generative
 Modeling through SDEs", Algorithms 2-3; score_sde ``pc_sampler``).
 
-At every grid time ``t_i``: ``n_corrector`` Langevin MCMC steps on the
+At every grid time ``t_i``: ``corrector_steps`` Langevin MCMC steps on the
 problem's marginal score at ``t_i`` (corrector), then one Euler–Maruyama
 step of the problem from ``t_i`` to ``t_{i+1}`` (predictor). The corrector
 step is
@@ -16,7 +16,7 @@ accept a number or a function ``a(t)``.
 
 Norms: ``step_rule="per_sample"`` (the default) gives each sample its own step
 size, computed at the first corrector step of each grid time and held for the
-``n_corrector`` steps, so samples do not influence each other and a sample's
+``corrector_steps`` steps, so samples do not influence each other and a sample's
 result does not depend on the batch it is in (docs/design.md, "Randomness and
 batch independence"). The batch rules are opt-in: ``step_rule="score_sde"``
 uses score_sde's batch means of per-sample L2 norms at every step, for parity
@@ -39,7 +39,7 @@ from typing import Callable, Union
 import torch
 
 from .._errors import InputError
-from ..utils import check_positive
+from .._utils import check_positive
 from .base import Solver
 from .euler_maruyama import EulerMaruyama
 
@@ -81,16 +81,16 @@ def langevin_step_size(s, z, *, snr: float, a=1.0, step_rule: str = "per_sample"
     return eps
 
 
-def langevin(score_fn, t, x, generator=None, *, n_steps: int = 1, snr: float = 0.16,
+def langevin(score_fn, t, x, generator=None, *, steps: int = 1, snr: float = 0.16,
              a: Union[float, Callable] = 1.0, step_rule: str = "per_sample"):
-    """``n_steps`` Langevin MCMC steps at time ``t`` (the corrector of :class:`PC`); returns ``x``.
+    """``steps`` Langevin MCMC steps at time ``t`` (the corrector of :class:`PC`); returns ``x``.
 
         x <- x + eps s(t, x) + sqrt(2 eps) z,      z ~ N(0, I)
 
     Step size (see :func:`langevin_step_size`):
 
     * ``"per_sample"`` (default): each sample's ``eps`` is computed once, at the
-      first step, and held for the ``n_steps``. Within the run every sample is an
+      first step, and held for the ``steps``. Within the run every sample is an
       unadjusted Langevin chain with a constant step, which targets ``p_t`` (up to
       the O(eps) bias of any unadjusted chain), and no sample depends on another.
       It relies on ``||s||`` concentrating (high dimension, d of a few tens and
@@ -115,7 +115,7 @@ def langevin(score_fn, t, x, generator=None, *, n_steps: int = 1, snr: float = 0
         x: ``(B, *event_shape)``.
         generator: where ``z`` comes from: ``None``, a ``torch.Generator``, per-sample generators
             (as :func:`flowsde.solve`'s ``generator``) or a solver's noise source.
-        n_steps, snr, a, step_rule: see :class:`PC`.
+        steps, snr, a, step_rule: see :class:`PC`.
     """
     from .._noise import make_noise_source
 
@@ -125,7 +125,7 @@ def langevin(score_fn, t, x, generator=None, *, n_steps: int = 1, snr: float = 0
     step_rule = resolve_step_rule(step_rule, x)
     a_t = a(t) if callable(a) else a
     eps = None
-    for _ in range(n_steps):
+    for _ in range(steps):
         s = score_fn(t, x)
         z = noise.randn_like(x)
         if eps is None or step_rule == "score_sde":
@@ -139,7 +139,7 @@ class PC(Solver):
 
     Arguments:
         snr: signal-to-noise ratio of the corrector (score_sde default 0.16).
-        n_corrector: corrector steps per grid time (score_sde default 1).
+        corrector_steps: corrector steps per grid time (score_sde default 1).
         a: the step factor ``a`` (number or ``a(t)``), see the module docstring.
         step_rule: ``"per_sample"`` (default: each sample independent of its batch),
             ``"score_sde"`` (score_sde's batch-mean rule, couples the batch) or ``"auto"``
@@ -153,30 +153,30 @@ class PC(Solver):
     noise_types = ("scalar", "diagonal")
     requires_score = True
 
-    def __init__(self, snr: float = 0.16, n_corrector: int = 1, a: Union[float, Callable] = 1.0,
+    def __init__(self, snr: float = 0.16, corrector_steps: int = 1, a: Union[float, Callable] = 1.0,
                  step_rule: str = "per_sample"):
         snr = check_positive("snr", snr, where="PC")
-        if not (isinstance(n_corrector, int) and not isinstance(n_corrector, bool) and n_corrector >= 0):
-            raise InputError(f"PC(n_corrector={n_corrector!r}): must be an int >= 0.")
+        if not (isinstance(corrector_steps, int) and not isinstance(corrector_steps, bool) and corrector_steps >= 0):
+            raise InputError(f"PC(corrector_steps={corrector_steps!r}): must be an int >= 0.")
         if step_rule not in STEP_RULES:
             raise InputError(f"PC(step_rule={step_rule!r}): must be one of {STEP_RULES}.")
         if not callable(a) and not (isinstance(a, (int, float)) and a > 0):
             raise InputError(f"PC(a={a!r}): a must be a number > 0 or a function of t.")
         self.snr = float(snr)
-        self.n_corrector = n_corrector
+        self.corrector_steps = corrector_steps
         self.a = a
         self.step_rule = step_rule
 
     @property
     def evals_per_step(self) -> int:
-        """One drift evaluation (predictor) and ``n_corrector`` score evaluations."""
-        return 1 + self.n_corrector
+        """One drift evaluation (predictor) and ``corrector_steps`` score evaluations."""
+        return 1 + self.corrector_steps
 
     def step(self, problem, t0, t1, x, noise, last, state):
-        if self.n_corrector:
-            x = langevin(problem.score, t0, x, noise, n_steps=self.n_corrector, snr=self.snr, a=self.a,
+        if self.corrector_steps:
+            x = langevin(problem.score, t0, x, noise, steps=self.corrector_steps, snr=self.snr, a=self.a,
                          step_rule=self.step_rule)
         return _PREDICTOR.step(problem, t0, t1, x, noise, last, state)
 
     def __repr__(self) -> str:
-        return f"PC(snr={self.snr}, n_corrector={self.n_corrector}, a={self.a!r}, step_rule={self.step_rule!r})"
+        return f"PC(snr={self.snr}, corrector_steps={self.corrector_steps}, a={self.a!r}, step_rule={self.step_rule!r})"

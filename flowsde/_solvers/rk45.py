@@ -347,7 +347,7 @@ def check_tolerances(rtol: float, atol: float, dtype: torch.dtype, *, where: str
                          "float64 for tighter tolerances.")
 
 
-def failure_message(status: torch.Tensor, t_final: torch.Tensor, h: torch.Tensor, n_steps: torch.Tensor,
+def failure_message(status: torch.Tensor, t_final: torch.Tensor, h: torch.Tensor, steps: torch.Tensor,
                     what: str = "rk45") -> Optional[Tuple[str, int, float]]:
     """A message for the first failed sample (or ``None``), with its step index and time."""
     bad = (status != int(Status.SUCCESS)).nonzero().flatten().tolist()
@@ -355,7 +355,7 @@ def failure_message(status: torch.Tensor, t_final: torch.Tensor, h: torch.Tensor
         return None
     i = bad[0]
     code = Status(int(status[i]))
-    tf, hi, si = float(t_final[i]), float(h[i]), int(n_steps[i])
+    tf, hi, si = float(t_final[i]), float(h[i]), int(steps[i])
     more = f" ({len(bad)} samples failed: {bad[:10]}{' ...' if len(bad) > 10 else ''})"
     if code == Status.MAX_STEPS:
         why = (f"exhausted max_steps = {si} at t = {tf:.6g} with step size {hi:.3g}; increase max_steps "
@@ -454,15 +454,15 @@ class RK45(Solver):
         return Solution(
             x=out["y"][0],
             nfe=checked.nfe,
-            n_steps=out["n_iter"],
-            n_accepted=int(out["n_acc"].max()),
-            n_rejected=int(out["n_rej"].max()),
+            steps=out["n_iter"],
+            accepted=int(out["n_acc"].max()),
+            rejected=int(out["n_rej"].max()),
             status=out["status"],
             t_final=out["t_final"],  # float64, as the fixed-step loop
             method=self.name,
-            ts=ts if save_all else None,
+            grid=ts if save_all else None,
             xs=out["ys"][0] if save_all else None,
-            stats=dict(mode=self.mode, n_accepted_per_sample=out["n_acc"], n_rejected_per_sample=out["n_rej"],
+            stats=dict(mode=self.mode, accepted_per_sample=out["n_acc"], rejected_per_sample=out["n_rej"],
                        nfe_per_sample=out["calls_per_sample"], h_last=out["h"], rtol=self.rtol, atol=self.atol),
         )
 

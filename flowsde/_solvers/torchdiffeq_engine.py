@@ -173,9 +173,9 @@ class TorchDiffEq(Solver):
         if checked.throw:
             self.raise_on_failure(out, what=self.name)
         return Solution(
-            x=out["y"][0], nfe=checked.nfe, n_steps=out["n_iter"], n_accepted=-1, n_rejected=-1,
+            x=out["y"][0], nfe=checked.nfe, steps=out["n_iter"], accepted=-1, rejected=-1,
             status=out["status"], t_final=out["t_final"], method=self.name,
-            ts=ts if save_all else None, xs=out["ys"][0] if (save_all and out["ys"] is not None) else None,
+            grid=ts if save_all else None, xs=out["ys"][0] if (save_all and out["ys"] is not None) else None,
             stats=dict(mode="batch", rtol=self.rtol, atol=self.atol, engine="torchdiffeq", method=self.method),
         )
 

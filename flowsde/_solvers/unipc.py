@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 from .._errors import InputError
-from .semilinear import SemiLinearSolver, denoise, scale
+from .sampler import SemiLinearSolver, denoise, scale
 
 VARIANTS = ("bh1", "bh2")
 
@@ -89,7 +89,7 @@ class UniPC(SemiLinearSolver):
         if grid.a[0] == 0.0:
             raise InputError(f"method={self.name!r}: alpha(ts[0]) = 0; start the grid slightly inside the schedule "
                              "(e.g. t_max - 1e-3): UniPC's order conditions are singular at alpha = 0.")
-        n, lam = grid.n_steps, grid.lam
+        n, lam = grid.steps, grid.lam
         orders = self._orders(n, grid)
         pred, corr = [], [None]
         for i in range(n):

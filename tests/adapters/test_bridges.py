@@ -198,7 +198,7 @@ def _f32_tol(ac_n, *tensors):
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
 def test_alphas_cumprod_from_config_matches_diffusers(beta_schedule):
     diffusers = _diffusers()
-    from flowsde.adapters import diffusers_alphas_cumprod
+    from flowsde.adapters._diffusers import diffusers_alphas_cumprod
 
     sched = diffusers.DDIMScheduler(num_train_timesteps=200, beta_schedule=beta_schedule)
     from_cfg = diffusers_alphas_cumprod(dict(sched.config))

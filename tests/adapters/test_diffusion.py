@@ -242,7 +242,7 @@ def test_dtype_policy():
     t = torch.linspace(0.01, 1.0, 6, dtype=f64)
     exact = gauss.parts(sch, t, x)["score"]
     for dt in (None, f64):
-        dif = Diffusion(net32, sch, "x0", dtype=dt)
+        dif = Diffusion(net32, sch, "x0", compute_dtype=dt)
         out = dif.score(t.float(), x.float())
         assert out.dtype == torch.float32 and seen[-1] == (torch.float32, torch.float32)
         # float32 round-off in x, t and the net output, amplified by 1/sigma^2 <= ~60 here
@@ -319,7 +319,7 @@ def test_bad_construction():
     with pytest.raises(InputError, match="Schedule"):
         Diffusion(net, "vp")
     with pytest.raises(InputError, match="dtype"):
-        Diffusion(net, VP(), dtype="float64")
+        Diffusion(net, VP(), compute_dtype="float64")
     with pytest.raises(InputError, match="check_t"):
         Diffusion(net, VP(), check_t="yes")
     with pytest.raises(InputError, match="undefined"):
@@ -372,7 +372,7 @@ def test_bad_times():
 def test_inputs_not_mutated():
     sch = Cosine()
     gauss = Gauss(torch.zeros(2, dtype=f64), 1.0)
-    dif = Diffusion(gauss.net(sch, "v"), sch, "v", dtype=f64)
+    dif = Diffusion(gauss.net(sch, "v"), sch, "v", compute_dtype=f64)
     x, t = torch.randn(3, 2, dtype=f64), torch.full((3,), 0.4, dtype=f64)
     x_c, t_c = x.clone(), t.clone()
     for m in ("score", "eps", "x0", "v", "velocity"):

@@ -17,7 +17,6 @@ from flowsde.adapters import (
     Diffusion,
     EDMPrecond,
     VPPrecond,
-    edm_heun,
     edm_sampler,
     from_denoiser,
     to_denoiser,
@@ -102,13 +101,13 @@ def test_reproduces_kdiffusion_sample_heun(denoiser, churn):
     model = edm_denoiser(mixture()) if denoiser == "exact" else nonlinear_denoiser
     sigmas = karras_sigmas(10, 0.002, 80.0)
     latents = torch.randn(6, 2, dtype=F64, generator=_gen(1))
-    # k-diffusion draws eps every step (also when gamma = 0): same stream as ours with S_churn > 0.
+    # k-diffusion draws eps every step (also when gamma = 0): same stream as ours with s_churn > 0.
     g_ref = _gen(7)
     ref = kdiff_sample_heun(model, latents * sigmas[0], sigmas,
                             lambda x: torch.randn(x.shape, dtype=x.dtype, generator=g_ref),
                             s_churn=churn, s_tmin=0.05, s_tmax=20.0)
     for wrapped in (from_denoiser(model, sigma_min=0.002, sigma_max=80.0), model):
-        sol = edm_sampler(wrapped, latents, sigmas=sigmas, S_churn=churn, S_min=0.05, S_max=20.0,
+        sol = edm_sampler(wrapped, latents, grid=sigmas, s_churn=churn, s_tmin=0.05, s_tmax=20.0,
                           generator=_gen(7))
         if churn == 0:
             # identical operations: bit-for-bit
@@ -134,38 +133,38 @@ def test_matches_installed_kdiffusion():
                              s_tmax=30.0)
     assert torch.equal(ref, mine)
     torch.manual_seed(5)
-    sol = edm_sampler(model, latents, sigmas=sigmas, S_churn=20.0, S_min=0.1, S_max=30.0)
+    sol = edm_sampler(model, latents, grid=sigmas, s_churn=20.0, s_tmin=0.1, s_tmax=30.0)
     torch.testing.assert_close(sol.x, ref, rtol=RTOL64, atol=RTOL64)
 
 
-def nvlabs_edm_sampler(net, latents, randn_like, num_steps=18, sigma_min=0.002, sigma_max=80, rho=7,
-                       S_churn=0, S_min=0, S_max=float("inf"), S_noise=1):
+def nvlabs_edm_sampler(net, latents, randn_like, steps=18, sigma_min=0.002, sigma_max=80, rho=7,
+                       s_churn=0, s_tmin=0, s_tmax=float("inf"), s_noise=1):
     """NVlabs/edm generate.py `edm_sampler`, re-derived line by line (class_labels dropped): the
     reference the EDM paper's numbers were produced with. NVlabs/edm is not a package."""
     sigma_min = max(sigma_min, net.sigma_min)
     sigma_max = min(sigma_max, net.sigma_max)
-    step_indices = torch.arange(num_steps, dtype=torch.float64, device=latents.device)
+    step_indices = torch.arange(steps, dtype=torch.float64, device=latents.device)
     t_steps = (sigma_max ** (1 / rho)
-               + step_indices / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+               + step_indices / (steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     t_steps = torch.cat([net.round_sigma(t_steps), torch.zeros_like(t_steps[:1])])
     x_next = latents.to(torch.float64) * t_steps[0]
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
         x_cur = x_next
-        gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0
+        gamma = min(s_churn / steps, math.sqrt(2) - 1) if s_tmin <= t_cur <= s_tmax else 0
         t_hat = net.round_sigma(t_cur + gamma * t_cur)
-        x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
+        x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * s_noise * randn_like(x_cur)
         denoised = net(x_hat, t_hat).to(torch.float64)
         d_cur = (x_hat - denoised) / t_hat
         x_next = x_hat + (t_next - t_hat) * d_cur
-        if i < num_steps - 1:
+        if i < steps - 1:
             denoised = net(x_next, t_next).to(torch.float64)
             d_prime = (x_next - denoised) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
     return x_next
 
 
-@pytest.mark.parametrize("S_churn", [0.0, 40.0])
-def test_reproduces_nvlabs_edm_sampler(S_churn):
+@pytest.mark.parametrize("s_churn", [0.0, 40.0])
+def test_reproduces_nvlabs_edm_sampler(s_churn):
     """Same net (an EDMPrecond with range [0.01, 50]: the grid is clipped as NVlabs/edm clips it),
     same latents, same noise stream: bit for bit, with EDM's ImageNet churn settings."""
     gm = mixture()
@@ -173,28 +172,28 @@ def test_reproduces_nvlabs_edm_sampler(S_churn):
     p = EDMPrecond(_exact_F(p, edm_denoiser(gm)), sigma_min=0.01, sigma_max=50.0)
     lat = torch.randn(5, 2, dtype=F64, generator=_gen(20))
     g = _gen(21)
-    ref = nvlabs_edm_sampler(p, lat, lambda x: torch.randn(x.shape, dtype=x.dtype, generator=g), num_steps=12,
-                             S_churn=S_churn, S_min=0.05, S_max=50, S_noise=1.003)
-    sol = edm_sampler(p, lat, num_steps=12, S_churn=S_churn, S_min=0.05, S_max=50, S_noise=1.003,
+    ref = nvlabs_edm_sampler(p, lat, lambda x: torch.randn(x.shape, dtype=x.dtype, generator=g), steps=12,
+                             s_churn=s_churn, s_tmin=0.05, s_tmax=50, s_noise=1.003)
+    sol = edm_sampler(p, lat, steps=12, s_churn=s_churn, s_tmin=0.05, s_tmax=50, s_noise=1.003,
                       generator=_gen(21))
     assert torch.equal(sol.x, ref)
     assert (sol.stats["sigma_min"], sol.stats["sigma_max"]) == (0.01, 50.0)
 
 
 def test_grid_is_nvlabs_edm_grid():
-    sol = edm_heun(from_denoiser(edm_denoiser(mixture())), torch.zeros(1, 2, dtype=F64))
-    # NVlabs/edm generate.py, num_steps = 18, written out
+    sol = edm_sampler(from_denoiser(edm_denoiser(mixture())), torch.zeros(1, 2, dtype=F64))
+    # NVlabs/edm generate.py, steps = 18, written out
     i = torch.arange(18, dtype=F64)
     t = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     assert torch.equal(sol.stats["sigmas"], torch.cat([t, torch.zeros(1, dtype=F64)]))
-    assert sol.nfe == 35 and sol.n_steps == 18
+    assert sol.nfe == 35 and sol.steps == 18
 
 
 def test_grid_is_clipped_to_the_model_range():
     # VE(0.01, 50): EDM sigma in [0.01, 50]; NVlabs/edm clips the requested [0.002, 80] to the net's range.
     d = Diffusion(mixture().oracle(VE(sigma_min=0.01, sigma_max=50.0), "eps"), VE(sigma_min=0.01, sigma_max=50.0),
                   prediction="eps")
-    sol = edm_heun(d, torch.zeros(1, 2, dtype=F64), num_steps=5)
+    sol = edm_sampler(d, torch.zeros(1, 2, dtype=F64), steps=5)
     s = sol.stats["sigmas"]
     assert math.isclose(float(s[0]), 50.0, rel_tol=1e-12) and math.isclose(float(s[-2]), 0.01, rel_tol=1e-12)
 
@@ -213,7 +212,7 @@ class Counter:
                                                  ("stop", lambda n: 2 * n - 2)])
 def test_nfe(n, last_step, expected):
     m = Counter(edm_denoiser(mixture()))
-    sol = edm_sampler(m, torch.randn(3, 2, dtype=F64), num_steps=n, last_step=last_step, S_churn=5.0,
+    sol = edm_sampler(m, torch.randn(3, 2, dtype=F64), steps=n, last_step=last_step, s_churn=5.0,
                       generator=_gen(0))
     assert sol.nfe == len(m.calls) == expected(n)
     # no evaluation ever at sigma = 0 (the singular point of score/eps conversions)
@@ -224,9 +223,9 @@ def test_last_step_policies_agree_without_churn():
     gm = mixture()
     lat = torch.randn(5, 2, dtype=F64, generator=_gen(3))
     d = from_denoiser(edm_denoiser(gm))
-    e = edm_heun(d, lat, num_steps=12, last_step="euler")
-    dn = edm_heun(d, lat, num_steps=12, last_step="denoise")
-    st_ = edm_heun(d, lat, num_steps=12, last_step="stop")
+    e = edm_sampler(d, lat, steps=12, last_step="euler")
+    dn = edm_sampler(d, lat, steps=12, last_step="denoise")
+    st_ = edm_sampler(d, lat, steps=12, last_step="stop")
     # Euler from r to 0 is x + (0 - r)(x - D)/r = D(x, r): the same as denoising, up to round-off.
     torch.testing.assert_close(e.x, dn.x, rtol=RTOL64, atol=RTOL64)
     torch.testing.assert_close(dn.x, edm_denoiser(gm)(st_.x, torch.tensor(0.002, dtype=F64)), rtol=RTOL64,
@@ -238,15 +237,15 @@ def test_churn_noise_placement():
     """The network sees (x_hat, t_hat) (NVlabs/edm; diffusers #8549 got it wrong)."""
     m = Counter(edm_denoiser(mixture()))
     lat = torch.randn(4, 2, dtype=F64, generator=_gen(4))
-    S_churn, S_noise, N = 12.0, 1.007, 6
-    sol = edm_sampler(m, lat, num_steps=N, S_churn=S_churn, S_noise=S_noise, generator=_gen(9), save_all=True)
+    s_churn, s_noise, N = 12.0, 1.007, 6
+    sol = edm_sampler(m, lat, steps=N, s_churn=s_churn, s_noise=s_noise, generator=_gen(9), save_all=True)
     g = _gen(9)
-    gamma = min(S_churn / N, math.sqrt(2) - 1)
+    gamma = min(s_churn / N, math.sqrt(2) - 1)
     sig = sol.stats["sigmas"].tolist()
     for i in range(N):
         r, r_hat = sig[i], sig[i] + gamma * sig[i]
         z = torch.randn(lat.shape, dtype=F64, generator=g)
-        x_hat = sol.xs[i] + math.sqrt(r_hat ** 2 - r ** 2) * S_noise * z
+        x_hat = sol.xs[i] + math.sqrt(r_hat ** 2 - r ** 2) * s_noise * z
         x_in, s_in = m.calls[2 * i]
         assert s_in.shape == (4,) and bool((s_in == r_hat).all()) and torch.equal(x_in, x_hat)
         if i < N - 1:
@@ -256,8 +255,8 @@ def test_churn_noise_placement():
 
 
 def test_churn_window():
-    sol = edm_sampler(edm_denoiser(mixture()), torch.zeros(2, 2, dtype=F64), num_steps=10, S_churn=40.0,
-                      S_min=0.05, S_max=50.0, generator=_gen(0))
+    sol = edm_sampler(edm_denoiser(mixture()), torch.zeros(2, 2, dtype=F64), steps=10, s_churn=40.0,
+                      s_tmin=0.05, s_tmax=50.0, generator=_gen(0))
     sig = sol.stats["sigmas"].tolist()
     g = min(40.0 / 10, math.sqrt(2) - 1)
     assert sol.stats["gammas"] == [g if 0.05 <= s <= 50.0 else 0.0 for s in sig[:10]]
@@ -267,8 +266,8 @@ def test_churn_window():
 def test_per_sample_generators_do_not_depend_on_batch():
     model = edm_denoiser(mixture())
     lat = torch.randn(4, 2, dtype=F64, generator=_gen(5))
-    full = edm_sampler(model, lat, num_steps=8, S_churn=20.0, generator=flowsde.per_sample_generators([0, 1, 2, 3]))
-    part = edm_sampler(model, lat[2:], num_steps=8, S_churn=20.0, generator=flowsde.per_sample_generators([2, 3]))
+    full = edm_sampler(model, lat, steps=8, s_churn=20.0, generator=flowsde.per_sample_generators([0, 1, 2, 3]))
+    part = edm_sampler(model, lat[2:], steps=8, s_churn=20.0, generator=flowsde.per_sample_generators([2, 3]))
     assert torch.equal(full.x[2:], part.x)
 
 
@@ -281,13 +280,13 @@ def test_dtype_policy():
         return gm.oracle(EDM(), "x0")(x.to(F64), sigma.to(F64)).to(x.dtype)
 
     lat = torch.randn(8, 2, generator=_gen(6))  # float32 latents
-    hi = edm_heun(model, lat, num_steps=10)  # default: float64 state, model called in float32
+    hi = edm_sampler(model, lat, steps=10)  # default: float64 state, model called in float32
     assert hi.x.dtype == F64 and set(seen) == {(torch.float32, torch.float32)}
     seen.clear()
-    lo = edm_heun(model, lat, num_steps=10, dtype=None)
+    lo = edm_sampler(model, lat, steps=10, dtype=None)
     assert lo.x.dtype == torch.float32
     seen.clear()
-    full = edm_heun(model, lat, num_steps=10, model_dtype=F64)
+    full = edm_sampler(model, lat, steps=10, net_dtype=F64)
     assert set(seen) == {(F64, F64)}
     # float32 vs float64: the same discretization, so only float32 round-off differs. Errors made
     # at level r are damped by the flow (dx/dr = (x - D)/r contracts towards D by ~r_next/r per
@@ -318,8 +317,8 @@ def test_same_trajectory_across_schedules(schedule, prediction):
     den = to_denoiser(other)
     lo, hi = max(0.002, den.sigma_min * 1.0001), min(80.0, den.sigma_max / 1.0001)
     lat = torch.randn(16, 2, dtype=F64, generator=_gen(8))
-    a = edm_heun(ref, lat, num_steps=12, sigma_min=lo, sigma_max=hi, save_all=True)
-    b = edm_heun(other, lat, num_steps=12, sigma_min=lo, sigma_max=hi, save_all=True)
+    a = edm_sampler(ref, lat, steps=12, sigma_min=lo, sigma_max=hi, save_all=True)
+    b = edm_sampler(other, lat, steps=12, sigma_min=lo, sigma_max=hi, save_all=True)
     assert torch.equal(a.stats["sigmas"], b.stats["sigmas"])
     # round-off of r(t(r)) (a few ulps for the log/expm1/sqrt inversions) times |dD/dr| <= |x|/r,
     # over 12 Heun steps of states of size <= 80 (measured <= 3e-14): RTOL64.
@@ -349,8 +348,8 @@ def test_vp_precond_with_vp_eps_network_is_the_vp_diffusion():
     sigma = torch.tensor([0.01, 0.2, 1.0, 3.0, 10.0, 60.0], dtype=F64)
     torch.testing.assert_close(p(x, sigma), edm_denoiser(gm)(x, sigma), rtol=RTOL64, atol=RTOL64)
     # and it samples: edm_heun on the precond directly (uses its sigma_min / sigma_max attributes)
-    sol = edm_heun(p, torch.randn(4, 2, dtype=F64, generator=_gen(14)), num_steps=6)
-    ref = edm_heun(edm_denoiser(gm), torch.randn(4, 2, dtype=F64, generator=_gen(14)), num_steps=6)
+    sol = edm_sampler(p, torch.randn(4, 2, dtype=F64, generator=_gen(14)), steps=6)
+    ref = edm_sampler(edm_denoiser(gm), torch.randn(4, 2, dtype=F64, generator=_gen(14)), steps=6)
     torch.testing.assert_close(sol.x, ref.x, rtol=RTOL64, atol=RTOL64)
 
 
@@ -360,31 +359,31 @@ def test_bad_input():
     lat = torch.randn(2, 2, dtype=F64)
     with pytest.raises(InputError, match="last_step"):
         edm_sampler(model, lat, last_step="ddim")
-    with pytest.raises(InputError, match="S_churn"):
-        edm_sampler(model, lat, S_churn=-1.0)
-    with pytest.raises(InputError, match="num_steps"):
-        edm_sampler(model, lat, num_steps=0)
+    with pytest.raises(InputError, match="s_churn"):
+        edm_sampler(model, lat, s_churn=-1.0)
+    with pytest.raises(InputError, match="steps"):
+        edm_sampler(model, lat, steps=0)
     with pytest.raises(InputError, match="ending in 0"):
-        edm_sampler(model, lat, sigmas=torch.tensor([3.0, 1.0]))
+        edm_sampler(model, lat, grid=torch.tensor([3.0, 1.0]))
     with pytest.raises(InputError, match="strictly decreasing"):
-        edm_sampler(model, lat, sigmas=torch.tensor([1.0, 3.0, 0.0]))
+        edm_sampler(model, lat, grid=torch.tensor([1.0, 3.0, 0.0]))
     with pytest.raises(InputError, match="defined on"):
-        edm_sampler(from_denoiser(model), lat, sigmas=torch.tensor([200.0, 1.0, 0.0]))
+        edm_sampler(from_denoiser(model), lat, grid=torch.tensor([200.0, 1.0, 0.0]))
     with pytest.raises(InputError, match="shape"):
         edm_sampler(lambda x, s: x[:, :1], lat)
-    with pytest.raises(InputError, match="latents"):
+    with pytest.raises(InputError, match="edm_sampler: x contain"):
         edm_sampler(model, torch.tensor([[float("nan"), 0.0]]))
     with pytest.raises(InputError, match="callable"):
         from_denoiser(3)
     with pytest.raises(SolveError, match="denoise returned NaN/Inf at step 0"):
-        edm_sampler(lambda x, s: x / (s - s), lat, num_steps=3)
-    bad = edm_sampler(lambda x, s: x / (s - s), lat, num_steps=3, throw=False)
+        edm_sampler(lambda x, s: x / (s - s), lat, steps=3)
+    bad = edm_sampler(lambda x, s: x / (s - s), lat, steps=3, throw=False)
     assert bool((bad.status == flowsde.Status.NON_FINITE).all())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("S_churn", [0.0, 10.0])
-def test_samples_follow_the_mixture(S_churn):
+@pytest.mark.parametrize("s_churn", [0.0, 10.0])
+def test_samples_follow_the_mixture(s_churn):
     """edm_sampler on a VP eps-model (exact oracle) samples the data mixture. Family-wise
     false-alarm rate 1e-3 for exact samples (projected KS + moments, Holm). The discretization
     bias at N = 40 (measured: relative covariance error ~1%, shrinking ~4x per doubling of N)
@@ -394,15 +393,15 @@ def test_samples_follow_the_mixture(S_churn):
     gm = mixture()
     d = Diffusion(gm.oracle(VP(), "eps"), VP(), prediction="eps")
     lat = torch.randn(3000, 2, dtype=F64, generator=_gen(0))
-    sol = edm_sampler(d, lat, num_steps=40, S_churn=S_churn, generator=_gen(1))
+    sol = edm_sampler(d, lat, steps=40, s_churn=s_churn, generator=_gen(1))
     assert_marginals(sol.x, gm, alpha=1e-3)
-    coarse = edm_sampler(d, lat, num_steps=6, S_churn=S_churn, generator=_gen(1))
+    coarse = edm_sampler(d, lat, steps=6, s_churn=s_churn, generator=_gen(1))
     assert not check_marginals(coarse.x, gm, alpha=1e-3).passed
 
 
 @pytest.mark.parametrize("schedule,prediction", SCHEDULES[:3], ids=lambda v: getattr(v, "__name__", str(v))[:30])
-@pytest.mark.parametrize("S_churn", [0.0, 30.0])
-def test_diffusion_path_is_the_peer_path(schedule, prediction, S_churn):
+@pytest.mark.parametrize("s_churn", [0.0, 30.0])
+def test_diffusion_path_is_the_peer_path(schedule, prediction, s_churn):
     """``edm_sampler`` on a Diffusion gives its Denoiser one 0-dim float64 sigma per call (the
     Diffusion then reuses each level's coefficients from one solve to the next); the same Denoiser
     called as a peer's denoiser gets EDM's ``(B,)`` sigma. Both are the same sampler: float64
@@ -414,7 +413,7 @@ def test_diffusion_path_is_the_peer_path(schedule, prediction, S_churn):
     lat = torch.randn(16, 2, dtype=F64, generator=_gen(3))
 
     def run(model):
-        return edm_sampler(model, lat, num_steps=10, sigma_min=lo, sigma_max=hi, S_churn=S_churn,
+        return edm_sampler(model, lat, steps=10, sigma_min=lo, sigma_max=hi, s_churn=s_churn,
                            generator=_gen(4)).x
 
     peer = run(lambda x, sigma: den(x, sigma))

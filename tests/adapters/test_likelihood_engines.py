@@ -71,7 +71,7 @@ def test_torchdiffeq_failures_as_status():
                         throw=False)
     assert int(sol.status[1]) == int(Status.NON_FINITE)
     with pytest.raises(InputError, match="adaptive methods"):
-        flowsde.TorchDiffEq("rk4")
+        flowsde.solvers.TorchDiffEq("rk4")
     with pytest.raises(InputError, match="no option"):
         flowsde.solve(flowsde.ODE(f), x0, torch.tensor([0.0, 1.0], dtype=DT), method="torchdiffeq:dopri5",
                       safety=0.5)

@@ -302,7 +302,7 @@ def test_meta_tensors_are_refused_at_the_entry_points():
 
 def test_time_in_range_is_the_one_rounding_rule():
     """flowsde.adapters.time_in_range: the rule Diffusion applies, for any other user-given time."""
-    from flowsde.adapters import ROUNDING, time_in_range
+    from flowsde._internal import ROUNDING, time_in_range
 
     assert time_in_range(0.0019999996, 0.002, 80.0) == 0.002
     assert time_in_range(80.0 * (1 + 0.5 * ROUNDING), 0.002, 80.0) == 80.0

@@ -92,9 +92,9 @@ def test_gmm_compare_is_exact(capsys, tmp_path):
 
 def test_default_solver_set_includes_the_core_samplers():
     import flowsde
-    from flowsde.validation import default_methods
+    from flowsde.workloads import default_methods
 
     methods = default_methods()
     assert {"euler", "heun", "edm_heun", "rk45", "euler_maruyama", "pc", "edm_churn"} <= set(methods)
     for m in ("ddim", "dpmpp_2m", "unipc"):
-        assert (m in methods) == (m in flowsde.METHODS)
+        assert (m in methods) == (m in flowsde.solvers.METHODS)

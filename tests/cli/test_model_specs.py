@@ -11,7 +11,7 @@ from _clihelpers import one_line_error, png_size, run, table_rows
 FACTORIES = textwrap.dedent("""
     import torch
     from flowsde.adapters import Diffusion, schedules
-    from flowsde.validation import default_mixture
+    from flowsde.workloads import default_mixture
 
     def good(dtype=torch.float64):
         data = default_mixture(2)
@@ -104,12 +104,12 @@ def test_diffusers_folder(capsys, pipeline, tmp_path):
 
 
 def test_compare_bad_options(capsys, tmp_path, monkeypatch):
-    import flowsde.validation
+    import flowsde.workloads
 
     def no_work(*a, **k):
         raise AssertionError("the comparison ran before the input was checked")
 
-    monkeypatch.setattr(flowsde.validation, "compare_solvers", no_work)
+    monkeypatch.setattr(flowsde.workloads, "compare_solvers", no_work)
     (tmp_path / "file.txt").write_text("")
     cases = [
         (["--nfe", 0], "'0' is not a positive integer"),

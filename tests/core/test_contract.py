@@ -1,5 +1,5 @@
 """The core solver contract: throw / per-sample status, grad, options, direction,
-float64 time, the solver protocol (state, evals_per_step) and flowsde.utils."""
+float64 time, the solver protocol (state, evals_per_step) and flowsde._internal."""
 
 import math
 
@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import flowsde
-from flowsde import Status, grids, utils
+import flowsde._internal
+from flowsde import Status, grids
+from flowsde import _internal as utils
 
 F64 = torch.float64
 FIXED = ["euler", "heun", "euler_maruyama", "pc", "milstein", "srk", "torchsde_euler"]
@@ -117,10 +119,10 @@ def test_options_by_name_equal_the_instance():
     x0 = torch.ones(2, 1, dtype=F64)
     ts = torch.tensor([0.0, 1.0], dtype=F64)
     a = flowsde.solve(ode, x0, ts, method="rk45", rtol=1e-3, atol=1e-6)
-    b = flowsde.solve(ode, x0, ts, method=flowsde.RK45(rtol=1e-3, atol=1e-6))
+    b = flowsde.solve(ode, x0, ts, method=flowsde.solvers.RK45(rtol=1e-3, atol=1e-6))
     assert torch.equal(a.x, b.x) and a.nfe == b.nfe
-    assert flowsde.get_solver("heun", final_euler=True).final_euler
-    assert flowsde.get_solver("pc", snr=0.1, n_corrector=2).n_corrector == 2
+    assert flowsde.solvers.get_solver("heun", final_euler=True).final_euler
+    assert flowsde.solvers.get_solver("pc", snr=0.1, corrector_steps=2).corrector_steps == 2
 
 
 def test_unknown_option_is_named_with_the_valid_ones():
@@ -128,9 +130,9 @@ def test_unknown_option_is_named_with_the_valid_ones():
         flowsde.solve(flowsde.ODE(lambda t, x: -x), torch.ones(1, 1), grids.uniform(0, 1, 2), method="rk45",
                       rtoll=1e-3)
     with pytest.raises(flowsde.InputError, match="has no option 'snr'.*options are none"):
-        flowsde.get_solver("euler", snr=1)
+        flowsde.solvers.get_solver("euler", snr=1)
     with pytest.raises(flowsde.InputError, match="solver instance"):
-        flowsde.get_solver(flowsde.Heun(), final_euler=True)
+        flowsde.solvers.get_solver(flowsde.solvers.Heun(), final_euler=True)
 
 
 # ------------------------------------------------------------------ direction
@@ -141,7 +143,7 @@ def test_direction_refuses_the_other_grid():
     fwd = flowsde.ODE(lambda t, x: -x, direction="forward")
     x0 = torch.zeros(2, 1, dtype=F64)
     with pytest.raises(flowsde.InputError, match=r"direction='reverse'.*increases from 0.0 to 1.0.*decreasing grid"
-                                                 r".*uniform\(1.0, 0.0, n\)"):
+                                                 r".*uniform\(1.0, 0.0, steps\)"):
         flowsde.solve(rev, x0, grids.uniform(0, 1, 3), method="euler_maruyama")
     with pytest.raises(flowsde.InputError, match=r"direction='forward'.*increasing grid"):
         flowsde.solve(fwd, x0, grids.uniform(1, 0, 3))
@@ -165,7 +167,7 @@ def test_time_is_float64_and_cast_once_for_the_user():
     ts = grids.uniform(0, 1, 3, dtype=torch.float32)
     sol = flowsde.solve(flowsde.ODE(f), x0, ts, method="heun", save_all=True)
     assert set(seen) == {torch.float32} and sol.x.dtype == torch.float32
-    assert sol.ts.dtype == F64 and sol.t_final.dtype == F64
+    assert sol.grid.dtype == F64 and sol.t_final.dtype == F64
     seen.clear()
     flowsde.solve(flowsde.ODE(f, time_dtype=F64), x0, ts, method="heun")
     assert set(seen) == {F64}
@@ -187,9 +189,9 @@ def test_float64_time_resolves_steps_float32_cannot():
 # ------------------------------------------------------------------ solver protocol
 
 
-@pytest.mark.parametrize("method", FIXED + [flowsde.Heun(final_euler=True), flowsde.PC(n_corrector=3)])
+@pytest.mark.parametrize("method", FIXED + [flowsde.solvers.Heun(final_euler=True), flowsde.solvers.PC(corrector_steps=3)])
 def test_nfe_matches_evals_per_step(method):
-    solver = flowsde.get_solver(method)
+    solver = flowsde.solvers.get_solver(method)
     problem = _ode() if solver.solves_ode and not solver.noise_types else _sde()
     sol = flowsde.solve(problem, torch.ones(2, 3, dtype=F64), grids.uniform(0, 1, 6), method=solver,
                         generator=torch.Generator().manual_seed(0))
@@ -197,7 +199,7 @@ def test_nfe_matches_evals_per_step(method):
     assert isinstance(solver.evals_per_step, int)
 
 
-class _TwoStepAB(flowsde.Solver):
+class _TwoStepAB(flowsde.solvers.Solver):
     """Two-step Adams–Bashforth (first step Euler): a multistep solver keeping history in state."""
 
     name = "ab2"
@@ -255,7 +257,8 @@ def test_randn_per_sample_rows_do_not_depend_on_the_batch():
     with pytest.raises(flowsde.InputError, match="2 per-sample generators for a batch of 3"):
         utils.randn((3, 1), gens([1, 2]))
     with pytest.raises(flowsde.InputError, match="generator"):
-        utils.randn((3, 1), 5)
+        utils.randn((3, 1), "5")
+    assert torch.equal(utils.randn((3, 1), 5), utils.randn((3, 1), torch.Generator().manual_seed(5)))
 
 
 def test_batch_broadcast():
@@ -304,7 +307,7 @@ def test_autograd_inside_a_function_works_with_enable_grad():
 
     sde = flowsde.SDE(lambda t, x: -x, lambda t, x: torch.zeros((), dtype=x.dtype), score=score)
     x0 = torch.ones(3, 2, dtype=F64)
-    a = flowsde.solve(sde, x0, grids.uniform(0, 1, 4), method=flowsde.PC(n_corrector=2),
+    a = flowsde.solve(sde, x0, grids.uniform(0, 1, 4), method=flowsde.solvers.PC(corrector_steps=2),
                       generator=torch.Generator().manual_seed(0))
     assert a.success and a.x.grad_fn is None
     s = flowsde.solve(flowsde.ODE(score), x0, grids.uniform(0, 1, 4), method="euler").x

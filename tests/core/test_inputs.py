@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import flowsde
-from flowsde import InputError, grids, utils
+from flowsde import InputError, grids
+from flowsde import _internal as utils
 
 F64 = torch.float64
 
@@ -14,28 +15,28 @@ def _ode():
 
 
 def test_zero_dim_x0_is_named_as_a_swapped_time():
-    with pytest.raises(InputError, match=r"x0: got a 0-dim tensor \(0.5\), which looks like a time.*swap"):
+    with pytest.raises(InputError, match=r"x: got a 0-dim tensor \(0.5\), which looks like a time.*swap"):
         flowsde.solve(_ode(), torch.tensor(0.5), grids.uniform(0, 1, 2))
 
 
 def test_state_and_grid_given_the_wrong_way_round():
     x0 = torch.zeros(4, 3)
     ts = grids.uniform(0, 1, 5)
-    with pytest.raises(InputError, match=r"ts: expected a 1-D tensor of times, got shape \(4, 3\)\. It looks like "
+    with pytest.raises(InputError, match=r"grid: expected a 1-D tensor of times, got shape \(4, 3\)\. It looks like "
                                          r"the state: did you swap"):
         flowsde.solve(_ode(), ts, x0)
 
 
 def test_meta_tensors_are_refused_up_front():
-    with pytest.raises(InputError, match="x0: is on the 'meta' device"):
+    with pytest.raises(InputError, match="x: is on the 'meta' device"):
         flowsde.solve(_ode(), torch.zeros(2, 3, device="meta"), grids.uniform(0, 1, 2))
-    with pytest.raises(InputError, match="ts: is on the 'meta' device"):
+    with pytest.raises(InputError, match="grid: is on the 'meta' device"):
         flowsde.solve(_ode(), torch.zeros(2, 3), torch.linspace(0, 1, 3, device="meta"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_states_are_refused_with_the_fix(dtype):
-    with pytest.raises(InputError, match=rf"x0: dtype {dtype} is too coarse.*float32 or float64.*half precision "
+    with pytest.raises(InputError, match=rf"x: dtype {dtype} is too coarse.*float32 or float64.*half precision "
                                          "inside your function"):
         flowsde.solve(_ode(), torch.zeros(2, 3, dtype=dtype), grids.uniform(0, 1, 2))
 

@@ -30,7 +30,7 @@ def ou_sde(b, s):
 
 def strong_errors(sde, x0, t0, t1, levels, ref_level, method="euler_maruyama", n_paths_seed=0, levy=False):
     """Errors of each level against the fine reference, all driven by one BrownianPath."""
-    path = flowsde.BrownianPath(t0, t1, x0.shape, seed=n_paths_seed, levy_area=levy, tol=2.0 ** -(ref_level + 4))
+    path = flowsde.BrownianPath(t0, t1, x0.shape, generator=n_paths_seed, levy_area=levy, tol=2.0 ** -(ref_level + 4))
     ref = flowsde.solve(sde, x0, grids.uniform(t0, t1, 2 ** ref_level), method=method, generator=path, save_all=True)
     errs = []
     for lvl in levels:
@@ -55,7 +55,7 @@ LEVELS = {"euler_maruyama": (range(3, 9), 10), "torchsde_euler": (range(3, 9), 1
 def test_strong_order_on_additive_noise(method, t0, t1):
     # OU (additive noise): Euler-Maruyama coincides with Milstein there, so its declared strong order
     # on additive noise is 1, not 0.5 (Kloeden & Platen, sec. 10.3).
-    solver = flowsde.get_solver(method)
+    solver = flowsde.solvers.get_solver(method)
     order = solver.strong_order_for("additive")
     sde = ou_sde(1.0, 0.8)
     x0 = torch.full((100, 2), 1.5, dtype=F64)  # 100 paths x 2 dims
@@ -87,7 +87,7 @@ def nonlinear_sde():
 @pytest.mark.parametrize("t0, t1", [(0.0, 2.0), (2.0, 0.0)])
 @pytest.mark.parametrize("method", ["euler_maruyama", "milstein"])
 def test_strong_order_on_nonlinear_problem(method, t0, t1):
-    solver = flowsde.get_solver(method)
+    solver = flowsde.solvers.get_solver(method)
     order = solver.strong_order_for("diagonal")
     sde = nonlinear_sde()
     x0 = torch.randn(60, 3, dtype=F64, generator=torch.Generator().manual_seed(5))
@@ -106,7 +106,7 @@ def test_weak_order_on_ou(method, t0, t1):
     # paths, and is bounded here: 2e5 samples give a standard error of the second moment
     # about 0.35 * sqrt(2/2e5) ~ 1e-3, below the smallest weak error fitted (~5e-3 at h = 1/32).
     # Solved backward (t1 < t0), dx = -b x dt with dt < 0 is, in s = -t, dx = +b x ds: b flips sign.
-    order = flowsde.get_solver(method).weak_order
+    order = flowsde.solvers.get_solver(method).weak_order
     b_sde, s, T, xinit = 1.0, 0.8, abs(t1 - t0), 2.0
     b = b_sde if t1 > t0 else -b_sde
     x0 = torch.full((200_000, 1), xinit, dtype=F64)
@@ -128,7 +128,7 @@ def test_weak_order_on_ou(method, t0, t1):
 @pytest.mark.parametrize("t0, t1", [(0.0, 1.0), (1.0, 0.0)])
 def test_ode_global_order_on_linear_system(method, t0, t1):
     # y' = A y, A = 0.5 N(0, 1) (6 x 6), exact y(t1) = expm((t1 - t0) A) y(t0)  (diffrax test_ode_order).
-    order = flowsde.get_solver(method).order
+    order = flowsde.solvers.get_solver(method).order
     A = 0.5 * torch.randn(6, 6, dtype=F64, generator=torch.Generator().manual_seed(2))
     y0 = torch.randn(4, 6, dtype=F64, generator=torch.Generator().manual_seed(3))
     ode = flowsde.ODE(lambda t, y: y @ A.T)
@@ -146,15 +146,15 @@ def test_langevin_corrector_converges_to_a_fixed_gaussian(step_rule, d):
     # stationary variance s^2 / (1 - eps / (2 s^2)) (Gaussian target, exact). The snr rule gives
     # eps <= ~2 snr^2 s^2 near stationarity, so the relative variance lies in [1, 1 / (1 - snr^2)].
     # The per-sample rule is tested in d = 64, where ||s|| concentrates; in d = 4 a sample that
-    # starts near the mode gets a huge frozen step (documented in flowsde.langevin / docs).
+    # starts near the mode gets a huge frozen step (documented in flowsde.solvers.langevin / docs).
     # Statistics: n x d draws; the sample mean has SE s / sqrt(n d), the sample variance relative
     # SE sqrt(2 / (n d)); 5 SE bounds (two-sided false alarm < 1e-6 per check).
     m, s, snr = 1.5, 0.7, 0.16
     n = 32000 // d
     score = lambda t, x: -(x - m) / s ** 2  # noqa: E731
     x0 = m + torch.randn(n, d, dtype=F64, generator=torch.Generator().manual_seed(0))  # N(m, I)
-    x = flowsde.langevin(score, torch.tensor(0.0, dtype=F64), x0, torch.Generator().manual_seed(1),
-                         n_steps=1500, snr=snr, step_rule=step_rule)
+    x = flowsde.solvers.langevin(score, torch.tensor(0.0, dtype=F64), x0, torch.Generator().manual_seed(1),
+                         steps=1500, snr=snr, step_rule=step_rule)
     se_mean = s / math.sqrt(n * d)
     assert abs(x.mean().item() - m) < 5 * se_mean
     rel_var = x.var().item() / s ** 2
@@ -163,7 +163,7 @@ def test_langevin_corrector_converges_to_a_fixed_gaussian(step_rule, d):
 
 
 def test_recomputing_a_per_sample_step_every_step_is_biased():
-    # Documented negative result (see flowsde.langevin): with eps(x) recomputed from the current
+    # Documented negative result (see flowsde.solvers.langevin): with eps(x) recomputed from the current
     # state, the chain is a discretization of dx = eps(x) s dt + sqrt(2 eps(x)) dW, whose stationary
     # law is p / eps(x) (with eps ~ 1/||s||^2: p ||s||^2, variance (d + 2)/d = 1.5 per coordinate
     # for N(0, I) in d = 4, and more with the ||z|| factor): far outside the 5 SE band used above.
@@ -173,5 +173,5 @@ def test_recomputing_a_per_sample_step_every_step_is_biased():
     gen = torch.Generator().manual_seed(1)
     t = torch.tensor(0.0, dtype=F64)
     for _ in range(1500):
-        x = flowsde.langevin(score, t, x, gen, n_steps=1, snr=0.05, step_rule="per_sample")
+        x = flowsde.solvers.langevin(score, t, x, gen, steps=1, snr=0.05, step_rule="per_sample")
     assert x.var().item() > 1.3

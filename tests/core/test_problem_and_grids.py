@@ -49,7 +49,7 @@ def test_edm_grid_matches_the_formula():
     ref = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     assert math.isclose(float(g[i]), ref, rel_tol=1e-14)
     assert math.isclose(float(g[0]), 80.0, rel_tol=1e-14) and math.isclose(float(g[17]), 0.002, rel_tol=1e-12)
-    assert grids.edm(n=18, final_zero=False).shape == (18,)
+    assert grids.edm(steps=17, final_zero=False).shape == (18,)
 
 
 @given(st.floats(1e-3, 1.0), st.floats(2.0, 100.0), st.integers(1, 50))
@@ -58,7 +58,8 @@ def test_log_uniform_is_geometric_and_exact_at_ends(a, b, n):
     assert g.shape == (n + 1,) and float(g[0]) == b and float(g[-1]) == a
     ratios = g[1:] / g[:-1]
     assert torch.allclose(ratios, ratios[0].expand_as(ratios), rtol=1e-10)
-    assert grids.log_uniform(b, a, n, final_zero=True)[-1] == 0
+    z = grids.log_uniform(b, a, n + 1, final_zero=True)  # steps = len(grid) - 1, the step to 0 included
+    assert z.shape == (n + 2,) and z[-1] == 0 and torch.equal(z[:-1], g)
 
 
 @given(st.floats(-5, 5), st.floats(-5, 5), st.integers(1, 40))
@@ -73,8 +74,8 @@ def test_uniform_grid(a, b, n):
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
-def test_grid_bad_n(bad):
-    with pytest.raises(flowsde.InputError, match="n must be"):
+def test_grid_bad_steps(bad):
+    with pytest.raises(flowsde.InputError, match="steps must be"):
         grids.uniform(0, 1, bad)
 
 

@@ -35,7 +35,7 @@ def _generator(kind):
         return torch.Generator().manual_seed(3)
     if kind == "per_sample":
         return flowsde.per_sample_generators(range(10, 10 + B))
-    return flowsde.BrownianPath(0.0, 1.0, (B, 2), dtype=F64, seed=3)
+    return flowsde.BrownianPath(0.0, 1.0, (B, 2), dtype=F64, generator=3)
 
 
 def _no_rewind(monkeypatch):
@@ -135,14 +135,14 @@ def _poisoned_diffusion(t_bad, sample):
     return Diffusion(net, VP(), "eps")
 
 
-FIXED_STEP = sorted(m for m in flowsde.METHODS if not flowsde.get_solver(m).adaptive)
+FIXED_STEP = sorted(m for m in flowsde.solvers.METHODS if not flowsde.solvers.get_solver(m).adaptive)
 
 
 @pytest.mark.parametrize("method", FIXED_STEP)
 def test_every_fixed_step_method_carries_a_nan_to_the_state(method, monkeypatch):
     """The replay design rests on this: no method's arithmetic removes a NaN from its outputs, so
     the final state shows it and the replay names what checking every output as it comes names."""
-    solver = flowsde.get_solver(method)
+    solver = flowsde.solvers.get_solver(method)
     ts = grids.uniform(1.0, 1e-3, 12)
     k, sample = 5, 2
     dif = _poisoned_diffusion(float(ts[k]), sample)

@@ -39,7 +39,7 @@ def test_linear_ode_meets_tolerance(per_sample, t0, t1):
     assert (sol.x - exact).abs().max() < 100 * tol
     assert torch.allclose(sol.t_final, torch.full((5,), t1, dtype=torch.float64), atol=0, rtol=0)
     # FSAL: 6 new evaluations per step, plus the first f and the initial-step probe
-    assert sol.nfe == 6 * sol.n_steps + 2
+    assert sol.nfe == 6 * sol.steps + 2
 
 
 def test_error_shrinks_with_tolerance_nonlinear():
@@ -92,7 +92,7 @@ def test_stiffish_problem_rejects_steps(per_sample):
 
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
     sol = flowsde.solve(flowsde.ODE(f), y0, torch.tensor([0.0, T]), method=RK45(1e-7, 1e-7, per_sample=per_sample))
-    assert sol.n_rejected > 0
+    assert sol.rejected > 0
     for b in range(2):
         ref = solve_ivp(lambda t, y: [y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]], (0.0, T), y0[b].tolist(),
                         method="DOP853", rtol=1e-12, atol=1e-12).y[:, -1]
@@ -117,8 +117,8 @@ def test_per_sample_steps_differ_and_batch_mode_shares_them():
     y0 = torch.ones(3, 1, dtype=torch.float64)
     ps = flowsde.solve(ode, y0, torch.tensor([0.0, 3.0]), method=RK45(1e-8, 1e-8, per_sample=True))
     bt = flowsde.solve(ode, y0, torch.tensor([0.0, 3.0]), method=RK45(1e-8, 1e-8, per_sample=False))
-    steps_ps = ps.stats["n_accepted_per_sample"]
-    steps_bt = bt.stats["n_accepted_per_sample"]
+    steps_ps = ps.stats["accepted_per_sample"]
+    steps_bt = bt.stats["accepted_per_sample"]
     assert steps_ps[0] < steps_ps[2]
     assert len(set(steps_bt.tolist())) == 1
     exact = torch.exp(-3 * k)
@@ -137,7 +137,7 @@ def test_nfe_per_sample_counts_each_samples_own_evaluations(first_step):
     ps = flowsde.solve(ode, y0, torch.tensor([0.0, 3.0]), method=RK45(1e-8, 1e-8, per_sample=True,
                                                                         first_step=first_step))
     per = ps.stats["nfe_per_sample"]
-    steps = ps.stats["n_accepted_per_sample"] + ps.stats["n_rejected_per_sample"]
+    steps = ps.stats["accepted_per_sample"] + ps.stats["rejected_per_sample"]
     assert per.dtype == torch.int64 and per.shape == (3,)
     assert per.tolist() == (start + 6 * steps).tolist()
     assert per[0] < per[2] and int(per.max()) == ps.nfe  # the slowest sample runs every iteration
@@ -201,7 +201,7 @@ def test_bad_options(kw):
 
 
 def test_method_names_and_attributes():
-    assert isinstance(flowsde.get_solver("rk45"), RK45) and isinstance(flowsde.get_solver("dopri5"), RK45)
+    assert isinstance(flowsde.solvers.get_solver("rk45"), RK45) and isinstance(flowsde.solvers.get_solver("dopri5"), RK45)
     s = RK45()
     assert (s.order, s.adaptive, s.name) == (5, True, "rk45")
     with pytest.raises(InputError):

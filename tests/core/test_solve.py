@@ -22,10 +22,10 @@ def test_solution_bookkeeping_and_nfe():
     x0 = torch.ones(3, 2, dtype=F64)
     ts = grids.uniform(0, 1, 10)
     sol = flowsde.solve(ode, x0, ts, method="heun", save_all=True)
-    assert sol.nfe == 20 and sol.n_steps == 10 and sol.n_rejected == 0
+    assert sol.nfe == 20 and sol.steps == 10 and sol.rejected == 0
     assert sol.xs.shape == (11, 3, 2) and torch.equal(sol.xs[0], x0) and torch.equal(sol.xs[-1], sol.x)
     assert sol.success and sol.status.shape == (3,) and torch.all(sol.t_final == 1.0)
-    sol = flowsde.solve(ode, x0, ts, method=flowsde.Heun(final_euler=True))
+    sol = flowsde.solve(ode, x0, ts, method=flowsde.solvers.Heun(final_euler=True))
     assert sol.nfe == 19  # EDM: last step Euler, 2N - 1
     assert flowsde.solve(ode, x0, ts, method="euler").nfe == 10
 
@@ -33,7 +33,7 @@ def test_solution_bookkeeping_and_nfe():
 def test_pc_counts_score_evaluations():
     sde = flowsde.SDE(lambda t, x: -x, lambda t, x: torch.ones((), dtype=x.dtype), score=lambda t, x: -x)
     sol = flowsde.solve(sde, torch.zeros(4, 2, dtype=F64), grids.uniform(0, 1, 5),
-                        method=flowsde.PC(n_corrector=2), generator=torch.Generator().manual_seed(0))
+                        method=flowsde.solvers.PC(corrector_steps=2), generator=torch.Generator().manual_seed(0))
     assert sol.nfe == 5 * (1 + 2)
 
 
@@ -69,7 +69,7 @@ def test_same_seed_same_result(method):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("method", ["euler_maruyama", flowsde.PC(n_corrector=2, step_rule="per_sample")])
+@pytest.mark.parametrize("method", ["euler_maruyama", flowsde.solvers.PC(corrector_steps=2, step_rule="per_sample")])
 def test_result_does_not_depend_on_batch_split(method):
     sde = flowsde.SDE(lambda t, x: -x ** 3, lambda t, x: torch.full((), 0.7, dtype=x.dtype), score=lambda t, x: -x)
     x0 = torch.randn(6, 2, 3, dtype=F64)
@@ -85,7 +85,7 @@ def test_brownian_path_is_the_same_for_every_step_size():
     # Driving EM on a pure-noise SDE (dx = dW) by one path: the end state is W(1) - W(0) on every grid.
     sde = flowsde.SDE(lambda t, x: torch.zeros_like(x), lambda t, x: torch.ones((), dtype=x.dtype))
     x0 = torch.zeros(3, 2, dtype=F64)
-    path = flowsde.BrownianPath(0.0, 1.0, x0.shape, seed=7)
+    path = flowsde.BrownianPath(0.0, 1.0, x0.shape, generator=7)
     ends = [flowsde.solve(sde, x0, grids.uniform(0, 1, n), method="euler_maruyama", generator=path).x
             for n in (1, 3, 16)]
     for e in ends[1:]:
@@ -120,7 +120,7 @@ def test_pc_without_score():
 
 
 @pytest.mark.parametrize("ts, msg", [
-    (torch.tensor([0.0, 0.5, 0.4, 1.0]), r"ts\[1\] = 0.5, ts\[2\] = 0.4"),
+    (torch.tensor([0.0, 0.5, 0.4, 1.0]), r"grid\[1\] = 0.5, grid\[2\] = 0.4"),
     (torch.tensor([0.0]), "at least 2"),
     (torch.tensor([[0.0, 1.0]]), "1-D"),
     (torch.tensor([0.0, float("nan")]), "NaN"),
@@ -174,7 +174,12 @@ def test_generator_validation():
         flowsde.solve(ou(), x0, grids.uniform(0, 1, 2), method="euler_maruyama",
                       generator=flowsde.BrownianPath(0, 1, (2, 1)))
     with pytest.raises(flowsde.InputError, match="generator"):
-        flowsde.solve(ou(), x0, grids.uniform(0, 1, 2), method="euler_maruyama", generator=5)
+        flowsde.solve(ou(), x0, grids.uniform(0, 1, 2), method="euler_maruyama", generator="5")
+    # an int is a seed (docs/design.md, "Vocabulary"): the same as a generator seeded with it
+    a = flowsde.solve(ou(), x0, grids.uniform(0, 1, 2), method="euler_maruyama", generator=5)
+    b = flowsde.solve(ou(), x0, grids.uniform(0, 1, 2), method="euler_maruyama",
+                      generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.x, b.x)
 
 
 def test_srk_needs_levy_area_on_a_path():
@@ -190,22 +195,22 @@ def test_problem_type_checked():
 
 def test_solver_orders_are_declared():
     # The values the slow order tests (tests/core/test_orders.py) read and fit.
-    assert flowsde.Euler.order == 1 and flowsde.Heun.order == 2
-    em = flowsde.EulerMaruyama()
+    assert flowsde.solvers.Euler.order == 1 and flowsde.solvers.Heun.order == 2
+    em = flowsde.solvers.EulerMaruyama()
     assert em.strong_order == 0.5 and em.weak_order == 1.0
     assert [em.strong_order_for(k) for k in ("scalar", "diagonal", "additive")] == [0.5, 0.5, 1.0]
-    assert flowsde.TorchSDE("milstein").strong_order == 1.0 and flowsde.TorchSDE("srk").strong_order == 1.5
-    assert flowsde.TorchSDE("euler").strong_order_for("additive") == 1.0
-    assert flowsde.Heun().strong_order_for("additive") is None  # an ODE solver
-    pc = flowsde.PC()
+    assert flowsde.solvers.TorchSDE("milstein").strong_order == 1.0 and flowsde.solvers.TorchSDE("srk").strong_order == 1.5
+    assert flowsde.solvers.TorchSDE("euler").strong_order_for("additive") == 1.0
+    assert flowsde.solvers.Heun().strong_order_for("additive") is None  # an ODE solver
+    pc = flowsde.solvers.PC()
     assert pc.requires_score and pc.strong_order is None and pc.strong_order_for("diagonal") is None
     with pytest.raises(flowsde.InputError, match="noise must be one of"):
         em.strong_order_for("multiplicative")
 
 
-@pytest.mark.parametrize("method", sorted(flowsde.METHODS))
+@pytest.mark.parametrize("method", sorted(flowsde.solvers.METHODS))
 def test_every_method_declares_its_orders(method):
-    s = flowsde.get_solver(method)
+    s = flowsde.solvers.get_solver(method)
     for v in (s.order, s.strong_order, s.weak_order):
         assert v is None or (isinstance(v, (int, float)) and v > 0)
     assert s.noise_types or s.strong_order is None  # an ODE-only method has no strong order
@@ -221,11 +226,11 @@ def test_every_method_declares_its_orders(method):
 
 def test_pc_options_validated():
     with pytest.raises(flowsde.InputError, match="snr"):
-        flowsde.PC(snr=0)
+        flowsde.solvers.PC(snr=0)
     with pytest.raises(flowsde.InputError, match="step_rule"):
-        flowsde.PC(step_rule="batch")
-    with pytest.raises(flowsde.InputError, match="n_corrector"):
-        flowsde.PC(n_corrector=-1)
+        flowsde.solvers.PC(step_rule="batch")
+    with pytest.raises(flowsde.InputError, match="corrector_steps"):
+        flowsde.solvers.PC(corrector_steps=-1)
 
 
 def test_float32_and_time_as_batch_tensor():
@@ -251,7 +256,7 @@ def test_pc_auto_step_rule_depends_on_dimension():
 # ---------------------------------------------------------------- batch independence
 
 
-@pytest.mark.parametrize("method", ["euler_maruyama", "pc", flowsde.PC(n_corrector=3), "milstein", "srk",
+@pytest.mark.parametrize("method", ["euler_maruyama", "pc", flowsde.solvers.PC(corrector_steps=3), "milstein", "srk",
                                     "torchsde_euler"])
 @pytest.mark.parametrize("event", [(2,), (1, 8, 8)])
 def test_default_methods_make_each_sample_independent_of_its_batch(method, event):
@@ -268,13 +273,13 @@ def test_default_methods_make_each_sample_independent_of_its_batch(method, event
 
 
 def test_pc_batch_rule_is_opt_in_and_couples_the_batch():
-    assert flowsde.PC().step_rule == "per_sample"
+    assert flowsde.solvers.PC().step_rule == "per_sample"
     sde = flowsde.SDE(lambda t, x: -x, lambda t, x: torch.full((), 0.5, dtype=x.dtype), score=lambda t, x: -x)
     x0 = torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
     x0[:16] *= 10  # the rest of the batch changes the batch-mean norms
     seeds = list(range(64))
     ts = grids.uniform(1, 0, 4)
-    pc = flowsde.PC(step_rule="score_sde")
+    pc = flowsde.solvers.PC(step_rule="score_sde")
     whole = flowsde.solve(sde, x0, ts, method=pc, generator=flowsde.per_sample_generators(seeds)).x
     part = flowsde.solve(sde, x0[16:32], ts, method=pc, generator=flowsde.per_sample_generators(seeds[16:32])).x
     assert (whole[16:32] - part).abs().max() > 1e-3

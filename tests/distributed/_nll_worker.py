@@ -3,7 +3,7 @@ prediction, 4 dims) on 8-bit data. Run as ``python -m torch.distributed.run --np
 _nll_worker.py --out FILE.csv ...`` (a process group is initialised when torchrun's ``RANK`` is set)
 or imported for the same model and data in the test process.
 
-Exit status: 0 done; 3 a ``DatasetNLLError`` (some batches failed, message on stderr); 2 an ``InputError``.
+Exit status: 0 done; 3 a ``NLLError`` (some batches failed, message on stderr); 2 an ``InputError``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class _FailingDataset(torch.utils.data.Dataset):
 
 
 def options(args) -> dict:
-    return dict(bits=BITS, batch_size=args.batch_size, seed=args.seed, trace=args.trace, probes=args.probes,
+    return dict(bits=BITS, batch_size=args.batch_size, generator=args.seed, trace=args.trace, probes=args.probes,
                 per_sample=args.per_sample == "on")
 
 
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     import torch.distributed as td
 
     from flowsde import InputError
-    from flowsde.validation import DatasetNLLError, dataset_nll
+    from flowsde.workloads import NLLError, dataset_nll
 
     if "RANK" in os.environ and args.init == "here":
         td.init_process_group("gloo")
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         dif, data, _ = model_and_data(args.n, sleep=args.sleep, fail_index=args.fail_index)
         try:
             res = dataset_nll(dif, data, out=args.out, **options(args))
-        except DatasetNLLError as e:
+        except NLLError as e:
             print(e, file=sys.stderr)
             return 3
         except InputError as e:

@@ -1,4 +1,4 @@
-"""flowsde.validation.dataset_nll: per-sample rows against the exact mixture density, independence
+"""flowsde.workloads.dataset_nll: per-sample rows against the exact mixture density, independence
 of the batch size and of the number of processes (torch.distributed, gloo, started here through
 ``python -m torch.distributed.run --standalone``, which picks a free port), resume after a kill
 (same and different world size), failure reports.
@@ -21,8 +21,8 @@ import torch
 
 import flowsde
 from flowsde import InputError
-from flowsde.validation import DatasetNLLError, NLLRow, dataset_nll
-from flowsde.validation._nll import HEADER, sample_seeds
+from flowsde.workloads import NLLError, NLLRow, dataset_nll
+from flowsde.workloads._nll import HEADER, sample_seeds
 
 import _nll_worker as W
 
@@ -30,7 +30,7 @@ WORKER = str(Path(__file__).with_name("_nll_worker.py"))
 DT = torch.float64
 # the worker's defaults: Hutchinson with 2 probes (a stderr per sample), batch-shared steps (the
 # samples of a batch are coupled, so only batches formed from global indices give equal rows)
-DEFAULTS = dict(bits=W.BITS, batch_size=4, seed=0, trace="hutchinson", probes=2, per_sample=False)
+DEFAULTS = dict(bits=W.BITS, batch_size=4, generator=0, trace="hutchinson", probes=2, per_sample=False)
 
 
 def _env():
@@ -70,8 +70,8 @@ def test_rows_match_the_exact_mixture_density_and_replay_the_per_sample_seeds():
     sched = dif.schedule
     T = torch.tensor(float(sched.t_max), dtype=DT)
     t0 = torch.tensor(float(sched.t_min), dtype=DT)
-    res = dataset_nll(dif, x, bits=W.BITS, batch_size=5, seed=7, prior_logp=lambda z: gm.log_prob_t(sched, T, z))
-    assert [r.index for r in res.rows] == list(range(12)) and res.n_ok == 12
+    res = dataset_nll(dif, x, bits=W.BITS, batch_size=5, generator=7, prior_logp=lambda z: gm.log_prob_t(sched, T, z))
+    assert [r.index for r in res.rows] == list(range(12)) and res.succeeded == 12
     D = x.shape[1]
     for r in res.rows:
         g = flowsde.per_sample_generators(sample_seeds(7, [r.index]))
@@ -112,7 +112,7 @@ def test_seeds_are_distinct_and_keyed_by_index_alone():
 @pytest.mark.parametrize("trace,probes", [("exact", 1), ("hutchinson", 3)])
 def test_rows_do_not_depend_on_batch_size_with_per_sample_control(trace, probes):
     dif, x, _ = W.model_and_data(10)
-    kw = dict(bits=W.BITS, seed=1, trace=trace, probes=probes, per_sample=True)
+    kw = dict(bits=W.BITS, generator=1, trace=trace, probes=probes, per_sample=True)
     runs = [dataset_nll(dif, x, batch_size=b, **kw).rows for b in (1, 3, 10)]
 
     def key(rows):  # nfe is each sample's own count (stats["nfe_per_sample"])
@@ -260,7 +260,7 @@ def test_a_failing_rank_reports_its_samples_and_the_others_finish(tmp_path, refe
 
 def test_failure_in_process_raises_with_the_samples(tmp_path):
     dif, data, _ = W.model_and_data(fail_index=9)
-    with pytest.raises(DatasetNLLError, match=r"rank 0, samples 8-11: OSError: record 9 is corrupt") as e:
+    with pytest.raises(NLLError, match=r"rank 0, samples 8-11: OSError: record 9 is corrupt") as e:
         dataset_nll(dif, data, out=tmp_path / "f.csv", **DEFAULTS)
     assert e.value.failures == [(0, [8, 9, 10, 11], "OSError: record 9 is corrupt")]
 
@@ -279,7 +279,7 @@ def test_non_finite_sample_is_a_row_with_its_status(tmp_path, caplog):
     dif2 = type(dif)(net, dif.schedule, prediction="eps")
     res = dataset_nll(dif2, y, batch_size=8, per_sample=True)  # continuous data (10 is off the 8-bit grid)
     assert [r.status for r in res.rows] == ["SUCCESS"] * 3 + ["NON_FINITE"] + ["SUCCESS"] * 4
-    assert res.failed == [(3, "NON_FINITE")] and res.n_ok == 7
+    assert res.failed == [(3, "NON_FINITE")] and res.succeeded == 7
     assert math.isfinite(res.mean_bpd) and "NON_FINITE at samples 3" in res.summary()
     # reported when it happens, by the rank that met it, with the status' explanation
     assert any("rank 0 of 1, samples 3: NON_FINITE (the state or a function value became non-finite" in r.message
@@ -302,7 +302,8 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     (dict(batch_size=0), "batch_size must be an int >= 1"),
     (dict(limit=-1), "limit must be an int >= 1"),
     (dict(bits=8, levels=17), "levels=17 and bits=8 disagree"),
-    (dict(generator=torch.Generator()), "generator and throw are set by dataset_nll"),
+    (dict(throw=True), "throw is set by dataset_nll"),
+    (dict(generator=-1), "generator must be an int >= 0"),
 ])
 def test_bad_arguments(kw, match):
     dif, x, _ = W.model_and_data(4)
@@ -338,7 +339,7 @@ def test_torchrun_flowsde_nll_command_matches_the_library_in_one_process(tmp_pat
            "--out", str(out), "--quiet"]
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    res = dataset_nll(fm.load("digits-eps", dtype=DT), fm.digits("test"), levels=17, data_range=(-1.0, 1.0),
+    res = dataset_nll(fm.load("digits-eps", net_dtype=DT), fm.digits("test"), levels=17, data_range=(-1.0, 1.0),
                       trace="hutchinson", probes=2, batch_size=4, limit=16, rtol=1e-5, atol=1e-5,
                       out=tmp_path / "lib.csv")
     assert out.read_bytes() == (tmp_path / "lib.csv").read_bytes()

@@ -56,13 +56,13 @@ def _sliced_w2(a, b, n_proj=128, seed=0):
 
 
 def test_moons_samples_land_on_the_data():
-    dif = M.load("moons", dtype=torch.float64)
+    dif = M.load("moons", net_dtype=torch.float64)
     t0, T = M.info("moons").t_range
     n = 2000
     z = dif.prior().sample((n, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ts = torch.linspace(T, t0, 101, dtype=torch.float64)
     xs = flowsde.solve(dif.pf_ode(), z, ts, method="heun").x
-    data, data2 = M.toy_data("moons", n, seed=100), M.toy_data("moons", n, seed=101)
+    data, data2 = M.toy_data("moons", n, generator=100), M.toy_data("moons", n, generator=101)
     model_d, floor, prior_d = _sliced_w2(xs, data), _sliced_w2(data2, data), _sliced_w2(z, data)
     print(f"\nmoons: sliced W2 to data {model_d:.4f}; data vs data (noise floor) {floor:.4f}; prior {prior_d:.4f}")
     assert model_d < 4 * floor

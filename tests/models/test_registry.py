@@ -35,7 +35,7 @@ def test_unknown_name(bad):
 
 def test_bad_dtype():
     with pytest.raises(flowsde.InputError, match="floating torch.dtype"):
-        M.load("moons", dtype=torch.int64)
+        M.load("moons", net_dtype=torch.int64)
 
 
 def test_weights_ship_inside_the_package():
@@ -50,7 +50,7 @@ def test_weights_ship_inside_the_package():
 @pytest.mark.parametrize("name", ["digits-eps", "digits-velocity", "moons"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_load_shapes_dtypes(name, dtype):
-    dif = M.load(name, dtype=dtype)
+    dif = M.load(name, net_dtype=dtype)
     i = M.info(name)
     assert isinstance(dif, Diffusion)
     assert dif.prediction == i.prediction
@@ -69,8 +69,8 @@ def test_float32_matches_float64(name):
     i = M.info(name)
     x = torch.randn((7,) + i.event_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     t = torch.full((7,), 0.3, dtype=torch.float64)
-    e64 = M.load(name, dtype=torch.float64).eps(t, x)
-    e32 = M.load(name, dtype=torch.float32).eps(t.float(), x.float())
+    e64 = M.load(name, net_dtype=torch.float64).eps(t, x)
+    e32 = M.load(name, net_dtype=torch.float32).eps(t.float(), x.float())
     assert torch.allclose(e32.double(), e64, atol=1e-4, rtol=1e-4)
 
 
@@ -107,11 +107,11 @@ def test_digits_split():
 
 
 def test_toy_data():
-    a, b = M.toy_data("moons", 500, seed=3), M.toy_data("moons", 500, seed=3)
+    a, b = M.toy_data("moons", 500, generator=3), M.toy_data("moons", 500, generator=3)
     assert a.shape == (500, 2) and a.dtype == torch.float64 and torch.equal(a, b)
-    assert not torch.equal(a, M.toy_data("moons", 500, seed=4))
+    assert not torch.equal(a, M.toy_data("moons", 500, generator=4))
     assert float(a.abs().max()) < 4
-    for bad in (dict(name="spirals"), dict(n=0), dict(n=2.5), dict(seed=-1)):
-        kw = dict(name="moons", n=10, seed=0) | bad
+    for bad in (dict(name="spirals"), dict(samples=0), dict(samples=2.5), dict(generator=-1)):
+        kw = dict(name="moons", samples=10, generator=0) | bad
         with pytest.raises(flowsde.InputError):
             M.toy_data(**kw)

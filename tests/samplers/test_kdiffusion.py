@@ -4,7 +4,7 @@ k-diffusion 0.1.1.post1's ``sampling.py`` (loaded alone, see ``_samplers_peers.p
 ``model(x, sigma)`` and a grid of sigmas ending in 0; flowsde runs the same denoiser as
 ``from_denoiser(model)`` (the EDM schedule, ``alpha = 1``, ``sigma = t``) on the same grid. The
 stochastic samplers get k-diffusion a ``noise_sampler`` that returns flowsde's draws
-(``flowsde.utils.randn`` from per-sample generators with the same seeds), in the order flowsde
+(``flowsde._internal.randn`` from per-sample generators with the same seeds), in the order flowsde
 takes them.
 
 Tolerance: the formulas agree exactly; the evaluation differs in round-off only (k-diffusion
@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import flowsde
+import flowsde._internal
 from flowsde.adapters import from_denoiser
 
 from _samplers_peers import F64, gen, kdiffusion_sampling, mixture, nonlinear_denoiser
@@ -38,14 +39,14 @@ def _models():
 
 def _setup(model_name, n=12):
     model = _models()[model_name]
-    sigmas = flowsde.grids.edm(0.002, 80.0, n=n, rho=7.0, final_zero=True)
+    sigmas = flowsde.grids.edm(0.002, 80.0, steps=n, rho=7.0, final_zero=True)
     latents = torch.randn(len(SEEDS), 2, dtype=F64, generator=gen(1))
     return model, sigmas, latents * sigmas[0]
 
 
 def _noise_sampler(x):
     gens = flowsde.per_sample_generators(SEEDS)
-    return lambda sigma, sigma_next: flowsde.utils.randn(x.shape, gens, F64)
+    return lambda sigma, sigma_next: flowsde._internal.randn(x.shape, gens, F64)
 
 
 @pytest.mark.parametrize("model_name", ["nonlinear", "exact"])
@@ -57,7 +58,7 @@ def test_deterministic(kd, model_name, method, kd_name):
     sol = flowsde.solve(from_denoiser(model).pf_ode(), x, sigmas, method=method)
     torch.testing.assert_close(sol.x, ref, rtol=RTOL, atol=RTOL)
     n = len(sigmas) - 1
-    assert sol.nfe == (2 * n - 1 if method == "dpm_2" else n) == flowsde.get_solver(method).nfe(n, to_zero_noise=True)
+    assert sol.nfe == (2 * n - 1 if method == "dpm_2" else n) == flowsde.solvers.get_solver(method).nfe(n, to_zero_noise=True)
 
 
 @pytest.mark.parametrize("model_name", ["nonlinear", "exact"])

@@ -43,7 +43,7 @@ def _vp():
 @pytest.mark.parametrize("method,options", METHODS, ids=lambda v: str(v) if isinstance(v, dict) and v else None)
 def test_declared_order(method, options):
     d = _vp()
-    solver = flowsde.get_solver(method, **options)
+    solver = flowsde.solvers.get_solver(method, **options)
     problem = d.pf_ode() if solver.solves_ode else d.reverse_sde(0.0)
     x0 = torch.randn(32, 2, dtype=F64, generator=gen(0)) * 1.2
 
@@ -51,7 +51,7 @@ def test_declared_order(method, options):
         ref = flowsde.solve(d.pf_ode(), x0, ts, method="rk45", rtol=1e-11, atol=1e-11, save_all=True)
         return ref.xs
 
-    res = convergence_order(problem, x0, T0, T1, method=solver, kind="ode", levels=(4, 5, 6, 7, 8), exact=exact)
+    res = convergence_order(problem, x0, (T0, T1), method=solver, kind="ode", levels=(4, 5, 6, 7, 8), exact=exact)
     assert -0.25 < res.order - solver.order < 0.75, res
 
 
@@ -86,7 +86,7 @@ def test_edm_churn_lands_on_the_marginals():
     d = from_denoiser(gm.oracle(EDM(), "x0"))
     n = 3000
     x_T = _exact_start(gm, EDM(), 80.0, n, seed=3)
-    sig = flowsde.grids.edm(0.002, 80.0, n=64)
-    sol = flowsde.solve(d.pf_ode(), x_T, sig, method="edm", S_churn=10.0, generator=gen(4))
+    sig = flowsde.grids.edm(0.002, 80.0, steps=64)
+    sol = flowsde.solve(d.pf_ode(), x_T, sig, method="edm", s_churn=10.0, generator=gen(4))
     res = check_marginals(sol.x, gm, alpha=1e-3)
     assert res.passed, res.summary()

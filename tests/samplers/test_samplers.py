@@ -118,7 +118,7 @@ def test_step_to_zero_noise(method):
     ts = grid_to_zero(10)
     sol = flowsde.solve(problem, latents(), ts, method=method, save_all=True)
     assert min(calls) > 0
-    assert sol.nfe == len(calls) == flowsde.get_solver(method).nfe(10, to_zero_noise=True)
+    assert sol.nfe == len(calls) == flowsde.solvers.get_solver(method).nfe(10, to_zero_noise=True)
     x_last, t_last = sol.xs[-2], ts[-2]
     clean = d.x0(t_last, x_last)
     if method in ("ddim", "dpmpp_2m", "unipc", "dpmpp_2m_sde", "dpmpp_3m_sde"):
@@ -131,7 +131,7 @@ def test_step_to_zero_noise(method):
 
 def test_edm_last_step_policies():
     d = from_denoiser(mixture().oracle(EDM(), "x0"))
-    sig = flowsde.grids.edm(0.002, 80.0, n=10)
+    sig = flowsde.grids.edm(0.002, 80.0, steps=10)
     x = latents() * 80
     e = flowsde.solve(d.pf_ode(), x, sig, method="edm", save_all=True)
     dn = flowsde.solve(d.pf_ode(), x, sig, method="edm", last_step="denoise", save_all=True)
@@ -158,11 +158,11 @@ def test_batch_independence_with_per_sample_generators(method):
 
 def test_edm_churn_batch_independence():
     d = from_denoiser(mixture().oracle(EDM(), "x0"))
-    sig = flowsde.grids.edm(0.002, 80.0, n=8)
+    sig = flowsde.grids.edm(0.002, 80.0, steps=8)
     x = latents(4) * 80
-    full = flowsde.solve(d.pf_ode(), x, sig, method="edm", S_churn=20.0,
+    full = flowsde.solve(d.pf_ode(), x, sig, method="edm", s_churn=20.0,
                          generator=flowsde.per_sample_generators(range(4)))
-    part = flowsde.solve(d.pf_ode(), x[2:], sig, method="edm", S_churn=20.0,
+    part = flowsde.solve(d.pf_ode(), x[2:], sig, method="edm", s_churn=20.0,
                          generator=flowsde.per_sample_generators([2, 3]))
     assert torch.equal(full.x[2:], part.x)
 
@@ -265,19 +265,19 @@ def test_bad_input():
     with pytest.raises(InputError, match="no option"):
         flowsde.solve(d.pf_ode(), x, ts, method="dpmpp_2m", eta=1.0)
     with pytest.raises(InputError, match="order must be 1, 2 or 3"):
-        flowsde.UniPC(order=4)
+        flowsde.solvers.UniPC(order=4)
     with pytest.raises(InputError, match="variant"):
-        flowsde.UniPC(variant="bh3")
+        flowsde.solvers.UniPC(variant="bh3")
     with pytest.raises(InputError, match="order must be an int"):
-        flowsde.LMS(order=0)
+        flowsde.solvers.LMS(order=0)
     with pytest.raises(InputError, match="solver_type"):
-        flowsde.DPMpp2MSDE(solver_type="euler")
-    with pytest.raises(InputError, match="S_churn"):
-        flowsde.EDM(S_churn=-1.0)
+        flowsde.solvers.DPMpp2MSDE(solver_type="euler")
+    with pytest.raises(InputError, match="s_churn"):
+        flowsde.solvers.EDMChurn(s_churn=-1.0)
     with pytest.raises(InputError, match="last_step"):
-        flowsde.EDM(last_step="stop")
+        flowsde.solvers.EDMChurn(last_step="stop")
     with pytest.raises(InputError, match="eta must be"):
-        flowsde.DDIM(eta=-1.0)
+        flowsde.solvers.DDIM(eta=-1.0)
     with pytest.raises(InputError, match="beta must be"):
         SemiLinearSDE(d.x0, alpha=math.exp, sigma=math.exp, d_alpha=math.exp, d_sigma=math.exp, beta=-1.0)
     with pytest.raises(InputError, match="alpha must be callable"):
@@ -286,11 +286,11 @@ def test_bad_input():
 
 def test_declared_attributes():
     for name in ODE_METHODS + SDE_METHODS:
-        s = flowsde.get_solver(name)
+        s = flowsde.solvers.get_solver(name)
         assert s.order in (1, 2, 3) and s.evals_per_step in (1, 2)
         assert (s.weak_order == 1.0) == bool(s.noise_types)
-    assert flowsde.get_solver("unipc", lower_order_final=False).order == 3
-    assert flowsde.get_solver("lms", order=1).order == 1
+    assert flowsde.solvers.get_solver("unipc", lower_order_final=False).order == 3
+    assert flowsde.solvers.get_solver("lms", order=1).order == 1
     assert edm_ode(lambda x, s: x).is_semilinear
 
 
@@ -331,4 +331,4 @@ def test_declared_nfe_on_a_grid_stopping_above_zero_noise(method):
     problem = d.pf_ode() if method != "dpmpp_2s_ancestral" else d.reverse_sde(0.0)
     ts = torch.linspace(d.schedule.t_max, d.schedule.t_min, 7, dtype=torch.float64)
     sol = flowsde.solve(problem, latents(), ts, method=method)
-    assert sol.nfe == flowsde.get_solver(method).nfe(6) == 12
+    assert sol.nfe == flowsde.solvers.get_solver(method).nfe(6) == 12

@@ -7,7 +7,8 @@ import torch
 
 from flowsde import InputError
 from flowsde.adapters import Diffusion, schedules
-from flowsde.validation import compare_solvers, default_mixture, sliced_w2, steps_for_budget
+from flowsde.workloads import compare_solvers, default_mixture, steps_for_budget
+from flowsde.validation import sliced_w2
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +21,8 @@ def exact_model():
 @pytest.fixture(scope="module")
 def comparison(exact_model):
     diff, data = exact_model
-    return compare_solvers(diff, data, n=300, budgets=(8, 32), methods=("euler", "heun", "rk45", "euler_maruyama"),
-                           rk45_tols=(1e-3, 1e-6), likelihood_tols=(1e-6,), likelihood_n=20, seed=0,
+    return compare_solvers(diff, data, samples=300, budgets=(8, 32), methods=("euler", "heun", "rk45", "euler_maruyama"),
+                           rk45_tols=(1e-3, 1e-6), likelihood_tols=(1e-6,), likelihood_samples=20, generator=0,
                            sde_reference_steps=256)
 
 
@@ -117,8 +118,8 @@ def test_bad_arguments_are_refused(exact_model):
     with pytest.raises(InputError, match="unknown"):
         compare_solvers(diff, data, methods=("rk4",))
     with pytest.raises(InputError, match="at least 30"):
-        compare_solvers(diff, data, n=5)
+        compare_solvers(diff, data, samples=5)
     with pytest.raises(InputError, match="event shape"):
-        compare_solvers(diff, n=8)
+        compare_solvers(diff, samples=8)
     with pytest.raises(InputError, match="below one step"):
         compare_solvers(diff, data, methods=("heun",), budgets=(1,))

@@ -169,7 +169,7 @@ def test_simulated_members_land_on_exact_marginals(sched, member, t0, t1, beta):
     sde = {"reverse": lambda: dif.reverse_sde(beta), "forward": lambda: dif.forward_sde(beta),
            "ode": dif.pf_ode}[member]()
     x = _simulate(sde, MIX, sched, t0, t1, 3000, 300, seed=11, method="heun" if member == "ode" else "euler_maruyama")
-    res = check_marginals(x, MIX.marginal(sched, t1), alpha=0.01, seed=1)
+    res = check_marginals(x, MIX.marginal(sched, t1), alpha=0.01, generator=1)
     assert res.passed, res.summary()
 
 
@@ -180,7 +180,7 @@ def test_simulated_wrong_member_is_rejected():
     sched = S.VP()
     sde = _controls(sched, MIX)["wrong_sign"]
     x = _simulate(sde, MIX, sched, 0.7, 0.2, 3000, 300, seed=11)
-    assert not check_marginals(x, MIX.marginal(sched, 0.2), alpha=0.01, seed=1).passed
+    assert not check_marginals(x, MIX.marginal(sched, 0.2), alpha=0.01, generator=1).passed
 
 
 @settings(max_examples=15, deadline=None, derandomize=True)

@@ -30,7 +30,7 @@ def _moments(gm):
 
 def test_exact_samples_pass_and_result_fields():
     gm = mixture_2d()
-    res = check_marginals(gm.sample(4000, generator=_gen(0)), gm, alpha=0.01, seed=3)
+    res = check_marginals(gm.sample(4000, generator=_gen(0)), gm, alpha=0.01, generator=3)
     # false alarm for a fresh seed: <= alpha = 1%
     assert res.passed, res.summary()
     assert res.ks_pvalue.shape == (8,) and res.projections.shape == (8, 2)
@@ -39,7 +39,7 @@ def test_exact_samples_pass_and_result_fields():
     # Holm-adjusted p-values are >= raw ones
     assert res.adjusted_pvalues["mean"] >= res.mean_pvalue
     # same seed, same test
-    again = check_marginals(gm.sample(4000, generator=_gen(0)), gm, alpha=0.01, seed=3)
+    again = check_marginals(gm.sample(4000, generator=_gen(0)), gm, alpha=0.01, generator=3)
     assert np.array_equal(again.ks_pvalue, res.ks_pvalue)
 
 
@@ -79,7 +79,7 @@ def test_false_alarm_rate_binomial_bound():
     gm = GaussianMixture(torch.tensor([1.0, 2.0, 3.0]), torch.randn(3, 4, generator=g, dtype=F64),
                          torch.stack([torch.eye(4, dtype=F64) * v for v in (0.2, 0.5, 1.5)]))
     runs, alpha = 100, 0.05
-    rejections = sum(not check_marginals(gm.sample(300, generator=_gen(1000 + s)), gm, alpha=alpha, seed=s).passed
+    rejections = sum(not check_marginals(gm.sample(300, generator=_gen(1000 + s)), gm, alpha=alpha, generator=s).passed
                      for s in range(runs))
     k = 13
     assert stats.binom.sf(k - 1, runs, alpha) < 2e-3

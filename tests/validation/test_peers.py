@@ -39,7 +39,7 @@ def test_likelihood_mixture_is_seeded_and_checks_its_arguments():
     (a, ga), (b, gb) = likelihood_mixture(3), likelihood_mixture(3)
     assert isinstance(a, GaussianMixture) and a.dim == 3
     assert torch.equal(a.sample(4, generator=ga), b.sample(4, generator=gb))
-    c, _ = likelihood_mixture(3, K=2, seed=1)
+    c, _ = likelihood_mixture(3, K=2, generator=1)
     assert not torch.equal(c.sample(4, generator=torch.Generator().manual_seed(0)),
                            a.sample(4, generator=torch.Generator().manual_seed(0)))
     for kw in (dict(d=0), dict(d=2.0), dict(d=2, K=4), dict(d=2, K=0)):

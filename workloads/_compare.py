@@ -38,19 +38,19 @@ import torch
 
 import flowsde
 from flowsde import InputError
+from flowsde._internal import as_seed
 
-from ._marginals import check_marginals
-from .references import GaussianMixture
+from flowsde.validation import GaussianMixture, check_marginals, sliced_w2
 
-__all__ = ["compare_solvers", "ComparisonRow", "Comparison", "default_mixture", "default_methods", "known_methods",
-           "sliced_w2", "steps_for_budget", "DETERMINISTIC", "STOCHASTIC"]
+__all__ = ["compare_solvers", "CompareRow", "CompareResult", "default_mixture", "default_methods", "known_methods",
+           "steps_for_budget", "DETERMINISTIC", "STOCHASTIC"]
 
 #: PF-ODE samplers: core method names; ``edm_heun`` is ``method="edm"`` without churn.
 DETERMINISTIC = ("euler", "heun", "edm_heun", "rk45")
-#: reverse-SDE samplers; ``edm_churn`` is ``method="edm"`` with ``S_churn > 0`` (its own noise, on the PF-ODE).
+#: reverse-SDE samplers; ``edm_churn`` is ``method="edm"`` with ``s_churn > 0`` (its own noise, on the PF-ODE).
 STOCHASTIC = ("euler_maruyama", "pc", "edm_churn")
 ALL_METHODS = DETERMINISTIC + STOCHASTIC
-#: samplers added to the default set when ``flowsde.METHODS`` has them.
+#: samplers added to the default set when ``flowsde.solvers.METHODS`` has them.
 OPTIONAL_ODE = ("ddim", "dpmpp_2m", "unipc", "lms", "dpm_2")
 OPTIONAL_SDE = ("dpmpp_2m_sde", "dpmpp_3m_sde", "euler_ancestral", "dpmpp_2s_ancestral")
 #: samplers whose noise is the Brownian path's increments (``noise.dW``): they have a strong error.
@@ -61,14 +61,14 @@ _ALIASES = {"em": "euler_maruyama", "dopri5": "rk45", "edm": "edm_heun"}
 
 def known_methods() -> Tuple[str, ...]:
     """Every name :func:`compare_solvers` accepts: the harness's own (``edm_heun``, ``edm_churn``) and
-    ``flowsde.METHODS``."""
-    return tuple(sorted(set(ALL_METHODS) | set(flowsde.METHODS)))
+    ``flowsde.solvers.METHODS``."""
+    return tuple(sorted(set(ALL_METHODS) | set(flowsde.solvers.METHODS)))
 
 
 def default_methods() -> Tuple[str, ...]:
-    """The default solver set: the core ones plus every optional sampler present in ``flowsde.METHODS``."""
-    ode = tuple(m for m in OPTIONAL_ODE if m in flowsde.METHODS)
-    sde = tuple(m for m in OPTIONAL_SDE if m in flowsde.METHODS)
+    """The default solver set: the core ones plus every optional sampler present in ``flowsde.solvers.METHODS``."""
+    ode = tuple(m for m in OPTIONAL_ODE if m in flowsde.solvers.METHODS)
+    sde = tuple(m for m in OPTIONAL_SDE if m in flowsde.solvers.METHODS)
     return ("euler", "heun", "edm_heun") + ode + ("rk45", "euler_maruyama", "pc", "edm_churn") + sde
 
 
@@ -90,27 +90,27 @@ def _is_ode_method(method: str) -> bool:
         return True
     if method in STOCHASTIC:
         return False
-    return bool(getattr(flowsde.get_solver(method), "solves_ode", False))  # e.g. ddim, dpmpp_2m, unipc
+    return bool(getattr(flowsde.solvers.get_solver(method), "solves_ode", False))  # e.g. ddim, dpmpp_2m, unipc
 
 
 def _adaptive(method: str) -> bool:
-    return method not in _EDM and bool(getattr(flowsde.get_solver(method), "adaptive", False))
+    return method not in _EDM and bool(getattr(flowsde.solvers.get_solver(method), "adaptive", False))
 
 
 def _core_name(method: str) -> str:
     return "edm" if method in _EDM else method
 
 
-def _nfe_of(method: str, n_steps: int) -> int:
-    """NFE of ``n_steps`` steps of a fixed-step method (``Solver.nfe``).
+def _nfe_of(method: str, steps: int) -> int:
+    """NFE of ``steps`` steps of a fixed-step method (``Solver.nfe``).
 
     The harness's grids stop at ``t_end`` > 0, never at zero noise (``to_zero_noise=False``).
     """
-    return int(flowsde.get_solver(_core_name(method)).nfe(n_steps))
+    return int(flowsde.solvers.get_solver(_core_name(method)).nfe(steps))
 
 
 def steps_for_budget(method: str, budget: int) -> Tuple[int, int]:
-    """``(n_steps, nfe)``: the most steps of ``method`` whose NFE fits ``budget``.
+    """``(steps, nfe)``: the most steps of ``method`` whose NFE fits ``budget``.
 
     The NFE used is returned (and shown in the table) when it differs from the budget;
     a budget below one step's NFE raises :class:`InputError`.
@@ -131,32 +131,13 @@ def steps_for_budget(method: str, budget: int) -> Tuple[int, int]:
     return lo, _nfe_of(method, lo)
 
 
-def sliced_w2(a: torch.Tensor, b: torch.Tensor, *, n_projections: int = 64, seed: int = 0) -> float:
-    """Sliced Wasserstein-2 distance between two equally sized sample sets ``(n, *event)``.
-
-    ``sqrt(mean_theta W2(theta.a, theta.b)^2)`` over ``n_projections`` random unit
-    directions (fixed by ``seed``), each 1-D W2 from sorted projections
-    (Bonneel et al. 2015, "Sliced and Radon Wasserstein barycenters of measures").
-    """
-    a = a.detach().reshape(a.shape[0], -1).to("cpu", torch.float64)
-    b = b.detach().reshape(b.shape[0], -1).to("cpu", torch.float64)
-    if a.shape != b.shape:
-        raise InputError(f"sliced_w2: the sample sets must have the same shape, got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}.")
-    theta = torch.randn(a.shape[1], n_projections, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    theta = theta / theta.norm(dim=0, keepdim=True)
-    pa, _ = (a @ theta).sort(0)
-    pb, _ = (b @ theta).sort(0)
-    return float(((pa - pb) ** 2).mean().sqrt())
-
-
 def _rmse(x: torch.Tensor, ref: torch.Tensor) -> float:
     """RMS difference per coordinate, in float64."""
     return float(((x.double() - ref.double()) ** 2).mean().sqrt())
 
 
 @dataclass
-class ComparisonRow:
+class CompareRow:
     method: str
     kind: str  #: "ode" (PF-ODE sampler), "sde" (reverse-SDE sampler) or "reference"
     setting: str  #: "N steps", "tol X" (RK45) or "noise floor"
@@ -188,8 +169,8 @@ COLUMNS = {
 
 
 @dataclass
-class Comparison:
-    rows: List[ComparisonRow]
+class CompareResult:
+    rows: List[CompareRow]
     likelihood: list = field(default_factory=list)  #: (tol, nfe, mean |logp - exact|, max |...|, seconds)
     info: dict = field(default_factory=dict)
     samples: Dict[str, torch.Tensor] = field(default_factory=dict)  #: method -> samples at its largest budget
@@ -229,7 +210,7 @@ class Comparison:
         return "\n".join(lines)
 
     def write_csv(self, path) -> None:
-        names = list(ComparisonRow.__dataclass_fields__)
+        names = list(CompareRow.__dataclass_fields__)
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(names)
@@ -346,7 +327,7 @@ def _grid(sched, T: float, t_end: float, steps: int, kind: str, device) -> torch
     r_lo = float(sched.sigma_ratio(torch.tensor(t_end, dtype=f64)))
     if not (math.isfinite(r_hi) and r_hi > r_lo > 0):
         return flowsde.grids.uniform(T, t_end, steps, dtype=f64, device=device)
-    ratios = flowsde.grids.edm(r_lo, r_hi, steps + 1, 7.0, final_zero=False, dtype=f64)
+    ratios = flowsde.grids.edm(r_lo, r_hi, steps, 7.0, final_zero=False, dtype=f64)
     ts = sched.t_from_sigma_ratio(ratios).to(f64)
     ts[0], ts[-1] = T, t_end
     return ts.to(device)
@@ -373,7 +354,7 @@ def compare_solvers(
     data: Optional[GaussianMixture] = None,
     *,
     event_shape: Optional[Sequence[int]] = None,
-    n: int = 256,
+    samples: int = 256,
     budgets: Sequence[int] = (10, 20, 40, 80),
     methods: Optional[Sequence[str]] = None,
     beta: float = 1.0,
@@ -382,17 +363,17 @@ def compare_solvers(
     reference_tol: float = 1e-8,
     sde_reference_steps: Optional[int] = None,
     likelihood_tols: Sequence[float] = (),
-    likelihood_n: int = 200,
+    likelihood_samples: int = 200,
     grid: str = "edm",
     s_churn: float = 10.0,
-    seed: int = 0,
+    generator=0,
     dtype: torch.dtype = torch.float64,
     device="cpu",
     reference_model=None,
     n_projections: int = 64,
     keep_samples: int = 512,
     progress: bool = False,
-) -> Comparison:
+) -> CompareResult:
     """Run every sampler on ``diffusion``, NFE for NFE, against references.
 
     Arguments:
@@ -402,10 +383,10 @@ def compare_solvers(
             ``flowsde.log_likelihood``'s ``bpd_tol``, bits/dim), likelihood rows.
         event_shape: the shape of one sample, e.g. ``(64,)`` or ``(3, 32, 32)`` (default: ``data``'s
             dimension, or a ``diffusion.event_shape`` attribute).
-        n: samples per sampler (one batch).
+        samples: samples per sampler (one batch).
         budgets: NFE budgets of the fixed-step samplers; each runs the most steps that fit
             (:func:`steps_for_budget`), and the NFE used is reported.
-        methods: solver names (default :func:`default_methods`); any name of ``flowsde.METHODS``,
+        methods: solver names (default :func:`default_methods`); any name of ``flowsde.solvers.METHODS``,
             plus ``edm_heun`` / ``edm_churn`` (``method="edm"`` without / with churn).
         beta: the reverse-SDE family member of the stochastic samplers (1: Anderson's reverse SDE).
         t_end: where sampling stops (default: the schedule's ``t_min``).
@@ -415,25 +396,27 @@ def compare_solvers(
         sde_reference_steps: Euler-Maruyama steps of the SDE reference (default
             ``max(1000, 8 x`` the most steps of any row).
         grid: ``"edm"`` (rho = 7 in sigma/alpha) or ``"uniform"`` in t.
-        s_churn: EDM's S_churn for ``edm_churn``.
-        seed: everything random derives from it.
+        s_churn: EDM's s_churn for ``edm_churn``.
+        generator: everything random derives from it: an int seed (default 0) or a
+            ``torch.Generator`` (one seed is drawn from it).
         dtype, device: of the sampler runs (references are float64 on ``device``).
         reference_model: the same network for float64 reference solves, when ``diffusion``
             cannot take float64 states (default: ``diffusion``).
 
     Returns:
-        :class:`Comparison` (``table()``, ``explain()``, ``write_csv``, ``write_json``,
+        :class:`CompareResult` (``table()``, ``explain()``, ``write_csv``, ``write_json``,
         ``plot_errors``, ``plot_samples``).
 
     Raises:
-        InputError: unknown method, bad budgets / tolerances / n, a budget below one step of a sampler.
+        InputError: unknown method, bad budgets / tolerances / samples, a budget below one step of a sampler.
     """
+    n, seed = samples, as_seed(generator, "compare_solvers")
     methods = tuple(dict.fromkeys(default_methods() if methods is None else (_ALIASES.get(m, m) for m in methods)))
     for m in methods:
         if m not in known_methods():
             raise InputError(f"compare_solvers: unknown solver {m!r}; choose from {list(known_methods())}.")
     if isinstance(n, bool) or not isinstance(n, int) or n < (30 if data is not None else 2):
-        raise InputError(f"compare_solvers(n={n!r}): need at least {30 if data is not None else 2} samples"
+        raise InputError(f"compare_solvers(samples={n!r}): need at least {30 if data is not None else 2} samples"
                          f"{' for the marginal tests' if data is not None else ''}.")
     _check_seq("budgets", budgets)
     _check_seq("rk45_tols", rk45_tols, float)
@@ -473,7 +456,7 @@ def compare_solvers(
     bar = _bar(total, progress)
     pf_ref = ref_model.pf_ode()
     span = torch.tensor([T, t_end], dtype=f64, device=dev)
-    rk_ref = flowsde.RK45(rtol=reference_tol, atol=reference_tol)
+    rk_ref = flowsde.solvers.RK45(rtol=reference_tol, atol=reference_tol)
     bar.set_description("reference: PF-ODE, RK45 float64")
     t0 = time.perf_counter()
     ref = flowsde.solve(pf_ref, xT, span, method=rk_ref)
@@ -484,12 +467,12 @@ def compare_solvers(
         indep = data.marginal(sched, t_end).sample(n, generator=torch.Generator().manual_seed(seed + 2))
         indep = indep.reshape((n,) + event).to(dev, f64)
         indep2 = data.marginal(sched, t_end).sample(n, generator=torch.Generator().manual_seed(seed + 3))
-        floor = sliced_w2(indep, indep2.reshape((n,) + event), n_projections=n_projections, seed=seed)
+        floor = sliced_w2(indep, indep2.reshape((n,) + event), n_projections=n_projections, generator=seed)
         floor_what = "exact samples"
     else:
         bar.set_description("reference: independent PF-ODE set")
         indep = flowsde.solve(pf_ref, xT_indep, span, method=rk_ref).x
-        floor = sliced_w2(ref_x, indep, n_projections=n_projections, seed=seed)
+        floor = sliced_w2(ref_x, indep, n_projections=n_projections, generator=seed)
         floor_what = "PF-ODE reference sets"
     bar.update(1)
     info = {"model": " ".join(repr(diffusion).split()), "T": T, "t_end": t_end, "n": n, "seed": seed,
@@ -501,7 +484,7 @@ def compare_solvers(
     target = data.marginal(sched, t_end) if data is not None else None
 
     def marg(x):
-        r = check_marginals(x.reshape(n, -1).to("cpu", f64), target, n_projections=8, seed=seed)
+        r = check_marginals(x.reshape(n, -1).to("cpu", f64), target, n_projections=8, generator=seed)
         return r.max_ks, float(abs(r.mean_error).max()), float(r.cov_error)
 
     if data is not None:
@@ -517,16 +500,16 @@ def compare_solvers(
         # the tree must resolve the finest spacing (torchsde's BrownianInterval recurses without end on
         # queries closer than its tolerance)
         tol = min(1e-6 * (T - t_end), 0.01 * float((fine[:-1] - fine[1:]).abs().min()))
-        path = flowsde.BrownianPath(T, t_end, tuple(xT.shape), dtype=f64, device=dev, seed=seed + 11, tol=tol)
+        path = flowsde.BrownianPath(T, t_end, tuple(xT.shape), dtype=f64, device=dev, generator=seed + 11, tol=tol)
         t0 = time.perf_counter()
         sde_ref = flowsde.solve(ref_model.reverse_sde(beta), xT, fine, method="euler_maruyama", generator=path).x
         info["sde_reference"] = (f"reverse SDE (beta={beta:g}): {k_ref} Euler-Maruyama steps in float64 on the "
                                  f"same Brownian path ({time.perf_counter() - t0:.1f} s)")
         bar.update(1)
 
-    rows: List[ComparisonRow] = []
+    rows: List[CompareRow] = []
     samples: Dict[str, torch.Tensor] = {"reference": ref_x[:keep_samples].cpu()}
-    rows.append(ComparisonRow("reference", "reference", "noise floor", None, float(ref_nfe), None, floor, ref_sec,
+    rows.append(CompareRow("reference", "reference", "noise floor", None, float(ref_nfe), None, floor, ref_sec,
                               *(marg(ref_x) if data is not None else (None, None, None))))
     x_run = xT.to(dtype)
     pf = diffusion.pf_ode()
@@ -559,18 +542,18 @@ def compare_solvers(
             err = _rmse(x, sde_ref)
         else:
             err = None  # its noise is not the path's increments: no strong error
-        dist = sliced_w2(x, indep, n_projections=n_projections, seed=seed)
+        dist = sliced_w2(x, indep, n_projections=n_projections, generator=seed)
         ex = marg(x) if data is not None else (None, None, None)
-        rows.append(ComparisonRow(method, "ode" if ode else "sde", label, budget, nfe, err, dist, sec, *ex))
+        rows.append(CompareRow(method, "ode" if ode else "sde", label, budget, nfe, err, dist, sec, *ex))
         samples[method] = x[:keep_samples].detach().cpu()  # the plan runs budgets in increasing order
         info.setdefault("samples_nfe", {})[method] = nfe
         bar.update(1)
 
     lik = []
     if likelihood_tols:
-        xs = target.sample(likelihood_n, generator=torch.Generator().manual_seed(seed + 5)).reshape(
-            (likelihood_n,) + event).to(dev, f64)
-        exact = target.log_prob(xs.reshape(likelihood_n, -1).cpu())
+        xs = target.sample(likelihood_samples, generator=torch.Generator().manual_seed(seed + 5)).reshape(
+            (likelihood_samples,) + event).to(dev, f64)
+        exact = target.log_prob(xs.reshape(likelihood_samples, -1).cpu())
         prior = data.marginal(sched, T)
         for tol in likelihood_tols:
             bar.set_description(f"likelihood tol {tol:.0e}")
@@ -580,7 +563,7 @@ def compare_solvers(
             lik.append((tol, float(res.nfe), float(err.mean()), float(err.max()), time.perf_counter() - t0))
             bar.update(1)
     bar.close()
-    return Comparison(rows, lik, info, samples)
+    return CompareResult(rows, lik, info, samples)
 
 
 def _event_shape(diffusion, data, event_shape) -> Tuple[int, ...]:
@@ -604,14 +587,14 @@ def _edm(diffusion, x: torch.Tensor, ts: torch.Tensor, method: str, s_churn: flo
     if method == "edm_heun" or s_churn == 0:
         sol = flowsde.solve(diffusion.pf_ode(), x, ts, method="edm")
         return sol.x, float(sol.nfe)
-    # churn raises the noise level r to (1 + gamma) r: S_tmax keeps it inside the schedule's range
-    # (no churn where (1 + gamma) r would pass r(T)), as EDM's S_tmax restricts churn to a band.
+    # churn raises the noise level r to (1 + gamma) r: s_tmax keeps it inside the schedule's range
+    # (no churn where (1 + gamma) r would pass r(T)), as EDM's s_tmax restricts churn to a band.
     n_levels = ts.shape[0]  # EDM's N: positive noise levels of a grid that stops short of zero
     gamma = min(s_churn / n_levels, math.sqrt(2) - 1)
     r_max = float(diffusion.schedule.sigma_ratio(ts[:1].to(torch.float64)))
     g = torch.Generator(device=x.device).manual_seed(seed + 13)
-    sol = flowsde.solve(diffusion.pf_ode(), x, ts, method="edm", S_churn=s_churn,
-                        S_tmax=r_max / (1 + gamma) * (1 - 1e-9), generator=g)
+    sol = flowsde.solve(diffusion.pf_ode(), x, ts, method="edm", s_churn=s_churn,
+                        s_tmax=r_max / (1 + gamma) * (1 - 1e-9), generator=g)
     return sol.x, float(sol.nfe)
 
 

@@ -21,7 +21,8 @@ import torch
 
 from ._errors import InputError
 
-__all__ = ["randn", "rand", "rademacher", "check_generators", "batch_broadcast", "check_positive", "check_time_and_state"]
+__all__ = ["randn", "rand", "rademacher", "as_generator", "as_seed", "check_generators", "batch_broadcast", "check_positive",
+           "check_time_and_state", "ROUNDING", "rounding_slack", "time_in_range"]
 
 Generators = Union[None, torch.Generator, Sequence[torch.Generator]]
 
@@ -39,7 +40,31 @@ def check_generators(generators: Sequence, batch, what: str) -> None:
             raise InputError(f"{what}: generator[{i}] is {type(g).__name__}, expected torch.Generator.")
 
 
+def as_generator(generator, device=None):
+    """``generator=`` as the draws take it: an int is a seed (a new ``torch.Generator`` on
+    ``device`` seeded with it, docs/design.md "Vocabulary"); anything else is returned as it is."""
+    if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
+        g = torch.Generator(device=device if device is not None else "cpu")
+        g.manual_seed(int(generator))
+        return g
+    return generator
+
+
+def as_seed(generator, what: str) -> int:
+    """An integer seed from ``generator=``: an int as it is, a ``torch.Generator`` draws one,
+    ``None`` draws one from torch's global RNG (for objects seeded by an integer, e.g. a
+    Brownian tree)."""
+    if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
+        return int(generator)
+    if generator is None or isinstance(generator, torch.Generator):
+        return int(torch.randint(0, 2**62, (1,), generator=generator,
+                                 device=generator.device if generator is not None else "cpu").item())
+    raise InputError(f"{what}: generator must be None, an int seed or a torch.Generator, got "
+                     f"{type(generator).__name__}.")
+
+
 def _draw(fn: Callable, shape, generator: Generators, dtype, device, what: str) -> torch.Tensor:
+    generator = as_generator(generator, device)
     if generator is None or isinstance(generator, torch.Generator):
         return fn(shape, generator)
     shape = tuple(int(s) for s in shape)
@@ -156,3 +181,33 @@ def check_time_and_state(t, x, *, where: str = "") -> None:
                              f"{tuple(t.shape)}.")
     elif not isinstance(t, numbers.Real) or isinstance(t, bool):
         raise InputError(f"{prefix}t must be a number or a tensor, got {type(t).__name__}.")
+
+
+#: A time off a schedule's range ``[t_min, t_max]`` by at most this much relative to the bound
+#: (rounding of a float32 grid: 1e-5 is ~80 float32 ulps) is accepted and clamped onto the bound.
+ROUNDING = 1e-5
+
+
+def rounding_slack(lo: float, hi: float):
+    """``(below, above)``: how far outside ``[lo, hi]`` a time may lie by rounding only:
+    ``ROUNDING * |bound|``, or ``ROUNDING * 1e-3 * (hi - lo)`` for a bound at 0. The one rule of
+    the adapters (``Diffusion``'s conversions; use it for any other time given by a user)."""
+    return tuple(ROUNDING * (abs(b) if b != 0 else 1e-3 * (hi - lo)) for b in (lo, hi))
+
+
+def time_in_range(value: float, lo: float, hi: float, *, name: str = "t", where: str = "") -> float:
+    """``value`` clamped into ``[lo, hi]`` when it is off by rounding only (:func:`rounding_slack`,
+    e.g. k-diffusion's float32 0.0019999996 for 0.002); a real excursion raises
+    :class:`flowsde.InputError` printing the value, the bound and the difference with all digits."""
+    s_lo, s_hi = rounding_slack(lo, hi)
+    if lo <= value <= hi:
+        return value
+    if lo - s_lo <= value < lo:
+        return lo
+    if hi < value <= hi + s_hi:
+        return hi
+    end = lo if value < lo else hi
+    prefix = f"{where}: " if where else ""
+    raise InputError(f"{prefix}{name} = {value!r} is outside the range [t_min, t_max] = [{lo!r}, {hi!r}] by "
+                     f"{abs(value - end):.3g}, more than rounding (within {ROUNDING:g} of a bound, relative, a time "
+                     "is clamped onto it). Pass a time inside the range.")

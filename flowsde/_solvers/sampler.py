@@ -88,7 +88,7 @@ class Grid:
                 f"and {(s[k + 1] / a[k + 1]).item()!r} at ts[{k + 1}] = {th[k + 1].item()!r}. Use a grid from "
                 "t_max down to t_min (or 0)."
             )
-        self.n_steps = n - 1
+        self.steps = n - 1
         self.t = th.tolist()
         self.a = a.tolist()
         self.s = s.tolist()

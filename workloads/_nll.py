@@ -66,8 +66,9 @@ import torch
 
 import flowsde
 from flowsde import FlowSDEError, InputError, Status
+from flowsde._internal import as_seed
 
-__all__ = ["dataset_nll", "NLLResult", "NLLRow", "DatasetNLLError", "sample_seeds", "HEADER"]
+__all__ = ["dataset_nll", "NLLResult", "NLLRow", "NLLError", "sample_seeds", "HEADER"]
 
 #: the CSV header of :func:`dataset_nll`'s output
 HEADER = "index,nats,bpd,stderr,nfe,status"
@@ -79,7 +80,7 @@ INIT_TIMEOUT = timedelta(hours=6)
 _FORMAT = 1  # bump when the meaning of a row changes (old part files are then refused)
 
 
-class DatasetNLLError(FlowSDEError, RuntimeError):
+class NLLError(FlowSDEError, RuntimeError):
     """Some batches of :func:`dataset_nll` raised; the other samples' rows are kept on disk.
 
     Attributes:
@@ -125,9 +126,9 @@ class NLLResult:
     Attributes:
         rows: one :class:`NLLRow` per sample, sorted by index.
         mean_bpd: mean bits/dim over the samples with status ``SUCCESS``.
-        stderr_bpd: its standard error over samples, ``std(bpd) / sqrt(n_ok)`` (``nan`` if ``n_ok < 2``).
+        stderr_bpd: its standard error over samples, ``std(bpd) / sqrt(succeeded)`` (``nan`` if ``succeeded < 2``).
         mean_nats, stderr_nats: the same for the NLL in nats.
-        n: number of samples evaluated (after ``limit``); ``n_ok``: those with ``SUCCESS``.
+        samples: number of samples evaluated (after ``limit``); ``succeeded``: those with ``SUCCESS``.
         failed: ``(index, status)`` of the samples whose solve did not succeed.
         resumed: samples read from a previous run instead of computed (those of the batches
             complete on disk; a batch with a missing row is computed again).
@@ -141,8 +142,8 @@ class NLLResult:
     stderr_bpd: float
     mean_nats: float
     stderr_nats: float
-    n: int
-    n_ok: int
+    samples: int
+    succeeded: int
     failed: List[Tuple[int, str]]
     resumed: int
     world_size: int
@@ -157,13 +158,13 @@ class NLLResult:
     def summary(self) -> str:
         """One line: mean bits/dim and its standard error over samples."""
         s = (f"bits/dim {self.mean_bpd:.4f} +- {self.stderr_bpd:.4f} (mean +- standard error over "
-             f"{self.n_ok} samples); NLL {self.mean_nats:.4f} +- {self.stderr_nats:.4f} nats")
+             f"{self.succeeded} samples); NLL {self.mean_nats:.4f} +- {self.stderr_nats:.4f} nats")
         if self.failed:
             s += f"; {len(self.failed)} sample(s) failed and are excluded: " + _describe_failed(self.failed)
         return s
 
     def __repr__(self) -> str:
-        return (f"NLLResult(n={self.n}, n_ok={self.n_ok}, mean_bpd={self.mean_bpd:.6g}, "
+        return (f"NLLResult(samples={self.samples}, succeeded={self.succeeded}, mean_bpd={self.mean_bpd:.6g}, "
                 f"stderr_bpd={self.stderr_bpd:.3g})")
 
 
@@ -448,7 +449,7 @@ def dataset_nll(
     rtol: Optional[float] = None,
     atol: Optional[float] = None,
     batch_size: int = 64,
-    seed: int = 0,
+    generator=0,
     limit: Optional[int] = None,
     out=None,
     progress: bool = False,
@@ -472,7 +473,9 @@ def dataset_nll(
         rtol, atol: RK45 tolerances (``None``: :meth:`Diffusion.log_likelihood`'s defaults).
         batch_size: samples per solve; batch ``b`` holds the global indices
             ``b*batch_size .. (b+1)*batch_size - 1``.
-        seed: base seed of the per-sample generators (:func:`sample_seeds`).
+        generator: the base seed of the per-sample generators (:func:`sample_seeds`): an int
+            >= 0 (default 0), or a ``torch.Generator`` that one seed is drawn from (the same on every
+            rank only if every rank seeds it alike).
         limit: evaluate the first ``limit`` samples only.
         out: CSV path (rows written as they finish, resumable; see the module docstring).
         progress: a tqdm bar (stderr, rank 0) over the samples of this rank.
@@ -495,10 +498,12 @@ def dataset_nll(
     Raises:
         InputError: bad arguments, an ``out`` holding rows of other settings, data of a shape the
             model refuses (raised on every rank).
-        DatasetNLLError: some batches raised (other than a non-finite solve, which is a row with
+        NLLError: some batches raised (other than a non-finite solve, which is a row with
             its status); every other row is computed and kept in the part files, so a rerun
             retries only the failed batches.
     """
+    seed = generator if isinstance(generator, int) and not isinstance(generator, bool) else \
+        as_seed(generator, "dataset_nll") % 2**63
     own_group = _init_from_env(diffusion, device)
     try:
         return _dataset_nll(diffusion, data, levels=levels, bits=bits, data_range=data_range, trace=trace,
@@ -538,14 +543,14 @@ def _dataset_nll(diffusion, data, *, levels, bits, data_range, trace, probes, rt
         raise InputError("dataset_nll: the data set is empty.")
     _check_int("batch_size", batch_size)
     _check_int("limit", limit, allow_none=True)
-    _check_int("seed", seed, lo=0)
+    _check_int("generator", seed, lo=0)
     _check_int("levels", levels, lo=2, allow_none=True)
     _check_int("bits", bits, allow_none=True)
     if levels is not None and bits is not None and levels != 2**bits:
         raise InputError(f"dataset_nll: levels={levels} and bits={bits} disagree (levels = 2**bits); give one.")
-    if "generator" in likelihood_options or "throw" in likelihood_options:
-        raise InputError("dataset_nll: generator and throw are set by dataset_nll (per-sample generators from "
-                         "seed; throw=False so one sample's failure is its row's status).")
+    if "throw" in likelihood_options:
+        raise InputError("dataset_nll: throw is set by dataset_nll (throw=False, so that one sample's failure is "
+                         "its row's status).")
     n = N if limit is None else min(limit, N)
     first = _item(data, 0) if not isinstance(data, torch.Tensor) else data[0]
     event = tuple(first.shape)
@@ -706,8 +711,8 @@ def _dataset_nll(diffusion, data, *, levels, bits, data_range, trace, probes, rt
             ok = [r for r in rows if r.status == "SUCCESS"]
             mb, sb = _mean_se([r.bpd for r in ok])
             mn, sn = _mean_se([r.nats for r in ok])
-            result = NLLResult(rows=rows, mean_bpd=mb, stderr_bpd=sb, mean_nats=mn, stderr_nats=sn, n=n,
-                               n_ok=len(ok), failed=[(r.index, r.status) for r in rows if r.status != "SUCCESS"],
+            result = NLLResult(rows=rows, mean_bpd=mb, stderr_bpd=sb, mean_nats=mn, stderr_nats=sn, samples=n,
+                               succeeded=len(ok), failed=[(r.index, r.status) for r in rows if r.status != "SUCCESS"],
                                resumed=skipped, world_size=world, out=out_path, settings=settings)
             if out_path is not None:
                 _write_atomic(out_path, HEADER + "\n" + "".join(r.line() + "\n" for r in rows), "r0")
@@ -721,5 +726,5 @@ def _dataset_nll(diffusion, data, *, levels, bits, data_range, trace, probes, rt
         _, kind, msg, all_failures = outcome
         if kind == "input":
             raise InputError(msg)
-        raise DatasetNLLError(msg, all_failures)
+        raise NLLError(msg, all_failures)
     return outcome[1]

@@ -1,0 +1,60 @@
+"""The one internal module other flowsde packages import (docs/design.md, "Layers").
+
+Checks and helpers that every layer shares but that are not part of the public API:
+``flowsde.adapters``, ``flowsde.validation``, ``flowsde.models``, ``flowsde.workloads``,
+the command line and the tests import them from here, and from no other private
+module of another package. Each name is defined once, in the core module named
+beside it.
+"""
+
+from ._checks import broadcast_diffusion, check_grid, check_state  # the solver's input checks
+from ._likelihood import (  # data and quantization checks of the likelihood
+    DEFAULT_BPD_TOL,
+    DEFAULT_TIME_WARP,
+    bin_width,
+    check_data,
+    check_data_range,
+    check_in_range,
+    quantization_levels,
+)
+from ._noise import NoiseSource
+from ._utils import (  # random draws, broadcasting, numbers and times
+    ROUNDING,
+    as_generator,
+    as_seed,
+    batch_broadcast,
+    check_generators,
+    check_positive,
+    check_time_and_state,
+    rademacher,
+    rand,
+    randn,
+    rounding_slack,
+    time_in_range,
+)
+
+__all__ = [
+    "check_state",
+    "check_grid",
+    "broadcast_diffusion",
+    "check_data",
+    "check_data_range",
+    "check_in_range",
+    "quantization_levels",
+    "bin_width",
+    "DEFAULT_BPD_TOL",
+    "DEFAULT_TIME_WARP",
+    "NoiseSource",
+    "randn",
+    "rand",
+    "rademacher",
+    "as_generator",
+    "as_seed",
+    "check_generators",
+    "batch_broadcast",
+    "check_positive",
+    "check_time_and_state",
+    "ROUNDING",
+    "rounding_slack",
+    "time_in_range",
+]

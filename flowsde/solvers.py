@@ -1,0 +1,59 @@
+"""The solvers: one file per method under ``flowsde/_solvers/``, each stating its order.
+
+``flowsde.solve(problem, x, grid, method=...)`` takes a name of :data:`METHODS` or an
+instance of a class below (``flowsde.solvers.PC(snr=0.1)``). Fixed-step solvers follow the
+contract of :class:`Solver` (docs/design.md, "Solvers"); adaptive ones implement ``solve``.
+"""
+
+from ._solve import METHODS, get_solver
+from ._solvers import (
+    DDIM,
+    DPM2,
+    LMS,
+    PC,
+    RK45,
+    DPMpp2M,
+    DPMpp2MSDE,
+    DPMpp2SAncestral,
+    DPMpp3MSDE,
+    EDMChurn,
+    Euler,
+    EulerAncestral,
+    EulerMaruyama,
+    Heun,
+    SemiLinearSolver,
+    Solver,
+    TorchSDE,
+    UniPC,
+    langevin,
+    langevin_step_size,
+)
+from ._solvers.torchdiffeq_engine import TorchDiffEq
+
+__all__ = [
+    "METHODS",
+    "get_solver",
+    "Solver",
+    # ODEs and SDEs
+    "Euler",
+    "Heun",
+    "EulerMaruyama",
+    "PC",
+    "langevin",
+    "langevin_step_size",
+    "RK45",
+    "TorchDiffEq",
+    "TorchSDE",
+    # samplers of semi-linear problems (docs/samplers.md)
+    "SemiLinearSolver",
+    "DDIM",
+    "EulerAncestral",
+    "DPM2",
+    "DPMpp2M",
+    "DPMpp2SAncestral",
+    "DPMpp2MSDE",
+    "DPMpp3MSDE",
+    "LMS",
+    "UniPC",
+    "EDMChurn",
+]
