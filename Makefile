@@ -12,14 +12,14 @@ demo: install
 
 test:
 	@$(PYTHON) scripts/install.py --torch-version $(TORCH_VERSION) --anchors
-	$(PYTHON) -m pytest -q -p no:cacheprovider
+	$(PYTHON) -m pytest -q
 
 test-fast: install
-	$(PYTHON) -m pytest -q -m "not slow" -p no:cacheprovider
+	$(PYTHON) -m pytest -q -m "not slow"
 
 bench: install
 	$(PYTHON) benchmarks/run_all.py
 
 # The user guide and the API reference, built strictly (a broken reference fails) into site/.
-docs:
+docs: install
 	$(PYTHON) -m mkdocs build --strict --site-dir site

@@ -87,6 +87,9 @@ def _grid(grid, steps, sigma_min, sigma_max, rho, round_sigma, lo, hi):
     return grids.append_zero(g), s_lo, s_hi
 
 
+# 17 parameters: NVlabs/edm's edm_sampler (num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise,
+# randn_like) in this library's words, and its generate.py's choices (the grid, dtype, the last step); the
+# docstring is the user reference. The body is its steps: _check_call, _grid, _solve, _result.
 def edm_sampler(
     model,
     x: torch.Tensor,
@@ -172,6 +175,22 @@ def edm_sampler(
             first step and its noise level.
     """
     D, lo, hi, den = _as_denoiser(model)
+    dtype, net_dtype = _check_call(x, last_step, dtype, net_dtype, churn=(s_churn, s_tmin, s_tmax, s_noise))
+    # NVlabs/edm's net.round_sigma (identity for continuous nets; iDDPM rounds to its table).
+    round_sigma = getattr(model, "round_sigma", None) if den is None else None
+    g, s_lo, s_hi = _grid(grid, steps, sigma_min, sigma_max, rho, round_sigma, lo, hi)
+    # The loop is the core's: flowsde.solvers.EDMChurn (Algorithm 2) on the EDM-time problem of the denoiser.
+    solver = EDMChurn(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
+                      last_step="denoise" if last_step == "denoise" else "euler", round_sigma=round_sigma)
+    problem = edm_ode(den if den is not None else D, compute_dtype=dtype, net_dtype=net_dtype)
+    sol = _solve(problem, solver, x.to(dtype), g, last_step, generator=generator if s_churn > 0 else None,
+                 save_all=save_all, throw=throw)
+    return _result(sol, x, g, den, last_step, dtype, solver, (s_lo, s_hi))
+
+
+def _check_call(x, last_step, dtype, net_dtype, *, churn) -> tuple:
+    """``(dtype, net_dtype)`` (``None``: ``x.dtype``), after checking ``x``, ``last_step`` and the churn
+    ``(s_churn, s_tmin, s_tmax, s_noise)``."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
         raise InputError(f"edm_sampler: x must be a floating tensor (B, *event), got "
                          f"{type(x).__name__} {getattr(x, 'dtype', '')} "
@@ -180,6 +199,7 @@ def edm_sampler(
         raise InputError("edm_sampler: x contain NaN/Inf.")
     if last_step not in LAST_STEPS:
         raise InputError(f"edm_sampler: last_step={last_step!r}; choose one of {LAST_STEPS}.")
+    s_churn, s_tmin, s_tmax, s_noise = churn
     for name, v in (("s_churn", s_churn), ("s_noise", s_noise), ("s_tmin", s_tmin)):
         _check_number(name, v)
     _check_number("s_tmax", s_tmax, allow_inf=True)
@@ -187,24 +207,28 @@ def edm_sampler(
     net_dtype = x.dtype if net_dtype is None else net_dtype
     if not (dtype.is_floating_point and net_dtype.is_floating_point):
         raise InputError(f"edm_sampler: dtype={dtype} and net_dtype={net_dtype} must be floating point.")
-    # NVlabs/edm's net.round_sigma (identity for continuous nets; iDDPM rounds to its table).
-    round_sigma = getattr(model, "round_sigma", None) if den is None else None
-    g, s_lo, s_hi = _grid(grid, steps, sigma_min, sigma_max, rho, round_sigma, lo, hi)
+    return dtype, net_dtype
+
+
+def _solve(problem, solver, x: torch.Tensor, g: torch.Tensor, last_step: str, *, generator, save_all: bool,
+           throw: bool) -> Solution:
+    """The sampler's loop from ``x * r_0`` down the grid ``g`` (``"stop"``: to its last positive level)."""
+    N = g.shape[0] - 1
+    ts = (g if last_step != "stop" else g[:N]).to(x.device)
+    x0 = x * float(g[0])  # r_0: the first level, a host float64 scalar
+    if ts.shape[0] == 1:  # "stop" on a single level: no step to take
+        return Solution(x=x0, nfe=0, steps=0, status=torch.zeros(x0.shape[0], dtype=torch.int64, device=x0.device),
+                        t_final=ts.expand(x0.shape[0]), method="edm", grid=ts if save_all else None,
+                        xs=x0[None] if save_all else None)
+    return solve(problem, x0, ts, method=solver, generator=generator, save_all=save_all, throw=throw)
+
+
+def _result(sol: Solution, x: torch.Tensor, g: torch.Tensor, den, last_step: str, dtype: torch.dtype,
+            solver: EDMChurn, sigma_range) -> Solution:
+    """The loop's solution as :func:`edm_sampler` returns it: ``"stop"`` unscaled to ``x_t`` at the schedule's
+    time of the last level (with a Denoiser), ``t_final``, and the sampler's ``stats``."""
     sig = g.tolist()
     N = len(sig) - 1
-    # The loop is the core's: flowsde.solvers.EDMChurn (Algorithm 2) on the EDM-time problem of the denoiser.
-    solver = EDMChurn(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise,
-                 last_step="denoise" if last_step == "denoise" else "euler", round_sigma=round_sigma)
-    problem = edm_ode(den if den is not None else D, compute_dtype=dtype, net_dtype=net_dtype)
-    ts = (g if last_step != "stop" else g[:N]).to(x.device)
-    x0 = x.to(dtype) * sig[0]
-    if ts.shape[0] == 1:  # "stop" on a single level: no step to take
-        sol = Solution(x=x0, nfe=0, steps=0, status=torch.zeros(x0.shape[0], dtype=torch.int64, device=x0.device),
-                       t_final=ts.expand(x0.shape[0]), method="edm", grid=ts if save_all else None,
-                       xs=x0[None] if save_all else None)
-    else:
-        sol = solve(problem, x0, ts, method=solver, generator=generator if s_churn > 0 else None, save_all=save_all,
-                    throw=throw)
     n_loop = N if last_step == "euler" else N - 1
     x_out, B, t_final = sol.x, x.shape[0], 0.0
     if last_step == "stop" and den is not None:
@@ -219,8 +243,8 @@ def edm_sampler(
     return dataclasses.replace(
         sol, x=x_out, method="edm_sampler",
         t_final=torch.full((B,), t_final, dtype=dtype, device=x.device),
-        stats={"sigmas": g, "t": times, "sigma_min": s_lo, "sigma_max": s_hi, "gammas": solver.gammas(sig)[:n_loop],
-               "last_step": last_step, "steps": N},
+        stats={"sigmas": g, "t": times, "sigma_min": sigma_range[0], "sigma_max": sigma_range[1],
+               "gammas": solver.gammas(sig)[:n_loop], "last_step": last_step, "steps": N},
     )
 
 

@@ -118,7 +118,7 @@ class NoiseSource:
 
 
 class _GeneratorNoise(NoiseSource):
-    """``None``, one ``torch.Generator`` or a list of per-sample generators (:func:`flowsde.utils.randn`)."""
+    """``None``, one ``torch.Generator`` or a list of per-sample generators (``flowsde._internal.randn``)."""
 
     def __init__(self, generator):
         self.generator = generator

@@ -150,7 +150,7 @@ def broadcast_diffusion(g: torch.Tensor, x: torch.Tensor, noise_type: str) -> to
     """Reshape a diffusion output so that ``g * dW`` broadcasts against ``x``.
 
     Scalar noise: 0-dim stays 0-dim; ``(B,)`` becomes ``(B, 1, ..., 1)``;
-    ``(B, 1, ..., 1)`` is kept (:func:`flowsde.utils.batch_broadcast`). Diagonal
+    ``(B, 1, ..., 1)`` is kept (``flowsde._internal.batch_broadcast``). Diagonal
     noise: the shape of ``x`` (a 0-dim or per-sample value is accepted and
     broadcast, since a scalar is a special diagonal).
     """

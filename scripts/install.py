@@ -7,8 +7,9 @@
   takes; pinning the version keeps pip from resolving an unpinned ``torch`` to
   a multi-gigabyte CUDA build of a newer release.
 
-Then ``pip install -e .[test,plots,data,weights,diffusers]`` (diffusers is an
-optional integration; installing it does not touch torch). With
+Then ``pip install -e .[test,plots,data,weights,diffusers,docs]`` (diffusers is an
+optional integration; installing it does not touch torch; docs builds the API reference, which the
+tests check). With
 ``--anchors``, also k-diffusion's wheel without its (heavy) dependencies: the
 test suite loads only its ``sampling.py`` to compare samplers with the real
 thing.
@@ -40,7 +41,7 @@ def main() -> None:
 
         print(f"torch {torch.__version__} already installed; keeping it.", flush=True)
     # torch is satisfied now, so the editable install cannot replace it.
-    pip("-e", ".[test,plots,data,weights,diffusers]")
+    pip("-e", ".[test,plots,data,weights,diffusers,docs]")
     if args.anchors and importlib.util.find_spec("k_diffusion") is None:
         pip("--no-deps", "k-diffusion==0.1.1.post1")
 

@@ -14,7 +14,7 @@ from ._fokker_planck import (
 )
 from ._likelihood_cases import likelihood_mixture, schedule_predictions
 from ._marginals import MarginalsResult, assert_marginals, check_marginals, required_samples, sliced_w2
-from ._orders import OrderResult, convergence_order
+from ._orders import OrderResult, convergence_order, fit_order
 from .peers import k_diffusion_sampling
 from .references import OU, DiracMixture, GaussianMixture
 
@@ -40,6 +40,7 @@ __all__ = [
     "sliced_w2",
     # convergence orders
     "convergence_order",
+    "fit_order",
     "OrderResult",
     # hypothesis strategies (imported on first use) and peers loaded for tests and benchmarks
     "strategies",

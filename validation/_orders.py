@@ -18,7 +18,8 @@ reference at the times of the coarsest grid.
 * ``kind="ode"``: deterministic; err as for ``"strong"`` over the batch.
 
 The order is the least-squares slope of ``log err`` on ``log h``, with a
-Student-t confidence interval from the regression's standard error.
+Student-t confidence interval from the regression's standard error: :func:`fit_order`,
+which also fits errors measured some other way (exact moments, a norm of the user's choice).
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ from flowsde import BrownianPath, InputError, solve
 from flowsde._internal import as_seed
 from flowsde import grids as _grids
 
-__all__ = ["convergence_order", "OrderResult"]
+__all__ = ["convergence_order", "fit_order", "OrderResult"]
 
 KINDS = ("strong", "weak", "ode")
 
 
 @dataclass
 class OrderResult:
-    """Outcome of :func:`convergence_order`.
+    """Outcome of :func:`convergence_order` and :func:`fit_order`.
 
     Attributes:
         order: fitted slope of ``log err`` on ``log h``.
@@ -49,7 +50,7 @@ class OrderResult:
         confidence: its level.
         step_sizes: ``|t1 - t0| / 2^level`` per level (numpy array).
         errors: the errors per level (numpy array).
-        kind, method: what was measured.
+        kind, method: what was measured (``None`` from :func:`fit_order`).
     """
 
     order: float
@@ -57,13 +58,55 @@ class OrderResult:
     confidence: float
     step_sizes: np.ndarray
     errors: np.ndarray
-    kind: str
-    method: str
+    kind: Optional[str] = None
+    method: Optional[str] = None
 
     def __repr__(self) -> str:
-        return (f"OrderResult({self.kind} order of {self.method}: {self.order:.3f}, "
+        what = "order" if self.kind is None else f"{self.kind} order"
+        what += "" if self.method is None else f" of {self.method}"
+        return (f"OrderResult({what}: {self.order:.3f}, "
                 f"{100 * self.confidence:.0f}% CI [{self.ci[0]:.3f}, {self.ci[1]:.3f}], "
                 f"errors={np.array2string(self.errors, precision=3)})")
+
+
+def fit_order(step_sizes: Sequence[float], errors: Sequence[float], *, confidence: float = 0.95) -> OrderResult:
+    """The order of convergence that errors measured at several step sizes show.
+
+    The least-squares slope of ``log errors`` on ``log step_sizes`` and its Student-t
+    confidence interval (from the regression's standard error, ``len - 2`` degrees of
+    freedom): the fit :func:`convergence_order` makes, for errors measured another way
+    (against exact moments, in a norm of one's choice).
+
+    Arguments:
+        step_sizes: the step sizes ``h`` (positive, finite, at least 3 distinct values).
+        errors: the error at each step size (positive, finite).
+        confidence: level of the slope's confidence interval, in ``(0, 1)``.
+
+    Returns:
+        :class:`OrderResult` with ``kind`` and ``method`` ``None``.
+
+    Raises:
+        InputError: lengths differ, fewer than 3 distinct step sizes, a value that is not
+            positive and finite, or a confidence outside ``(0, 1)``.
+    """
+    try:
+        hs = np.asarray(step_sizes, dtype=np.float64).reshape(-1)
+        errs = np.asarray(errors, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"fit_order: step_sizes and errors must be sequences of numbers ({e}).") from e
+    if hs.shape != errs.shape:
+        raise InputError(f"fit_order: {hs.size} step sizes but {errs.size} errors.")
+    if len(np.unique(hs)) < 3:
+        raise InputError(f"fit_order: need at least 3 distinct step sizes (for a confidence interval on the "
+                         f"slope), got {hs.tolist()}.")
+    for what, v in (("step_sizes", hs), ("errors", errs)):
+        if not (np.isfinite(v).all() and (v > 0).all()):
+            raise InputError(f"fit_order: {what} {v.tolist()} must be positive and finite (nothing to regress "
+                             "on a log scale otherwise).")
+    if not 0 < confidence < 1:
+        raise InputError(f"fit_order: confidence={confidence!r} must be in (0, 1).")
+    slope, ci = _fit(hs, errs, confidence)
+    return OrderResult(order=slope, ci=ci, confidence=float(confidence), step_sizes=hs, errors=errs)
 
 
 def _fit(hs, errs, confidence):
@@ -194,7 +237,7 @@ def convergence_order(
         raise InputError(f"errors {errs.tolist()} at levels {levels} include zero or non-finite values; the "
                          "method is exact on this problem (nothing to regress) or it diverged.")
     hs = abs(float(t1) - float(t0)) / 2.0 ** np.asarray(levels, dtype=np.float64)
-    slope, ci = _fit(hs, errs, confidence)
-    name = method if isinstance(method, str) else getattr(method, "name", type(method).__name__)
-    return OrderResult(order=slope, ci=ci, confidence=confidence, step_sizes=hs, errors=errs, kind=kind,
-                       method=name)
+    res = fit_order(hs, errs, confidence=confidence)
+    res.kind = kind
+    res.method = method if isinstance(method, str) else getattr(method, "name", type(method).__name__)
+    return res

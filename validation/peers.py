@@ -21,20 +21,25 @@ _INSTALL = ("install it with pip install --no-deps k-diffusion==0.1.1.post1 (its
             "torchdiffeq, torchsde, tqdm)")
 
 
-def k_diffusion_sampling() -> types.ModuleType:
+def k_diffusion_sampling(*, reload: bool = False) -> types.ModuleType:
     """k-diffusion's ``sampling.py`` as a module (``sample_heun``, ``sample_lms``, ``get_sigmas_karras``,
     ...), loaded without its package ``__init__``, which needs scikit-image.
 
     The file is executed alone under a stub package whose ``utils`` holds the one helper it uses
     (``append_dims``; the real ``utils`` imports PIL/torchvision); ``sys.modules`` is left as it was.
-    The module is loaded once per process.
+    The module is loaded once per process and kept; later calls return that module.
+
+    Arguments:
+        reload: load the file again (a new module object, kept for later calls), e.g. after
+            installing or upgrading k-diffusion in a running process. If loading fails, the
+            module kept before (if any) stays.
 
     Raises:
         ImportError: k-diffusion is not installed, or its ``sampling.py`` cannot be imported (it needs
             scipy, torchdiffeq, torchsde, tqdm); the message says which and how to install it. Tests
             turn it into ``pytest.skip``.
     """
-    if "sampling" in _CACHE:
+    if "sampling" in _CACHE and not reload:
         return _CACHE["sampling"]
     spec = importlib.util.find_spec("k_diffusion")  # does not execute the package __init__
     if spec is None or not spec.submodule_search_locations:

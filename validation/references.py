@@ -28,6 +28,7 @@ from typing import Callable, Optional
 import torch
 
 from flowsde import SDE, InputError
+from flowsde._internal import as_generator
 
 __all__ = ["GaussianMixture", "DiracMixture", "OU", "PREDICTIONS"]
 
@@ -279,10 +280,12 @@ class GaussianMixture(_Mixture):
         self._U, self._l = U, l
         self._chol = torch.linalg.cholesky(C)
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``n`` exact samples of ``p_0``, ``(n, D)``."""
-        if not (isinstance(n, int) and n >= 1):
-            raise InputError(f"sample(n={n!r}): n must be an int >= 1.")
+    def sample(self, samples: int, generator=None) -> torch.Tensor:
+        """``samples`` exact draws of ``p_0``, ``(samples, D)``; ``generator``: ``None``, an int seed or a
+        ``torch.Generator``."""
+        if not (isinstance(samples, int) and samples >= 1):
+            raise InputError(f"sample(samples={samples!r}): samples must be an int >= 1.")
+        n, generator = samples, as_generator(generator)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, dtype=self.dtype, generator=generator)
         return self.means[k] + torch.einsum("nij,nj->ni", self._chol[k], z)
@@ -331,11 +334,11 @@ class DiracMixture(_Mixture):
         self.data = y
         self._U, self._l = None, torch.zeros(N, dtype=dtype)
 
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``n`` draws (with replacement) from the data, ``(n, D)``."""
-        if not (isinstance(n, int) and n >= 1):
-            raise InputError(f"sample(n={n!r}): n must be an int >= 1.")
-        return self.data[torch.multinomial(self.weights, n, replacement=True, generator=generator)]
+    def sample(self, samples: int, generator=None) -> torch.Tensor:
+        """``samples`` draws (with replacement) from the data, ``(samples, D)``."""
+        if not (isinstance(samples, int) and samples >= 1):
+            raise InputError(f"sample(samples={samples!r}): samples must be an int >= 1.")
+        return self.data[torch.multinomial(self.weights, samples, replacement=True, generator=as_generator(generator))]
 
     def log_prob(self, x) -> torch.Tensor:
         """A finite data set has no density at ``t = 0``: raises. Use ``log_prob_t`` at ``sigma(t) > 0``."""
@@ -383,10 +386,10 @@ class OU:
         return SDE(lambda t, x: -b * x, lambda t, x: torch.full((), s, dtype=x.dtype, device=x.device),
                    noise_type="scalar")
 
-    def mean(self, t, x0: torch.Tensor) -> torch.Tensor:
-        """``E[X_t | X_0 = x0] = x0 e^{-b t}`` (``t`` number or tensor broadcastable to ``x0``)."""
-        t = torch.as_tensor(t, dtype=x0.dtype, device=x0.device)
-        return x0 * torch.exp(-self.b * t)
+    def mean(self, t, x: torch.Tensor) -> torch.Tensor:
+        """``E[X_t | X_0 = x] = x e^{-b t}`` (``t`` number or tensor broadcastable to ``x``)."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        return x * torch.exp(-self.b * t)
 
     def var(self, t) -> torch.Tensor:
         """``Var[X_t | X_0] = s^2 (1 - e^{-2 b t}) / (2 b)`` (``s^2 t`` for ``b = 0``); ``-expm1`` keeps it
@@ -396,11 +399,11 @@ class OU:
             return self.s ** 2 * t
         return self.s ** 2 * (-torch.expm1(-2 * self.b * t)) / (2 * self.b)
 
-    def sample(self, t, x0: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Exact draws of ``X_t`` given ``X_0 = x0`` (shape of ``x0``)."""
-        t = torch.as_tensor(t, dtype=x0.dtype, device=x0.device)
-        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        return self.mean(t, x0) + self.var(t).sqrt() * z
+    def sample(self, t, x: torch.Tensor, generator=None) -> torch.Tensor:
+        """Exact draws of ``X_t`` given ``X_0 = x`` (shape of ``x``)."""
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        z = torch.randn(x.shape, generator=as_generator(generator, x.device), dtype=x.dtype, device=x.device)
+        return self.mean(t, x) + self.var(t).sqrt() * z
 
     def __repr__(self) -> str:
         return f"OU(b={self.b}, s={self.s})"

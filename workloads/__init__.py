@@ -10,8 +10,6 @@ Layer (docs/design.md, "Layers"): they use ``flowsde``, ``flowsde.adapters``,
 """
 
 from ._compare import (
-    CompareResult,
-    CompareRow,
     compare_solvers,
     default_methods,
     default_mixture,
@@ -19,6 +17,7 @@ from ._compare import (
     steps_for_budget,
 )
 from ._nll import NLLError, NLLResult, NLLRow, dataset_nll
+from ._report import CompareResult, CompareRow
 
 __all__ = [
     "compare_solvers",

@@ -23,15 +23,15 @@ With an exact data distribution (a :class:`GaussianMixture` whose oracle the mod
 is), ``x_T`` comes from the exact marginal at ``T`` (so every error is the solver's
 own), each row also gets the KS distance to the exact marginal at ``t_end``, and
 likelihood rows compare ``flowsde.log_likelihood`` with the exact ``log p``.
+
+The result, its table, CSV, JSON and plots are in ``workloads/_report.py``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -41,6 +41,8 @@ from flowsde import InputError
 from flowsde._internal import as_seed
 
 from flowsde.validation import GaussianMixture, check_marginals, sliced_w2
+
+from ._report import CompareResult, CompareRow
 
 __all__ = ["compare_solvers", "CompareRow", "CompareResult", "default_mixture", "default_methods", "known_methods",
            "steps_for_budget", "DETERMINISTIC", "STOCHASTIC"]
@@ -136,188 +138,6 @@ def _rmse(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((x.double() - ref.double()) ** 2).mean().sqrt())
 
 
-@dataclass
-class CompareRow:
-    method: str
-    kind: str  #: "ode" (PF-ODE sampler), "sde" (reverse-SDE sampler) or "reference"
-    setting: str  #: "N steps", "tol X" (RK45) or "noise floor"
-    budget: Optional[int]  #: the NFE budget asked for (None: RK45, reference rows)
-    nfe: float  #: NFE used per sample
-    error: Optional[float]  #: RMS/coordinate to the reference on the same x_T (and Brownian path)
-    distance: float  #: sliced W2 to an independent reference set
-    seconds: float
-    ks: Optional[float] = None  #: max KS distance to the exact marginal (exact models only)
-    mean_error: Optional[float] = None
-    cov_error: Optional[float] = None
-
-
-COLUMNS = {
-    "solver": "the sampler: PF-ODE (euler, heun, edm_heun, ddim, dpmpp_2m, unipc, rk45, ...), reverse SDE of the "
-              "chosen beta (euler_maruyama, pc, dpmpp_2m_sde, euler_ancestral, ...), or EDM's churn (edm_churn)",
-    "setting": "steps of the fixed-step samplers; tolerance (rtol = atol) of RK45 and the other adaptive solvers",
-    "NFE": "network evaluations per sample actually used (a budget a sampler cannot meet exactly is shown as "
-           "'used (budget B)')",
-    "error": "RMS difference per coordinate of the final samples from the reference started at the same x_T: "
-             "for PF-ODE samplers a tight float64 RK45 solution; for SDE samplers a fine-step Euler-Maruyama "
-             "solution on the same Brownian path (strong error; '-' where the sampler draws fresh normals instead of "
-             "the path's increments; "
-             "pc's Langevin corrector is not a discretization of the path, so its error levels off)",
-    "SW2": "sliced Wasserstein-2 distance from an independent set of reference samples; the 'noise floor' row "
-           "is the distance between two independent reference sets: nothing below it is measurable with this n",
-    "s": "wall time of the sampler run (seconds)",
-}
-
-
-@dataclass
-class CompareResult:
-    rows: List[CompareRow]
-    likelihood: list = field(default_factory=list)  #: (tol, nfe, mean |logp - exact|, max |...|, seconds)
-    info: dict = field(default_factory=dict)
-    samples: Dict[str, torch.Tensor] = field(default_factory=dict)  #: method -> samples at its largest budget
-
-    @property
-    def noise_floor(self) -> Optional[float]:
-        for r in self.rows:
-            if r.kind == "reference":
-                return r.distance
-        return None
-
-    def table(self) -> str:
-        """The comparison as a Markdown table (and the likelihood table under it)."""
-        exact = any(r.ks is not None for r in self.rows)
-        head = "| solver | setting | NFE | error | SW2 | s |" + (" KS exact |" if exact else "")
-        out = [head, "|---|---|---:|---:|---:|---:|" + ("---:|" if exact else "")]
-        for r in self.rows:
-            nfe = f"{r.nfe:.0f}" if r.budget is None or r.budget == round(r.nfe) else f"{r.nfe:.0f} (budget {r.budget})"
-            err = "-" if r.error is None else f"{r.error:.2e}"
-            line = f"| {r.method} | {r.setting} | {nfe} | {err} | {r.distance:.4f} | {r.seconds:.2f} |"
-            if exact:
-                line += " - |" if r.ks is None else f" {r.ks:.4f} |"
-            out.append(line)
-        if self.likelihood:
-            out += ["", "| likelihood bpd_tol | NFE | mean abs logp error (nats) | max abs error | s |",
-                    "|---|---:|---:|---:|---:|"]
-            for tol, nfe, mean_err, max_err, sec in self.likelihood:
-                out.append(f"| {tol:.0e} | {nfe:.0f} | {mean_err:.2e} | {max_err:.2e} | {sec:.2f} |")
-        return "\n".join(out)
-
-    def explain(self) -> str:
-        """What each column means (printed under the table)."""
-        lines = [f"  {k}: {v}" for k, v in COLUMNS.items()]
-        if any(r.ks is not None for r in self.rows):
-            lines.append("  KS exact: largest Kolmogorov-Smirnov distance over random 1-D projections to the exact "
-                         f"marginal at t_end (exact samples score {self.info.get('ks_floor', float('nan')):.4f})")
-        return "\n".join(lines)
-
-    def write_csv(self, path) -> None:
-        names = list(CompareRow.__dataclass_fields__)
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(names)
-            for r in self.rows:
-                w.writerow(["" if v is None else v for v in asdict(r).values()])
-
-    def write_json(self, path) -> None:
-        info = {k: v for k, v in self.info.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
-        lik = [dict(zip(("tol", "nfe", "mean_abs_error", "max_abs_error", "seconds"), t)) for t in self.likelihood]
-        with open(path, "w") as f:
-            json.dump({"info": info, "columns": COLUMNS, "rows": [asdict(r) for r in self.rows],
-                       "likelihood": lik}, f, indent=2)
-
-    def plot_errors(self, path, *, dpi: int = 100) -> Tuple[int, int]:
-        """Error against NFE (log-log), one line per solver; returns the PNG's (width, height) in pixels."""
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(8, 5), dpi=dpi)
-        for m in dict.fromkeys(r.method for r in self.rows if r.kind != "reference"):
-            rs = [r for r in self.rows if r.method == m and r.error is not None and r.error > 0]
-            if rs:
-                ls = "o-" if rs[0].kind == "ode" else "s--"
-                ax.loglog([r.nfe for r in rs], [r.error for r in rs], ls, label=f"{m} ({rs[0].kind.upper()})")
-        ax.set(xlabel="NFE per sample", ylabel="RMS error per coordinate vs reference",
-               title=self.info.get("title", "error vs NFE"))
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=dpi)
-        plt.close(fig)
-        return 8 * dpi, 5 * dpi
-
-    def plot_samples(self, path, *, image_shape: Optional[Tuple[int, ...]] = None, n_show: int = 16,
-                     data_range: Optional[Tuple[float, float]] = None,
-                     density: Optional[torch.Tensor] = None, dpi: int = 100) -> Tuple[int, int]:
-        """A grid of generated samples: one row per solver (at its largest budget), the reference first.
-
-        ``image_shape``: ``(H, W)`` or ``(C, H, W)`` to draw each sample as an image (digits: ``(8, 8)``);
-        otherwise the samples are drawn as a 2-D scatter (first two coordinates), one panel per solver,
-        over ``density`` (samples of the data distribution, shown as a 2-D histogram) when given.
-        Returns the PNG's (width, height) in pixels.
-        """
-        plt = _pyplot()
-        names = list(self.samples)
-        if not names:
-            raise InputError("plot_samples: the comparison kept no samples.")
-        if image_shape is not None:
-            k = min(n_show, min(int(s.shape[0]) for s in self.samples.values()))
-            w_in, h_in = 1.6 + 0.5 * k, 0.5 * len(names) + 0.3
-            fig, axes = plt.subplots(len(names), k, figsize=(w_in, h_in), dpi=dpi, squeeze=False)
-            lo, hi = data_range if data_range is not None else (None, None)
-            for i, m in enumerate(names):
-                xs = self.samples[m][:k].detach().to("cpu", torch.float64).reshape((-1,) + tuple(image_shape))
-                for j in range(k):
-                    ax = axes[i][j]
-                    img = xs[j]
-                    if img.dim() == 3:
-                        img = img.permute(1, 2, 0) if img.shape[0] in (3, 4) else img[0]
-                        if img.dim() == 3 and lo is not None:
-                            img = ((img - lo) / (hi - lo)).clamp(0, 1)
-                    ax.imshow(img.numpy(), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                at = self.info.get("samples_nfe", {}).get(m)
-                axes[i][0].set_ylabel(m if at is None else f"{m}\n{at:.0f} NFE", rotation=0, ha="right",
-                                      va="center", fontsize=8)
-            fig.subplots_adjust(left=1.4 / w_in, right=0.98, top=0.98, bottom=0.02, wspace=0.05, hspace=0.05)
-        else:
-            cols = min(4, len(names))
-            rows_ = math.ceil(len(names) / cols)
-            w_in, h_in = 3 * cols, 3 * rows_
-            fig, axes = plt.subplots(rows_, cols, figsize=(w_in, h_in), dpi=dpi, squeeze=False)
-            ref = self.samples[names[0]].reshape(self.samples[names[0]].shape[0], -1)[:, :2].double()
-            span = (density if density is not None else ref).reshape(-1, ref.shape[1])[:, :2].double()
-            lo_, hi_ = span.min(0).values, span.max(0).values
-            pad = 0.1 * (hi_ - lo_)
-            ext = [float(lo_[0] - pad[0]), float(hi_[0] + pad[0]), float(lo_[1] - pad[1]), float(hi_[1] + pad[1])]
-            for idx, ax in enumerate(axes.flat):
-                if idx >= len(names):
-                    ax.axis("off")
-                    continue
-                m = names[idx]
-                if density is not None:
-                    d = density.reshape(density.shape[0], -1)[:, :2].double().numpy()
-                    ax.hist2d(d[:, 0], d[:, 1], bins=60, range=[ext[:2], ext[2:]], cmap="Greys")
-                xs = self.samples[m].reshape(self.samples[m].shape[0], -1)[:, :2].double().numpy()
-                ax.scatter(xs[:, 0], xs[:, 1], s=3, c="tab:red", alpha=0.6)
-                at = self.info.get("samples_nfe", {}).get(m)
-                ax.set(xlim=ext[:2], ylim=ext[2:], title=m if at is None else f"{m} ({at:.0f} NFE)")
-                ax.set_xticks([])
-                ax.set_yticks([])
-            fig.tight_layout()
-        fig.savefig(path, dpi=dpi)
-        plt.close(fig)
-        return round(w_in * dpi), round(h_in * dpi)
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise InputError("plots need matplotlib: pip install flowsde[plots] (or matplotlib).") from e
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _grid(sched, T: float, t_end: float, steps: int, kind: str, device) -> torch.Tensor:
     """Decreasing float64 grid ``T -> t_end`` of ``steps`` steps."""
     if kind == "uniform":
@@ -349,6 +169,285 @@ def _check_seq(name, values, kind=int, positive=True):
             raise InputError(f"compare_solvers({name}=...): {v!r} is not a positive {kind.__name__}.")
 
 
+# -- the steps of compare_solvers ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Options:
+    """:func:`compare_solvers`'s keyword options as given (checked by :func:`_setup`)."""
+
+    event_shape: Optional[Sequence[int]]
+    samples: int
+    budgets: Sequence[int]
+    methods: Optional[Sequence[str]]
+    beta: float
+    t_end: Optional[float]
+    rk45_tols: Sequence[float]
+    reference_tol: float
+    sde_reference_steps: Optional[int]
+    likelihood_tols: Sequence[float]
+    likelihood_samples: int
+    grid: str
+    s_churn: float
+    generator: object
+    dtype: torch.dtype
+    device: object
+    reference_model: object
+    n_projections: int
+    keep_samples: int
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """A checked comparison: its plan and what every step shares (built by :func:`_setup`)."""
+
+    o: _Options
+    diffusion: object
+    ref_model: object  #: the network of the float64 references (``reference_model`` or ``diffusion``)
+    data: Optional[GaussianMixture]
+    seed: int
+    #: ``(method, budget, (steps, nfe))`` of a fixed-step sampler, ``(method, None, tol)`` of an adaptive one
+    plan: Tuple[tuple, ...]
+    T: float
+    t_end: float
+    event: Tuple[int, ...]
+    device: torch.device
+    span: torch.Tensor  #: ``[T, t_end]``, float64 on ``device``
+    target: Optional[GaussianMixture]  #: the exact marginal at ``t_end`` (with ``data``)
+
+    @property
+    def n(self) -> int:
+        return self.o.samples
+
+    @property
+    def sched(self):
+        return self.diffusion.schedule
+
+    @property
+    def path_driven(self) -> bool:
+        """Whether a sampler of the plan is driven by the Brownian path (then an SDE reference is solved)."""
+        return any(m in PATH_DRIVEN for m, _, _ in self.plan)
+
+
+@dataclass
+class _References:
+    """What the rows are scored against (built by :func:`_references`)."""
+
+    x_T: torch.Tensor  #: the prior draws every sampler starts from (float64)
+    pf: object  #: the reference network's PF-ODE
+    x: torch.Tensor  #: tight float64 RK45 solution of ``pf`` from ``x_T``
+    nfe: float
+    seconds: float
+    indep: torch.Tensor  #: an independent reference set (the distance column)
+    floor: float  #: the distance between two independent reference sets
+    path: Optional[flowsde.BrownianPath] = None  #: the path of the path-driven samplers
+    sde_x: Optional[torch.Tensor] = None  #: fine Euler-Maruyama solution on ``path`` from ``x_T``
+
+
+def _check_options(data, o: _Options) -> Tuple[str, ...]:
+    """The solver names (aliases resolved, duplicates dropped), after checking every option."""
+    methods = tuple(dict.fromkeys(default_methods() if o.methods is None else (_ALIASES.get(m, m) for m in o.methods)))
+    for m in methods:
+        if m not in known_methods():
+            raise InputError(f"compare_solvers: unknown solver {m!r}; choose from {list(known_methods())}.")
+    n = o.samples
+    if isinstance(n, bool) or not isinstance(n, int) or n < (30 if data is not None else 2):
+        raise InputError(f"compare_solvers(samples={n!r}): need at least {30 if data is not None else 2} samples"
+                         f"{' for the marginal tests' if data is not None else ''}.")
+    _check_seq("budgets", o.budgets)
+    _check_seq("rk45_tols", o.rk45_tols, float)
+    _check_seq("likelihood_tols", o.likelihood_tols, float)
+    beta = o.beta
+    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and math.isfinite(beta) and beta >= 0):
+        raise InputError(f"compare_solvers(beta={beta!r}): must be a finite number >= 0.")
+    if o.grid not in ("edm", "uniform"):
+        raise InputError(f"compare_solvers(grid={o.grid!r}): choose 'edm' or 'uniform'.")
+    if o.likelihood_tols and data is None:
+        raise InputError("compare_solvers(likelihood_tols=...): likelihood rows need an exact data distribution.")
+    if o.dtype not in (torch.float32, torch.float64):
+        raise InputError(f"compare_solvers(dtype={o.dtype!r}): the samplers run in torch.float32 or torch.float64.")
+    return methods
+
+
+def _plan(methods: Sequence[str], budgets: Sequence[int], rk45_tols: Sequence[float]) -> Tuple[tuple, ...]:
+    """Every run, budgets checked (:func:`steps_for_budget`) before any work."""
+    plan = []
+    for m in methods:
+        if _adaptive(m):  # rk45, torchdiffeq:*: a tolerance sweep, NFE is what it took
+            plan += [(m, None, tol) for tol in rk45_tols]
+        else:
+            plan += [(m, b, steps_for_budget(m, b)) for b in budgets]
+    return tuple(plan)
+
+
+def _setup(diffusion, data, o: _Options) -> _Setup:
+    """Check the options and the plan (:class:`InputError` before any work); fix the span and the event shape."""
+    seed = as_seed(o.generator, "compare_solvers")
+    plan = _plan(_check_options(data, o), o.budgets, o.rk45_tols)
+    sched = diffusion.schedule
+    T = float(sched.t_max)
+    t_end = float(sched.t_min) if o.t_end is None else float(o.t_end)
+    event = _event_shape(diffusion, data, o.event_shape)
+    dev = torch.device(o.device)
+    return _Setup(o, diffusion, diffusion if o.reference_model is None else o.reference_model, data, seed, plan,
+                  T, t_end, event, dev, torch.tensor([T, t_end], dtype=torch.float64, device=dev),
+                  None if data is None else data.marginal(sched, t_end))
+
+
+def _prior_draw(s: _Setup, seed: int) -> torch.Tensor:
+    """``n`` float64 draws at ``T``: the exact marginal with ``data``, else the model's prior."""
+    g, n = torch.Generator().manual_seed(seed), s.n
+    if s.data is not None:
+        return s.data.marginal(s.sched, s.T).sample(n, generator=g).reshape((n,) + s.event).to(s.device, torch.float64)
+    return s.diffusion.prior().sample((n,) + s.event, generator=g, dtype=torch.float64).to(s.device)
+
+
+def _exact_columns(s: _Setup, x: torch.Tensor) -> tuple:
+    """``(ks, mean_error, cov_error)`` of ``x`` against the exact marginal at ``t_end``; Nones without data."""
+    if s.target is None:
+        return None, None, None
+    r = check_marginals(x.reshape(s.n, -1).to("cpu", torch.float64), s.target, n_projections=8, generator=s.seed)
+    return r.max_ks, float(abs(r.mean_error).max()), float(r.cov_error)
+
+
+def _references(s: _Setup, bar) -> Tuple[_References, dict]:
+    """The prior draws, the PF-ODE reference, the independent set and its noise floor (and the SDE
+    reference where a sampler is path-driven); and the run's ``info``."""
+    x_T, x_T_indep = _prior_draw(s, s.seed), _prior_draw(s, s.seed + 1)
+    pf = s.ref_model.pf_ode()
+    rk = flowsde.solvers.RK45(rtol=s.o.reference_tol, atol=s.o.reference_tol)
+    bar.set_description("reference: PF-ODE, RK45 float64")
+    t0 = time.perf_counter()
+    ref = flowsde.solve(pf, x_T, s.span, method=rk)
+    refs = _References(x_T, pf, ref.x, ref.nfe, time.perf_counter() - t0, None, None)
+    bar.update(1)
+    n, w2 = s.n, dict(n_projections=s.o.n_projections, generator=s.seed)
+    if s.data is not None:
+        refs.indep = s.target.sample(n, generator=torch.Generator().manual_seed(s.seed + 2))
+        refs.indep = refs.indep.reshape((n,) + s.event).to(s.device, torch.float64)
+        indep2 = s.target.sample(n, generator=torch.Generator().manual_seed(s.seed + 3))
+        refs.floor, floor_what = sliced_w2(refs.indep, indep2.reshape((n,) + s.event), **w2), "exact samples"
+    else:
+        bar.set_description("reference: independent PF-ODE set")
+        refs.indep = flowsde.solve(pf, x_T_indep, s.span, method=rk).x
+        refs.floor, floor_what = sliced_w2(refs.x, refs.indep, **w2), "PF-ODE reference sets"
+    bar.update(1)
+    info = {"model": " ".join(repr(s.diffusion).split()), "T": s.T, "t_end": s.t_end, "n": n, "seed": s.seed,
+            "beta": float(s.o.beta), "grid": s.o.grid, "dtype": str(s.o.dtype).replace("torch.", ""),
+            "device": str(s.device),
+            "reference": f"PF-ODE: RK45 rtol=atol={s.o.reference_tol:g} in float64 ({refs.nfe:.0f} NFE, "
+                         f"{refs.seconds:.1f} s) from the same x_T",
+            "distance_reference": f"independent {floor_what} (n={n})"}
+    if s.data is not None:
+        info["ks_floor"] = _exact_columns(s, refs.indep)[0]
+    if s.path_driven:
+        refs.path, refs.sde_x, info["sde_reference"] = _sde_reference(s, x_T, bar)
+    return refs, info
+
+
+def _sde_reference(s: _Setup, x_T: torch.Tensor, bar) -> Tuple[flowsde.BrownianPath, torch.Tensor, str]:
+    """The Brownian path shared by the path-driven samplers, a fine float64 Euler-Maruyama solution of the
+    reverse SDE on it from ``x_T``, and its description."""
+    max_steps = max(setting[0] for m, _, setting in s.plan if m in PATH_DRIVEN)
+    k_ref = s.o.sde_reference_steps or max(1000, 8 * max_steps)
+    bar.set_description(f"reference: reverse SDE, {k_ref} EM steps on the shared path")
+    fine = _grid(s.sched, s.T, s.t_end, k_ref, s.o.grid, s.device)
+    # the tree must resolve the finest spacing (torchsde's BrownianInterval recurses without end on
+    # queries closer than its tolerance)
+    tol = min(1e-6 * (s.T - s.t_end), 0.01 * float((fine[:-1] - fine[1:]).abs().min()))
+    path = flowsde.BrownianPath(s.T, s.t_end, tuple(x_T.shape), dtype=torch.float64, device=s.device,
+                                generator=s.seed + 11, tol=tol)
+    t0 = time.perf_counter()
+    x = flowsde.solve(s.ref_model.reverse_sde(s.o.beta), x_T, fine, method="euler_maruyama", generator=path).x
+    what = (f"reverse SDE (beta={s.o.beta:g}): {k_ref} Euler-Maruyama steps in float64 on the "
+            f"same Brownian path ({time.perf_counter() - t0:.1f} s)")
+    bar.update(1)
+    return path, x, what
+
+
+def _rows(s: _Setup, refs: _References, info: dict, bar) -> Tuple[List[CompareRow], Dict[str, torch.Tensor]]:
+    """The noise-floor row, then one row per run of the plan; and the samples kept (each method's last run,
+    at its largest budget: the plan runs budgets in increasing order)."""
+    keep = s.o.keep_samples
+    kept: Dict[str, torch.Tensor] = {"reference": refs.x[:keep].cpu()}
+    rows = [CompareRow("reference", "reference", "noise floor", None, float(refs.nfe), None, refs.floor,
+                       refs.seconds, *_exact_columns(s, refs.x))]
+    x_run = refs.x_T.to(s.o.dtype)
+    pf, rsde = s.diffusion.pf_ode(), s.diffusion.reverse_sde(s.o.beta)
+    for method, budget, setting in s.plan:
+        bar.set_description(f"{method}" + (f" NFE {budget}" if budget else f" tol {setting:.0e}"))
+        ode = _is_ode_method(method)
+        _sync(s.device)
+        t0 = time.perf_counter()
+        if budget is None:
+            x, nfe, label = _adaptive_run(pf, method, setting, x_run, s.span)
+        else:
+            x, nfe, label = _fixed_step_run(s, pf if ode else rsde, method, setting[0], x_run, refs.path)
+        _sync(s.device)
+        rows.append(_row(s, refs, method, ode, budget, label, x, nfe, time.perf_counter() - t0))
+        kept[method] = x[:keep].detach().cpu()
+        info.setdefault("samples_nfe", {})[method] = nfe
+        bar.update(1)
+    return rows, kept
+
+
+def _adaptive_run(pf, method: str, tol: float, x: torch.Tensor, span: torch.Tensor) -> Tuple[torch.Tensor, float, str]:
+    """An adaptive solver (rk45, torchdiffeq:*) on the PF-ODE at ``rtol = atol = tol``."""
+    sol = flowsde.solve(pf, x, span, method=method, rtol=tol, atol=tol)
+    return sol.x, float(sol.nfe), f"tol {tol:.0e}"
+
+
+def _fixed_step_run(s: _Setup, problem, method: str, steps: int, x: torch.Tensor, path
+                    ) -> Tuple[torch.Tensor, float, str]:
+    """A fixed-step sampler, ``steps`` steps of the comparison's grid: EDM's on the PF-ODE, a PF-ODE
+    sampler on ``problem`` (the PF-ODE), or a reverse-SDE sampler on ``problem`` (the reverse SDE)
+    driven by ``path`` (the path-driven ones: its increments, cast to the run's dtype)."""
+    grid = _grid(s.sched, s.T, s.t_end, steps, s.o.grid, s.device)
+    if method in _EDM:
+        out, nfe = _edm(s.diffusion, x, grid, method, s.o.s_churn, s.seed)
+        return out, nfe, f"{steps} steps"
+    if _is_ode_method(method):
+        sol = flowsde.solve(problem, x, grid, method=method)
+    else:
+        sol = flowsde.solve(problem, x, grid, method=method, generator=path)
+    return sol.x, float(sol.nfe), f"{steps} steps"
+
+
+def _row(s: _Setup, refs: _References, method: str, ode: bool, budget: Optional[int], label: str,
+         x: torch.Tensor, nfe: float, seconds: float) -> CompareRow:
+    """A run's row: its error (PF-ODE samplers against the PF-ODE reference, path-driven ones against the
+    SDE reference on their path, the others none), its distance and the exact columns."""
+    if ode:
+        err = _rmse(x, refs.x)
+    elif method in PATH_DRIVEN:
+        err = _rmse(x, refs.sde_x)
+    else:
+        err = None  # its noise is not the path's increments: no strong error
+    dist = sliced_w2(x, refs.indep, n_projections=s.o.n_projections, generator=s.seed)
+    return CompareRow(method, "ode" if ode else "sde", label, budget, nfe, err, dist, seconds, *_exact_columns(s, x))
+
+
+def _likelihood_rows(s: _Setup, pf, bar) -> list:
+    """``(tol, nfe, mean |logp - exact|, max |logp - exact|, seconds)`` of :func:`flowsde.log_likelihood`
+    of ``pf`` at each of ``likelihood_tols``, on exact samples at ``t_end``."""
+    k, lik = s.o.likelihood_samples, []
+    if not s.o.likelihood_tols:
+        return lik
+    xs = s.target.sample(k, generator=torch.Generator().manual_seed(s.seed + 5)).reshape(
+        (k,) + s.event).to(s.device, torch.float64)
+    exact = s.target.log_prob(xs.reshape(k, -1).cpu())
+    prior = s.data.marginal(s.sched, s.T)
+    for tol in s.o.likelihood_tols:
+        bar.set_description(f"likelihood tol {tol:.0e}")
+        t0 = time.perf_counter()
+        res = flowsde.log_likelihood(pf, xs, (s.t_end, s.T), prior.log_prob, bpd_tol=tol)
+        err = (res.logp.cpu() - exact).abs()
+        lik.append((tol, float(res.nfe), float(err.mean()), float(err.max()), time.perf_counter() - t0))
+        bar.update(1)
+    return lik
+
+
+# 22 parameters: the public call behind `flowsde compare`, one keyword per option of the command (docs/cli.md,
+# docs/validation.md); the body hands them on as one _Options.
 def compare_solvers(
     diffusion,
     data: Optional[GaussianMixture] = None,
@@ -410,160 +509,19 @@ def compare_solvers(
     Raises:
         InputError: unknown method, bad budgets / tolerances / samples, a budget below one step of a sampler.
     """
-    n, seed = samples, as_seed(generator, "compare_solvers")
-    methods = tuple(dict.fromkeys(default_methods() if methods is None else (_ALIASES.get(m, m) for m in methods)))
-    for m in methods:
-        if m not in known_methods():
-            raise InputError(f"compare_solvers: unknown solver {m!r}; choose from {list(known_methods())}.")
-    if isinstance(n, bool) or not isinstance(n, int) or n < (30 if data is not None else 2):
-        raise InputError(f"compare_solvers(samples={n!r}): need at least {30 if data is not None else 2} samples"
-                         f"{' for the marginal tests' if data is not None else ''}.")
-    _check_seq("budgets", budgets)
-    _check_seq("rk45_tols", rk45_tols, float)
-    _check_seq("likelihood_tols", likelihood_tols, float)
-    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and math.isfinite(beta) and beta >= 0):
-        raise InputError(f"compare_solvers(beta={beta!r}): must be a finite number >= 0.")
-    if grid not in ("edm", "uniform"):
-        raise InputError(f"compare_solvers(grid={grid!r}): choose 'edm' or 'uniform'.")
-    if likelihood_tols and data is None:
-        raise InputError("compare_solvers(likelihood_tols=...): likelihood rows need an exact data distribution.")
-    if dtype not in (torch.float32, torch.float64):
-        raise InputError(f"compare_solvers(dtype={dtype!r}): the samplers run in torch.float32 or torch.float64.")
-    plan = []  # every budget checked before any work
-    for m in methods:
-        if _adaptive(m):  # rk45, torchdiffeq:*: a tolerance sweep, NFE is what it took
-            plan += [(m, None, tol) for tol in rk45_tols]
-        else:
-            plan += [(m, b, steps_for_budget(m, b)) for b in budgets]
-    ref_model = diffusion if reference_model is None else reference_model
-    sched = diffusion.schedule
-    T = float(sched.t_max)
-    t_end = float(sched.t_min) if t_end is None else float(t_end)
-    f64 = torch.float64
-    event = _event_shape(diffusion, data, event_shape)
-    dev = torch.device(device)
-
-    # -- prior draws and references ------------------------------------------------------------
-    def draw(s):
-        g = torch.Generator().manual_seed(s)
-        if data is not None:
-            return data.marginal(sched, T).sample(n, generator=g).reshape((n,) + event).to(dev, f64)
-        return diffusion.prior().sample((n,) + event, generator=g, dtype=f64).to(dev)
-
-    xT, xT_indep = draw(seed), draw(seed + 1)
-    n_sde = [p for p in plan if p[0] in PATH_DRIVEN]
-    total = 2 + (1 if n_sde else 0) + len(plan) + len(likelihood_tols)
-    bar = _bar(total, progress)
-    pf_ref = ref_model.pf_ode()
-    span = torch.tensor([T, t_end], dtype=f64, device=dev)
-    rk_ref = flowsde.solvers.RK45(rtol=reference_tol, atol=reference_tol)
-    bar.set_description("reference: PF-ODE, RK45 float64")
-    t0 = time.perf_counter()
-    ref = flowsde.solve(pf_ref, xT, span, method=rk_ref)
-    ref_nfe, ref_sec = ref.nfe, time.perf_counter() - t0
-    ref_x = ref.x
-    bar.update(1)
-    if data is not None:
-        indep = data.marginal(sched, t_end).sample(n, generator=torch.Generator().manual_seed(seed + 2))
-        indep = indep.reshape((n,) + event).to(dev, f64)
-        indep2 = data.marginal(sched, t_end).sample(n, generator=torch.Generator().manual_seed(seed + 3))
-        floor = sliced_w2(indep, indep2.reshape((n,) + event), n_projections=n_projections, generator=seed)
-        floor_what = "exact samples"
-    else:
-        bar.set_description("reference: independent PF-ODE set")
-        indep = flowsde.solve(pf_ref, xT_indep, span, method=rk_ref).x
-        floor = sliced_w2(ref_x, indep, n_projections=n_projections, generator=seed)
-        floor_what = "PF-ODE reference sets"
-    bar.update(1)
-    info = {"model": " ".join(repr(diffusion).split()), "T": T, "t_end": t_end, "n": n, "seed": seed,
-            "beta": float(beta), "grid": grid, "dtype": str(dtype).replace("torch.", ""), "device": str(dev),
-            "reference": f"PF-ODE: RK45 rtol=atol={reference_tol:g} in float64 ({ref_nfe:.0f} NFE, "
-                         f"{ref_sec:.1f} s) from the same x_T",
-            "distance_reference": f"independent {floor_what} (n={n})"}
-
-    target = data.marginal(sched, t_end) if data is not None else None
-
-    def marg(x):
-        r = check_marginals(x.reshape(n, -1).to("cpu", f64), target, n_projections=8, generator=seed)
-        return r.max_ks, float(abs(r.mean_error).max()), float(r.cov_error)
-
-    if data is not None:
-        info["ks_floor"] = marg(indep)[0]
-
-    path = None
-    sde_ref = None
-    if n_sde:
-        max_steps = max(p[2][0] for p in n_sde)
-        k_ref = sde_reference_steps or max(1000, 8 * max_steps)
-        bar.set_description(f"reference: reverse SDE, {k_ref} EM steps on the shared path")
-        fine = _grid(sched, T, t_end, k_ref, grid, dev)
-        # the tree must resolve the finest spacing (torchsde's BrownianInterval recurses without end on
-        # queries closer than its tolerance)
-        tol = min(1e-6 * (T - t_end), 0.01 * float((fine[:-1] - fine[1:]).abs().min()))
-        path = flowsde.BrownianPath(T, t_end, tuple(xT.shape), dtype=f64, device=dev, generator=seed + 11, tol=tol)
-        t0 = time.perf_counter()
-        sde_ref = flowsde.solve(ref_model.reverse_sde(beta), xT, fine, method="euler_maruyama", generator=path).x
-        info["sde_reference"] = (f"reverse SDE (beta={beta:g}): {k_ref} Euler-Maruyama steps in float64 on the "
-                                 f"same Brownian path ({time.perf_counter() - t0:.1f} s)")
-        bar.update(1)
-
-    rows: List[CompareRow] = []
-    samples: Dict[str, torch.Tensor] = {"reference": ref_x[:keep_samples].cpu()}
-    rows.append(CompareRow("reference", "reference", "noise floor", None, float(ref_nfe), None, floor, ref_sec,
-                              *(marg(ref_x) if data is not None else (None, None, None))))
-    x_run = xT.to(dtype)
-    pf = diffusion.pf_ode()
-    rsde = diffusion.reverse_sde(beta)
-    for method, budget, setting in plan:
-        bar.set_description(f"{method}" + (f" NFE {budget}" if budget else f" tol {setting:.0e}"))
-        ode = _is_ode_method(method)
-        _sync(dev)
-        t0 = time.perf_counter()
-        if budget is None:
-            sol = flowsde.solve(pf, x_run, span, method=method, rtol=setting, atol=setting)
-            x, nfe, label = sol.x, float(sol.nfe), f"tol {setting:.0e}"
-        else:
-            steps, _ = setting
-            ts = _grid(sched, T, t_end, steps, grid, dev)
-            label = f"{steps} steps"
-            if method in _EDM:
-                x, nfe = _edm(diffusion, x_run, ts, method, s_churn, seed)
-            elif ode:
-                sol = flowsde.solve(pf, x_run, ts, method=method)
-                x, nfe = sol.x, float(sol.nfe)
-            else:
-                sol = flowsde.solve(rsde, x_run, ts, method=method, generator=path)  # increments cast to dtype
-                x, nfe = sol.x, float(sol.nfe)
-        _sync(dev)
-        sec = time.perf_counter() - t0
-        if ode:
-            err = _rmse(x, ref_x)
-        elif method in PATH_DRIVEN:
-            err = _rmse(x, sde_ref)
-        else:
-            err = None  # its noise is not the path's increments: no strong error
-        dist = sliced_w2(x, indep, n_projections=n_projections, generator=seed)
-        ex = marg(x) if data is not None else (None, None, None)
-        rows.append(CompareRow(method, "ode" if ode else "sde", label, budget, nfe, err, dist, sec, *ex))
-        samples[method] = x[:keep_samples].detach().cpu()  # the plan runs budgets in increasing order
-        info.setdefault("samples_nfe", {})[method] = nfe
-        bar.update(1)
-
-    lik = []
-    if likelihood_tols:
-        xs = target.sample(likelihood_samples, generator=torch.Generator().manual_seed(seed + 5)).reshape(
-            (likelihood_samples,) + event).to(dev, f64)
-        exact = target.log_prob(xs.reshape(likelihood_samples, -1).cpu())
-        prior = data.marginal(sched, T)
-        for tol in likelihood_tols:
-            bar.set_description(f"likelihood tol {tol:.0e}")
-            t0 = time.perf_counter()
-            res = flowsde.log_likelihood(pf_ref, xs, (t_end, T), prior.log_prob, bpd_tol=tol)
-            err = (res.logp.cpu() - exact).abs()
-            lik.append((tol, float(res.nfe), float(err.mean()), float(err.max()), time.perf_counter() - t0))
-            bar.update(1)
+    s = _setup(diffusion, data, _Options(
+        event_shape=event_shape, samples=samples, budgets=budgets, methods=methods, beta=beta, t_end=t_end,
+        rk45_tols=rk45_tols, reference_tol=reference_tol, sde_reference_steps=sde_reference_steps,
+        likelihood_tols=likelihood_tols, likelihood_samples=likelihood_samples, grid=grid, s_churn=s_churn,
+        generator=generator, dtype=dtype, device=device, reference_model=reference_model,
+        n_projections=n_projections, keep_samples=keep_samples))
+    # progress: the two references, the SDE reference, the runs, the likelihood rows
+    bar = _bar(2 + int(s.path_driven) + len(s.plan) + len(s.o.likelihood_tols), progress)
+    refs, info = _references(s, bar)
+    rows, kept = _rows(s, refs, info, bar)
+    lik = _likelihood_rows(s, refs.pf, bar)
     bar.close()
-    return CompareResult(rows, lik, info, samples)
+    return CompareResult(rows, lik, info, kept)
 
 
 def _event_shape(diffusion, data, event_shape) -> Tuple[int, ...]:

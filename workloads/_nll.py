@@ -437,6 +437,8 @@ def _rows_of(res, idx: List[int], D: int, continuous: bool) -> List[NLLRow]:
             for i, lp, b, se, n, st in zip(idx, logp.tolist(), bpd, stderr, nfe, status)]
 
 
+# 18 parameters: the public call behind `flowsde nll`, one keyword per option of the command (docs/nll.md,
+# docs/cli.md); the body hands them on as one _Options.
 def dataset_nll(
     diffusion,
     data,
@@ -506,10 +508,10 @@ def dataset_nll(
         as_seed(generator, "dataset_nll") % 2**63
     own_group = _init_from_env(diffusion, device)
     try:
-        return _dataset_nll(diffusion, data, levels=levels, bits=bits, data_range=data_range, trace=trace,
-                            probes=probes, rtol=rtol, atol=atol, batch_size=batch_size, seed=seed, limit=limit,
-                            out=out, progress=progress, device=device, dtype=dtype, per_sample=per_sample,
-                            **likelihood_options)
+        return _dataset_nll(diffusion, data, _Options(
+            levels=levels, bits=bits, data_range=data_range, trace=trace, probes=probes, rtol=rtol, atol=atol,
+            batch_size=batch_size, seed=seed, limit=limit, out=out, progress=progress, device=device, dtype=dtype,
+            per_sample=per_sample, likelihood_options=likelihood_options))
     finally:
         if own_group:
             import torch.distributed as td
@@ -532,51 +534,134 @@ def _init_from_env(diffusion, device) -> bool:
     return True
 
 
-def _dataset_nll(diffusion, data, *, levels, bits, data_range, trace, probes, rtol, atol, batch_size, seed,
-                 limit, out, progress, device, dtype, per_sample, **likelihood_options) -> NLLResult:
+@dataclass(frozen=True)
+class _Options:
+    """:func:`dataset_nll`'s keyword arguments as given, the base seed resolved (checked by :func:`_job`)."""
+
+    levels: Optional[int]
+    bits: Optional[int]
+    data_range: Optional[Tuple[float, float]]
+    trace: str
+    probes: int
+    rtol: Optional[float]
+    atol: Optional[float]
+    batch_size: int
+    seed: int
+    limit: Optional[int]
+    out: object
+    progress: bool
+    device: object
+    dtype: object
+    per_sample: bool
+    likelihood_options: dict
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A checked run, the same on every rank: what is evaluated, where, and the settings that define the rows."""
+
+    diffusion: object
+    data: object
+    n: int  #: samples evaluated (after ``limit``)
+    D: int  #: dimension of one sample
+    batch_size: int
+    seed: int
+    device: torch.device
+    dtype: torch.dtype
+    lik_kw: dict  #: the keywords of ``diffusion.log_likelihood``
+    continuous: bool  #: no dequantization: ``bpd = nats / (D ln 2)``
+    settings: dict  #: stored with the file (``meta.json``); a resume with others is refused
+    out: Optional[Path]
+    progress: bool
+
+
+def _dataset_nll(diffusion, data, o: _Options) -> NLLResult:
     td, rank, world = _process_group()
+    job = _job(diffusion, data, o, td, rank)
+    done = _rows_on_disk(job, td, world)  # the one collective before the work
+    mine, skipped = _shard(job, done, rank, world)
+    new_rows, failures = _work(job, mine, rank, world)  # no collective in here
+    # the end: gather to rank 0, which merges and writes once; its outcome is broadcast
+    gathered = _gather(td, rank, world, (new_rows, failures))
+    outcome = _outcome(job, gathered, done, skipped, world) if rank == 0 else None
+    outcome = _broadcast(td, outcome)
+    if outcome[0] == "error":
+        _, kind, msg, all_failures = outcome
+        if kind == "input":
+            raise InputError(msg)
+        raise NLLError(msg, all_failures)
+    return outcome[1]
+
+
+# -- the run's settings (checked on every rank before any collective) -----------------------------
+
+def _job(diffusion, data, o: _Options, td, rank: int) -> _Job:
+    """Check the call (:class:`InputError`), choose the device and dtype, fix the settings of the rows."""
+    n, first, event = _check_call(diffusion, data, o)
+    device = _device(diffusion, first, o.device, td, rank)
+    dtype = _dtype(diffusion, first, o.dtype)
+    lik_kw = _likelihood_keywords(o)
+    settings = dict(format=_FORMAT, n=n, event_shape=list(event), batch_size=o.batch_size, seed=o.seed,
+                    dtype=str(dtype), **{k: _jsonable(v) for k, v in sorted(lik_kw.items())})
+    return _Job(diffusion, data, n, math.prod(event), o.batch_size, o.seed, device, dtype, lik_kw,
+                o.levels is None and o.bits is None, settings, _out_path(o.out), o.progress)
+
+
+def _check_call(diffusion, data, o: _Options) -> Tuple[int, object, Tuple[int, ...]]:
+    """``(samples to evaluate, the first sample, its event shape)``, after checking the arguments."""
     if not callable(getattr(diffusion, "log_likelihood", None)):
         raise InputError(f"dataset_nll: expected a flowsde.adapters.Diffusion (with log_likelihood), got "
                          f"{type(diffusion).__name__}.")
     N = _length(data)
     if N < 1:
         raise InputError("dataset_nll: the data set is empty.")
-    _check_int("batch_size", batch_size)
-    _check_int("limit", limit, allow_none=True)
-    _check_int("generator", seed, lo=0)
-    _check_int("levels", levels, lo=2, allow_none=True)
-    _check_int("bits", bits, allow_none=True)
-    if levels is not None and bits is not None and levels != 2**bits:
-        raise InputError(f"dataset_nll: levels={levels} and bits={bits} disagree (levels = 2**bits); give one.")
-    if "throw" in likelihood_options:
+    _check_int("batch_size", o.batch_size)
+    _check_int("limit", o.limit, allow_none=True)
+    _check_int("generator", o.seed, lo=0)
+    _check_int("levels", o.levels, lo=2, allow_none=True)
+    _check_int("bits", o.bits, allow_none=True)
+    if o.levels is not None and o.bits is not None and o.levels != 2**o.bits:
+        raise InputError(f"dataset_nll: levels={o.levels} and bits={o.bits} disagree (levels = 2**bits); give one.")
+    if "throw" in o.likelihood_options:
         raise InputError("dataset_nll: throw is set by dataset_nll (throw=False, so that one sample's failure is "
                          "its row's status).")
-    n = N if limit is None else min(limit, N)
+    if "seed" in o.likelihood_options:
+        raise TypeError("dataset_nll() got an unexpected keyword argument 'seed' (the base seed is generator=).")
+    n = N if o.limit is None else min(o.limit, N)
     first = _item(data, 0) if not isinstance(data, torch.Tensor) else data[0]
     event = tuple(first.shape)
     if len(event) == 0:
         raise InputError("dataset_nll: samples must have an event dimension (data of shape (N, *event_shape)).")
-    D = math.prod(event)
+    return n, first, event
 
-    # where and in which dtype
+
+def _device(diffusion, first, device, td, rank: int) -> torch.device:
+    """Where to evaluate: ``device``; else, under ``nccl``, ``cuda:LOCAL_RANK`` (the network, an ``nn.Module``
+    elsewhere, is moved there: each process holds its own copy); else the network's, else the data's."""
+    nccl = td is not None and td.get_backend() == "nccl"
     p = _net_param(diffusion)
-    if device is None:
-        if td is not None and td.get_backend() == "nccl":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1))))
-            torch.cuda.set_device(device)
-            if p is not None and p.device != device:  # each process holds its own copy of the network
-                diffusion.net.to(device)
-                p = _net_param(diffusion)
-        elif p is not None:
-            device = p.device
-        else:
-            device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
+    if device is None and nccl:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1))))
+        torch.cuda.set_device(device)
+        if p is not None and p.device != device:
+            diffusion.net.to(device)
+    elif device is None and p is not None:
+        device = p.device
+    elif device is None:
+        device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
     device = torch.device(device)
-    if td is not None and td.get_backend() == "nccl" and device.type == "cuda":
+    if nccl and device.type == "cuda":
         torch.cuda.set_device(device)  # nccl's object collectives run on the current device
+    return device
+
+
+def _dtype(diffusion, first, dtype) -> torch.dtype:
+    """The dtype to evaluate in: ``dtype`` (a name such as ``"float32"`` too); else the network's parameters',
+    else the data's floating dtype, else torch's default."""
     if isinstance(dtype, str):
         name = dtype[len("torch."):] if dtype.startswith("torch.") else dtype
         dtype = getattr(torch, name, None) if name in ("float16", "bfloat16", "float32", "float64") else dtype
+    p = _net_param(diffusion)
     if dtype is None:
         if p is not None and p.dtype.is_floating_point:
             dtype = p.dtype
@@ -586,39 +671,51 @@ def _dataset_nll(diffusion, data, *, levels, bits, data_range, trace, probes, rt
             dtype = torch.get_default_dtype()
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise InputError(f"dataset_nll: dtype must be a floating torch.dtype, got {dtype!r}.")
+    return dtype
 
-    lik_kw = dict(trace=trace, probes=probes, per_sample=per_sample, **likelihood_options)
-    if rtol is not None:
-        lik_kw["rtol"] = rtol
-    if atol is not None:
-        lik_kw["atol"] = atol
-    if levels is not None:
-        lik_kw["levels"] = levels
-    if bits is not None:
-        lik_kw["bits"] = bits
-    if data_range is not None:
-        lik_kw["data_range"] = tuple(float(v) for v in data_range)
-    continuous = levels is None and bits is None
-    settings = dict(format=_FORMAT, n=n, event_shape=list(event), batch_size=batch_size, seed=seed, dtype=str(dtype),
-                    **{k: _jsonable(v) for k, v in sorted(lik_kw.items())})
 
-    out_path = Path(out) if out is not None else None
-    if out_path is not None:
-        if out_path.is_dir():
-            raise InputError(f"dataset_nll: out={str(out_path)!r} is a directory; give a file path such as "
-                             f"{out_path / 'nll.csv'}.")
-        if not out_path.parent.is_dir():
-            raise InputError(f"dataset_nll: the folder of out={str(out_path)!r} does not exist; create "
-                             f"{out_path.parent} first.")
-        if not os.access(out_path.parent, os.W_OK):
-            raise InputError(f"dataset_nll: cannot write to {out_path.parent} (out={str(out_path)!r}); choose a "
-                             "writable folder.")
+def _likelihood_keywords(o: _Options) -> dict:
+    """The keywords of ``diffusion.log_likelihood`` (besides ``generator`` and ``throw``)."""
+    lik_kw = dict(trace=o.trace, probes=o.probes, per_sample=o.per_sample, **o.likelihood_options)
+    if o.rtol is not None:
+        lik_kw["rtol"] = o.rtol
+    if o.atol is not None:
+        lik_kw["atol"] = o.atol
+    if o.levels is not None:
+        lik_kw["levels"] = o.levels
+    if o.bits is not None:
+        lik_kw["bits"] = o.bits
+    if o.data_range is not None:
+        lik_kw["data_range"] = tuple(float(v) for v in o.data_range)
+    return lik_kw
 
-    # -- start: the one collective before the work (rows on disk, input errors) -------------------
+
+def _out_path(out) -> Optional[Path]:
+    """``out`` as a path, checked: a file in a writable folder (``None``: no file)."""
+    if out is None:
+        return None
+    out_path = Path(out)
+    if out_path.is_dir():
+        raise InputError(f"dataset_nll: out={str(out_path)!r} is a directory; give a file path such as "
+                         f"{out_path / 'nll.csv'}.")
+    if not out_path.parent.is_dir():
+        raise InputError(f"dataset_nll: the folder of out={str(out_path)!r} does not exist; create "
+                         f"{out_path.parent} first.")
+    if not os.access(out_path.parent, os.W_OK):
+        raise InputError(f"dataset_nll: cannot write to {out_path.parent} (out={str(out_path)!r}); choose a "
+                         "writable folder.")
+    return out_path
+
+
+# -- the start: rows already on disk, the batches not done dealt to the ranks ----------------------
+
+def _rows_on_disk(job: _Job, td, world: int) -> Dict[int, NLLRow]:
+    """The rows of every rank's files (one ``all_gather_object``), by index; a settings mismatch or an
+    unreadable file seen by any rank is raised on every rank."""
     local_rows, err = [], None
-    if out_path is not None:
+    if job.out is not None:
         try:
-            local_rows = _previous_rows(out_path, settings)
+            local_rows = _previous_rows(job.out, job.settings)
         except InputError as e:
             err = str(e)
     gathered = _all_gather(td, world, (local_rows, err))
@@ -628,103 +725,142 @@ def _dataset_nll(diffusion, data, *, levels, bits, data_range, trace, probes, rt
     done: Dict[int, NLLRow] = {}
     for rows, _ in gathered:
         for r in rows:
-            if 0 <= r.index < n:
+            if 0 <= r.index < job.n:
                 done.setdefault(r.index, r)
-    n_batches = -(-n // batch_size)
-    batches = [list(range(b * batch_size, min((b + 1) * batch_size, n))) for b in range(n_batches)]
-    pending = [b for b, idx in enumerate(batches) if any(i not in done for i in idx)]
-    mine = pending[rank::world]
-    skipped = n - sum(len(batches[b]) for b in pending)
+    return done
 
-    writer = None
-    if out_path is not None and mine:
-        parts = _parts_dir(out_path)
-        parts.mkdir(exist_ok=True)
-        meta = parts / "meta.json"
-        if not meta.exists():
-            _write_atomic(meta, json.dumps({"settings": settings}, indent=1, sort_keys=True), f"r{rank}")
-        writer = _PartWriter(parts / f"rank{rank}-of-{world}.csv")
 
-    # -- the work: no collective in here -------------------------------------------------------
-    new_rows: List[NLLRow] = []
-    failures: List[Tuple[int, List[int], str]] = []
+def _shard(job: _Job, done: Dict[int, NLLRow], rank: int, world: int) -> Tuple[List[List[int]], int]:
+    """``(this rank's batches, samples resumed)``: batch ``b`` holds the global indices
+    ``b*batch_size .. (b+1)*batch_size - 1``; those that miss a row are pending, pending batch ``j`` is
+    rank ``j % world``'s."""
+    n, size = job.n, job.batch_size
+    batches = [list(range(b * size, min((b + 1) * size, n))) for b in range(-(-n // size))]
+    pending = [idx for idx in batches if any(i not in done for i in idx)]
+    return pending[rank::world], n - sum(len(idx) for idx in pending)
+
+
+# -- the work: this rank's batches, no collective in here --------------------------------------
+
+def _work(job: _Job, mine: List[List[int]], rank: int, world: int
+          ) -> Tuple[List[NLLRow], List[Tuple[int, List[int], str]]]:
+    """``(rows, failures)`` of this rank's batches; with ``out``, each batch's rows are appended to the
+    rank's part file as it finishes."""
+    writer = _part_writer(job, rank, world) if job.out is not None and mine else None
     bar = None
-    if progress and rank == 0:
+    if job.progress and rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(len(batches[b]) for b in mine), desc=f"flowsde nll (rank 0 of {world})",
+        bar = tqdm(total=sum(len(idx) for idx in mine), desc=f"flowsde nll (rank 0 of {world})",
                    unit="sample", file=sys.stderr)
     try:
-        for j, b in enumerate(mine):
-            idx = batches[b]
-            try:
-                x = _batch(data, idx, device, dtype)
-                gens = flowsde.per_sample_generators(sample_seeds(seed, idx), device=device)
-                res = diffusion.log_likelihood(x, generator=gens, throw=False, **lik_kw)
-                rows = _rows_of(res, idx, D, continuous)
-            except Exception as e:  # noqa: BLE001 - reported with the samples, the other ranks go on
-                failures.append((rank, idx, f"{type(e).__name__}: {e}"))
-                _log.error("dataset_nll: rank %d of %d, samples %s: %s: %s", rank, world, _ranges(idx),
-                           type(e).__name__, e)
-                if isinstance(e, InputError):  # bad input: every later batch would fail the same way
-                    rest = [i for bb in mine[j + 1:] for i in batches[bb]]
-                    if rest:
-                        failures.append((rank, rest, f"not run: rank {rank} stopped after the InputError above"))
-                    break
-                continue
-            bad = [r for r in rows if r.status != "SUCCESS"]
-            if bad:  # a row with its status, not an exception: reported now, and in the summary
-                for st in sorted({r.status for r in bad}):
-                    _log.warning("dataset_nll: rank %d of %d, samples %s: %s (%s)", rank, world,
-                                 _ranges([r.index for r in bad if r.status == st]), st, Status[st].message)
-            if writer is not None:
-                writer.write(rows)
-            new_rows += rows
-            if bar is not None:
-                bar.update(len(idx))
+        return _run_batches(job, mine, rank, world, writer, bar)
     finally:
         if writer is not None:
             writer.close()
         if bar is not None:
             bar.close()
 
-    # -- end: gather to rank 0, write once, broadcast ------------------------------------------
-    gathered = _gather(td, rank, world, (new_rows, failures))
-    outcome = None
-    if rank == 0:
-        all_failures = [f for _, fs in gathered for f in fs]
-        for rows, _ in gathered:
-            for r in rows:
-                done.setdefault(r.index, r)
-        if all_failures:
-            bad = sorted(i for _, idx, _ in all_failures for i in idx)
-            first_msg = all_failures[0][2]
-            where = "; ".join(f"rank {rk}, samples {_ranges(idx)}: {msg}" for rk, idx, msg in all_failures[:5])
-            keep = f" Finished rows are kept in {_parts_dir(out_path)}; rerun to compute only the failed ones." \
-                if out_path is not None else ""
-            msg = f"dataset_nll: {len(bad)} of {n} samples not evaluated ({where}).{keep}"
-            kind = "input" if all(isinstance(m, str) and (m.startswith("InputError") or m.startswith("not run"))
-                                  for _, _, m in all_failures) else "run"
-            outcome = ("error", kind, msg if kind == "run" else first_msg.split(": ", 1)[1] + keep, all_failures)
-        else:
-            rows = [done[i] for i in range(n)]
-            ok = [r for r in rows if r.status == "SUCCESS"]
-            mb, sb = _mean_se([r.bpd for r in ok])
-            mn, sn = _mean_se([r.nats for r in ok])
-            result = NLLResult(rows=rows, mean_bpd=mb, stderr_bpd=sb, mean_nats=mn, stderr_nats=sn, samples=n,
-                               succeeded=len(ok), failed=[(r.index, r.status) for r in rows if r.status != "SUCCESS"],
-                               resumed=skipped, world_size=world, out=out_path, settings=settings)
-            if out_path is not None:
-                _write_atomic(out_path, HEADER + "\n" + "".join(r.line() + "\n" for r in rows), "r0")
-                summary = dict(settings=settings, n=n, n_ok=len(ok), mean_bpd=mb, stderr_bpd=sb, mean_nats=mn,
-                               stderr_nats=sn, failed=[list(f) for f in result.failed])
-                _write_atomic(_summary_path(out_path), json.dumps(summary, indent=1, sort_keys=True), "r0")
-                shutil.rmtree(_parts_dir(out_path), ignore_errors=True)
-            outcome = ("ok", result)
-    outcome = _broadcast(td, outcome)
-    if outcome[0] == "error":
-        _, kind, msg, all_failures = outcome
-        if kind == "input":
-            raise InputError(msg)
-        raise NLLError(msg, all_failures)
-    return outcome[1]
+
+def _part_writer(job: _Job, rank: int, world: int) -> _PartWriter:
+    """This rank's part file (the settings written beside it first, by whichever rank comes first)."""
+    parts = _parts_dir(job.out)
+    parts.mkdir(exist_ok=True)
+    meta = parts / "meta.json"
+    if not meta.exists():
+        _write_atomic(meta, json.dumps({"settings": job.settings}, indent=1, sort_keys=True), f"r{rank}")
+    return _PartWriter(parts / f"rank{rank}-of-{world}.csv")
+
+
+def _run_batches(job: _Job, mine: List[List[int]], rank: int, world: int, writer, bar
+                 ) -> Tuple[List[NLLRow], List[Tuple[int, List[int], str]]]:
+    new_rows: List[NLLRow] = []
+    failures: List[Tuple[int, List[int], str]] = []
+    for j, idx in enumerate(mine):
+        try:
+            rows = _evaluate(job, idx)
+        except Exception as e:  # noqa: BLE001 - reported with the samples, the other ranks go on
+            failures += _failure(e, idx, mine[j + 1:], rank, world)
+            if isinstance(e, InputError):  # bad input: every later batch would fail the same way
+                break
+            continue
+        _warn_statuses(rows, rank, world)
+        if writer is not None:
+            writer.write(rows)
+        new_rows += rows
+        if bar is not None:
+            bar.update(len(idx))
+    return new_rows, failures
+
+
+def _evaluate(job: _Job, idx: List[int]) -> List[NLLRow]:
+    """The rows of one batch: each sample with its own generator (:func:`sample_seeds`)."""
+    x = _batch(job.data, idx, job.device, job.dtype)
+    gens = flowsde.per_sample_generators(sample_seeds(job.seed, idx), device=job.device)
+    res = job.diffusion.log_likelihood(x, generator=gens, throw=False, **job.lik_kw)
+    return _rows_of(res, idx, job.D, job.continuous)
+
+
+def _failure(e: Exception, idx: List[int], later: List[List[int]], rank: int, world: int
+             ) -> List[Tuple[int, List[int], str]]:
+    """The failure of a batch (logged); after an :class:`InputError`, also this rank's later batches, not run."""
+    failures = [(rank, idx, f"{type(e).__name__}: {e}")]
+    _log.error("dataset_nll: rank %d of %d, samples %s: %s: %s", rank, world, _ranges(idx), type(e).__name__, e)
+    rest = [i for b in later for i in b] if isinstance(e, InputError) else []
+    if rest:
+        failures.append((rank, rest, f"not run: rank {rank} stopped after the InputError above"))
+    return failures
+
+
+def _warn_statuses(rows: List[NLLRow], rank: int, world: int) -> None:
+    """A sample whose solve did not succeed is a row with its status, not an exception: reported now (and in
+    the summary)."""
+    bad = [r for r in rows if r.status != "SUCCESS"]
+    for st in sorted({r.status for r in bad}):
+        _log.warning("dataset_nll: rank %d of %d, samples %s: %s (%s)", rank, world,
+                     _ranges([r.index for r in bad if r.status == st]), st, Status[st].message)
+
+
+# -- the end: rank 0 merges, writes once --------------------------------------------------------
+
+def _outcome(job: _Job, gathered, done: Dict[int, NLLRow], skipped: int, world: int) -> tuple:
+    """Rank 0: ``("ok", NLLResult)`` (the final files written), or ``("error", kind, message, failures)``
+    where ``kind`` is ``"input"`` (raised as :class:`InputError`) or ``"run"`` (:class:`NLLError`)."""
+    all_failures = [f for _, fs in gathered for f in fs]
+    for rows, _ in gathered:
+        for r in rows:
+            done.setdefault(r.index, r)
+    if all_failures:
+        return _error_outcome(job, all_failures)
+    rows = [done[i] for i in range(job.n)]
+    ok = [r for r in rows if r.status == "SUCCESS"]
+    mb, sb = _mean_se([r.bpd for r in ok])
+    mn, sn = _mean_se([r.nats for r in ok])
+    result = NLLResult(rows=rows, mean_bpd=mb, stderr_bpd=sb, mean_nats=mn, stderr_nats=sn, samples=job.n,
+                       succeeded=len(ok), failed=[(r.index, r.status) for r in rows if r.status != "SUCCESS"],
+                       resumed=skipped, world_size=world, out=job.out, settings=job.settings)
+    if job.out is not None:
+        _write_final(job.out, result)
+    return "ok", result
+
+
+def _error_outcome(job: _Job, all_failures: List[Tuple[int, List[int], str]]) -> tuple:
+    bad = sorted(i for _, idx, _ in all_failures for i in idx)
+    first_msg = all_failures[0][2]
+    where = "; ".join(f"rank {rk}, samples {_ranges(idx)}: {msg}" for rk, idx, msg in all_failures[:5])
+    keep = f" Finished rows are kept in {_parts_dir(job.out)}; rerun to compute only the failed ones." \
+        if job.out is not None else ""
+    msg = f"dataset_nll: {len(bad)} of {job.n} samples not evaluated ({where}).{keep}"
+    kind = "input" if all(isinstance(m, str) and (m.startswith("InputError") or m.startswith("not run"))
+                          for _, _, m in all_failures) else "run"
+    return "error", kind, msg if kind == "run" else first_msg.split(": ", 1)[1] + keep, all_failures
+
+
+def _write_final(out: Path, result: NLLResult) -> None:
+    """The final CSV and its JSON summary (each written atomically), then the part files removed."""
+    _write_atomic(out, HEADER + "\n" + "".join(r.line() + "\n" for r in result.rows), "r0")
+    summary = dict(settings=result.settings, n=result.samples, n_ok=result.succeeded, mean_bpd=result.mean_bpd,
+                   stderr_bpd=result.stderr_bpd, mean_nats=result.mean_nats, stderr_nats=result.stderr_nats,
+                   failed=[list(f) for f in result.failed])
+    _write_atomic(_summary_path(out), json.dumps(summary, indent=1, sort_keys=True), "r0")
+    shutil.rmtree(_parts_dir(out), ignore_errors=True)

@@ -1,11 +1,15 @@
 """The solver interface shared by every method (docs/design.md, "Solvers").
 
-A fixed-step solver implements ``step(problem, t0, t1, x, noise, last, state)``
-and returns the new state; the driver loop in :mod:`flowsde._solve` owns time,
+A fixed-step solver declares its per-solve state as a dataclass, builds it in
+``init(problem, x, grid)`` and advances one step with
+``step(problem, x, t0, t1, h, i, noise, state) -> (x_new, state)`` (the manner of
+diffrax's ``AbstractSolver``); the driver loop in :mod:`flowsde._solve` owns time,
 saving and checks. Orders are class attributes that tests read.
 """
 
 from __future__ import annotations
+
+import torch
 
 from .._errors import InputError
 
@@ -31,28 +35,36 @@ class Solver:
         noise_types: the SDE noise types it supports (``()``: ODEs only).
         solves_ode: whether an :class:`flowsde.ODE` is accepted.
         requires_score: the problem must carry ``score(t, x)``.
-        adaptive: chooses its own steps (``ts`` are then only the output times).
+        adaptive: chooses its own steps (``grid`` is then only the output times) and implements
+            ``solve(problem, x, grid, *, noise, save_all, progress) -> Solution`` instead of
+            :meth:`init` and :meth:`step`.
         evals_per_step: network evaluations (drift + score calls) per fixed step;
             :meth:`nfe` gives the total for a solve.
 
     Protocol of a fixed-step solve (:func:`flowsde.solve`)::
 
-        state = solver.init_state(problem, x0, ts)       # once; a dict the solver owns
-        state["ts"], state["ts_host"] = ts, ts.tolist()  # set by the loop, once
-        for i in range(len(ts) - 1):
-            state["i"], state["h"] = i, h[i]             # set by the loop, each step
-            x = solver.step(problem, ts[i], ts[i + 1], x, noise, i == len(ts) - 2, state)
+        state = solver.init(problem, x, grid)                   # once per solve
+        h = step_sizes(grid, x.dtype)                           # once per solve
+        for i in range(len(grid) - 1):
+            x, state = solver.step(problem, x, grid[i], grid[i + 1], h[i], i, noise, state)
 
-    ``problem`` is the checked problem (its ``drift``, ``diffusion``, ``score``
-    take float64 ``t`` and cast it for the user's functions); ``t0``, ``t1`` are
-    0-dim float64 tensors (views of the grid); ``noise`` is the solve's noise
-    source (``noise.randn_like(x)``, ``noise.dW(t0, t1, sqrt(|t1 - t0|), x)``).
-    The loop also sets ``state["h"]``, the step ``t1 - t0`` as a 0-dim tensor in
-    the state's dtype (differenced in float64 and rounded once, for the whole grid
-    at the start of the solve: no mixed-dtype cast per step; :meth:`step_size`),
-    and, for an SDE, ``state["sqrt_h"] = sqrt(|h|)`` in the same dtype, and
-    ``state["ts_host"]``, the grid as Python floats (branch on time without a
-    device sync). A multistep solver keeps its history in ``state``.
+    ``problem`` is the checked problem (its ``drift``, ``diffusion``, ``score``, ``denoise``
+    take float64 ``t`` and cast it for the user's functions; a grid time passed as the
+    loop's ``t0``/``t1`` is cast once per solve and looked up by the step index);
+    ``t0``, ``t1`` are 0-dim float64 tensors (views of the grid); ``h`` is ``t1 - t0``
+    as a 0-dim tensor in the state's dtype, differenced in float64 and rounded once for
+    the whole grid (:func:`step_sizes`: no mixed-dtype cast per step); ``i`` is the step
+    index (a Python int); ``noise`` is the solve's noise source (``noise.randn_like(x)``,
+    ``noise.dW(t0, t1, sqrt(|h|), x)``).
+
+    The state is the solver's own: a dataclass it declares (frozen where nothing changes
+    from step to step, a new instance per step where a multistep method carries its
+    history), or ``None`` for a solver without one (:meth:`init`'s default). Whatever a
+    step needs beyond its arguments is computed once, at :meth:`init`, into the state:
+    ``sqrt|h|`` per step (:class:`flowsde.solvers.EulerMaruyama`), half steps
+    (:class:`flowsde.solvers.Heun`), the index
+    of the last step, the grid as Python floats (to branch on time without a device
+    sync), a sampler's coefficients. The loop writes nothing into it.
     """
 
     name = "solver"
@@ -84,15 +96,11 @@ class Solver:
             return None
         return self.strong_orders.get(noise, self.strong_order)
 
-    @staticmethod
-    def step_size(t0, t1, state: dict):
-        """``t1 - t0``: ``state["h"]`` (state dtype) when the loop set it, else ``t1 - t0``."""
-        h = state.get("h")
-        return t1 - t0 if h is None else h
-
-    def init_state(self, problem, x0, ts) -> dict:
-        """The per-solve state passed to every :meth:`step` (default: an empty dict)."""
-        return {}
+    def init(self, problem, x: torch.Tensor, grid: torch.Tensor):
+        """The per-solve state passed to every :meth:`step`: a dataclass of the solver's, or
+        ``None`` (the default: a solver without state). Called once per solve with the
+        checked problem, the initial state and the float64 grid."""
+        return None
 
     def check_problem(self, problem) -> None:
         if problem.is_sde:
@@ -110,10 +118,19 @@ class Solver:
                 "(adapters' Diffusion.reverse_sde() attaches it)."
             )
 
-    def step(self, problem, t0, t1, x, noise, last: bool, state: dict):  # pragma: no cover - interface
+    def step(self, problem, x: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor, h: torch.Tensor, i: int, noise,
+             state):  # pragma: no cover - interface
+        """One step from ``t0`` to ``t1`` (``h = t1 - t0`` in the state's dtype, ``i`` the step
+        index); returns ``(x_new, state)``."""
         raise NotImplementedError(
-            f"{type(self).__name__} must implement step(problem, t0, t1, x, noise, last, state)."
+            f"{type(self).__name__} must implement step(problem, x, t0, t1, h, i, noise, state) -> (x, state)."
         )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def step_sizes(grid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The steps ``grid[i + 1] - grid[i]`` of a float64 grid, differenced in float64 and rounded
+    once to ``dtype`` (the state's): the one way a solve and its solvers get ``h``."""
+    return (grid[1:] - grid[:-1]).to(dtype)

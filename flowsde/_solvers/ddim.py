@@ -17,12 +17,17 @@ Order 1 (ODE), weak order 1 (SDE); 1 NFE per step. A step to zero noise (``s1 = 
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Optional
 
-import math
-
 from .._errors import InputError
-from .sampler import SemiLinearSolver, denoise, scale
+from .sampler import SamplerState, SemiLinearSolver, denoise, scale
+
+
+@dataclass
+class DDIMState(SamplerState):
+    coef: list  #: per step ``(cx, cd, c)``: ``x1 = cx x + cd D + c z``
 
 
 class DDIM(SemiLinearSolver):
@@ -36,27 +41,26 @@ class DDIM(SemiLinearSolver):
         """``eta``: optional, the peer's eta; it must agree with the problem's beta (see the module)."""
         self._set_eta(eta)
 
-    def prepare(self, problem, grid, state):
-        eta = state["eta"]
+    def prepare(self, problem, host, eta) -> DDIMState:
         if eta > 1:
             raise InputError(f"method={self.name!r}: eta = sqrt(beta) = {eta!r} > 1 has no DDIM step (its noise "
                              "would exceed sigma); solve reverse_sde(beta) with beta <= 1.")
         coef = []
-        for i in range(grid.steps):
-            a0, s0, a1, s1 = grid.a[i], grid.s[i], grid.a[i + 1], grid.s[i + 1]
-            c = eta * s1 * math.sqrt(-math.expm1(-2 * grid.h(i))) if eta else 0.0
+        for i in range(host.steps):
+            a0, s0, a1, s1 = host.a[i], host.s[i], host.a[i + 1], host.s[i + 1]
+            c = eta * s1 * math.sqrt(-math.expm1(-2 * host.h(i))) if eta else 0.0
             c_eps = math.sqrt(max(s1 * s1 - c * c, 0.0))
             # x1 = a1 D + c_eps (x - a0 D)/s0 + c z, as one linear combination of x and D
             coef.append((c_eps / s0, a1 - c_eps * a0 / s0, c))
-        state["coef"] = coef
+        return DDIMState(host, eta, coef)
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        g, i = state["grid"], state["i"]
+    def step(self, problem, x, t0, t1, h, i, noise, state: DDIMState):
+        g = state.host
         d = denoise(problem, t0, x)
         if g.to_zero(i):
-            return scale(g.a[i + 1], d)
-        cx, cd, c = state["coef"][i]
+            return scale(g.a[i + 1], d), state
+        cx, cd, c = state.coef[i]
         x1 = cx * x + cd * d
         if c > 0:
             x1 = x1 + c * noise.randn_like(x)
-        return x1
+        return x1, state

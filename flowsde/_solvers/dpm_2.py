@@ -15,8 +15,18 @@ The model is evaluated at ``t_from_ratio(r_mid)``, so the problem must carry tha
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from .sampler import SemiLinearSolver, denoise, scale, unscale
+import torch
+
+from .sampler import SamplerState, SemiLinearSolver, denoise, scale, unscale
+
+
+@dataclass
+class DPM2State(SamplerState):
+    mid: list  #: the midpoint noise level ``r_mid`` of every step
+    a_mid: list  #: alpha there
+    t_mid: torch.Tensor  #: the time there (float64, on the solve's device)
 
 
 class DPM2(SemiLinearSolver):
@@ -30,23 +40,21 @@ class DPM2(SemiLinearSolver):
         """``2n``; ``2n - 1`` on a grid ending at zero noise (k-diffusion's: the last step is Euler)."""
         return 2 * int(steps) - (1 if to_zero_noise and steps > 0 else 0)
 
-    def prepare(self, problem, grid, state):
+    def prepare(self, problem, host, eta) -> DPM2State:
         # exp(lerp(log r0, log r1, 1/2)), written as torch.lerp evaluates it at weight 1/2
-        mid = [math.exp(math.log(grid.r[i + 1]) - (math.log(grid.r[i + 1]) - math.log(grid.r[i])) * 0.5)
-               if not grid.to_zero(i) else grid.r[i] for i in range(grid.steps)]
-        t_mid = grid.times(problem, mid, self.name)
-        state["mid"] = mid
-        state["a_mid"] = problem.alpha(t_mid).tolist()
-        state["t_mid"] = t_mid.to(grid.device)
+        mid = [math.exp(math.log(host.r[i + 1]) - (math.log(host.r[i + 1]) - math.log(host.r[i])) * 0.5)
+               if not host.to_zero(i) else host.r[i] for i in range(host.steps)]
+        t_mid = host.times(problem, mid, self.name)
+        return DPM2State(host, eta, mid, problem.alpha(t_mid).tolist(), t_mid.to(host.device))
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        g, i = state["grid"], state["i"]
+    def step(self, problem, x, t0, t1, h, i, noise, state: DPM2State):
+        g = state.host
         r0, r1 = g.r[i], g.r[i + 1]
         y = unscale(x, g.a[i])
         d = (y - denoise(problem, t0, x)) / r0
         if g.to_zero(i):
-            return scale(g.a[i + 1], y + d * (r1 - r0))
-        r_mid, a_mid = state["mid"][i], state["a_mid"][i]
+            return scale(g.a[i + 1], y + d * (r1 - r0)), state
+        r_mid, a_mid = state.mid[i], state.a_mid[i]
         y2 = y + d * (r_mid - r0)
-        d2 = (y2 - denoise(problem, state["t_mid"][i], scale(a_mid, y2))) / r_mid
-        return scale(g.a[i + 1], y + d2 * (r1 - r0))
+        d2 = (y2 - denoise(problem, state.t_mid[i], scale(a_mid, y2))) / r_mid
+        return scale(g.a[i + 1], y + d2 * (r1 - r0)), state

@@ -15,33 +15,42 @@ diffusers with ``final_sigmas_type="zero"`` do the same). A grid may start at ``
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
-from .sampler import SemiLinearSolver, denoise, scale
+import torch
+
+from .sampler import SamplerState, SemiLinearSolver, denoise, scale
+
+
+@dataclass
+class DPMpp2MState(SamplerState):
+    coef: list  #: per step ``(cx, cd, w)`` (``None`` for a step to zero noise)
+    prev: Optional[torch.Tensor] = None  #: the previous step's data prediction
 
 
 class DPMpp2M(SemiLinearSolver):
     name = "dpmpp_2m"
     order = 2
 
-    def prepare(self, problem, grid, state):
+    def prepare(self, problem, host, eta) -> DPMpp2MState:
         coef = []
-        for i in range(grid.steps):
-            if grid.to_zero(i):
+        for i in range(host.steps):
+            if host.to_zero(i):
                 coef.append(None)
                 continue
-            h = grid.h(i)
-            w = 0.0 if i == 0 else 1.0 / (2.0 * (grid.h(i - 1) / h))
-            coef.append((grid.s[i + 1] / grid.s[i], grid.a[i + 1] * -math.expm1(-h), w))
-        state["coef"] = coef
-        state["prev"] = None
+            h = host.h(i)
+            w = 0.0 if i == 0 else 1.0 / (2.0 * (host.h(i - 1) / h))
+            coef.append((host.s[i + 1] / host.s[i], host.a[i + 1] * -math.expm1(-h), w))
+        return DPMpp2MState(host, eta, coef)
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        g, i = state["grid"], state["i"]
+    def step(self, problem, x, t0, t1, h, i, noise, state: DPMpp2MState):
+        g, prev = state.host, state.prev
         d = denoise(problem, t0, x)
-        prev, state["prev"] = state["prev"], d
+        new = DPMpp2MState(g, state.eta, state.coef, d)
         if g.to_zero(i):
-            return scale(g.a[i + 1], d)
-        cx, cd, w = state["coef"][i]
+            return scale(g.a[i + 1], d), new
+        cx, cd, w = state.coef[i]
         if prev is not None and w != 0.0:
             d = (1.0 + w) * d - w * prev
-        return cx * x + cd * d
+        return cx * x + cd * d, new

@@ -17,11 +17,21 @@ Order 2 in the deterministic limit (``beta = 0``, where it is DPM-Solver++(2M)),
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
 
 from .._errors import InputError
-from .sampler import SemiLinearSolver, denoise, scale
+from .sampler import SamplerState, SemiLinearSolver, denoise, scale
 
 SOLVER_TYPES = ("midpoint", "heun")
+
+
+@dataclass
+class DPMpp2MSDEState(SamplerState):
+    coef: list  #: per step ``(cx, cd, corr, cz)`` (``None`` for a step to zero noise)
+    prev: Optional[torch.Tensor] = None  #: the previous step's data prediction
 
 
 class DPMpp2MSDE(SemiLinearSolver):
@@ -38,36 +48,35 @@ class DPMpp2MSDE(SemiLinearSolver):
             raise InputError(f"DPMpp2MSDE(solver_type={solver_type!r}): must be one of {SOLVER_TYPES}.")
         self.solver_type = solver_type
 
-    def prepare(self, problem, grid, state):
-        eta, coef = state["eta"], []
-        for i in range(grid.steps):
-            h = grid.h(i)
-            if grid.to_zero(i):
+    def prepare(self, problem, host, eta) -> DPMpp2MSDEState:
+        coef = []
+        for i in range(host.steps):
+            h = host.h(i)
+            if host.to_zero(i):
                 coef.append(None)
                 continue
-            a1, s1 = grid.a[i + 1], grid.s[i + 1]
+            a1, s1 = host.a[i + 1], host.s[i + 1]
             one_minus = -math.expm1(-h - eta * h)
-            cx = s1 / grid.s[i] * math.exp(-eta * h)
+            cx = s1 / host.s[i] * math.exp(-eta * h)
             c = 0.5 * one_minus if self.solver_type == "midpoint" else one_minus / (-h - eta * h) + 1.0
-            corr = 0.0 if i == 0 else a1 * c * h / grid.h(i - 1)
+            corr = 0.0 if i == 0 else a1 * c * h / host.h(i - 1)
             cz = s1 * math.sqrt(-math.expm1(-2.0 * eta * h)) if eta else 0.0
             coef.append((cx, a1 * one_minus, corr, cz))
-        state["coef"] = coef
-        state["prev"] = None
+        return DPMpp2MSDEState(host, eta, coef)
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        g, i = state["grid"], state["i"]
+    def step(self, problem, x, t0, t1, h, i, noise, state: DPMpp2MSDEState):
+        g, prev = state.host, state.prev
         d = denoise(problem, t0, x)
-        prev, state["prev"] = state["prev"], d
+        new = DPMpp2MSDEState(g, state.eta, state.coef, d)
         if g.to_zero(i):
-            return scale(g.a[i + 1], d)
-        cx, cd, corr, cz = state["coef"][i]
+            return scale(g.a[i + 1], d), new
+        cx, cd, corr, cz = state.coef[i]
         x1 = cx * x + cd * d
         if prev is not None:
             x1 = x1 + corr * (d - prev)
         if cz:
             x1 = x1 + cz * noise.randn_like(x)
-        return x1
+        return x1, new
 
     def __repr__(self) -> str:
         eta = "" if self.eta is None else f", eta={self.eta!r}"

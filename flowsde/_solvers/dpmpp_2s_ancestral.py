@@ -17,11 +17,20 @@ k-diffusion: ``2n - 1`` evaluations for a grid ending at zero noise. Needs ``t_f
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Optional
 
-import math
+import torch
 
-from .sampler import SemiLinearSolver, ancestral_step, denoise, scale, unscale
+from .sampler import SamplerState, SemiLinearSolver, ancestral_step, denoise, scale, unscale
+
+
+@dataclass
+class DPMpp2SAncestralState(SamplerState):
+    steps: list  #: per step ``(r_down, r_up, c)``, ``c = None`` for the Euler step to zero noise
+    a_mid: list  #: alpha at the intermediate points
+    t_mid: torch.Tensor  #: their times (float64, on the solve's device)
 
 
 class DPMpp2SAncestral(SemiLinearSolver):
@@ -43,11 +52,11 @@ class DPMpp2SAncestral(SemiLinearSolver):
         """``2n``; ``2n - 1`` on a grid ending at zero noise (k-diffusion's: the last step is Euler)."""
         return 2 * int(steps) - (1 if to_zero_noise and steps > 0 else 0)
 
-    def prepare(self, problem, grid, state):
+    def prepare(self, problem, host, eta) -> DPMpp2SAncestralState:
         steps, mids = [], []
-        for i in range(grid.steps):
-            r0 = grid.r[i]
-            r_down, r_up = ancestral_step(r0, grid.r[i + 1], state["eta"])
+        for i in range(host.steps):
+            r0 = host.r[i]
+            r_down, r_up = ancestral_step(r0, host.r[i + 1], eta)
             if r_down == 0:
                 steps.append((r_down, r_up, None))
                 mids.append(r0)
@@ -56,15 +65,13 @@ class DPMpp2SAncestral(SemiLinearSolver):
             r_s = math.exp(-(-math.log(r0) + 0.5 * h))
             steps.append((r_down, r_up, (r_s / r0, -math.expm1(-0.5 * h), r_down / r0, -math.expm1(-h))))
             mids.append(r_s)
-        t_mid = grid.times(problem, mids, self.name)
-        state["steps"] = steps
-        state["a_mid"] = problem.alpha(t_mid).tolist()
-        state["t_mid"] = t_mid.to(grid.device)
+        t_mid = host.times(problem, mids, self.name)
+        return DPMpp2SAncestralState(host, eta, steps, problem.alpha(t_mid).tolist(), t_mid.to(host.device))
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        g, i = state["grid"], state["i"]
+    def step(self, problem, x, t0, t1, h, i, noise, state: DPMpp2SAncestralState):
+        g = state.host
         r0, r1 = g.r[i], g.r[i + 1]
-        r_down, r_up, c = state["steps"][i]
+        r_down, r_up, c = state.steps[i]
         y = unscale(x, g.a[i])
         d = denoise(problem, t0, x)
         if c is None:
@@ -72,8 +79,8 @@ class DPMpp2SAncestral(SemiLinearSolver):
         else:
             c_y2, c_d2, c_y, c_d = c
             y2 = c_y2 * y + c_d2 * d
-            d2 = denoise(problem, state["t_mid"][i], scale(state["a_mid"][i], y2))
+            d2 = denoise(problem, state.t_mid[i], scale(state.a_mid[i], y2))
             y = c_y * y + c_d * d2
-        if r1 > 0 and state["eta"]:
+        if r1 > 0 and state.eta:
             y = y + noise.randn_like(x) * r_up
-        return scale(g.a[i + 1], y)
+        return scale(g.a[i + 1], y), state

@@ -18,11 +18,20 @@ order to 2, measured), weak order 1; 1 NFE per step. The step to zero noise retu
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Optional
 
-import math
+import torch
 
-from .sampler import SemiLinearSolver, denoise, scale
+from .sampler import SamplerState, SemiLinearSolver, denoise, scale
+
+
+@dataclass
+class DPMpp3MSDEState(SamplerState):
+    coef: list  #: per step ``(cx, cd, w0, w1, cz)`` (``None`` for a step to zero noise)
+    d_1: Optional[torch.Tensor] = None  #: the data predictions of the previous step ...
+    d_2: Optional[torch.Tensor] = None  #: ... and of the one before
 
 
 class DPMpp3MSDE(SemiLinearSolver):
@@ -37,39 +46,37 @@ class DPMpp3MSDE(SemiLinearSolver):
         """``eta``: optional, the peer's eta; it must agree with the problem's beta (see the module)."""
         self._set_eta(eta)
 
-    def prepare(self, problem, grid, state):
-        eta, coef = state["eta"], []
-        for i in range(grid.steps):
-            if grid.to_zero(i):
+    def prepare(self, problem, host, eta) -> DPMpp3MSDEState:
+        coef = []
+        for i in range(host.steps):
+            if host.to_zero(i):
                 coef.append(None)
                 continue
-            h = grid.h(i)
+            h = host.h(i)
             h_eta = h * (eta + 1.0)
-            a1, s1 = grid.a[i + 1], grid.s[i + 1]
+            a1, s1 = host.a[i + 1], host.s[i + 1]
             phi_2 = math.expm1(-h_eta) / h_eta + 1.0
             phi_3 = phi_2 / h_eta - 0.5
             # weights of (D - D_1) and (D_1 - D_2) in a1 (phi_2 d1 - phi_3 d2)
             if i >= 2:
-                r0, r1 = grid.h(i - 1) / h, grid.h(i - 2) / h
+                r0, r1 = host.h(i - 1) / h, host.h(i - 2) / h
                 w0 = (1.0 + r0 / (r0 + r1)) / r0 * phi_2 - phi_3 / ((r0 + r1) * r0)
                 w1 = -(r0 / (r0 + r1)) / r1 * phi_2 + phi_3 / ((r0 + r1) * r1)
             elif i == 1:
-                w0, w1 = phi_2 / (grid.h(i - 1) / h), 0.0
+                w0, w1 = phi_2 / (host.h(i - 1) / h), 0.0
             else:
                 w0 = w1 = 0.0
             cz = s1 * math.sqrt(-math.expm1(-2.0 * h * eta)) if eta else 0.0
-            coef.append((s1 / grid.s[i] * math.exp(-eta * h), a1 * -math.expm1(-h_eta), a1 * w0, a1 * w1, cz))
-        state["coef"] = coef
-        state["hist"] = (None, None)
+            coef.append((s1 / host.s[i] * math.exp(-eta * h), a1 * -math.expm1(-h_eta), a1 * w0, a1 * w1, cz))
+        return DPMpp3MSDEState(host, eta, coef)
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        g, i = state["grid"], state["i"]
+    def step(self, problem, x, t0, t1, h, i, noise, state: DPMpp3MSDEState):
+        g, d_1, d_2 = state.host, state.d_1, state.d_2
         d = denoise(problem, t0, x)
-        d_1, d_2 = state["hist"]
-        state["hist"] = (d, d_1)
+        new = DPMpp3MSDEState(g, state.eta, state.coef, d, d_1)
         if g.to_zero(i):
-            return scale(g.a[i + 1], d)
-        cx, cd, w0, w1, cz = state["coef"][i]
+            return scale(g.a[i + 1], d), new
+        cx, cd, w0, w1, cz = state.coef[i]
         x1 = cx * x + cd * d
         if d_1 is not None and w0:
             x1 = x1 + w0 * (d - d_1)
@@ -77,4 +84,4 @@ class DPMpp3MSDE(SemiLinearSolver):
             x1 = x1 + w1 * (d_1 - d_2)
         if cz:
             x1 = x1 + cz * noise.randn_like(x)
-        return x1
+        return x1, new

@@ -9,8 +9,8 @@ where the probability-flow ODE is ``dy/dr = (y - D)/r``, step ``i`` from ``r_i``
     d = (y^ - D(r^, y^))/r^,   y_{i+1} = y^ + (r_{i+1} - r^) d,
     if r_{i+1} > 0:  d' = (y_{i+1} - D(r_{i+1}, y_{i+1}))/r_{i+1},   y_{i+1} = y^ + (r_{i+1} - r^)(d + d')/2.
 
-``N`` is EDM's: the number of positive noise levels of the grid (``len(ts) - 1`` when it ends at
-zero noise, ``len(ts)`` otherwise, so that a grid stopped before zero churns as the full one).
+``N`` is EDM's: the number of positive noise levels of the grid (``len(grid) - 1`` when it ends at
+zero noise, ``len(grid)`` otherwise, so that a grid stopped before zero churns as the full one).
 The network sees the churned pair ``(y^, r^)`` (diffusers #8549 evaluated it before the noise
 was added). With ``s_churn > 0`` one normal draw is taken every step, also where ``gamma = 0``
 (as NVlabs/edm and k-diffusion), so per-sample generator streams line up with theirs; with
@@ -27,14 +27,23 @@ evaluated at ``t_from_ratio(r^)``, so a problem with churn must carry that map; 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from .._errors import InputError
-from .sampler import SemiLinearSolver, denoise, scale, unscale
+from .sampler import SamplerState, SemiLinearSolver, denoise, scale, unscale
 
 LAST_STEPS = ("euler", "denoise")
+
+
+@dataclass
+class EDMChurnState(SamplerState):
+    hat: dict  #: step -> ``(r^, t^, alpha(t^))`` where the churn moves the noise level
+    gammas: list  #: EDM's ``gamma_i`` of every step
+    draw: list  #: whether step ``i`` draws a normal sample
+    denoise_last: int  #: the index of a last step that returns ``D`` (``last_step="denoise"``), else -1
 
 
 def _number(name, v, *, allow_inf=False):
@@ -81,37 +90,40 @@ class EDMChurn(SemiLinearSolver):
         g_max = min(self.s_churn / N, math.sqrt(2) - 1) if self.s_churn > 0 else 0.0
         return [g_max if self.s_tmin <= r <= self.s_tmax else 0.0 for r in ratios[:-1]]
 
-    def prepare(self, problem, grid, state):
-        n = grid.steps
-        denoise_last = self.last_step == "denoise" and grid.to_zero(n - 1)
-        gammas = self.gammas(grid.r)
+    def prepare(self, problem, host, eta) -> EDMChurnState:
+        n = host.steps
+        denoise_last = self.last_step == "denoise" and host.to_zero(n - 1)
+        gammas = self.gammas(host.r)
         if denoise_last:
             gammas[-1] = 0.0
         hats = []
         for i in range(n):
-            r = grid.r[i]
+            r = host.r[i]
             r_hat = r + gammas[i] * r
             if self.round_sigma is not None and gammas[i] > 0:
                 r_hat = float(self.round_sigma(torch.tensor(r_hat, dtype=torch.float64)))
             hats.append(r_hat)
-        churned = [i for i in range(n) if hats[i] != grid.r[i]]
-        t_hat = grid.times(problem, [hats[i] for i in churned], self.name) if churned else None
+        churned = [i for i in range(n) if hats[i] != host.r[i]]
+        t_hat = host.times(problem, [hats[i] for i in churned], self.name) if churned else None
         a_hat = problem.alpha(t_hat).tolist() if churned else []
-        t_hat = t_hat.to(grid.device) if churned else None
-        state["hat"] = {i: (hats[i], t_hat[k], a_hat[k]) for k, i in enumerate(churned)}
-        state["gammas"] = gammas
-        state["draw"] = [self.s_churn > 0 and not (denoise_last and i == n - 1) for i in range(n)]
-        state["denoise_last"] = denoise_last
+        t_hat = t_hat.to(host.device) if churned else None
+        return EDMChurnState(
+            host, eta,
+            hat={i: (hats[i], t_hat[k], a_hat[k]) for k, i in enumerate(churned)},
+            gammas=gammas,
+            draw=[self.s_churn > 0 and not (denoise_last and i == n - 1) for i in range(n)],
+            denoise_last=n - 1 if denoise_last else -1,
+        )
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        g, i = state["grid"], state["i"]
+    def step(self, problem, x, t0, t1, h, i, noise, state: EDMChurnState):
+        g = state.host
         r0, r1, a1 = g.r[i], g.r[i + 1], g.a[i + 1]
         y = unscale(x, g.a[i])
-        if last and state["denoise_last"]:
-            return scale(a1, denoise(problem, t0, x))
-        z = noise.randn_like(x) if state["draw"][i] else None
-        if i in state["hat"]:
-            r_hat, t_hat, a_hat = state["hat"][i]
+        if i == state.denoise_last:
+            return scale(a1, denoise(problem, t0, x)), state
+        z = noise.randn_like(x) if state.draw[i] else None
+        if i in state.hat:
+            r_hat, t_hat, a_hat = state.hat[i]
             y_hat = y + math.sqrt(r_hat ** 2 - r0 ** 2) * self.s_noise * z
             d = (y_hat - denoise(problem, t_hat, scale(a_hat, y_hat))) / r_hat
         else:
@@ -121,7 +133,7 @@ class EDMChurn(SemiLinearSolver):
         if r1 > 0:
             d2 = (y1 - denoise(problem, t1, scale(a1, y1))) / r1
             y1 = y_hat + (r1 - r_hat) * (0.5 * d + 0.5 * d2)
-        return scale(a1, y1)
+        return scale(a1, y1), state
 
     def __repr__(self) -> str:
         return (f"EDMChurn(s_churn={self.s_churn!r}, s_tmin={self.s_tmin!r}, s_tmax={self.s_tmax!r}, "

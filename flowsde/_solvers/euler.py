@@ -11,6 +11,5 @@ class Euler(Solver):
     name = "euler"
     order = 1
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        h = state["h"] if "h" in state else t1 - t0
-        return torch.addcmul(x, h, problem.drift(t0, x))  # x + h f: one kernel
+    def step(self, problem, x, t0, t1, h, i, noise, state):
+        return torch.addcmul(x, h, problem.drift(t0, x)), state  # x + h f: one kernel

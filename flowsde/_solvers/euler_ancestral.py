@@ -18,9 +18,15 @@ as k-diffusion. Needs ``alpha > 0`` on the grid.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
-from .sampler import SemiLinearSolver, ancestral_step, denoise
+from .sampler import SamplerState, SemiLinearSolver, ancestral_step, denoise
+
+
+@dataclass
+class EulerAncestralState(SamplerState):
+    coef: list  #: per step ``(cx, cd, cz)``: ``x1 = cx x + cd D + cz z``
 
 
 class EulerAncestral(SemiLinearSolver):
@@ -36,20 +42,19 @@ class EulerAncestral(SemiLinearSolver):
         """``eta``: optional, the peer's eta; it must agree with the problem's beta (see the module)."""
         self._set_eta(eta)
 
-    def prepare(self, problem, grid, state):
+    def prepare(self, problem, host, eta) -> EulerAncestralState:
         coef = []
-        for i in range(grid.steps):
-            r0, a0, a1 = grid.r[i], grid.a[i], grid.a[i + 1]
-            r_down, r_up = ancestral_step(r0, grid.r[i + 1], state["eta"])
+        for i in range(host.steps):
+            r0, a0, a1 = host.r[i], host.a[i], host.a[i + 1]
+            r_down, r_up = ancestral_step(r0, host.r[i + 1], eta)
             # x1 = a1 (y + (r_down - r0)(y - D)/r0 + r_up z), y = x/a0, as one combination of x and D
             q = r_down / r0
             coef.append((a1 * q / a0, a1 * (1.0 - q), a1 * r_up))
-        state["coef"] = coef
+        return EulerAncestralState(host, eta, coef)
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        g, i = state["grid"], state["i"]
-        cx, cd, cz = state["coef"][i]
+    def step(self, problem, x, t0, t1, h, i, noise, state: EulerAncestralState):
+        cx, cd, cz = state.coef[i]
         x1 = cx * x + cd * denoise(problem, t0, x)
-        if g.r[i + 1] > 0 and state["eta"]:
+        if state.host.r[i + 1] > 0 and state.eta:
             x1 = x1 + cz * noise.randn_like(x)
-        return x1
+        return x1, state

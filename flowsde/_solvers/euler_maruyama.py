@@ -13,9 +13,20 @@ is 1 (Kloeden & Platen 1992, sec. 10.3); ``strong_orders`` records it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
-from .base import Solver
+from .base import Solver, step_sizes
+
+
+@dataclass(frozen=True)
+class EulerMaruyamaState:
+    """Per solve: ``sqrt|h|`` of every step (0-dim tensors in the state's dtype, from the rounded
+    ``h``), the scale of the Brownian increments."""
+
+    sqrt_h: tuple
 
 
 class EulerMaruyama(Solver):
@@ -26,11 +37,13 @@ class EulerMaruyama(Solver):
     weak_order = 1.0
     noise_types = ("scalar", "diagonal")
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        h = state["h"] if "h" in state else t1 - t0
+    def init(self, problem, x, grid) -> Optional[EulerMaruyamaState]:
+        """``sqrt|h|`` for every step, once per solve, for an SDE; ``None`` for an ODE (Euler)."""
+        return EulerMaruyamaState(step_sizes(grid, x.dtype).abs().sqrt().unbind(0)) if problem.is_sde else None
+
+    def step(self, problem, x, t0, t1, h, i, noise, state: Optional[EulerMaruyamaState]):
         x1 = torch.addcmul(x, h, problem.drift(t0, x))  # x + h f: one kernel
-        if problem.is_sde:
+        if state is not None:
             g = problem.diffusion(t0, x)
-            sqrt_h = state["sqrt_h"] if "sqrt_h" in state else h.abs().sqrt()
-            x1 = torch.addcmul(x1, g, noise.dW(t0, t1, sqrt_h, x))
-        return x1
+            x1 = torch.addcmul(x1, g, noise.dW(t0, t1, state.sqrt_h[i], x))
+        return x1, state

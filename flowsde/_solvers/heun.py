@@ -13,9 +13,20 @@ of N steps then costs 2N - 1 evaluations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .base import Solver
+from .base import Solver, step_sizes
+
+
+@dataclass(frozen=True)
+class HeunState:
+    """Per solve: ``h / 2`` of every step (0-dim tensors in the state's dtype, rounded as ``h``)
+    and the index of the last step."""
+
+    half_h: tuple
+    last: int
 
 
 class Heun(Solver):
@@ -31,18 +42,16 @@ class Heun(Solver):
         n = 2 * int(steps)
         return n - 1 if self.final_euler and steps > 0 else n
 
-    def init_state(self, problem, x0, ts) -> dict:
+    def init(self, problem, x, grid) -> HeunState:
         # h / 2 for every step, once per solve (in the state's dtype, as the loop's h)
-        return {"half_h": ((ts[1:] - ts[:-1]).to(x0.dtype) * 0.5).unbind(0)}
+        return HeunState(half_h=(step_sizes(grid, x.dtype) * 0.5).unbind(0), last=grid.shape[0] - 2)
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        h = state["h"] if "h" in state else t1 - t0
+    def step(self, problem, x, t0, t1, h, i, noise, state: HeunState):
         d = problem.drift(t0, x)
         x_pred = torch.addcmul(x, h, d)  # x + h d: one kernel
-        if last and self.final_euler:
-            return x_pred
-        half = state["half_h"][state["i"]] if "half_h" in state else 0.5 * h
-        return torch.addcmul(x, half, d + problem.drift(t1, x_pred))
+        if self.final_euler and i == state.last:
+            return x_pred, state
+        return torch.addcmul(x, state.half_h[i], d + problem.drift(t1, x_pred)), state
 
     def __repr__(self) -> str:
         return f"Heun(final_euler={self.final_euler})"

@@ -19,8 +19,16 @@ evaluated at zero noise).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .._errors import InputError
-from .sampler import SemiLinearSolver, denoise, scale, unscale
+from .sampler import SamplerState, SemiLinearSolver, denoise, scale, unscale
+
+
+@dataclass
+class LMSState(SamplerState):
+    coef: list  #: per step, the weights of ``d_i, d_{i-1}, ...``
+    ds: tuple = ()  #: the last derivatives ``d_i = (y_i - D)/r_i``, newest first
 
 
 def lms_coefficients(r, i: int, p: int) -> list:
@@ -53,20 +61,16 @@ class LMS(SemiLinearSolver):
         self.lms_order = order
         self.order = 1 if order == 1 else 2
 
-    def prepare(self, problem, grid, state):
-        state["coef"] = [lms_coefficients(grid.r, i, min(i + 1, self.lms_order)) for i in range(grid.steps)]
-        state["ds"] = []
+    def prepare(self, problem, host, eta) -> LMSState:
+        return LMSState(host, eta, [lms_coefficients(host.r, i, min(i + 1, self.lms_order)) for i in range(host.steps)])
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        g, i = state["grid"], state["i"]
+    def step(self, problem, x, t0, t1, h, i, noise, state: LMSState):
+        g = state.host
         y = unscale(x, g.a[i])
-        ds = state["ds"]
-        ds.append((y - denoise(problem, t0, x)) / g.r[i])
-        if len(ds) > self.lms_order:
-            ds.pop(0)
-        for c, d in zip(state["coef"][i], reversed(ds)):
+        ds = ((y - denoise(problem, t0, x)) / g.r[i],) + state.ds[:self.lms_order - 1]
+        for c, d in zip(state.coef[i], ds):
             y = y + c * d
-        return scale(g.a[i + 1], y)
+        return scale(g.a[i + 1], y), LMSState(g, state.eta, state.coef, ds)
 
     def __repr__(self) -> str:
         return f"LMS(order={self.lms_order})"

@@ -34,14 +34,14 @@ strong order 0.5 and weak order 1); ``order``, ``strong_order`` and
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 
 from .._errors import InputError
 from .._utils import check_positive
 from .base import Solver
-from .euler_maruyama import EulerMaruyama
+from .euler_maruyama import EulerMaruyama, EulerMaruyamaState
 
 _PREDICTOR = EulerMaruyama()
 
@@ -172,11 +172,15 @@ class PC(Solver):
         """One drift evaluation (predictor) and ``corrector_steps`` score evaluations."""
         return 1 + self.corrector_steps
 
-    def step(self, problem, t0, t1, x, noise, last, state):
+    def init(self, problem, x, grid) -> Optional[EulerMaruyamaState]:
+        """The predictor's state (``sqrt|h|`` per step); the corrector keeps none."""
+        return _PREDICTOR.init(problem, x, grid)
+
+    def step(self, problem, x, t0, t1, h, i, noise, state: Optional[EulerMaruyamaState]):
         if self.corrector_steps:
             x = langevin(problem.score, t0, x, noise, steps=self.corrector_steps, snr=self.snr, a=self.a,
                          step_rule=self.step_rule)
-        return _PREDICTOR.step(problem, t0, t1, x, noise, last, state)
+        return _PREDICTOR.step(problem, x, t0, t1, h, i, noise, state)
 
     def __repr__(self) -> str:
         return f"PC(snr={self.snr}, corrector_steps={self.corrector_steps}, a={self.a!r}, step_rule={self.step_rule!r})"

@@ -3,9 +3,10 @@
 Every one of them (``ddim``, ``dpmpp_2m``, ``unipc``, ``euler_ancestral``, ``edm`` ...)
 solves a :class:`flowsde.SemiLinearODE` or :class:`flowsde.SemiLinearSDE` through its
 structure: ``alpha(t)``, ``sigma(t)`` and the data prediction ``D(t, x)``. The coefficients
-of a step depend on the grid only, so :meth:`SemiLinearSolver.init_state` computes them
-once per solve, in float64 on the host (one transfer of ``ts``), and the steps read
-Python floats: no host-device sync and no coefficient kernels in the step loop.
+of a step depend on the grid only, so :meth:`SemiLinearSolver.init` computes them once
+per solve, in float64 on the host (one transfer of the grid: :class:`HostGrid`), into the
+method's state dataclass, and the steps read Python floats: no host-device sync and no
+coefficient kernels in the step loop.
 
 Conventions of this module:
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -55,11 +57,13 @@ def ancestral_step(r0: float, r1: float, eta: float):
     return (r1 ** 2 - up ** 2) ** 0.5, up
 
 
-class Grid:
-    """Float64 host coefficients of a sampler grid (lists of Python floats, one entry per time)."""
+class HostGrid:
+    """Float64 host coefficients of a sampler's grid (lists of Python floats, one entry per time):
+    ``t``, ``a`` (alpha), ``s`` (sigma), ``lam`` (``log(alpha/sigma)``), ``r`` (``sigma/alpha``),
+    computed and checked once per solve."""
 
-    def __init__(self, name: str, problem, ts: torch.Tensor, *, scaled: bool):
-        th = ts.detach().to("cpu", F64)
+    def __init__(self, name: str, problem, grid: torch.Tensor, *, scaled: bool):
+        th = grid.detach().to("cpu", F64)
         a = torch.as_tensor(problem.alpha(th), dtype=F64).expand(th.shape).clone()
         s = torch.as_tensor(problem.sigma(th), dtype=F64).expand(th.shape).clone()
         n = th.shape[0]
@@ -67,25 +71,25 @@ class Grid:
             bad = ~(torch.isfinite(v) & (v >= 0))
             if bool(bad.any()):
                 k = int(bad.nonzero()[0])
-                raise InputError(f"method={name!r}: {what}(ts[{k}] = {th[k].item()!r}) = {v[k].item()!r}; the "
+                raise InputError(f"method={name!r}: {what}(grid[{k}] = {th[k].item()!r}) = {v[k].item()!r}; the "
                                  "semi-linear samplers need finite alpha, sigma >= 0 on the grid.")
         if bool((s[:-1] == 0).any()):
             k = int((s[:-1] == 0).nonzero()[0])
-            raise InputError(f"method={name!r}: sigma(ts[{k}] = {th[k].item()!r}) = 0 before the end of the grid; "
+            raise InputError(f"method={name!r}: sigma(grid[{k}] = {th[k].item()!r}) = 0 before the end of the grid; "
                              "only the last time may be at zero noise.")
         if bool((a[1:] == 0).any()) or (scaled and bool(a[0] == 0)):
             k = int((a == 0).nonzero()[-1])
             where = ("this method works in the scaled state x/alpha, so every grid point needs alpha > 0; start "
                      "slightly inside the schedule (e.g. t_max - 1e-3)" if scaled else
                      "only the first time may be at alpha = 0 (pure noise)")
-            raise InputError(f"method={name!r}: alpha(ts[{k}] = {th[k].item()!r}) = 0: {where}.")
+            raise InputError(f"method={name!r}: alpha(grid[{k}] = {th[k].item()!r}) = 0: {where}.")
         lam = torch.log(a) - torch.log(s)
         if not bool((lam[1:] > lam[:-1]).all()):
             k = int((lam[1:] <= lam[:-1]).nonzero()[0])
             raise InputError(
-                f"method={name!r}: the noise level sigma/alpha must decrease strictly along ts (these samplers run "
-                f"from noise to data), but sigma/alpha is {(s[k] / a[k]).item()!r} at ts[{k}] = {th[k].item()!r} "
-                f"and {(s[k + 1] / a[k + 1]).item()!r} at ts[{k + 1}] = {th[k + 1].item()!r}. Use a grid from "
+                f"method={name!r}: the noise level sigma/alpha must decrease strictly along the grid (these samplers run "
+                f"from noise to data), but sigma/alpha is {(s[k] / a[k]).item()!r} at grid[{k}] = {th[k].item()!r} "
+                f"and {(s[k + 1] / a[k + 1]).item()!r} at grid[{k + 1}] = {th[k + 1].item()!r}. Use a grid from "
                 "t_max down to t_min (or 0)."
             )
         self.steps = n - 1
@@ -94,7 +98,7 @@ class Grid:
         self.s = s.tolist()
         self.lam = lam.tolist()
         self.r = (s / a).tolist()  # inf where alpha = 0 (only allowed unscaled, at the start)
-        self.device = ts.device
+        self.device = grid.device
 
     def h(self, i: int) -> float:
         """``lam[i+1] - lam[i]`` (``inf`` for a step to zero noise or from alpha = 0)."""
@@ -123,6 +127,16 @@ def scale(c: float, x: torch.Tensor) -> torch.Tensor:
 def unscale(x: torch.Tensor, c: float) -> torch.Tensor:
     """``x / c``, without a kernel when ``c == 1``."""
     return x if c == 1.0 else x / c
+
+
+@dataclass
+class SamplerState:
+    """What every sampler's state holds; a method's state (a subclass) adds its per-solve
+    coefficients and, for a multistep method, its history, which a step hands on in a new
+    instance (plain dataclasses: built at a fraction of a frozen one's cost, once per step)."""
+
+    host: HostGrid  #: the grid's host coefficients
+    eta: float  #: the peer's eta of this solve (0 on an ODE)
 
 
 class SemiLinearSolver(Solver):
@@ -211,15 +225,16 @@ class SemiLinearSolver(Solver):
         return eta * eta if self.eta_name == "sqrt" else eta
 
     # -- per-solve state -------------------------------------------------------------------
-    def init_state(self, problem, x0, ts) -> dict:
+    def init(self, problem, x, grid):
+        """The grid's host coefficients (:class:`HostGrid`) and this solve's ``eta``, handed to
+        :meth:`prepare`, which returns the method's state."""
         p = raw_problem(problem)
-        grid = Grid(self.name, p, ts, scaled=self.scaled)
-        state = {"grid": grid, "eta": self._eta_for(p)}
-        self.prepare(p, grid, state)
-        return state
+        return self.prepare(p, HostGrid(self.name, p, grid, scaled=self.scaled), self._eta_for(p))
 
-    def prepare(self, problem, grid: Grid, state: dict) -> None:
-        """Per-solve coefficients that depend on the grid only (override)."""
+    def prepare(self, problem, host: HostGrid, eta: float) -> "SamplerState":
+        """The method's per-solve state: coefficients that depend on the grid only (override;
+        ``problem`` is the user's semi-linear problem, ``eta`` the peer's, 0 on an ODE)."""
+        return SamplerState(host, eta)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()" if self.eta is None else f"{type(self).__name__}(eta={self.eta!r})"

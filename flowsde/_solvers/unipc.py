@@ -23,11 +23,23 @@ first order and returns ``a1 m`` exactly, as diffusers with ``final_sigmas_type=
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
 
 from .._errors import InputError
-from .sampler import SemiLinearSolver, denoise, scale
+from .sampler import SamplerState, SemiLinearSolver, denoise, scale
 
 VARIANTS = ("bh1", "bh2")
+
+
+@dataclass
+class UniPCState(SamplerState):
+    pred: list  #: per step, the predictor's ``(cx, weights of m_i, m_{i-1}, ...)``
+    corr: list  #: per step, the corrector's ``(cx, weight of m_i, weights of m_{i-1}, m_{i-2}, ...)``
+    hist: tuple = ()  #: the data predictions ``m_{i-1}, m_{i-2}, ...`` (newest first)
+    x_prev: Optional[torch.Tensor] = None  #: the previous step's (corrected) state ``x_{i-1}``
 
 
 def _b_and_R(h: float, rks: list, order: int, variant: str):
@@ -76,62 +88,57 @@ class UniPC(SemiLinearSolver):
         self.lower_order_final = bool(lower_order_final)
         self.order = 2 if self.lower_order_final else min(order + 1, 3)
 
-    def _orders(self, n: int, grid) -> list:
+    def _orders(self, n: int, host) -> list:
         out = []
         for i in range(n):
             q = min(self.unipc_order, i + 1)
             if self.lower_order_final:
                 q = min(q, n - i)
-            out.append(1 if grid.to_zero(i) else q)
+            out.append(1 if host.to_zero(i) else q)
         return out
 
-    def prepare(self, problem, grid, state):
-        if grid.a[0] == 0.0:
-            raise InputError(f"method={self.name!r}: alpha(ts[0]) = 0; start the grid slightly inside the schedule "
+    def prepare(self, problem, host, eta) -> UniPCState:
+        if host.a[0] == 0.0:
+            raise InputError(f"method={self.name!r}: alpha(grid[0]) = 0; start the grid slightly inside the schedule "
                              "(e.g. t_max - 1e-3): UniPC's order conditions are singular at alpha = 0.")
-        n, lam = grid.steps, grid.lam
-        orders = self._orders(n, grid)
+        n, lam = host.steps, host.lam
+        orders = self._orders(n, host)
         pred, corr = [], [None]
         for i in range(n):
-            a1 = grid.a[i + 1]
-            if grid.to_zero(i):
+            a1 = host.a[i + 1]
+            if host.to_zero(i):
                 pred.append((0.0, [a1]))
             else:
-                q, h = orders[i], grid.h(i)
+                q, h = orders[i], host.h(i)
                 rks = [(lam[i - k] - lam[i]) / h for k in range(1, q)]
                 R, b, h_phi_1, B_h = _b_and_R(h, rks, q, self.variant)
                 rho = [0.5] if q == 2 else (_solve([row[:-1] for row in R[:-1]], b[:-1]) if q > 2 else [])
                 w = [-a1 * B_h * rho[k - 1] / rks[k - 1] for k in range(1, q)]
-                pred.append((grid.s[i + 1] / grid.s[i], [-a1 * h_phi_1 - sum(w)] + w))
+                pred.append((host.s[i + 1] / host.s[i], [-a1 * h_phi_1 - sum(w)] + w))
             if i + 1 < n:  # corrector of x_{i+1}, after the model is evaluated there
-                q, h = orders[i], grid.h(i)
+                q, h = orders[i], host.h(i)
                 rks = [(lam[i - k] - lam[i]) / h for k in range(1, q)]
                 R, b, h_phi_1, B_h = _b_and_R(h, rks, q, self.variant)
                 rc = [0.5] if q == 1 else _solve(R, b)
                 w = [-a1 * B_h * rc[k - 1] / rks[k - 1] for k in range(1, q)]
                 w_new = -a1 * B_h * rc[-1]
-                corr.append((grid.s[i + 1] / grid.s[i], w_new, [-a1 * h_phi_1 - sum(w) - w_new] + w))
-        state["pred"], state["corr"] = pred, corr
-        state["hist"] = []  # m_i, m_{i-1}, ... (newest first)
-        state["last"] = None
+                corr.append((host.s[i + 1] / host.s[i], w_new, [-a1 * h_phi_1 - sum(w) - w_new] + w))
+        return UniPCState(host, eta, pred, corr)
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        i = state["i"]
+    def step(self, problem, x, t0, t1, h, i, noise, state: UniPCState):
         m = denoise(problem, t0, x)
-        hist = state["hist"]
+        hist = state.hist
         if i > 0:
-            cx, w_new, ws = state["corr"][i]
-            x = cx * state["last"] + w_new * m
+            cx, w_new, ws = state.corr[i]
+            x = cx * state.x_prev + w_new * m
             for w, mk in zip(ws, hist):
                 x = x + w * mk
-        hist.insert(0, m)
-        del hist[self.unipc_order:]
-        state["last"] = x
-        cx, ws = state["pred"][i]
+        hist = (m,) + hist[:self.unipc_order - 1]
+        cx, ws = state.pred[i]
         x1 = scale(ws[0], m) if cx == 0.0 else cx * x + ws[0] * m
         for w, mk in zip(ws[1:], hist[1:]):
             x1 = x1 + w * mk
-        return x1
+        return x1, UniPCState(state.host, state.eta, state.pred, state.corr, hist, x)
 
     def __repr__(self) -> str:
         return f"UniPC(order={self.unipc_order}, variant={self.variant!r}, lower_order_final={self.lower_order_final})"

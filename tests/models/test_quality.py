@@ -8,6 +8,7 @@ import torch
 
 import flowsde
 import flowsde.models as M
+from flowsde.validation import sliced_w2
 
 N_TEST = 32  # the first 32 digits of the test split (fixed), evaluated with the exact trace
 LEVELS, RANGE = M.DIGITS_LEVELS, M.DIGITS_RANGE
@@ -45,16 +46,6 @@ def test_gaussian_baseline_is_the_fit():
     assert abs(float(bpd.mean()) - 2.94) < 3 * _se(bpd)
 
 
-def _sliced_w2(a, b, n_proj=128, seed=0):
-    """Sliced Wasserstein-2 distance between two equal-size samples (sorted projections)."""
-    g = torch.Generator().manual_seed(seed)
-    th = torch.randn(a.shape[1], n_proj, generator=g, dtype=torch.float64)
-    th = th / th.norm(dim=0)
-    pa, _ = torch.sort(a.double() @ th, dim=0)
-    pb, _ = torch.sort(b.double() @ th, dim=0)
-    return float((pa - pb).square().mean().sqrt())
-
-
 def test_moons_samples_land_on_the_data():
     dif = M.load("moons", net_dtype=torch.float64)
     t0, T = M.info("moons").t_range
@@ -63,7 +54,7 @@ def test_moons_samples_land_on_the_data():
     ts = torch.linspace(T, t0, 101, dtype=torch.float64)
     xs = flowsde.solve(dif.pf_ode(), z, ts, method="heun").x
     data, data2 = M.toy_data("moons", n, generator=100), M.toy_data("moons", n, generator=101)
-    model_d, floor, prior_d = _sliced_w2(xs, data), _sliced_w2(data2, data), _sliced_w2(z, data)
+    model_d, floor, prior_d = (sliced_w2(a, data, n_projections=128) for a in (xs, data2, z))
     print(f"\nmoons: sliced W2 to data {model_d:.4f}; data vs data (noise floor) {floor:.4f}; prior {prior_d:.4f}")
     assert model_d < 4 * floor
     assert model_d < 0.1 * prior_d

@@ -1,6 +1,7 @@
 """flowsde.models: registry, loading, shapes and dtypes, the data splits."""
 
 import importlib.resources
+import json
 
 import numpy as np
 import pytest
@@ -75,16 +76,42 @@ def test_float32_matches_float64(name):
 
 
 def test_load_is_offline(monkeypatch):
-    """Loading touches nothing but the package's files: sockets are refused."""
+    """Loading touches nothing but the package's files: with sockets refused, every model loads, and
+    its network is the one in the package's weights file (read here with safetensors directly)."""
     import socket
 
+    from safetensors import safe_open
+
+    from flowsde.adapters import to_flow_matching
+
+    attempts = []
+
     def refuse(*a, **k):
-        raise AssertionError("network access during load")
+        attempts.append(a)
+        raise OSError("network access refused by test_load_is_offline")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(OSError, match="refused by test_load_is_offline"):  # the refusal is in force
+        socket.create_connection(("127.0.0.1", 9))
+    attempts.clear()
     for name in M.names():
-        M.load(name)
+        dif = M.load(name, net_dtype=torch.float64)
+        with safe_open(str(M.weights_path(name)), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+            config = json.loads(f.metadata()["config"])
+        net = M.GaussianResidualMLP(**config)
+        net.load_state_dict(state)
+        net = net.to(torch.float64).eval()
+        i = M.info(name)
+        x = torch.randn((5,) + i.event_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        t = torch.linspace(i.t_range[0] + 0.05, i.t_range[1] - 0.05, 5, dtype=torch.float64)
+        with torch.no_grad():
+            if i.prediction == "eps":
+                torch.testing.assert_close(dif.eps(t, x), net(x, t), rtol=1e-12, atol=1e-12)
+            else:  # a flow-matching velocity network u(x, s), s = 1 - t
+                torch.testing.assert_close(to_flow_matching(dif)(x, 1 - t), net(x, 1 - t), rtol=1e-12, atol=1e-12)
+    assert attempts == []  # nothing tried the network (a swallowed refusal would show here)
 
 
 def test_digits_split():

@@ -18,7 +18,11 @@ def test_k_diffusion_sampling_loads_without_the_package_init():
         pytest.skip(str(e))
     assert callable(kd.sample_heun) and callable(kd.get_sigmas_karras)
     assert peers.k_diffusion_sampling() is kd  # loaded once
-    assert not [k for k in sys.modules if k.startswith(peers._STUB)]  # sys.modules left as it was
+    fresh = peers.k_diffusion_sampling(reload=True)  # executed again: a new module, kept from now on
+    assert fresh is not kd and peers.k_diffusion_sampling() is fresh and callable(fresh.sample_heun)
+    # sys.modules left as it was: neither the module nor the stub package it was loaded under stays
+    stub = fresh.__name__.rpartition(".")[0]
+    assert stub and not [k for k in sys.modules if k == stub or k.startswith(stub + ".")]
     # its sigma grid, checked against the formula of Karras et al. (2022), eq. 5
     s = kd.get_sigmas_karras(4, 0.002, 80.0, rho=7.0, device="cpu")
     i = torch.arange(4, dtype=torch.float64)
@@ -28,11 +32,11 @@ def test_k_diffusion_sampling_loads_without_the_package_init():
 
 
 def test_k_diffusion_sampling_absent_raises_import_error(monkeypatch):
-    monkeypatch.setattr(peers, "_CACHE", {})
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "k_diffusion" else real(name, *a))
+    # reload=True looks for the package again even when an earlier test loaded it
     with pytest.raises(ImportError, match=r"k_diffusion_sampling: k-diffusion is not installed; install it with pip"):
-        peers.k_diffusion_sampling()
+        peers.k_diffusion_sampling(reload=True)
 
 
 def test_likelihood_mixture_is_seeded_and_checks_its_arguments():
