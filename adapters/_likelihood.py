@@ -74,6 +74,9 @@ def log_likelihood(
     corrected: bool = False,
     **options,
 ) -> LikelihoodResult:
+    # 11 parameters and the core's options: the data's description (levels/bits/data_range/dequantize) and the
+    # schedule's span, one keyword each as score_sde's likelihood takes them; the core's keyword-only options pass
+    # through **options (their names are spelled out in the signature by _signature below)
     """``log p(x)`` (nats per sample) and bits/dim of data under a diffusion model's PF-ODE.
 
     Arguments:
@@ -101,7 +104,7 @@ def log_likelihood(
         **options: the keyword options of :func:`flowsde.log_likelihood` (one definition, listed in this
             function's signature): ``trace``, ``probes``, ``probe``, ``bpd_tol``, ``rtol``, ``atol``,
             ``method``, ``generator``, ``per_sample``, ``max_steps``, ``throw``, ``progress``,
-            ``exact_max_bytes``. ``generator`` also draws, in order, the dequantization noise, then the
+            ``exact_max_bytes``, ``error_estimate``, ``time_warp``. ``generator`` also draws, in order, the dequantization noise, then the
             probes, then (``corrected``) ``e`` and its probes.
 
     Returns:
@@ -120,8 +123,35 @@ def log_likelihood(
     check_data(x)
     if time not in TIMES:
         raise InputError(f"time={time!r}: choose one of {TIMES}.")
+    t_eps, T = _time_span(diffusion, t_eps, t_max)
+    L, data_range, dequantize = _quantization(x, levels, bits, data_range, dequantize)
+    if prior_logp is None:
+        prior_logp = diffusion.prior().log_prob
+
+    generator = options.get("generator")
+    D = x[0].numel()
+    data = _dequantize(x, levels=L, data_range=data_range, generator=generator) if dequantize else x
+    ode, span = _ode_and_span(diffusion, time, t_eps, T)
+    core = _core_log_likelihood(ode, data, span, prior_logp, **options)
+    res = LikelihoodResult(**{f: getattr(core, f) for f in LikelihoodResult.__dataclass_fields__})
+    res.stats.update(time=time, t_eps=t_eps, t_max=T, dequantized=bool(dequantize), levels=L,
+                     data_range=tuple(data_range) if L is not None else None)
+    if L is not None:
+        res.bpd = bits_per_dim(res.logp, D, levels=L, data_range=data_range)
+    if corrected:
+        _add_corrected(res, diffusion, data, ode, span, prior_logp, t_eps, options)
+        if L is not None:
+            res.bpd_corrected = bits_per_dim(res.logp_corrected, D, levels=L, data_range=data_range)
+    return res
+
+
+def _time_span(diffusion, t_eps: Optional[float], t_max: Optional[float]) -> Tuple[float, float]:
+    """``(t_eps, t_max)`` checked against the schedule's range (defaults: its ends; ``t_eps = 0`` for a
+    velocity model); refuses a prior end where a non-velocity model's drift divides by ``alpha = 0``."""
+    schedule = diffusion.schedule
     t_lo, t_hi = float(schedule.t_min), float(schedule.t_max)
-    if getattr(diffusion, "prediction", None) == "velocity":
+    velocity = getattr(diffusion, "prediction", None) == "velocity"
+    if velocity:
         # a velocity model's PF-ODE drift is the network's output itself, defined at t = 0 (nothing
         # divides by sigma): the likelihood is taken at the data end, as flow_matching does
         t_lo = 0.0
@@ -130,13 +160,19 @@ def log_likelihood(
     if not t_eps < T:
         raise InputError(f"log_likelihood: need t_eps = {t_eps!r} < t_max = {T!r}.")
     alpha_T = float(schedule.alpha(torch.tensor(T, dtype=torch.float64)))
-    if alpha_T <= 0.0 and getattr(diffusion, "prediction", None) != "velocity":
+    if alpha_T <= 0.0 and not velocity:
         raise InputError(
             f"log_likelihood: the PF-ODE is integrated to t_max = {T!r}, where alpha = 0 for {schedule!r}: a "
             f"{diffusion.prediction!r} model's velocity divides by alpha there, so the ODE cannot reach the "
             "prior. Pass t_max < schedule.t_max with a prior_logp that is the model's marginal there (at "
             "t_max < 1 the data term alpha(t_max) x_0 remains, so the prior is not N(0, sigma^2 I)), or use a "
             "'velocity' model, whose velocity is defined at alpha = 0.")
+    return t_eps, T
+
+
+def _quantization(x: torch.Tensor, levels, bits, data_range, dequantize):
+    """``(L, data_range, dequantize)``: the number of quantization bins (``None`` for continuous data) and the
+    defaults that follow from it; refuses data outside the bins' support when it is not dequantized."""
     L = quantization_levels(levels, bits, default_bits=None, where="log_likelihood")
     if L is None:
         if data_range is not None:
@@ -146,56 +182,48 @@ def log_likelihood(
         if dequantize:
             raise InputError("log_likelihood: dequantize=True needs levels= or bits= (the number of quantization "
                              "bins of the data).")
-        dequantize = False
-    else:
-        data_range = (-1.0, 1.0) if data_range is None else check_data_range(data_range)
-        if dequantize is None:
-            dequantize = True
-        if not dequantize:
-            check_in_range(x, data_range, levels=L, where="log_likelihood")
-    if prior_logp is None:
-        prior_logp = diffusion.prior().log_prob
+        return None, None, False
+    data_range = (-1.0, 1.0) if data_range is None else check_data_range(data_range)
+    if dequantize is None:
+        dequantize = True
+    if not dequantize:
+        check_in_range(x, data_range, levels=L, where="log_likelihood")
+    return L, data_range, dequantize
 
-    generator = options.get("generator")
-    dtype, device = x.dtype, x.device
-    B, D = x.shape[0], x[0].numel()
-    data = _dequantize(x, levels=L, data_range=data_range, generator=generator) if dequantize else x
 
+def _ode_and_span(diffusion, time: str, t_eps: float, T: float):
+    """The PF-ODE in the integration variable ``time`` and its span ``(data end, prior end)``."""
     pf = diffusion.pf_ode()
-    if time == "log_snr":
-        lam = schedule.log_snr(torch.tensor([t_eps, T], dtype=torch.float64))
-        if not bool(torch.isfinite(lam).all()):
-            raise InputError(f"time='log_snr': log-SNR is {lam.tolist()} at (t_eps, t_max) = {(t_eps, T)} for "
-                             f"{schedule!r}; use time='t', or t_eps and t_max where alpha and sigma are both > 0.")
-        ode, span = log_snr_ode(pf, schedule, (t_eps, T)), (float(lam[0]), float(lam[1]))
-    else:
-        ode, span = pf, (t_eps, T)
-    core = _core_log_likelihood(ode, data, span, prior_logp, **options)
-    res = LikelihoodResult(**{f: getattr(core, f) for f in LikelihoodResult.__dataclass_fields__})
-    res.stats.update(time=time, t_eps=t_eps, t_max=T, dequantized=bool(dequantize), levels=L,
-                     data_range=tuple(data_range) if L is not None else None)
-    if L is not None:
-        res.bpd = bits_per_dim(res.logp, D, levels=L, data_range=data_range)
+    if time != "log_snr":
+        return pf, (t_eps, T)
+    schedule = diffusion.schedule
+    lam = schedule.log_snr(torch.tensor([t_eps, T], dtype=torch.float64))
+    if not bool(torch.isfinite(lam).all()):
+        raise InputError(f"time='log_snr': log-SNR is {lam.tolist()} at (t_eps, t_max) = {(t_eps, T)} for "
+                         f"{schedule!r}; use time='t', or t_eps and t_max where alpha and sigma are both > 0.")
+    return log_snr_ode(pf, schedule, (t_eps, T)), (float(lam[0]), float(lam[1]))
 
-    if corrected:
-        te = torch.full((B,), t_eps, dtype=dtype, device=device)
-        a = batch_broadcast(schedule.alpha(te), data)
-        s = batch_broadcast(schedule.sigma(te), data)
-        e = randn(data.shape, generator, dtype, device)
-        x_eps = a * data + s * e
-        res2 = _core_log_likelihood(ode, x_eps, span, prior_logp, **options)
-        with torch.no_grad():
-            score = diffusion.score(te, x_eps)
-        res.residual = decoder_residual(data, x_eps, score, a, s)
-        res.logp_corrected = res2.logp + res.residual
-        res.stderr_corrected = res2.stderr
-        res.solver_error_corrected = res2.solver_error
-        res.nfe += res2.nfe + 1
-        res.stats["nfe_per_sample"] = res.stats["nfe_per_sample"] + res2.stats["nfe_per_sample"] + 1
-        res.status = torch.maximum(res.status, res2.status)
-        if L is not None:
-            res.bpd_corrected = bits_per_dim(res.logp_corrected, D, levels=L, data_range=data_range)
-    return res
+
+def _add_corrected(res: LikelihoodResult, diffusion, data, ode, span, prior_logp, t_eps: float, options) -> None:
+    """The t_eps-corrected numbers (module docstring): a second solve from ``x_eps = alpha x + sigma e`` plus the
+    Gaussian decoder's residual; the counts and status of both solves."""
+    B, dtype, device = data.shape[0], data.dtype, data.device
+    schedule = diffusion.schedule
+    te = torch.full((B,), t_eps, dtype=dtype, device=device)
+    a = batch_broadcast(schedule.alpha(te), data)
+    s = batch_broadcast(schedule.sigma(te), data)
+    e = randn(data.shape, options.get("generator"), dtype, device)
+    x_eps = a * data + s * e
+    res2 = _core_log_likelihood(ode, x_eps, span, prior_logp, **options)
+    with torch.no_grad():
+        score = diffusion.score(te, x_eps)
+    res.residual = decoder_residual(data, x_eps, score, a, s)
+    res.logp_corrected = res2.logp + res.residual
+    res.stderr_corrected = res2.stderr
+    res.solver_error_corrected = res2.solver_error
+    res.nfe += res2.nfe + 1
+    res.stats["nfe_per_sample"] = res.stats["nfe_per_sample"] + res2.stats["nfe_per_sample"] + 1
+    res.status = torch.maximum(res.status, res2.status)
 
 
 def _signature():

@@ -139,7 +139,7 @@ def check_grid(grid, x: torch.Tensor, name: str = "grid", *, direction: Optional
             f"increases from {a!r} to {b!r}; solve it on a decreasing grid, e.g. flowsde.grids.uniform({b!r}, "
             f"{a!r}, steps)."
         )
-    # a contiguous copy the solve owns (CheckedProblem.time looks grid times up by address)
+    # a copy the solve owns (the user's tensor is never aliased by the solve's views)
     return grid.detach().to(device=x.device, dtype=torch.float64, copy=True).contiguous()
 
 
@@ -150,9 +150,26 @@ class CheckedProblem:
     The fixed-step driver sets ``.step`` before each step (a Python int) so a failure
     names it. ``t`` is given in float64 (the solve's time) and cast to the state dtype
     right before the user's function, unless the problem has ``time_dtype=torch.float64``.
+    The grid is cast once: ``.times`` are the grid's 0-dim float64 views, which the driver
+    passes as each step's ``t0 = times[i]``, ``t1 = times[i + 1]``; a time that is one of
+    the two views of the current step ``i`` gets the cast grid time of that index, any
+    other time (a stage between grid points, an adaptive method's) is cast on the fly.
+
+    Arguments:
+        problem, x, grid: the user's problem, the initial state and the solve's float64 grid.
+        throw: failures raise :class:`flowsde.SolveError` (else: per-sample status).
+        defer: host-side checks only; :meth:`finish` reads the final state's finiteness.
+        group: pending outputs are reduced to per-sample sums every this many outputs
+            (default ``_GROUP = 16``; or as soon as they hold ``2**16`` elements).
+        fold_every: the sums are folded into the ``(B,)`` record of first failures every
+            this many outputs (default ``_FOLD_EVERY = 256``).
     """
 
-    def __init__(self, problem, x: torch.Tensor, grid: torch.Tensor, throw: bool = True, defer: bool = False):
+    def __init__(self, problem, x: torch.Tensor, grid: torch.Tensor, throw: bool = True, defer: bool = False, *,
+                 group: int = _GROUP, fold_every: int = _FOLD_EVERY):
+        for name, v in (("group", group), ("fold_every", fold_every)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"CheckedProblem: {name} must be an int >= 1, got {v!r}.")
         self.problem = problem
         self.noise_type = problem.noise_type
         self.is_sde = problem.is_sde
@@ -168,12 +185,11 @@ class CheckedProblem:
         self.defer = bool(defer)
         tdt = getattr(problem, "time_dtype", None)
         self.time_dtype = torch.float64 if tdt == torch.float64 else x.dtype
-        # The grid cast once: a grid time grid[k] (a view, as the fixed-step loop passes) is looked
-        # up by address instead of cast at every call.
+        # The grid's views (the fixed-step loop passes them as t0, t1) and, once per solve, their
+        # cast: the times of step i are looked up by index instead of cast at every call.
+        self.times = grid.unbind(0)
         self._ts_cast = None if self.time_dtype == torch.float64 else grid.to(self.time_dtype).unbind(0)
-        self._ts_ptr = grid.data_ptr() if grid.is_contiguous() else None
-        self._ts_n = grid.numel()
-        self._ts_item = grid.element_size()
+        self._last_step = grid.shape[0] - 2
         # the user's functions, bound once (one attribute lookup less per call)
         # (the problem's own functions where its methods only forward to them)
         plain = isinstance(problem, ODE)
@@ -189,8 +205,8 @@ class CheckedProblem:
         # Outputs not yet reduced: (record index, (B, n) detached view, its version); their element
         # count; one-element CPU outputs found non-finite (record indices); reduced sums not yet
         # folded: (record indices, (m, B) float64) and their row count.
-        self._fold_every = max(1, int(_FOLD_EVERY))
-        self._group = min(_GROUP, self._fold_every)
+        self._fold_every = fold_every
+        self._group = min(group, fold_every)
         self._pending: list = []
         self._pending_state_shaped = True  # every pending output has the state's shape
         self._pending_elems = 0
@@ -203,13 +219,17 @@ class CheckedProblem:
         self._first_bad: Optional[torch.Tensor] = None  # (B,) first non-finite record per sample, _NONE: none
 
     def time(self, t):
-        """``t`` as the user's functions receive it (the state dtype, or float64)."""
+        """``t`` as the user's functions receive it (the state dtype, or float64): the grid's
+        cast time where ``t`` is ``times[i]`` or ``times[i + 1]`` of the current step ``i``."""
         if self._ts_cast is None or not isinstance(t, torch.Tensor):
             return t
-        if t.dim() == 0 and t.dtype == torch.float64 and self._ts_ptr is not None:
-            k, r = divmod(t.data_ptr() - self._ts_ptr, self._ts_item)
-            if r == 0 and 0 <= k < self._ts_n:
-                return self._ts_cast[k]
+        i = self.step
+        if 0 <= i <= self._last_step:
+            times = self.times
+            if t is times[i]:
+                return self._ts_cast[i]
+            if t is times[i + 1]:
+                return self._ts_cast[i + 1]
         return t.to(self.time_dtype)
 
     def _check(self, name, t, out, allow_broadcast=False):

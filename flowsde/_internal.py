@@ -7,7 +7,7 @@ module of another package. Each name is defined once, in the core module named
 beside it.
 """
 
-from ._checks import broadcast_diffusion, check_grid, check_state  # the solver's input checks
+from ._checks import CheckedProblem, broadcast_diffusion, check_grid, check_state  # the solver's input checks
 from ._likelihood import (  # data and quantization checks of the likelihood
     DEFAULT_BPD_TOL,
     DEFAULT_TIME_WARP,
@@ -17,7 +17,9 @@ from ._likelihood import (  # data and quantization checks of the likelihood
     check_in_range,
     quantization_levels,
 )
-from ._noise import NoiseSource
+from ._noise import NoiseSource, make_noise_source
+from ._solve import _fixed_step_loop as fixed_step_loop  # the loop of solve, for tests of the checks' knobs
+from ._solvers.pc import resolve_step_rule
 from ._utils import (  # random draws, broadcasting, numbers and times
     ROUNDING,
     as_generator,
@@ -37,6 +39,10 @@ __all__ = [
     "check_state",
     "check_grid",
     "broadcast_diffusion",
+    "CheckedProblem",
+    "fixed_step_loop",
+    "make_noise_source",
+    "resolve_step_rule",
     "check_data",
     "check_data_range",
     "check_in_range",

@@ -279,6 +279,8 @@ def dequantize(x: torch.Tensor, *, levels: Optional[int] = None, bits: Optional[
                          "data_range matching the data, or dequantize=False for already-continuous data.")
     U = rand(x.shape, generator, x.dtype, x.device)
     return lo + (k + U - 0.5) * delta
+
+
 def _batched_vjp(out: torch.Tensor, x: torch.Tensor, cot: torch.Tensor) -> torch.Tensor:
     """``(J^T c_j)`` for each cotangent ``c_j`` in ``cot`` (``(n, B, *event)``), keeping no graph."""
     if cot.shape[0] == 1:
@@ -299,6 +301,155 @@ def exact_trace_bytes(shape, dtype) -> int:
     """Memory of the batched VJPs of the exact trace: ``B * D * D * itemsize`` bytes."""
     B, D = shape[0], math.prod(shape[1:])
     return B * D * D * torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass(frozen=True)
+class TimeWarp:
+    """The engine's time variable ``s`` with ``t = s^rho`` (``rho = 1``: ``t`` itself); see ``time_warp``.
+
+    ``dx/ds = (dt/ds) u(s^rho, x)``, ``dt/ds = rho s^(rho - 1)``, the divergence scaled alike: the
+    integral, hence the answer, is that in ``t``.
+    """
+
+    rho: float
+    t_data: float
+    t_prior: float
+
+    @property
+    def t_range(self) -> Tuple[float, float]:
+        return min(self.t_data, self.t_prior), max(self.t_data, self.t_prior)
+
+    @property
+    def s_span(self) -> Tuple[float, float]:
+        """``(s_data, s_prior)``, the engine's span."""
+        if self.rho == 1.0:
+            return self.t_data, self.t_prior
+        return self.t_data ** (1.0 / self.rho), self.t_prior ** (1.0 / self.rho)
+
+    def t_of(self, s: torch.Tensor) -> torch.Tensor:
+        """``t = s^rho`` in float64, clamped to the span (``s^rho`` may round just outside it)."""
+        return s.pow(self.rho).clamp(*self.t_range)
+
+    def dt_ds(self, s: torch.Tensor) -> torch.Tensor:
+        return self.rho * s.pow(self.rho - 1.0)
+
+    def report_in_t(self, out) -> None:
+        """Turn the engine's time reached and last step (in ``s``) into ``t``."""
+        if self.rho == 1.0:
+            return
+        s_lo, s_hi = min(self.s_span), max(self.s_span)
+        sf = out.t_final
+        t_of = lambda v: self.t_of(v.clamp(s_lo, s_hi))  # noqa: E731
+        out.t_final = torch.where(sf == self.s_span[1], self.t_prior, t_of(sf))  # the end exactly, not s_end^rho
+        out.h = t_of(sf + out.h) - t_of(sf)
+
+
+class AugmentedODE:
+    """The augmented ODE of the instantaneous change of variables: ``d(x, L)/ds = (u, div u)`` (module docstring).
+
+    ``L`` has one float64 channel per cotangent set: ``(B, 1)`` for the exact trace (``cot`` the ``D``
+    basis vectors), ``(B, k)`` for ``k`` Hutchinson probes (``cot`` the probes). Called by the engine as
+    ``f(s, (x, L))`` with ``s`` float64 in the warped time of ``warp``. The first call checks what the
+    drift returns (an :class:`InputError` naming the data's shape for a model fed the wrong data).
+    """
+
+    def __init__(self, ode, x: torch.Tensor, cot: torch.Tensor, exact: bool, warp: TimeWarp):
+        self.ode, self.cot, self.exact, self.warp = ode, cot, exact, warp
+        self.shape, self.dtype, self.device = tuple(x.shape), x.dtype, x.device
+        self.B, self.D = x.shape[0], math.prod(x.shape[1:])
+        self.k = 1 if exact else cot.shape[0]
+        self.time_dtype = getattr(ode, "time_dtype", None) or x.dtype
+        self._first = True
+
+    def initial_state(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return x.detach(), torch.zeros(self.B, self.k, dtype=torch.float64, device=self.device)
+
+    def __call__(self, t: torch.Tensor, y) -> Tuple[torch.Tensor, torch.Tensor]:
+        xs = y[0].detach()
+        if self.warp.rho != 1.0:
+            s = t
+            t, dt_ds = self.warp.t_of(s), self.warp.dt_ds(s)
+        tt = t.to(self.time_dtype)  # time is float64 in the solver; cast once here
+        with torch.enable_grad():
+            xg = xs.requires_grad_(True)
+            u = self._first_drift(tt, xg) if self._first else self.ode.drift(tt, xg)
+            div = self.divergence(u, xg)
+        # the log-density is accumulated in float64: at |logp| ~ 3000 float32 resolves only 2e-4 nats
+        u, div = u.detach(), div.detach().to(torch.float64)
+        if self.warp.rho != 1.0:  # d/ds = (dt/ds) d/dt on both channels
+            u = u * batch_broadcast(dt_ds.to(self.dtype), u)
+            div = div * (dt_ds.unsqueeze(-1) if dt_ds.dim() else dt_ds)
+        return u, div
+
+    def divergence(self, u: torch.Tensor, xg: torch.Tensor) -> torch.Tensor:
+        """``(B, k)``: the exact trace (``k = 1``) or the ``k`` probes' ``z^T J z``."""
+        B, D, k = self.B, self.D, self.k
+        if not u.requires_grad:  # a drift that does not depend on x (divergence 0)
+            return torch.zeros(B, k, dtype=torch.float64, device=self.device)
+        g = _batched_vjp(u, xg, self.cot)
+        if self.exact:
+            return torch.diagonal(g.reshape(D, B, D), dim1=0, dim2=2).sum(-1).unsqueeze(1)  # (B, 1)
+        return (g * self.cot).reshape(k, B, D).sum(-1).transpose(0, 1)  # (B, k)
+
+    def _first_drift(self, tt: torch.Tensor, xg: torch.Tensor) -> torch.Tensor:
+        self._first = False
+        shape, dtype = self.shape, self.dtype
+        try:
+            u = self.ode.drift(tt, xg)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise InputError(f"the ODE's drift failed on the data x of shape {shape} {dtype} at t = "
+                             f"{self.warp.t_data!r}: {e}. Is the data shaped and typed as the model expects?") from e
+        if not isinstance(u, torch.Tensor) or tuple(u.shape) != shape or u.dtype != dtype:
+            got = (f"{tuple(u.shape)} {u.dtype}" if isinstance(u, torch.Tensor) else type(u).__name__)
+            raise InputError(f"the ODE's drift returned {got} for x of shape {shape} {dtype}; it must return the "
+                             "shape and dtype of x (is the data shaped for the model?).")
+        return u
+
+
+@dataclass(frozen=True)
+class _Tolerances:
+    """The engine's tolerances: the state's ``(rtol, atol)`` and the log-density channels' absolute
+    ``logp_atol`` (nats per sample, per step), never below ``floor`` (10 eps of the dtype) for the state."""
+
+    rtol: float
+    atol: float
+    logp_atol: float
+    floor: float
+    bpd_tol: float
+
+    @classmethod
+    def of(cls, bpd_tol, rtol, atol, dtype: torch.dtype, dims: int) -> "_Tolerances":
+        bpd_tol = _check_tol("bpd_tol", bpd_tol)
+        floor = 10 * torch.finfo(dtype).eps
+        rtol = max(bpd_tol, floor) if rtol is None else _check_tol("rtol", rtol)
+        atol = max(bpd_tol, floor) if atol is None else _check_tol("atol", atol)
+        check_tolerances(rtol, atol, dtype, where="log_likelihood")
+        return cls(rtol, atol, bpd_tol * dims * math.log(2), floor, bpd_tol)
+
+    def divided(self, q: float) -> "_Tolerances":
+        """Every tolerance divided by ``q`` (the state's kept at or above ``floor``)."""
+        return _Tolerances(max(self.rtol / q, self.floor), max(self.atol / q, self.floor), self.logp_atol / q,
+                           self.floor, self.bpd_tol / q)
+
+    @property
+    def pairs(self):
+        """Per component ``(rtol, atol)``: the state's, and the log-density's absolute one."""
+        return (self.rtol, self.atol), (0.0, self.logp_atol)
+
+
+@dataclass
+class _Run:
+    """One solve of the augmented ODE: the engine's output, ``z`` and ``L`` at ``t_prior``, ``log p(z)``."""
+
+    out: object  # flowsde._solvers.rk45.Integration
+    z: torch.Tensor
+    L: torch.Tensor
+    prior_logp: torch.Tensor  # float64 (B,)
+
+    @property
+    def per_probe(self) -> torch.Tensor:
+        """``(B, k)`` float64: ``log p(z) + L`` per channel."""
+        return self.prior_logp.unsqueeze(1) + self.L
 
 
 def log_likelihood(
@@ -323,6 +474,9 @@ def log_likelihood(
     error_estimate: str = "embedded",
     time_warp: Optional[float] = None,
 ) -> LikelihoodResult:
+    # 19 parameters, by design: one keyword per option, as score_sde's get_likelihood_fn and k-diffusion's
+    # log_likelihood take theirs (torchdiffeq's rtol/atol/method, the probes' generator); Diffusion.log_likelihood
+    # copies the keyword-only ones by signature. Grouping them would add a type per call site and no check.
     """``log p_{t_data}(x)`` by solving the ODE with the instantaneous change of variables.
 
     Arguments:
@@ -340,9 +494,10 @@ def log_likelihood(
         rtol, atol: tolerances of the state ``x``: ``atol + rtol |x|``, RMS over the event (default:
             ``bpd_tol`` each, raised to ``10 eps`` of the dtype if below; measured in ``docs/likelihood.md``:
             the state's error reaches the log-density through the prior and the path).
-        method: the engine: ``"rk45"`` (flowsde's Dormand-Prince, default), a :class:`flowsde.RK45`
+        method: the engine: ``"rk45"`` (flowsde's Dormand-Prince, default; ``"tsit5"``, ``"bosh3"``: the same
+            loop with Tsitouras' 5(4) or Bogacki-Shampine's 3(2) pair), a :class:`flowsde.solvers.RK45`
             (its ``per_sample``/``max_steps``/controller options; its rtol/atol are replaced by the
-            arguments here), or ``"torchdiffeq:<name>"`` / :class:`flowsde.TorchDiffEq` (torchdiffeq's
+            arguments here), or ``"torchdiffeq:<name>"`` / :class:`flowsde.solvers.TorchDiffEq` (torchdiffeq's
             ``dopri5``, ``dopri8``, ``bosh3``, ``adaptive_heun``, ... with the same tolerances).
         generator: for the probes: ``None``, a ``torch.Generator`` or a list of per-sample ones.
         per_sample: RK45 error-control mode (default: :data:`flowsde._solvers.rk45.DEFAULT_PER_SAMPLE`).
@@ -377,6 +532,33 @@ def log_likelihood(
         SolveError: NaN/Inf from the drift mid-solve (names the time and step) or ``max_steps``
             exhausted (names the time and step size), when ``throw=True``.
     """
+    t_data, t_prior = _check_call(ode, x, t_span, prior_logp, trace=trace, probe=probe, probes=probes,
+                                  error_estimate=error_estimate)
+    warp = TimeWarp(_check_warp(time_warp, t_data, t_prior), t_data, t_prior)
+    D = math.prod(x.shape[1:])
+    tols = _Tolerances.of(bpd_tol, rtol, atol, x.dtype, D)
+    engine = _engine(method, tols.rtol, tols.atol, per_sample, max_steps)
+    cot = _cotangents(x, trace, probes, probe, generator, exact_max_bytes)
+    aug = AugmentedODE(ode, x, cot, trace == "exact", warp)
+
+    def solve(eng, tol: _Tolerances, what: str) -> _Run:
+        return _solve(eng, aug, x, tol, prior_logp, throw=throw, progress=progress, what=what)
+
+    first = solve(engine, tols, "flowsde log-likelihood")
+    second = None
+    if error_estimate == "resolve":  # the same probes, every tolerance divided by RESOLVE_FACTOR
+        tight = tols.divided(RESOLVE_FACTOR)
+        second = solve(_engine(method, tight.rtol, tight.atol, per_sample, max_steps), tight,
+                       "flowsde log-likelihood (resolve)")
+    stats = dict(engine=engine.name, trace=trace, probes=aug.k, probe=probe if trace == "hutchinson" else None,
+                 bpd_tol=tols.bpd_tol, logp_atol_per_step=tols.logp_atol, rtol=tols.rtol, atol=tols.atol,
+                 mode=engine.mode, error_estimate=error_estimate, time_warp=warp.rho, t_span=(t_data, t_prior),
+                 vjps_per_eval=D if trace == "exact" else aug.k)
+    return _result(first, second, exact=trace == "exact", dims=D, stats=stats)
+
+
+def _check_call(ode, x, t_span, prior_logp, *, trace, probe, probes, error_estimate) -> Tuple[float, float]:
+    """Refuse what :func:`log_likelihood` cannot use; ``(t_data, t_prior)`` as floats."""
     from ._problem import ODE
 
     if not isinstance(ode, ODE) or ode.is_sde:
@@ -399,134 +581,74 @@ def log_likelihood(
         raise InputError(f"probes must be a positive int, got {probes!r}.")
     if error_estimate not in ERROR_ESTIMATES:
         raise InputError(f"error_estimate={error_estimate!r}: choose one of {ERROR_ESTIMATES}.")
-    rho = _check_warp(time_warp, t_data, t_prior)
     if trace == "exact" and probes != 1:
         raise InputError(f"probes={probes} applies to trace='hutchinson'; the exact trace has no probes.")
+    return t_data, t_prior
+
+
+def _cotangents(x: torch.Tensor, trace: str, probes: int, probe: str, generator, exact_max_bytes: int):
+    """``(n, B, *event)``: the ``D`` basis vectors of the exact trace, or ``k`` Hutchinson probes."""
     B, event, dtype, device = x.shape[0], tuple(x.shape[1:]), x.dtype, x.device
     D = math.prod(event)
-    bpd_tol = _check_tol("bpd_tol", bpd_tol)
-    floor = 10 * torch.finfo(dtype).eps
-    rtol = max(bpd_tol, floor) if rtol is None else _check_tol("rtol", rtol)
-    atol = max(bpd_tol, floor) if atol is None else _check_tol("atol", atol)
-    check_tolerances(rtol, atol, dtype, where="log_likelihood")
-    tol_L = bpd_tol * D * math.log(2)  # nats per sample, per step
-    engine = _engine(method, rtol, atol, per_sample, max_steps)
+    if trace == "hutchinson":
+        return draw_probes(tuple(x.shape), probes, probe, generator, dtype, device)
+    need = exact_trace_bytes(x.shape, dtype)
+    if need > exact_max_bytes:
+        raise InputError(
+            f"trace='exact' for B={B}, D={D} needs B*D*D*itemsize = {need / 2**20:.0f} MiB of batched "
+            f"vector-Jacobian products (> exact_max_bytes = {exact_max_bytes / 2**20:.0f} MiB). Use "
+            "trace='hutchinson' (with probes=k for a standard error), a smaller batch, or raise "
+            "exact_max_bytes if the memory is there.")
+    eye = torch.eye(D, dtype=dtype, device=device)
+    return eye.reshape((D, 1) + event).expand((D, B) + event)
 
-    if trace == "exact":
-        need = exact_trace_bytes(x.shape, dtype)
-        if need > exact_max_bytes:
-            raise InputError(
-                f"trace='exact' for B={B}, D={D} needs B*D*D*itemsize = {need / 2**20:.0f} MiB of batched "
-                f"vector-Jacobian products (> exact_max_bytes = {exact_max_bytes / 2**20:.0f} MiB). Use "
-                "trace='hutchinson' (with probes=k for a standard error), a smaller batch, or raise "
-                "exact_max_bytes if the memory is there.")
-        eye = torch.eye(D, dtype=dtype, device=device)
-        cot = eye.reshape((D, 1) + event).expand((D, B) + event)
-        k = 1
-    else:
-        cot = draw_probes(tuple(x.shape), probes, probe, generator, dtype, device)
-        k = probes
 
-    time_dtype = getattr(ode, "time_dtype", None) or dtype
-    first = [True]
+def _solve(engine, aug: AugmentedODE, x: torch.Tensor, tols: _Tolerances, prior_logp, *, throw: bool,
+           progress: bool, what: str) -> _Run:
+    """One solve of the augmented ODE from ``x`` over the warp's span, then the prior at ``z``."""
+    grid = torch.tensor(aug.warp.s_span, dtype=torch.float64, device=x.device)
+    out = engine.integrate(aug, aug.initial_state(x), grid, norms=("rms", "abs"), tols=tols.pairs,
+                           progress=progress, desc=what)
+    aug.warp.report_in_t(out)  # the time reached and the last step in t, not in the warped s
+    if throw:
+        engine.raise_on_failure(out, what=f"log_likelihood ({engine.name})")
+    z, L = out.y
+    with torch.no_grad():
+        lp = prior_logp(z)
+    B = x.shape[0]
+    if not isinstance(lp, torch.Tensor) or tuple(lp.shape) != (B,):
+        got = tuple(lp.shape) if isinstance(lp, torch.Tensor) else type(lp).__name__
+        raise InputError(f"prior_logp returned {got}; it must return a (B,) = ({B},) tensor summed over the "
+                         "event.")
+    return _Run(out, z, L, lp.to(torch.float64))
 
-    t_lo, t_hi = min(t_data, t_prior), max(t_data, t_prior)
 
-    def func(t, y):
-        xs = y[0].detach()
-        if rho != 1.0:  # t = s^rho, in float64, clamped to the span (s^rho may round just outside it)
-            s = t
-            t = s.pow(rho).clamp(t_lo, t_hi)
-            dt_ds = rho * s.pow(rho - 1.0)
-        tt = t.to(time_dtype)  # time is float64 in the solver; cast once here
-        with torch.enable_grad():
-            xg = xs.requires_grad_(True)
-            if first[0]:
-                first[0] = False
-                try:
-                    u = ode.drift(tt, xg)
-                except (RuntimeError, ValueError, TypeError, IndexError) as e:
-                    raise InputError(f"the ODE's drift failed on the data x of shape {tuple(x.shape)} {dtype} at "
-                                     f"t = {t_data!r}: {e}. Is the data shaped and typed as the model "
-                                     "expects?") from e
-                if not isinstance(u, torch.Tensor) or tuple(u.shape) != tuple(x.shape) or u.dtype != dtype:
-                    got = (f"{tuple(u.shape)} {u.dtype}" if isinstance(u, torch.Tensor) else type(u).__name__)
-                    raise InputError(f"the ODE's drift returned {got} for x of shape {tuple(x.shape)} {dtype}; "
-                                     "it must return the shape and dtype of x (is the data shaped for the model?).")
-            else:
-                u = ode.drift(tt, xg)
-            if not u.requires_grad:  # a drift that does not depend on x (divergence 0)
-                div = torch.zeros(B, k, dtype=torch.float64, device=device)
-            else:
-                g = _batched_vjp(u, xg, cot)
-                if trace == "exact":
-                    div = torch.diagonal(g.reshape(D, B, D), dim1=0, dim2=2).sum(-1).unsqueeze(1)  # (B, 1)
-                else:
-                    div = (g * cot).reshape(k, B, D).sum(-1).transpose(0, 1)  # (B, k)
-        # the log-density is accumulated in float64: at |logp| ~ 3000 float32 resolves only 2e-4 nats
-        u, div = u.detach(), div.detach().to(torch.float64)
-        if rho != 1.0:  # d/ds = (dt/ds) d/dt on both channels
-            u = u * batch_broadcast(dt_ds.to(dtype), u)
-            div = div * (dt_ds.unsqueeze(-1) if dt_ds.dim() else dt_ds)
-        return u, div
-
-    span = (t_data, t_prior) if rho == 1.0 else (t_data ** (1.0 / rho), t_prior ** (1.0 / rho))
-    ts = torch.tensor(span, dtype=torch.float64, device=device)
-    y0 = (x.detach(), torch.zeros(B, k, dtype=torch.float64, device=device))
-    def run(eng, tols, what):
-        out = eng.integrate(func, y0, ts, norms=("rms", "abs"), tols=tols, progress=progress, desc=what)
-        if rho != 1.0:  # report the time reached and the last step in t, not in the warped s
-            sf, s_lo, s_hi = out["t_final"], float(ts.min()), float(ts.max())
-            t_of = lambda v: v.clamp(s_lo, s_hi).pow(rho).clamp(t_lo, t_hi)  # noqa: E731
-            out["t_final"] = torch.where(sf == ts[-1], t_prior, t_of(sf))  # the end exactly, not s_end^rho
-            if torch.is_tensor(out.get("h")):
-                out["h"] = t_of(sf + out["h"]) - t_of(sf)
-        if throw:
-            eng.raise_on_failure(out, what=f"log_likelihood ({eng.name})")
-        z, L = out["y"]
-        with torch.no_grad():
-            lp = prior_logp(z)
-        if not isinstance(lp, torch.Tensor) or tuple(lp.shape) != (B,):
-            got = tuple(lp.shape) if isinstance(lp, torch.Tensor) else type(lp).__name__
-            raise InputError(f"prior_logp returned {got}; it must return a (B,) = ({B},) tensor summed over the "
-                             "event.")
-        return out, z, L, lp
-
-    out, z, L, lp = run(engine, ((rtol, atol), (0.0, tol_L)), "flowsde log-likelihood")
-    calls = out["calls"]
-    calls_per_sample = _calls_per_sample(out, B, device)
-    status = out["status"]
-    per_probe = lp.to(torch.float64).unsqueeze(1) + L  # (B, k), float64
+def _result(first: _Run, second: Optional[_Run], *, exact: bool, dims: int, stats: dict) -> LikelihoodResult:
+    """The :class:`LikelihoodResult` of the solve (and of the resolve, for its error estimate and counts)."""
+    out, per_probe = first.out, first.per_probe
+    B, k = per_probe.shape
+    f64 = dict(dtype=torch.float64, device=per_probe.device)
     logp = per_probe.mean(1)
-    f64 = dict(dtype=torch.float64, device=device)
-    if trace == "exact":
+    if exact:
         stderr = None
     elif k == 1:
         stderr = torch.full((B,), float("nan"), **f64)
     else:
         stderr = per_probe.std(1, unbiased=True) / math.sqrt(k)
-    if error_estimate == "resolve":  # the same probes, every tolerance divided by RESOLVE_FACTOR
-        q = RESOLVE_FACTOR
-        tight = _engine(method, max(rtol / q, floor), max(atol / q, floor), per_sample, max_steps)
-        out2, _, L2, lp2 = run(tight, ((tight.rtol, tight.atol), (0.0, tol_L / q)), "flowsde log-likelihood (resolve)")
-        solver_error = (logp - (lp2.to(torch.float64).unsqueeze(1) + L2).mean(1)).abs()
-        calls += out2["calls"]
-        calls_per_sample = calls_per_sample + _calls_per_sample(out2, B, device)
-        status = torch.maximum(status, out2["status"])
+    calls, calls_per_sample, status = out.calls, _calls_per_sample(out, B, per_probe.device), out.status
+    if second is not None:
+        solver_error = (logp - second.per_probe.mean(1)).abs()
+        calls += second.out.calls
+        calls_per_sample = calls_per_sample + _calls_per_sample(second.out, B, per_probe.device)
+        status = torch.maximum(status, second.out.status)
     else:
-        err_L = out["err_sum"][1]
+        err_L = out.err_sum[1]
         solver_error = err_L.mean(1).abs() if err_L is not None else torch.full((B,), float("nan"), **f64)
     return LikelihoodResult(
-        logp=logp, stderr=stderr, solver_error=solver_error, nfe=calls, dims=D,
-        prior_logp=lp.to(torch.float64), delta_logp=L.mean(1), z=z, status=status,
-        t_final=out["t_final"], steps=out["n_iter"],
-        accepted=int(out["n_acc"].max()), rejected=int(out["n_rej"].max()),
-        logp_probes=None if trace == "exact" else per_probe,
-        stats=dict(engine=engine.name, trace=trace, probes=k, probe=probe if trace == "hutchinson" else None,
-                   bpd_tol=bpd_tol, logp_atol_per_step=tol_L, rtol=rtol, atol=atol, mode=engine.mode,
-                   error_estimate=error_estimate, time_warp=rho,
-                   t_span=(t_data, t_prior), vjps_per_eval=D if trace == "exact" else k,
-                   nfe_per_sample=calls_per_sample),
+        logp=logp, stderr=stderr, solver_error=solver_error, nfe=calls, dims=dims,
+        prior_logp=first.prior_logp, delta_logp=first.L.mean(1), z=first.z, status=status,
+        t_final=out.t_final, steps=out.steps, accepted=int(out.accepted.max()), rejected=int(out.rejected.max()),
+        logp_probes=None if exact else per_probe, stats=dict(stats, nfe_per_sample=calls_per_sample),
     )
 
 
@@ -546,27 +668,25 @@ def _check_warp(time_warp, t_data: float, t_prior: float) -> float:
     return rho
 
 
-def _calls_per_sample(out: dict, B: int, device) -> torch.Tensor:
+def _calls_per_sample(out, B: int, device) -> torch.Tensor:
     """``(B,)`` int64: each sample's evaluations (RK45 counts them on the device; an engine taking one step
     for the batch, torchdiffeq, evaluates every sample at every call)."""
-    per = out.get("calls_per_sample")
+    per = out.calls_per_sample
     if per is None:
-        per = torch.full((B,), out["calls"], dtype=torch.int64, device=device)
+        per = torch.full((B,), out.calls, dtype=torch.int64, device=device)
     return per
 
 
 def _engine(method, rtol, atol, per_sample, max_steps):
     """The ODE engine of the likelihood with the tolerances given here."""
-    from ._solvers.rk45 import RK45
+    from ._solvers.rk45 import EMBEDDED_RK, EmbeddedRK
 
-    if isinstance(method, str) and method in ("rk45", "dopri5"):
-        return RK45(rtol, atol, per_sample=per_sample, max_steps=max_steps)
-    if isinstance(method, RK45):
+    if isinstance(method, str) and method in EMBEDDED_RK:
+        return EMBEDDED_RK[method](rtol, atol, per_sample=per_sample, max_steps=max_steps)
+    if isinstance(method, EmbeddedRK):  # its mode, step budget and controller; the tolerances given here
         if per_sample is not None and bool(per_sample) != method.per_sample:
             raise InputError(f"log_likelihood: per_sample={per_sample} contradicts method={method!r}.")
-        return RK45(rtol, atol, per_sample=method.per_sample, max_steps=method.max_steps,
-                    first_step=method.first_step, safety=method.safety, ifactor=method.ifactor,
-                    dfactor=method.dfactor)
+        return method.with_tolerances(rtol, atol)
     from ._solvers.torchdiffeq_engine import TorchDiffEq, parse_method
 
     if isinstance(method, TorchDiffEq) or (isinstance(method, str) and method.startswith("torchdiffeq")):
@@ -575,6 +695,6 @@ def _engine(method, rtol, atol, per_sample, max_steps):
             raise InputError("log_likelihood: torchdiffeq takes one step for the batch; per_sample=True needs "
                              "method='rk45'.")
         return base.with_options(rtol=rtol, atol=atol, max_steps=max_steps)
-    raise InputError(f"log_likelihood: method={method!r} is not an ODE engine for the likelihood; choose 'rk45', "
-                     "a flowsde.RK45(...), 'torchdiffeq:<name>' (e.g. 'torchdiffeq:dopri5') or a "
-                     "flowsde.TorchDiffEq(...).")
+    raise InputError(f"log_likelihood: method={method!r} is not an ODE engine for the likelihood; choose 'rk45' "
+                     "(or 'bosh3', 'tsit5'), a flowsde.solvers.RK45(...), 'torchdiffeq:<name>' (e.g. "
+                     "'torchdiffeq:dopri5') or a flowsde.solvers.TorchDiffEq(...).")

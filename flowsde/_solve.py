@@ -14,7 +14,8 @@ from ._errors import InputError
 from ._noise import make_noise_source
 from ._problem import ODE
 from ._solution import Solution
-from ._solvers import PC, RK45, SAMPLERS, Euler, EulerMaruyama, Heun, Solver, TorchSDE
+from ._solvers import PC, RK45, SAMPLERS, Bosh3, Tsit5, Euler, EulerMaruyama, Heun, Solver, TorchSDE
+from ._solvers.base import step_sizes
 from ._solvers.torchdiffeq_engine import methods as _torchdiffeq_methods
 
 #: ``method=`` names and the solver class (or factory) each one builds: one registry, read-only.
@@ -29,6 +30,8 @@ METHODS = types.MappingProxyType({
     "torchsde_euler": functools.partial(TorchSDE, "euler"),
     "rk45": RK45,
     "dopri5": RK45,
+    "tsit5": Tsit5,
+    "bosh3": Bosh3,
     **SAMPLERS,  # ddim, euler_ancestral, dpm_2, dpmpp_*, lms, unipc, edm (docs/samplers.md)
     **_torchdiffeq_methods(),  # "torchdiffeq:dopri5", ... (torchdiffeq's adaptive solvers)
 })
@@ -97,8 +100,8 @@ def solve(
             Carried in float64 whatever the state dtype (docs/design.md, "Time").
         method: a name (``"euler"``, ``"heun"``, ``"euler_maruyama"``, ``"pc"``,
             ``"rk45"``, ``"milstein"``, ``"srk"``, ``"torchsde_euler"``) or a solver
-            instance carrying options (``flowsde.Heun(final_euler=True)``,
-            ``flowsde.PC(snr=0.16, corrector_steps=1)``, ``flowsde.RK45(rtol=1e-5)``).
+            instance carrying options (``flowsde.solvers.Heun(final_euler=True)``,
+            ``flowsde.solvers.PC(snr=0.16, corrector_steps=1)``, ``flowsde.solvers.RK45(rtol=1e-5)``).
         generator: the noise: ``None`` (global RNG), a ``torch.Generator``, a list of
             generators (one per sample: results do not depend on the batch
             split) or a :class:`flowsde.BrownianPath`.
@@ -120,7 +123,7 @@ def solve(
         progress: show a tqdm progress bar.
         **options: constructor options of a method given by name
             (``solve(..., method="rk45", rtol=1e-3)`` is
-            ``method=flowsde.RK45(rtol=1e-3)``).
+            ``method=flowsde.solvers.RK45(rtol=1e-3)``).
 
     Returns:
         :class:`flowsde.Solution`.
@@ -158,41 +161,36 @@ def solve(
         return sol
 
 
-def _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress):
-    """The steps of a fixed-step solve; ``None`` where ``checked`` defers its checks and the final
-    state is not finite."""
-    n = ts.shape[0] - 1
+def _fixed_step_loop(solver, checked, x0, grid, noise_source, save_all, progress):
+    """The steps of a fixed-step solve (the contract of :class:`flowsde.solvers.Solver`); ``None``
+    where ``checked`` defers its checks and the final state is not finite."""
+    n = grid.shape[0] - 1
     x = x0
     xs = [x0] if save_all else None
-    state = solver.init_state(checked, x0, ts)
-    if not isinstance(state, dict):
-        raise InputError(f"{solver.name}: init_state must return a dict, got {type(state).__name__}.")
+    state = solver.init(checked, x0, grid)
     steps = range(n)
     if progress:
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc=f"flowsde {solver.name}", leave=False)
-    # Once per solve, not per step: the grid's 0-dim views, and its steps differenced in float64
-    # and rounded once to the state's dtype (with sqrt|h| for an SDE's increments).
-    tv = ts.unbind(0)
-    h = (ts[1:] - ts[:-1]).to(x0.dtype)
-    hs = h.unbind(0)
-    sqrt_hs = h.abs().sqrt().unbind(0) if checked.is_sde else None
-    state["ts"] = ts
-    state["ts_host"] = ts.tolist()  # the grid as floats, for solvers that branch on time on the host
+    # Once per solve, not per step: the grid's 0-dim views (the checked problem's, which it maps to
+    # their cast by the step index) and the steps differenced in float64 and rounded once to the
+    # state's dtype.
+    tv = checked.times
+    hs = step_sizes(grid, x0.dtype).unbind(0)
     step = solver.step
-    last = n - 1
     for i in steps:
-        checked.step = state["i"] = i
-        state["h"] = hs[i]
-        if sqrt_hs is not None:
-            state["sqrt_h"] = sqrt_hs[i]
-        x = step(checked, tv[i], tv[i + 1], x, noise_source, i == last, state)
+        checked.step = i
+        out = step(checked, x, tv[i], tv[i + 1], hs[i], i, noise_source, state)
+        if type(out) is not tuple:
+            raise InputError(f"{solver.name}: step(problem, x, t0, t1, h, i, noise, state) must return (x, state), "
+                             f"got {type(out).__name__}.")
+        x, state = out
         if save_all:
             xs.append(x)
     if tuple(x.shape) != tuple(x0.shape):
         raise InputError(f"{solver.name}: the state changed shape from {tuple(x0.shape)} to {tuple(x.shape)}.")
-    done = checked.finish(x, ts)
+    done = checked.finish(x, grid)
     if done is None:
         return None
     status, t_final = done
@@ -204,6 +202,6 @@ def _fixed_step_loop(solver, checked, x0, ts, noise_source, save_all, progress):
         status=status,
         t_final=t_final,
         method=solver.name,
-        grid=ts if save_all else None,
+        grid=grid if save_all else None,
         xs=torch.stack(xs) if save_all else None,
     )

@@ -2,7 +2,9 @@
 
 ``flowsde.solve(problem, x, grid, method=...)`` takes a name of :data:`METHODS` or an
 instance of a class below (``flowsde.solvers.PC(snr=0.1)``). Fixed-step solvers follow the
-contract of :class:`Solver` (docs/design.md, "Solvers"); adaptive ones implement ``solve``.
+typed contract of :class:`Solver` (``init(problem, x, grid) -> state`` once per solve,
+``step(problem, x, t0, t1, h, i, noise, state) -> (x, state)``; docs/design.md, "Solvers");
+adaptive ones implement ``solve``.
 """
 
 from ._solve import METHODS, get_solver
@@ -12,6 +14,10 @@ from ._solvers import (
     LMS,
     PC,
     RK45,
+    Bosh3,
+    ButcherTableau,
+    EmbeddedRK,
+    Tsit5,
     DPMpp2M,
     DPMpp2MSDE,
     DPMpp2SAncestral,
@@ -41,7 +47,11 @@ __all__ = [
     "PC",
     "langevin",
     "langevin_step_size",
+    "EmbeddedRK",
+    "ButcherTableau",
     "RK45",
+    "Tsit5",
+    "Bosh3",
     "TorchDiffEq",
     "TorchSDE",
     # samplers of semi-linear problems (docs/samplers.md)

@@ -16,7 +16,7 @@ from ._compare import (
     known_methods,
     steps_for_budget,
 )
-from ._nll import NLLError, NLLResult, NLLRow, dataset_nll
+from ._nll import NLLError, NLLResult, NLLRow, dataset_nll, sample_seeds
 from ._report import CompareResult, CompareRow
 
 __all__ = [
@@ -31,4 +31,5 @@ __all__ = [
     "NLLResult",
     "NLLRow",
     "NLLError",
+    "sample_seeds",
 ]

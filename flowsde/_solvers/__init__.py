@@ -9,9 +9,10 @@ from .torchsde_bridge import TorchSDE
 
 __all__ = ["Solver", "Euler", "EulerMaruyama", "Heun", "PC", "TorchSDE", "langevin", "langevin_step_size"]
 
-from .rk45 import RK45  # noqa: E402
+from .rk45 import RK45, Bosh3, EmbeddedRK, Tsit5  # noqa: E402
+from .runge_kutta import ButcherTableau  # noqa: E402
 
-__all__ += ["RK45"]
+__all__ += ["EmbeddedRK", "ButcherTableau", "RK45", "Tsit5", "Bosh3"]
 
 # Samplers of semi-linear problems (docs/samplers.md)
 from .ddim import DDIM  # noqa: E402

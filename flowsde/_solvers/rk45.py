@@ -1,27 +1,11 @@
-"""Adaptive Dormand–Prince 5(4) (``method="rk45"`` / ``"dopri5"``) with per-sample status.
+"""Adaptive embedded Runge-Kutta solvers with per-sample status: ``rk45`` (Dormand-Prince 5(4)) and kin.
 
-One step from ``(t, y)`` with step ``h`` (``s = +1`` or ``-1`` the direction of time)::
-
-    k_i = f(t + s c_i h, y + s h sum_j a_ij k_j),      i = 1..7   (k_7 = f(t + s h, y_1): FSAL)
-    y_1 = y + s h sum_i b_i k_i                         (5th order, b_i = a_7i)
-    err = s h sum_i (b_i - b*_i) k_i                    (difference to the embedded 4th order)
-
-Error ratio per sample ``b`` and state component ``c`` (the state is a tuple; the
-likelihood uses ``(x, L)`` with ``L`` the log-density channels)::
-
-    w = atol + rtol max(|y|, |y_1|),    r_bc = RMS(err / w)  (or max|err / w| for "max" components,
-                                                          max|err / atol| for "abs" components)
-    r_b = max_c r_bc
-
-A sample's step is accepted when ``r_b <= 1``. Step-size update: Hairer's PI
-controller of ``dopri5.f`` (Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4;
-Gustafsson's PI controller)::
-
-    h_new = h clip(safety r_n^(-0.17) r_{n-1}^(0.04), dfactor, ifactor)     (no increase after a rejection)
-
-with ``safety = 0.9``, ``dfactor = 0.2``, ``ifactor = 10``, ``r_{n-1}`` the ratio of the
-last accepted step (initialised to 1e-4 as in ``dopri5.f``). Initial step: Hairer's rule
-(*Solving ODEs I*, II.4, as torchdiffeq ``_select_initial_step``), one extra evaluation.
+:class:`EmbeddedRK` integrates with any pair of :mod:`flowsde._solvers.runge_kutta` (its
+Butcher tableau and the generic step), measures the error and picks steps with
+:mod:`flowsde._solvers.controller` (the error norm, Hairer's initial step, the PI controller),
+and owns the loop below. :class:`RK45` (``method="rk45"`` / ``"dopri5"``) is Dormand-Prince
+5(4); :class:`Bosh3` (Bogacki-Shampine 3(2)) and :class:`Tsit5` (Tsitouras 5(4)) are the same
+loop with another tableau.
 
 Two error-control modes:
 
@@ -35,13 +19,13 @@ Two error-control modes:
 
 Every stage time and the initial-step probe lie inside the integration span.
 
-Outputs at the requested ``ts`` are hit exactly: the step is clipped to land on the
+Outputs at the requested ``grid`` times are hit exactly: the step is clipped to land on the
 next output time (no interpolation error; costs a few steps when many outputs are
-asked for). Without ``save_all`` only ``ts[-1]`` is a target.
+asked for). Without ``save_all`` only ``grid[-1]`` is a target.
 
 Host syncs: one per step (the "is any sample still running" check, which also
-feeds the progress bar); none per stage. Time is carried in float64 whatever the
-state dtype (as torchdiffeq) and cast to the state dtype for ``f``.
+feeds the progress bar); none per stage. Time is carried in float64 whatever the state
+dtype (as torchdiffeq) and cast to the state dtype for ``f``.
 
 Failures are per sample: a non-finite error ratio (NaN/Inf in the state or in ``f``)
 sets ``Status.NON_FINITE``, exhausting ``max_steps`` sets ``Status.MAX_STEPS``, a step
@@ -53,288 +37,232 @@ frozen at its last finite state (so it cannot poison the rest of the batch) and
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from .._errors import InputError, SolveError
 from .._solution import Solution, Status
 from .base import Solver
-
-# Dormand & Prince (1980), "A family of embedded Runge-Kutta formulae", J. Comp. Appl. Math. 6.
-_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-_A = (
-    (),
-    (1 / 5,),
-    (3 / 40, 9 / 40),
-    (44 / 45, -56 / 15, 32 / 9),
-    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
-)
-_B = _A[6] + (0.0,)
-_B_STAR = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
-_E = tuple(b - bs for b, bs in zip(_B, _B_STAR))
+from .controller import ErrorNorm, PIController, initial_step
+from .runge_kutta import BOSH3, DOPRI5, TSIT5, ButcherTableau, rk_step
 
 #: default error-control mode: batch-shared steps, measured more accurate per NFE (and cheaper per
 #: step) than per-sample steps on benchmarks/bench_likelihood.py (docs/benchmarks.md)
 DEFAULT_PER_SAMPLE = False
 
 State = Tuple[torch.Tensor, ...]
+F64 = torch.float64
 
 
-def _lincomb(y: State, h: torch.Tensor, coeffs: Sequence[float], ks: Sequence[State]) -> State:
-    """``y + h sum_j coeffs_j k_j`` componentwise; ``h`` is ``(B,)``, broadcast per component.
+@dataclass
+class Integration:
+    """What an adaptive engine's ``integrate`` returns (:class:`EmbeddedRK`, and torchdiffeq's bridge).
 
-    One kernel per term (``acc += a k`` into the first term's fresh product) and one for the update
-    (``addcmul``), instead of a product and a sum per term."""
-    out = []
-    h_of = {}  # h in each component's dtype, cast once
-    for c, yc in enumerate(y):
-        acc = None
-        for a, k in zip(coeffs, ks):
-            if a == 0.0:
-                continue
-            acc = k[c] * a if acc is None else acc.add_(k[c], alpha=a)
-        if acc is None:
-            out.append(yc)
-            continue
-        hc = h_of.get(yc.dtype)
-        if hc is None:
-            hc = h_of[yc.dtype] = h.to(yc.dtype)
-        out.append(torch.addcmul(yc, hc.reshape((-1,) + (1,) * (yc.dim() - 1)), acc))
-    return tuple(out)
+    Attributes:
+        y: the final tuple state (each sample's last accepted state).
+        ys: per component ``(len(grid), B, ...)`` (``save_all``), else ``None``.
+        status, t_final: per-sample :class:`flowsde.Status` and time reached (float64).
+        h: ``(B,)`` float64, the last step size (NaN where the engine does not report it).
+        accepted, rejected: ``(B,)`` int64 per-sample step counts (-1: not reported).
+        steps: loop iterations (-1: not reported).
+        calls: evaluations of ``func`` (calls on the batch).
+        calls_per_sample: ``(B,)`` int64 on the device, the evaluations each sample took while it ran
+            (the first ``k1``, the initial-step probe unless ``first_step`` is given, and the
+            tableau's evaluations per step, accepted, rejected or the one that failed). With
+            batch-shared steps every sample that did not fail has ``calls``. ``None``: not counted.
+        err_sum: per component, for ``"abs"`` components the sum over accepted steps of the embedded
+            error estimate (the component's shape, float64); ``None`` for the others.
+    """
+
+    y: State
+    ys: Optional[List[torch.Tensor]]
+    status: torch.Tensor
+    t_final: torch.Tensor
+    h: torch.Tensor
+    accepted: torch.Tensor
+    rejected: torch.Tensor
+    steps: int
+    calls: int
+    calls_per_sample: Optional[torch.Tensor]
+    err_sum: List[Optional[torch.Tensor]]
 
 
-def _ratio(err: State, y0: State, y1: State, tols: Sequence[Tuple[float, float]], norms: Sequence[str]) -> torch.Tensor:
-    """Per-sample error ratio ``max_c norm_c(err / (atol_c + rtol_c max(|y0|, |y1|)))``, float64 ``(B,)``."""
-    r = None
-    for e, a, b, kind, (rtol, atol) in zip(err, y0, y1, norms, tols):
-        if kind == "abs":  # absolute control: |err| <= atol (for quantities measured in absolute units)
-            q = (e / atol).reshape(e.shape[0], -1)
-        else:
-            w = atol + rtol * torch.maximum(a.abs(), b.abs())
-            q = (e / w).reshape(e.shape[0], -1)
-        rc = q.abs().amax(1) if kind in ("max", "abs") else q.square().mean(1).sqrt()
-        rc = rc.to(torch.float64)
-        r = rc if r is None else torch.maximum(r, rc)
-    # torch.maximum propagates NaN, so a non-finite component makes r non-finite.
-    return r
+def _bcast(mask: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return mask.reshape((-1,) + (1,) * (v.dim() - 1))
 
 
 def _where(mask: torch.Tensor, a: State, b: State) -> State:
-    return tuple(torch.where(mask.reshape((-1,) + (1,) * (x.dim() - 1)), x, y) for x, y in zip(a, b))
+    return tuple(torch.where(_bcast(mask, x), x, y) for x, y in zip(a, b))
 
 
-def _scaled_norm(y: State, scale: State, norms) -> torch.Tensor:
-    r = None
-    for v, s, kind in zip(y, scale, norms):
-        q = (v / s).reshape(v.shape[0], -1)
-        rc = (q.abs().amax(1) if kind in ("max", "abs") else q.square().mean(1).sqrt()).to(torch.float64)
-        r = rc if r is None else torch.maximum(r, rc)
-    return r
+@dataclass
+class _Loop:
+    """The per-sample tensors the adaptive loop carries from step to step (all ``(B,)`` but ``y``, ``k1``)."""
+
+    t: torch.Tensor  # float64 time reached
+    y: State
+    k1: State  # f(t, y): the next step's first stage
+    h: torch.Tensor  # float64 proposed step size (unsigned)
+    r_prev: torch.Tensor  # the controller's state
+    status: torch.Tensor
+    running: torch.Tensor
+    accepted: torch.Tensor
+    rejected: torch.Tensor
+    calls_per_sample: torch.Tensor
+    out_idx: torch.Tensor  # index into the grid of each sample's next output time
+    ys: Optional[List[torch.Tensor]]
+    err_sum: List[Optional[torch.Tensor]]
+    steps: int = 0
 
 
-def dopri5(
-    func: Callable[[torch.Tensor, State], State],
-    y0: State,
-    ts: torch.Tensor,
-    *,
-    rtol: float,
-    atol: float,
-    per_sample: bool,
-    max_steps: int,
-    norms: Optional[Sequence[str]] = None,
-    tols: Optional[Sequence[Tuple[float, float]]] = None,
-    save_all: bool = False,
-    first_step: Optional[float] = None,
-    safety: float = 0.9,
-    ifactor: float = 10.0,
-    dfactor: float = 0.2,
-    pi: Tuple[float, float] = (0.17, 0.04),
-    progress: bool = False,
-    desc: str = "flowsde rk45",
-) -> dict:
-    """Integrate ``dy/dt = func(t, y)`` for a tuple state of batch-first tensors.
+class _Integrator:
+    """One adaptive solve of ``dy/dt = func(t, y)`` by ``solver`` (its tableau, controller and options)."""
 
-    Arguments:
-        func: ``func(t, y) -> dy/dt`` with ``t`` a float64 tensor, 0-dim in batch mode (one time for the
-            batch, as torchdiffeq's ``f(t, y)``) and ``(B,)`` in per-sample mode, and ``y`` a tuple of
-            tensors ``(B, ...)``; returns a tuple of the same shapes.
-        y0: the initial tuple state (never modified).
-        ts: 1-D strictly monotone float64 output times; ``ts[0]`` is the start.
-        norms: per component ``"rms"`` (default), ``"max"`` (max norm, mixed tolerance) or ``"abs"``
-            (max norm, absolute tolerance ``atol`` only) error norm.
-        tols: per component ``(rtol, atol)`` (default ``(rtol, atol)`` for every component).
+    def __init__(self, solver: "EmbeddedRK", func: Callable[[torch.Tensor, State], State], grid: torch.Tensor,
+                 norm: ErrorNorm):
+        self.solver, self.func, self.norm = solver, func, norm
+        self.tableau, self.controller, self.per_sample = solver.tableau, solver.controller, solver.per_sample
+        self.grid = grid
+        self.t_start, self.t_end = float(grid[0]), float(grid[-1])  # the solve's two host syncs before the loop
+        self.direction = 1.0 if self.t_end > self.t_start else -1.0
+        self.span = abs(self.t_end - self.t_start)
+        self.t_range = (min(self.t_start, self.t_end), max(self.t_start, self.t_end))
+        # the float64 resolution of t: below this a step does not move time
+        self.tiny = 8 * torch.finfo(F64).eps * max(abs(self.t_start), abs(self.t_end), self.span)
+        self.calls = 0
 
-    Returns:
-        a dict with ``y`` (final tuple), ``ys`` (list over components of ``(len(ts), B, ...)``
-        or ``None``), ``status``, ``t_final``, ``h`` (last step size), ``n_acc``, ``n_rej``
-        (per-sample int64), ``n_iter`` (loop iterations), ``calls`` (calls of ``func``), ``calls_per_sample``
-        (``(B,)`` int64 on the device: the evaluations each sample took while it ran: the first ``k1``,
-        Hairer's initial-step probe (unless ``first_step`` is given) and 6 per step, accepted, rejected
-        or the one that failed; FSAL reuses ``k1``. With batch-shared steps every sample that did not
-        fail has ``calls``), ``err_sum``
-        (per component: for ``"abs"`` components the sum over accepted steps of the embedded error
-        estimate ``err``, shape of the component, float64; ``None`` for the others).
-    """
-    B = y0[0].shape[0]
-    dev = y0[0].device
-    norms = tuple(norms) if norms is not None else ("rms",) * len(y0)
-    tols = tuple(tols) if tols is not None else ((rtol, atol),) * len(y0)
-    ts = ts.to(device=dev, dtype=torch.float64)
-    n_out = ts.shape[0]
-    t_start = float(ts[0])
-    t_end = float(ts[-1])
-    direction = 1.0 if t_end > t_start else -1.0
-    span = abs(t_end - t_start)
-    f64 = dict(dtype=torch.float64, device=dev)
-    calls = 0
-
-    def f(t, y):
-        nonlocal calls
-        calls += 1
-        if not per_sample:
+    def f(self, t: torch.Tensor, y: State) -> State:
+        self.calls += 1
+        if not self.per_sample:
             # one time for the batch: the running samples' (a failed sample, frozen behind them, takes
             # zero-length steps whose stage values are discarded)
-            t = (direction * t).amax() * direction
-        return func(t, y)
+            t = (self.direction * t).amax() * self.direction
+        return self.func(t, y)
 
-    t = torch.full((B,), t_start, **f64)
-    y = y0
-    k1 = f(t, y)
-    scale0 = tuple(torch.full_like(v, at) if kind == "abs" else at + rt * v.abs()
-                   for v, kind, (rt, at) in zip(y, norms, tols))
-    t_min_span, t_max_span = min(t_start, t_end), max(t_start, t_end)
-
-    # Initial step: Hairer, Nørsett & Wanner, Solving ODEs I, II.4 (torchdiffeq _select_initial_step).
-    if first_step is not None:
-        h = torch.full((B,), float(first_step), **f64)
-    else:
-        d0 = _scaled_norm(y, scale0, norms)
-        d1 = _scaled_norm(k1, scale0, norms)
-        h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
-        h0 = torch.nan_to_num(h0, nan=1e-6, posinf=1e-6).clamp(max=span)
-        if not per_sample:
-            h0 = h0.amin().expand(B)
-        y_probe = _lincomb(y, direction * h0, (1.0,), (k1,))
-        # the probe stays inside the span: t_start + direction h0 can round past t_end when h0 = span
-        k_probe = f(torch.clamp(t + direction * h0, t_min_span, t_max_span), y_probe)
-        d2 = _scaled_norm(tuple(a - b for a, b in zip(k_probe, k1)), scale0, norms) / h0
-        dmax = torch.maximum(d1, d2)
-        h1 = torch.where(dmax <= 1e-15, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / dmax.clamp_min(1e-300)) ** 0.2)
-        h = torch.minimum(100 * h0, h1)
-        h = torch.nan_to_num(h, nan=1e-6, posinf=span)
-    h = h.clamp(max=span)
-    if not per_sample:
-        h = h.amin().expand(B).clone()
-
-    status = torch.zeros(B, dtype=torch.int64, device=dev)
-    running = torch.ones(B, dtype=torch.bool, device=dev)
-    # per-sample evaluation count, kept on the device (no sync): k1 and the probe so far, then 6 per step
-    calls_per_sample = torch.full((B,), calls, dtype=torch.int64, device=dev)
-    n_acc = torch.zeros(B, dtype=torch.int64, device=dev)
-    n_rej = torch.zeros(B, dtype=torch.int64, device=dev)
-    r_prev = torch.full((B,), 1e-4, **f64)
-    ar = torch.arange(B, device=dev)
-    if save_all:
-        out_idx = torch.ones(B, dtype=torch.int64, device=dev)
-        ys = [torch.zeros((n_out,) + tuple(v.shape), dtype=v.dtype, device=dev) for v in y]
-        for buf, v in zip(ys, y):
-            buf[0] = v
-    else:
-        out_idx = torch.full((B,), n_out - 1, dtype=torch.int64, device=dev)
-        ys = None
-    # the float64 resolution of t: below this a step does not move time
-    tiny = 8 * torch.finfo(torch.float64).eps * max(abs(t_start), abs(t_end), span)
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=span, desc=desc, leave=False,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| |t - t0| = {n:.4g}/{total:.4g} [{elapsed}<{remaining}]")
-        done_so_far = 0.0
-    err_sum = [torch.zeros(v.shape, **f64) if kind == "abs" else None for v, kind in zip(y, norms)]
-    n_iter = 0
-    while True:
-        target = ts[out_idx]
-        remaining = (target - t).abs()
-        h_eff = torch.where(running, torch.minimum(h, remaining), torch.zeros_like(h))
-        sh = direction * h_eff
-        ks = [k1]
-        # stage times stay inside [t, target]: t + c h can round past the end time (c = 1), where
-        # a model may be undefined (sigma = 0, or a schedule's range check)
-        t_lo, t_hi = torch.minimum(t, target), torch.maximum(t, target)
-        for i in range(1, 7):
-            yi = _lincomb(y, sh, _A[i], ks)
-            ks.append(f(torch.clamp(t + _C[i] * sh, t_lo, t_hi), yi))
-        calls_per_sample += 6 * running.to(torch.int64)  # the stages of a step of the samples still running
-        y1 = _lincomb(y, sh, _B, ks[:6])  # b_7 = 0: y1 uses k1..k6
-        err = _lincomb(tuple(torch.zeros_like(v) for v in y), sh, _E, ks)
-        r = _ratio(err, y, y1, tols, norms)
-
-        finite = torch.isfinite(r)
-        new_fail = running & ~finite
-        if not per_sample:
-            r_shared = torch.where(running & finite, r, torch.zeros_like(r)).amax()
-            r = r_shared.expand(B)
-        accept = running & finite & (r <= 1.0)
-        reject = running & finite & ~accept
-        for c, e in enumerate(err):
-            if err_sum[c] is not None:
-                err_sum[c] = err_sum[c] + torch.where(accept.reshape((-1,) + (1,) * (e.dim() - 1)), e, 0.0)
-        y = _where(accept, y1, y)
-        k1 = _where(accept, ks[6], k1)
-        t_new = t + sh
-        landed = accept & ((h_eff >= remaining) | ((target - t_new).abs() <= tiny))
-        t = torch.where(landed, target, torch.where(accept, t_new, t))
-        n_acc += accept.to(torch.int64)
-        n_rej += reject.to(torch.int64)
-        if save_all:
-            for buf, v in zip(ys, y):
-                cur = buf[out_idx, ar]
-                m = landed.reshape((-1,) + (1,) * (v.dim() - 1))
-                buf[out_idx, ar] = torch.where(m, v, cur)
-        finished = landed & (out_idx == n_out - 1)
-        out_idx = torch.where(landed & ~finished, out_idx + 1, out_idx)
-
-        # PI controller (dopri5.f): safety r^-0.17 r_prev^0.04, in [dfactor, ifactor]; <= 1 after a rejection.
-        rc = r.clamp_min(1e-10)
-        fac = (safety * rc.pow(-pi[0]) * r_prev.pow(pi[1])).clamp(dfactor, ifactor)
-        fac = torch.where(accept, fac, fac.clamp(max=1.0))
-        h_next = torch.where(running & finite, h_eff * fac, h)
-        # a step clipped onto an output time should not shrink the next one
-        h = torch.where(landed & ~finished, torch.maximum(h_next, h), h_next)
-        r_prev = torch.where(accept, rc.clamp_min(1e-4), r_prev)
-
-        status = torch.where(new_fail, torch.full_like(status, int(Status.NON_FINITE)), status)
-        steps = n_acc + n_rej
-        over = running & finite & ~finished & (steps >= max_steps)
-        status = torch.where(over, torch.full_like(status, int(Status.MAX_STEPS)), status)
-        small = running & finite & ~finished & ~over & (h < tiny)
-        status = torch.where(small, torch.full_like(status, int(Status.DT_MIN)), status)
-        running = running & ~new_fail & ~finished & ~over & ~small
-        # a stopped sample takes zero-length steps from its last finite state: keep NaN out of its stages
-        k1 = _where(running, k1, tuple(torch.zeros_like(v) for v in k1))
-        n_iter += 1
-
-        if bar is not None:
-            any_running, reached = torch.stack([
-                running.any().to(torch.float64),
-                torch.where(running, (t - t_start).abs(), torch.full_like(t, span)).amin(),
-            ]).tolist()  # the step's one host sync
-            bar.update(max(0.0, reached - done_so_far))
-            done_so_far = max(done_so_far, reached)
+    def start(self, y0: State, save_all: bool) -> _Loop:
+        """The first evaluation, the initial step and the counters."""
+        B, dev = y0[0].shape[0], y0[0].device
+        t = torch.full((B,), self.t_start, dtype=F64, device=dev)
+        k1 = self.f(t, y0)
+        if self.solver.first_step is not None:
+            h = torch.full((B,), float(self.solver.first_step), dtype=F64, device=dev)
         else:
-            any_running = bool(running.any())  # the step's one host sync
-        if not any_running:
-            break
-    if bar is not None:
-        bar.close()
-    return dict(y=y, ys=ys, status=status, t_final=t, h=h, n_acc=n_acc, n_rej=n_rej, n_iter=n_iter, calls=calls,
-                calls_per_sample=calls_per_sample, err_sum=err_sum)
+            h = initial_step(self.f, t, y0, k1, norm=self.norm, error_order=self.tableau.error_order,
+                             direction=self.direction, t_range=self.t_range, per_sample=self.per_sample)
+        h = h.clamp(max=self.span)
+        if not self.per_sample:
+            h = h.amin().expand(B).clone()
+        n_out = self.grid.shape[0]
+        self.samples = torch.arange(B, device=dev)
+        if save_all:
+            out_idx = torch.ones(B, dtype=torch.int64, device=dev)
+            ys = [torch.zeros((n_out,) + tuple(v.shape), dtype=v.dtype, device=dev) for v in y0]
+            for buf, v in zip(ys, y0):
+                buf[0] = v
+        else:
+            out_idx, ys = torch.full((B,), n_out - 1, dtype=torch.int64, device=dev), None
+        zeros = torch.zeros(B, dtype=torch.int64, device=dev)
+        return _Loop(
+            t=t, y=y0, k1=k1, h=h, r_prev=self.controller.init(B, dev), status=zeros.clone(),
+            running=torch.ones(B, dtype=torch.bool, device=dev), accepted=zeros.clone(), rejected=zeros.clone(),
+            # per-sample evaluation count, kept on the device (no sync): k1 and the probe so far
+            calls_per_sample=torch.full((B,), self.calls, dtype=torch.int64, device=dev), out_idx=out_idx, ys=ys,
+            err_sum=[torch.zeros(v.shape, dtype=F64, device=dev) if kind == "abs" else None
+                     for v, kind in zip(y0, self.norm.kinds)])
+
+    def step(self, s: _Loop) -> None:
+        """One iteration for the whole batch: a step of every running sample, accepted or rejected."""
+        target = self.grid[s.out_idx]
+        remaining = (target - s.t).abs()
+        h_eff = torch.where(s.running, torch.minimum(s.h, remaining), torch.zeros_like(s.h))
+        sh = self.direction * h_eff
+        y1, err, k_end = rk_step(self.tableau, self.f, s.t, s.y, s.k1, sh, torch.minimum(s.t, target),
+                                 torch.maximum(s.t, target))
+        # the evaluations of a step of the samples still running
+        s.calls_per_sample += self.tableau.evals_per_step * s.running.to(torch.int64)
+        r = self.norm.ratio(err, s.y, y1)
+        finite = torch.isfinite(r)
+        new_fail = s.running & ~finite
+        if not self.per_sample:
+            r = torch.where(s.running & finite, r, torch.zeros_like(r)).amax().expand(r.shape[0])
+        accept = s.running & finite & (r <= 1.0)
+        for c, e in enumerate(err):
+            if s.err_sum[c] is not None:
+                s.err_sum[c] = s.err_sum[c] + torch.where(_bcast(accept, e), e, 0.0)
+        s.y = _where(accept, y1, s.y)
+        s.k1 = _where(accept, k_end, s.k1)
+        landed, finished = self._advance(s, accept, sh, h_eff, target, remaining)
+        s.rejected += (s.running & finite & ~accept).to(torch.int64)
+
+        fac, s.r_prev = self.controller.factor(r, s.r_prev, accept, self.tableau.error_order)
+        h_next = torch.where(s.running & finite, h_eff * fac, s.h)
+        # a step clipped onto an output time should not shrink the next one
+        s.h = torch.where(landed & ~finished, torch.maximum(h_next, s.h), h_next)
+        self._stop(s, new_fail, finite, finished)
+        s.steps += 1
+
+    def _advance(self, s: _Loop, accept, sh, h_eff, target, remaining):
+        """Move the accepted samples' time (exactly onto an output time they reach), save the outputs and
+        count; returns ``(landed, finished)``."""
+        t_new = s.t + sh
+        landed = accept & ((h_eff >= remaining) | ((target - t_new).abs() <= self.tiny))
+        s.t = torch.where(landed, target, torch.where(accept, t_new, s.t))
+        s.accepted += accept.to(torch.int64)
+        if s.ys is not None:
+            for buf, v in zip(s.ys, s.y):
+                cur = buf[s.out_idx, self.samples]
+                buf[s.out_idx, self.samples] = torch.where(_bcast(landed, v), v, cur)
+        finished = landed & (s.out_idx == self.grid.shape[0] - 1)
+        s.out_idx = torch.where(landed & ~finished, s.out_idx + 1, s.out_idx)
+        return landed, finished
+
+    def _stop(self, s: _Loop, new_fail, finite, finished) -> None:
+        """Per-sample stopping: a non-finite ratio, ``max_steps`` exhausted, a step below the time's resolution."""
+        s.status = torch.where(new_fail, torch.full_like(s.status, int(Status.NON_FINITE)), s.status)
+        over = s.running & finite & ~finished & (s.accepted + s.rejected >= self.solver.max_steps)
+        s.status = torch.where(over, torch.full_like(s.status, int(Status.MAX_STEPS)), s.status)
+        small = s.running & finite & ~finished & ~over & (s.h < self.tiny)
+        s.status = torch.where(small, torch.full_like(s.status, int(Status.DT_MIN)), s.status)
+        s.running = s.running & ~new_fail & ~finished & ~over & ~small
+        # a stopped sample takes zero-length steps from its last finite state: keep NaN out of its stages
+        s.k1 = _where(s.running, s.k1, tuple(torch.zeros_like(v) for v in s.k1))
+
+    def result(self, s: _Loop) -> Integration:
+        return Integration(y=s.y, ys=s.ys, status=s.status, t_final=s.t, h=s.h, accepted=s.accepted,
+                           rejected=s.rejected, steps=s.steps, calls=self.calls,
+                           calls_per_sample=s.calls_per_sample, err_sum=s.err_sum)
+
+
+class _Progress:
+    """The loop's one host sync per step ("is any sample still running?"), feeding a tqdm bar if asked."""
+
+    def __init__(self, progress: bool, span: float, t_start: float, desc: str):
+        self.bar, self.span, self.t_start, self.done = None, span, t_start, 0.0
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=span, desc=desc, leave=False,
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| |t - t0| = {n:.4g}/{total:.4g} "
+                                       "[{elapsed}<{remaining}]")
+
+    def any_running(self, s: _Loop) -> bool:
+        if self.bar is None:
+            return bool(s.running.any())  # the step's one host sync
+        any_running, reached = torch.stack([
+            s.running.any().to(F64),
+            torch.where(s.running, (s.t - self.t_start).abs(), torch.full_like(s.t, self.span)).amin(),
+        ]).tolist()  # the step's one host sync
+        self.bar.update(max(0.0, reached - self.done))
+        self.done = max(self.done, reached)
+        return bool(any_running)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def check_tolerances(rtol: float, atol: float, dtype: torch.dtype, *, where: str) -> None:
@@ -370,8 +298,28 @@ def failure_message(status: torch.Tensor, t_final: torch.Tensor, h: torch.Tensor
         si, tf
 
 
-class RK45(Solver):
-    """Adaptive Dormand–Prince 5(4); see the module docstring for the algorithm.
+def _check_options(where: str, rtol, atol, max_steps, first_step) -> None:
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or not v > 0:
+            raise InputError(f"{where}: {name} must be a finite number > 0, got {v!r}.")
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
+        raise InputError(f"{where}: max_steps must be a positive int, got {max_steps!r}.")
+    if first_step is not None and not (isinstance(first_step, (int, float)) and first_step > 0):
+        raise InputError(f"{where}: first_step must be a number > 0 or None, got {first_step!r}.")
+
+
+def _per_sample(where: str, per_sample: Optional[bool], mode: Optional[str]) -> bool:
+    if mode is not None:
+        if mode not in ("per_sample", "batch"):
+            raise InputError(f"{where}: mode must be 'per_sample' or 'batch', got {mode!r}.")
+        if per_sample is not None and per_sample != (mode == "per_sample"):
+            raise InputError(f"{where}: per_sample={per_sample} contradicts mode={mode!r}.")
+        per_sample = mode == "per_sample"
+    return DEFAULT_PER_SAMPLE if per_sample is None else bool(per_sample)
+
+
+class EmbeddedRK(Solver):
+    """An adaptive embedded Runge-Kutta solver; a subclass names its :class:`ButcherTableau` (module docstring).
 
     Arguments:
         rtol, atol: relative and absolute tolerances (> 0).
@@ -381,64 +329,89 @@ class RK45(Solver):
             (the faster one at equal accuracy in ``benchmarks/bench_likelihood.py``).
         max_steps: step budget per sample (accepted + rejected).
         first_step: initial step size (default: Hairer's rule).
-        safety, ifactor, dfactor: controller constants.
-
-    Reference: Dormand & Prince (1980); Hairer, Nørsett & Wanner, *Solving ODEs I*, II.4.
+        safety, ifactor, dfactor, beta: the PI controller's constants
+            (:class:`flowsde._solvers.controller.PIController`; ``beta=0``: the I controller).
     """
 
-    name = "rk45"
-    order = 5
+    tableau: ButcherTableau = DOPRI5
+    name = "embedded_rk"
+    order = DOPRI5.order
     adaptive = True
     solves_ode = True
     noise_types: tuple = ()
 
     def __init__(self, rtol: float = 1e-5, atol: float = 1e-5, *, per_sample: Optional[bool] = None,
-                 mode: Optional[str] = None, max_steps: int = 10_000,
-                 first_step: Optional[float] = None, safety: float = 0.9, ifactor: float = 10.0,
-                 dfactor: float = 0.2):
-        for name, v in (("rtol", rtol), ("atol", atol)):
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or not v > 0:
-                raise InputError(f"RK45: {name} must be a finite number > 0, got {v!r}.")
-        if mode is not None:
-            if mode not in ("per_sample", "batch"):
-                raise InputError(f"RK45: mode must be 'per_sample' or 'batch', got {mode!r}.")
-            if per_sample is not None and per_sample != (mode == "per_sample"):
-                raise InputError(f"RK45: per_sample={per_sample} contradicts mode={mode!r}.")
-            per_sample = mode == "per_sample"
-        if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
-            raise InputError(f"RK45: max_steps must be a positive int, got {max_steps!r}.")
-        if first_step is not None and not (isinstance(first_step, (int, float)) and first_step > 0):
-            raise InputError(f"RK45: first_step must be a number > 0 or None, got {first_step!r}.")
-        if not (0 < safety <= 1 and 0 < dfactor < 1 < ifactor):
-            raise InputError(f"RK45: need 0 < safety <= 1 and 0 < dfactor < 1 < ifactor, got safety={safety}, "
-                             f"dfactor={dfactor}, ifactor={ifactor}.")
+                 mode: Optional[str] = None, max_steps: int = 10_000, first_step: Optional[float] = None,
+                 safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2, beta: float = 0.04):
+        # 10 parameters: torchdiffeq's options (rtol, atol, first_step, safety, ifactor, dfactor), by name
+        where = type(self).__name__
+        _check_options(where, rtol, atol, max_steps, first_step)
         self.rtol, self.atol = float(rtol), float(atol)
-        self.per_sample = DEFAULT_PER_SAMPLE if per_sample is None else bool(per_sample)
+        self.per_sample = _per_sample(where, per_sample, mode)
         self.max_steps = max_steps
         self.first_step = first_step
-        self.safety, self.ifactor, self.dfactor = float(safety), float(ifactor), float(dfactor)
+        self.controller = PIController(float(safety), float(ifactor), float(dfactor), float(beta))
+        self.controller.check(self.tableau.error_order, where)
 
     @property
     def mode(self) -> str:
         return "per_sample" if self.per_sample else "batch"
 
-    def integrate(self, func, y0: State, ts: torch.Tensor, *, norms=None, tols=None, save_all=False, progress=False,
-                  desc="flowsde rk45") -> dict:
-        """The raw integrator on a tuple state (see :func:`dopri5`), with this solver's options."""
-        return dopri5(func, y0, ts, rtol=self.rtol, atol=self.atol, per_sample=self.per_sample,
-                      max_steps=self.max_steps, norms=norms, tols=tols, save_all=save_all, first_step=self.first_step,
-                      safety=self.safety, ifactor=self.ifactor, dfactor=self.dfactor, progress=progress,
-                      desc=desc)
+    @property
+    def safety(self) -> float:
+        return self.controller.safety
 
-    def raise_on_failure(self, out: dict, what: str = "rk45") -> None:
-        msg = failure_message(out["status"], out["t_final"], out["h"], out["n_acc"] + out["n_rej"], what)
+    @property
+    def ifactor(self) -> float:
+        return self.controller.ifactor
+
+    @property
+    def dfactor(self) -> float:
+        return self.controller.dfactor
+
+    def with_tolerances(self, rtol: float, atol: float) -> "EmbeddedRK":
+        """A copy with other tolerances (the mode, step budget and controller kept)."""
+        _check_options(type(self).__name__, rtol, atol, self.max_steps, self.first_step)
+        new = copy.copy(self)
+        new.rtol, new.atol = float(rtol), float(atol)
+        return new
+
+    def integrate(self, func: Callable[[torch.Tensor, State], State], y0: State, grid: torch.Tensor, *,
+                  norms: Optional[Sequence[str]] = None, tols: Optional[Sequence[Tuple[float, float]]] = None,
+                  save_all: bool = False, progress: bool = False, desc: Optional[str] = None) -> Integration:
+        """Integrate ``dy/dt = func(t, y)`` for a tuple state of batch-first tensors.
+
+        Arguments:
+            func: ``func(t, y) -> dy/dt`` with ``t`` a float64 tensor, 0-dim in batch mode (one time for the
+                batch, as torchdiffeq's ``f(t, y)``) and ``(B,)`` in per-sample mode, and ``y`` a tuple of
+                tensors ``(B, ...)``; returns a tuple of the same shapes.
+            y0: the initial tuple state (never modified).
+            grid: 1-D strictly monotone output times; ``grid[0]`` is the start.
+            norms: per component ``"rms"`` (default), ``"max"`` (max norm, mixed tolerance) or ``"abs"``
+                (max norm, absolute tolerance ``atol`` only) error norm.
+            tols: per component ``(rtol, atol)`` (default ``(rtol, atol)`` for every component).
+        """
+        grid = grid.to(device=y0[0].device, dtype=F64)
+        run = _Integrator(self, func, grid, ErrorNorm.of(len(y0), self.rtol, self.atol, norms, tols))
+        s = run.start(tuple(y0), save_all)
+        bar = _Progress(progress, run.span, run.t_start, desc or f"flowsde {self.name}")
+        try:
+            while True:
+                run.step(s)
+                if not bar.any_running(s):
+                    break
+        finally:
+            bar.close()
+        return run.result(s)
+
+    def raise_on_failure(self, out: Integration, what: Optional[str] = None) -> None:
+        msg = failure_message(out.status, out.t_final, out.h, out.accepted + out.rejected, what or self.name)
         if msg is not None:
             text, step, t = msg
             raise SolveError(text, step=step, t=t)
 
-    def solve(self, checked, x0, ts, *, noise=None, save_all=False, progress=False) -> Solution:
-        dtype = x0.dtype
-        check_tolerances(self.rtol, self.atol, dtype, where="RK45")
+    def solve(self, checked, x, grid, *, noise=None, save_all=False, progress=False) -> Solution:
+        check_tolerances(self.rtol, self.atol, x.dtype, where=type(self).__name__)
         first = [True]
 
         def func(t, y):
@@ -448,23 +421,57 @@ class RK45(Solver):
             checked.nfe += 1
             return (checked.problem.drift(checked.time(t), y[0]),)
 
-        out = self.integrate(func, (x0,), ts.to(torch.float64), save_all=save_all, progress=progress)
+        out = self.integrate(func, (x,), grid.to(F64), save_all=save_all, progress=progress)
         if checked.throw:  # solve(..., throw=...)
             self.raise_on_failure(out)
         return Solution(
-            x=out["y"][0],
+            x=out.y[0],
             nfe=checked.nfe,
-            steps=out["n_iter"],
-            accepted=int(out["n_acc"].max()),
-            rejected=int(out["n_rej"].max()),
-            status=out["status"],
-            t_final=out["t_final"],  # float64, as the fixed-step loop
+            steps=out.steps,
+            accepted=int(out.accepted.max()),
+            rejected=int(out.rejected.max()),
+            status=out.status,
+            t_final=out.t_final,  # float64, as the fixed-step loop
             method=self.name,
-            grid=ts if save_all else None,
-            xs=out["ys"][0] if save_all else None,
-            stats=dict(mode=self.mode, accepted_per_sample=out["n_acc"], rejected_per_sample=out["n_rej"],
-                       nfe_per_sample=out["calls_per_sample"], h_last=out["h"], rtol=self.rtol, atol=self.atol),
+            grid=grid if save_all else None,
+            xs=out.ys[0] if save_all else None,
+            stats=dict(mode=self.mode, accepted_per_sample=out.accepted, rejected_per_sample=out.rejected,
+                       nfe_per_sample=out.calls_per_sample, h_last=out.h, rtol=self.rtol, atol=self.atol),
         )
 
     def __repr__(self) -> str:
-        return (f"RK45(rtol={self.rtol:g}, atol={self.atol:g}, mode={self.mode!r}, max_steps={self.max_steps})")
+        return (f"{type(self).__name__}(rtol={self.rtol:g}, atol={self.atol:g}, mode={self.mode!r}, "
+                f"max_steps={self.max_steps})")
+
+
+class RK45(EmbeddedRK):
+    """Adaptive Dormand-Prince 5(4), FSAL (6 evaluations per step); options of :class:`EmbeddedRK`.
+
+    Reference: Dormand & Prince (1980); Hairer, Norsett & Wanner, *Solving ODEs I*, II.4.
+    """
+
+    tableau = DOPRI5
+    name = "rk45"
+    order = DOPRI5.order
+
+
+class Bosh3(EmbeddedRK):
+    """Adaptive Bogacki-Shampine 3(2), FSAL (3 evaluations per step; torchdiffeq's ``bosh3``, scipy's
+    ``RK23``); options of :class:`EmbeddedRK`. Reference: Bogacki & Shampine (1989)."""
+
+    tableau = BOSH3
+    name = "bosh3"
+    order = BOSH3.order
+
+
+class Tsit5(EmbeddedRK):
+    """Adaptive Tsitouras 5(4), FSAL (6 evaluations per step; diffrax's and OrdinaryDiffEq.jl's ``Tsit5``);
+    options of :class:`EmbeddedRK`. Reference: Tsitouras (2011)."""
+
+    tableau = TSIT5
+    name = "tsit5"
+    order = TSIT5.order
+
+
+#: the embedded Runge-Kutta solvers by ``method=`` name
+EMBEDDED_RK = {"rk45": RK45, "dopri5": RK45, "bosh3": Bosh3, "tsit5": Tsit5}

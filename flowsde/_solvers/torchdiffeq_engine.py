@@ -23,6 +23,7 @@ estimates, so the likelihood's ``solver_error`` is NaN with this engine.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -31,10 +32,42 @@ import torch
 from .._errors import InputError, SolveError
 from .._solution import Solution, Status
 from .base import Solver
-from .rk45 import check_tolerances
+from .controller import ErrorNorm
+from .rk45 import Integration, check_tolerances
 
 #: torchdiffeq's adaptive methods and their orders (of the propagated solution)
 ORDERS = {"dopri5": 5, "dopri8": 8, "bosh3": 3, "fehlberg2": 2, "adaptive_heun": 2}
+
+
+class _Counter:
+    """``func`` as torchdiffeq calls it: counts the calls, hands each component over in its own dtype and
+    marks the samples whose derivative is not finite (no host sync)."""
+
+    def __init__(self, func, y0):
+        self.func, self.calls = func, 0
+        self.dtypes = [v.dtype for v in y0]
+        self.bad = torch.zeros(y0[0].shape[0], dtype=torch.bool, device=y0[0].device)
+
+    def __call__(self, t, y):
+        self.calls += 1
+        # torchdiffeq stores a tuple state in one tensor of the promoted dtype (float64 when the
+        # log-density channel is): the function sees each component in its own dtype
+        out = self.func(t, tuple(v.to(d) for v, d in zip(y, self.dtypes)))
+        for v in out:
+            self.bad = self.bad | ~torch.isfinite(v.reshape(v.shape[0], -1)).all(1)
+        return out
+
+
+def _batch_norm(kinds, B, scaled):
+    """torchdiffeq's ``norm`` option: the scaled errors ``err / (atol + rtol max(|y0|, |y1|))``, one tensor per
+    component, to the largest per-sample ratio (:class:`flowsde._solvers.controller.ErrorNorm`'s norms)."""
+    r = None
+    for v, kind in zip(scaled, kinds):
+        q = v.reshape(B, -1)
+        rc = q.abs().amax(1) if kind in ("max", "abs") else q.square().mean(1).sqrt()
+        rc = rc.to(torch.float64).amax()
+        r = rc if r is None else torch.maximum(r, rc)
+    return r
 
 
 def parse_method(name: str) -> "TorchDiffEq":
@@ -82,67 +115,46 @@ class TorchDiffEq(Solver):
     def with_options(self, *, rtol: float, atol: float, max_steps: int) -> "TorchDiffEq":
         return TorchDiffEq(self.method, rtol, atol, max_steps=max_steps, options=self.options)
 
-    def integrate(self, func, y0, ts: torch.Tensor, *, norms=None, tols=None, save_all=False, progress=False,
-                  desc="") -> dict:
-        """Integrate a tuple state (the interface of :func:`flowsde._solvers.rk45.dopri5`)."""
+    def integrate(self, func, y0, grid: torch.Tensor, *, norms=None, tols=None, save_all=False, progress=False,
+                  desc="") -> Integration:
+        """Integrate a tuple state (the interface of :meth:`flowsde._solvers.rk45.EmbeddedRK.integrate`)."""
         from torchdiffeq import odeint
 
         B = y0[0].shape[0]
         dev = y0[0].device
-        norms = tuple(norms) if norms is not None else ("rms",) * len(y0)
-        tols = tuple(tols) if tols is not None else ((self.rtol, self.atol),) * len(y0)
-        calls = 0
-        bad = torch.zeros(B, dtype=torch.bool, device=dev)
-
-        dtypes = [v.dtype for v in y0]
-
-        def f(t, y):
-            nonlocal calls, bad
-            calls += 1
-            # torchdiffeq stores a tuple state in one tensor of the promoted dtype (float64 when the
-            # log-density channel is): the function sees each component in its own dtype
-            out = func(t, tuple(v.to(d) for v, d in zip(y, dtypes)))
-            for v in out:  # a sample whose derivative is not finite fails (no host sync)
-                bad = bad | ~torch.isfinite(v.reshape(B, -1)).all(1)
-            return out
-
-        def norm(scaled):  # the scaled errors err / (atol + rtol max(|y0|, |y1|)), one tensor per component
-            r = None
-            for v, kind in zip(scaled, norms):
-                q = v.reshape(B, -1)
-                rc = q.abs().amax(1) if kind in ("max", "abs") else q.square().mean(1).sqrt()
-                rc = rc.to(torch.float64).amax()
-                r = rc if r is None else torch.maximum(r, rc)
-            return r
-
-        rt = tuple(0.0 if kind == "abs" else rtol for kind, (rtol, _) in zip(norms, tols))
-        at = tuple(atol for _, atol in tols)
-        t = ts.to(device=dev, dtype=torch.float64)  # torchdiffeq's adaptive solvers keep time in float64
+        norm = ErrorNorm.of(len(y0), self.rtol, self.atol, norms, tols)
+        counter = _Counter(func, y0)
+        rt = tuple(0.0 if kind == "abs" else rtol for kind, (rtol, _) in zip(norm.kinds, norm.tols))
+        at = tuple(atol for _, atol in norm.tols)
+        t = grid.to(device=dev, dtype=torch.float64)  # torchdiffeq's adaptive solvers keep time in float64
         status = torch.zeros(B, dtype=torch.int64, device=dev)
         # step_t: every step lands on the output times, so no stage is evaluated past the end of the span
         # (torchdiffeq otherwise steps past it and interpolates back; a model may be undefined there)
-        opts = dict(self.options, norm=norm, max_num_steps=self.max_steps, step_t=t)
+        opts = dict(self.options, norm=functools.partial(_batch_norm, norm.kinds, B), max_num_steps=self.max_steps,
+                    step_t=t)
         try:
-            ys = odeint(f, tuple(y0), t, rtol=rt if len(y0) > 1 else rt[0], atol=at if len(y0) > 1 else at[0],
+            ys = odeint(counter, tuple(y0), t, rtol=rt if len(y0) > 1 else rt[0], atol=at if len(y0) > 1 else at[0],
                         method=self.method, options=opts)
-            y = tuple(v[-1].to(d) for v, d in zip(ys, dtypes))
+            y = tuple(v[-1].to(d) for v, d in zip(ys, counter.dtypes))
             t_final = t[-1].expand(B).clone()
         except AssertionError as e:  # torchdiffeq reports its failures with assert
             msg = str(e)
             code = Status.MAX_STEPS if "max_num_steps" in msg else Status.DT_MIN
             status = torch.full((B,), int(code), dtype=torch.int64, device=dev)
             y, ys, t_final = tuple(y0), None, t[0].expand(B).clone()
+        bad = counter.bad
         status = torch.where(bad, torch.full_like(status, int(Status.NON_FINITE)), status)
         if bool(bad.any()) and ys is not None:
             y = tuple(torch.where(bad.reshape((-1,) + (1,) * (v.dim() - 1)), v0, v) for v, v0 in zip(y, y0))
             t_final = torch.where(bad, t[0], t_final)
         n = torch.full((B,), -1, dtype=torch.int64, device=dev)  # torchdiffeq does not report its steps
-        return dict(y=y, ys=[v for v in ys] if (save_all and ys is not None) else None, status=status,
-                    t_final=t_final, h=torch.full((B,), float("nan"), dtype=torch.float64, device=dev), n_acc=n,
-                    n_rej=n, n_iter=-1, calls=calls, err_sum=[None] * len(y0))
+        return Integration(y=y, ys=[v for v in ys] if (save_all and ys is not None) else None, status=status,
+                           t_final=t_final, h=torch.full((B,), float("nan"), dtype=torch.float64, device=dev),
+                           accepted=n, rejected=n, steps=-1, calls=counter.calls, calls_per_sample=None,
+                           err_sum=[None] * len(y0))
 
-    def raise_on_failure(self, out: dict, what: str = "torchdiffeq") -> None:
-        status = out["status"]
+    def raise_on_failure(self, out: Integration, what: str = "torchdiffeq") -> None:
+        status = out.status
         failed = (status != int(Status.SUCCESS)).nonzero().flatten().tolist()
         if not failed:
             return
@@ -158,8 +170,8 @@ class TorchDiffEq(Solver):
         raise SolveError(f"{what}: {why}. Pass throw=False to get the partial result with per-sample status, or "
                          "use method='rk45' (per-sample failure isolation).", step=None, t=None)
 
-    def solve(self, checked, x0, ts, *, noise=None, save_all=False, progress=False) -> Solution:
-        check_tolerances(self.rtol, self.atol, x0.dtype, where=self.name)
+    def solve(self, checked, x, grid, *, noise=None, save_all=False, progress=False) -> Solution:
+        check_tolerances(self.rtol, self.atol, x.dtype, where=self.name)
         first = [True]
 
         def func(t, y):
@@ -169,13 +181,13 @@ class TorchDiffEq(Solver):
             checked.nfe += 1
             return (checked.problem.drift(checked.time(t), y[0]),)
 
-        out = self.integrate(func, (x0,), ts.to(torch.float64), save_all=save_all)
+        out = self.integrate(func, (x,), grid.to(torch.float64), save_all=save_all)
         if checked.throw:
             self.raise_on_failure(out, what=self.name)
         return Solution(
-            x=out["y"][0], nfe=checked.nfe, steps=out["n_iter"], accepted=-1, rejected=-1,
-            status=out["status"], t_final=out["t_final"], method=self.name,
-            grid=ts if save_all else None, xs=out["ys"][0] if (save_all and out["ys"] is not None) else None,
+            x=out.y[0], nfe=checked.nfe, steps=out.steps, accepted=-1, rejected=-1,
+            status=out.status, t_final=out.t_final, method=self.name,
+            grid=grid if save_all else None, xs=out.ys[0] if (save_all and out.ys is not None) else None,
             stats=dict(mode="batch", rtol=self.rtol, atol=self.atol, engine="torchdiffeq", method=self.method),
         )
 
@@ -185,6 +197,4 @@ class TorchDiffEq(Solver):
 
 def methods() -> dict:
     """``method=`` names for :func:`flowsde.solve`: ``"torchdiffeq:<name>"`` for each adaptive method."""
-    import functools
-
     return {f"torchdiffeq:{m}": functools.partial(TorchDiffEq, m) for m in ORDERS}

@@ -8,11 +8,19 @@ has the law of a forward one, so the diffusion keeps its sign). flowsde's
 ``noise_type="scalar"`` (one ``g`` per sample times the identity, independent
 noise per coordinate) is torchsde's ``"diagonal"`` with ``g`` broadcast.
 
-Each grid interval is one step of torchsde's solver object (its ``step``
-method; ``sdeint`` would evaluate drift and diffusion once more per call to
-check its contract). Increments come from a
-:class:`flowsde.BrownianPath` (srk needs its space-time Lévy area); with a
-generator the path's seed is drawn from it.
+Each grid interval is one call of torchsde's public ``torchsde.sdeint`` on the two
+times of the interval (``dt=inf``: one step, exactly to its end), with the
+increments of that interval (a one-interval Brownian motion) read from the
+solve's noise: a :class:`flowsde.BrownianPath` (srk needs its space-time Lévy
+area), a generator or per-sample generators. ``sdeint`` first calls drift and
+diffusion once at the interval's start to check their shapes; those calls
+(made before the step queries its Brownian increment) get the state back as
+a placeholder of the right shape instead of evaluating the user's functions,
+so a step costs exactly the method's evaluations. ``sdeint`` returns the end
+point through its linear interpolation at the last time, ``0 * y0 + 1 * y1``,
+which is the step's result (bit for bit, up to the sign of a zero; a state already
+Inf comes back NaN, as 0 * Inf is, and is non-finite either way). On an
+accelerator, ``sdeint`` reads its times on the host (a few syncs per step).
 
 Valid combinations: ``milstein`` (strong 1.0) and ``srk`` (strong 1.5,
 Rößler 2010) for scalar and diagonal noise; ``torchsde_euler`` (strong 0.5)
@@ -21,10 +29,46 @@ for both. ODEs: use euler / heun / rk45.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from .._errors import InputError
 from .base import Solver
+
+
+class _TorchSDEProblem(torch.nn.Module):
+    """The checked problem as torchsde's ``(B, D)`` Itô SDE with diagonal noise, in ``s = sign * t``."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, problem, shape, sign: float):
+        super().__init__()
+        self.problem, self.shape, self.sign = problem, tuple(shape), sign
+        self.bm = None  # the current step's Brownian increment (_IncrementBM)
+
+    def f(self, s, y):
+        if not self.bm.queried:  # sdeint's shape check, before the step: no evaluation
+            return y
+        return self.sign * self.problem.drift(self.sign * s, y.reshape(self.shape)).reshape(y.shape)
+
+    def g(self, s, y):
+        if not self.bm.queried:
+            return y
+        return self.problem.diffusion(self.sign * s, y.reshape(self.shape)).expand(self.shape).reshape(y.shape)
+
+
+@dataclass(frozen=True)
+class TorchSDEState:
+    """Per solve: the grid as Python floats (the Brownian increments' interval, read without a
+    device sync), the grid in ``s = sign * t`` (increasing, float64: ``sdeint``'s times) and the
+    problem as torchsde sees it."""
+
+    host: list
+    s_grid: torch.Tensor
+    sde: _TorchSDEProblem
 
 
 class TorchSDE(Solver):
@@ -50,33 +94,21 @@ class TorchSDE(Solver):
         self.evals_per_step = self._EVALS[method]
         self.needs_levy_area = method == "srk"
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        from torchsde._core import base_sde, methods
+    def init(self, problem, x, grid) -> TorchSDEState:
+        host = grid.tolist()
+        sign = 1.0 if host[-1] > host[0] else -1.0
+        return TorchSDEState(host, sign * grid, _TorchSDEProblem(problem, x.shape, sign))
+
+    def step(self, problem, x, t0, t1, h, i, noise, state: TorchSDEState):
+        import torchsde
 
         B = x.shape[0]
-        if "ts_host" in state:  # host floats of the grid: no device sync per step
-            a, b = state["ts_host"][state["i"]], state["ts_host"][state["i"] + 1]
-        else:
-            a, b = float(t0), float(t1)
-        sign = 1.0 if b > a else -1.0
-
-        class _F(torch.nn.Module):
-            noise_type = "diagonal"
-            sde_type = "ito"
-
-            def f(self_, s, y):
-                return sign * problem.drift(sign * s, y.reshape(x.shape)).reshape(B, -1)
-
-            def g(self_, s, y):
-                return problem.diffusion(sign * s, y.reshape(x.shape)).expand(x.shape).reshape(B, -1)
-
-        bm = _IncrementBM(noise, a, b, x, self.needs_levy_area)
-        solver = methods.select(self.torchsde_method, "ito")(
-            sde=base_sde.ForwardSDE(_F()), bm=bm, dt=None, adaptive=False, rtol=0.0, atol=0.0, dt_min=0.0,
-            options={},
-        )
-        y1, _ = solver.step(sign * t0, sign * t1, x.reshape(B, -1), ())
-        return y1.reshape(x.shape)
+        sde = state.sde  # built once per solve; it learns this step's increment (see _TorchSDEProblem.f)
+        sde.bm = bm = _IncrementBM(noise, state.host[i], state.host[i + 1], x, self.needs_levy_area)
+        ys = torchsde.sdeint(sde, x.reshape(B, -1), state.s_grid[i:i + 2], bm=bm, method=self.torchsde_method,
+                             dt=math.inf, adaptive=False)
+        sde.bm = None
+        return ys[-1].reshape(x.shape), state
 
     def __repr__(self) -> str:
         return f"TorchSDE({self.torchsde_method!r})"
@@ -119,9 +151,11 @@ class _IncrementBM:
             else:
                 self.U = None
         self.levy_area_approximation = "space-time" if levy else "none"
+        self.queried = False  # becomes True when the step reads its increment
 
     # torchsde's BaseBrownian protocol
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        self.queried = True
         if return_U:
             return self.W, self.U
         return self.W

@@ -1,7 +1,9 @@
 """The core solver contract: throw / per-sample status, grad, options, direction,
-float64 time, the solver protocol (state, evals_per_step) and flowsde._internal."""
+float64 time, the solver protocol (init, step, typed state, evals_per_step) and flowsde._internal."""
 
+import dataclasses
 import math
+from typing import Optional
 
 import pytest
 import torch
@@ -10,9 +12,10 @@ import flowsde
 import flowsde._internal
 from flowsde import Status, grids
 from flowsde import _internal as utils
+from method_table import names
 
 F64 = torch.float64
-FIXED = ["euler", "heun", "euler_maruyama", "pc", "milstein", "srk", "torchsde_euler"]
+FIXED = names("core")  # every fixed-step ODE/SDE solver (tests/method_table.py)
 
 
 def _sde(poison_sample=None, at=0.5, score=True):
@@ -40,7 +43,7 @@ def _ode(poison_sample=None, at=0.5):
 
 @pytest.mark.parametrize("method", FIXED)
 def test_throw_false_marks_only_the_failing_sample(method):
-    problem = _ode(1) if method in ("euler", "heun") else _sde(1)
+    problem = _sde(1) if flowsde.solvers.get_solver(method).noise_types else _ode(1)
     x0 = torch.ones(4, 3, dtype=F64)
     ts = grids.uniform(0, 1, 10)
     sol = flowsde.solve(problem, x0, ts, method=method, throw=False, generator=torch.Generator().manual_seed(0))
@@ -90,7 +93,7 @@ class _Net(torch.nn.Module):
         return torch.tanh(self.lin(x))
 
 
-@pytest.mark.parametrize("method", ["euler", "heun", "rk45"])
+@pytest.mark.parametrize("method", names(("core", "adaptive"), sde=False))
 def test_grad_false_keeps_no_graph_and_grad_true_keeps_it(method):
     net = _Net()
     x0 = torch.randn(5, 3, dtype=F64)
@@ -199,25 +202,28 @@ def test_nfe_matches_evals_per_step(method):
     assert isinstance(solver.evals_per_step, int)
 
 
+@dataclasses.dataclass(frozen=True)
+class _AB2State:
+    f_prev: Optional[torch.Tensor]  # the previous step's drift (None on the first step)
+
+
 class _TwoStepAB(flowsde.solvers.Solver):
-    """Two-step Adams–Bashforth (first step Euler): a multistep solver keeping history in state."""
+    """Two-step Adams–Bashforth (first step Euler): a multistep solver whose typed state carries
+    its history from step to step."""
 
     name = "ab2"
     order = 2
 
-    def init_state(self, problem, x0, ts):
-        return {"f_prev": None, "seen": []}
+    def init(self, problem, x, grid):
+        return _AB2State(f_prev=None)
 
-    def step(self, problem, t0, t1, x, noise, last, state):
-        state["seen"].append((state["i"], state["ts"].dtype, t0.dtype, t0.dim()))
-        h = t1 - t0
+    def step(self, problem, x, t0, t1, h, i, noise, state):
         f = problem.drift(t0, x)
-        if state["f_prev"] is None:
+        if state.f_prev is None:
             x1 = x + h * f
         else:
-            x1 = x + h * (1.5 * f - 0.5 * state["f_prev"])
-        state["f_prev"] = f
-        return x1
+            x1 = x + h * (1.5 * f - 0.5 * state.f_prev)
+        return x1, _AB2State(f_prev=f)
 
 
 def test_state_is_passed_and_multistep_has_order_two():
@@ -229,16 +235,37 @@ def test_state_is_passed_and_multistep_has_order_two():
     assert 3.6 < errs[0] / errs[1] < 4.4 and 3.6 < errs[1] / errs[2] < 4.4  # order 2
 
 
-def test_state_keys_set_by_the_loop():
-    class Spy(_TwoStepAB):
-        pass
+def test_step_arguments_and_state_hand_over():
+    # init once per solve; each step gets the grid's float64 0-dim times, h = t1 - t0 differenced in
+    # float64 and rounded once to the state's dtype, its index, and the state the previous step returned.
+    calls = []
 
-    solver = Spy()
-    seen = []
-    orig = solver.init_state
-    solver.init_state = lambda p, x0, ts: dict(orig(p, x0, ts), seen=seen)
-    flowsde.solve(flowsde.ODE(lambda t, x: -x), torch.ones(1, 1), grids.uniform(0, 1, 3), method=solver)
-    assert seen == [(i, F64, F64, 0) for i in range(3)]
+    class Spy(_TwoStepAB):
+        def init(self, problem, x, grid):
+            calls.append(("init", tuple(x.shape), grid.dtype, grid.tolist()))
+            return 0
+
+        def step(self, problem, x, t0, t1, h, i, noise, state):
+            calls.append((i, state, t0.dtype, t0.dim(), float(t0), float(t1), h.dtype, h.dim(), float(h)))
+            return x + h * problem.drift(t0, x), state + 1
+
+    ts = torch.tensor([0.0, 0.1, 0.35, 1.0], dtype=F64)
+    flowsde.solve(flowsde.ODE(lambda t, x: -x), torch.ones(2, 1), ts, method=Spy())
+    h = (ts[1:] - ts[:-1]).float().tolist()
+    assert calls == [("init", (2, 1), F64, ts.tolist())] + [
+        (i, i, F64, 0, ts[i].item(), ts[i + 1].item(), torch.float32, 0, h[i]) for i in range(3)]
+
+
+def test_a_step_must_return_the_state_too():
+    class Old(flowsde.solvers.Solver):
+        name = "old"
+
+        def step(self, problem, x, t0, t1, h, i, noise, state):
+            return x + h * problem.drift(t0, x)  # the state is missing
+
+    with pytest.raises(flowsde.InputError, match=r"old: step\(problem, x, t0, t1, h, i, noise, state\) must return "
+                                                 r"\(x, state\), got Tensor"):
+        flowsde.solve(flowsde.ODE(lambda t, x: -x), torch.ones(2, 1), grids.uniform(0, 1, 3), method=Old())
 
 
 # ------------------------------------------------------------------ utils
@@ -279,17 +306,19 @@ def test_check_positive(bad):
 
 
 def test_grid_times_reach_the_user_exactly_as_cast():
-    # The cast of a grid time is looked up in a grid cast once; other times are cast on the fly.
+    # The cast of a grid time is looked up, by the step index, in a grid cast once per solve (Heun's
+    # t1 of step i and t0 of step i + 1 are one tensor); other times are cast on the fly.
     seen = []
 
     def f(t, x):
-        seen.append(t.clone())
+        seen.append(t)
         return -x
 
     ts = torch.tensor([0.0, 0.1, 0.35, 1.0], dtype=F64)
     flowsde.solve(flowsde.ODE(f), torch.ones(1, 1), ts, method="heun")
     assert [float(t) for t in seen] == [float(v) for v in ts.float()[[0, 1, 1, 2, 2, 3]]]
     assert all(t.dtype == torch.float32 and t.dim() == 0 for t in seen)
+    assert seen[1] is seen[2] and seen[3] is seen[4]
     seen.clear()
     flowsde.solve(flowsde.ODE(f), torch.ones(1, 1), ts, method="rk45")
     assert seen[0].dtype == torch.float32 and float(seen[0]) == 0.0
@@ -312,28 +341,3 @@ def test_autograd_inside_a_function_works_with_enable_grad():
     assert a.success and a.x.grad_fn is None
     s = flowsde.solve(flowsde.ODE(score), x0, grids.uniform(0, 1, 4), method="euler").x
     assert torch.allclose(s, x0 * 0.75 ** 4) and s.grad_fn is None  # score = -x: Euler gives (1 - h)^n
-
-
-@pytest.mark.parametrize("fold_every", [1, 3, 256])
-def test_failure_bookkeeping_is_the_same_whatever_the_folding(monkeypatch, fold_every):
-    # Per-output sums are folded into one (B,) tensor every _FOLD_EVERY outputs (memory O(B));
-    # the first failure of each sample, and the earliest of the solve, must not depend on it.
-    import flowsde._checks as checks
-
-    monkeypatch.setattr(checks, "_FOLD_EVERY", fold_every)
-
-    def f(t, x):
-        out = -x
-        nan = torch.full_like(x, float("nan"))
-        out = torch.where((torch.arange(4)[:, None] == 2) & (t > 0.25), nan, out)  # sample 2 from t > 0.25
-        return torch.where((torch.arange(4)[:, None] == 0) & (t > 0.65), nan, out)  # sample 0 from t > 0.65
-
-    sde = flowsde.SDE(f, lambda t, x: torch.full((), 0.1, dtype=x.dtype), score=lambda t, x: -x)
-    x0 = torch.ones(4, 2, dtype=F64)
-    ts = grids.uniform(0, 1, 20)
-    sol = flowsde.solve(sde, x0, ts, method="euler_maruyama", throw=False)
-    assert sol.status_names() == ["NON_FINITE", "SUCCESS", "NON_FINITE", "SUCCESS"]
-    assert sol.t_final.tolist() == pytest.approx([0.7, 1.0, 0.3, 1.0])
-    with pytest.raises(flowsde.SolveError, match=r"drift returned NaN/Inf at step 6 \(t = 0.3\) in sample 2\.") as e:
-        flowsde.solve(sde, x0, ts, method="euler_maruyama")
-    assert e.value.samples == [2]

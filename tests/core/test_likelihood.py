@@ -15,7 +15,7 @@ import torch
 
 import flowsde
 from flowsde import InputError, SolveError, Status
-from flowsde._likelihood import bits_per_dim, dequantize, log_likelihood
+from flowsde import bits_per_dim, dequantize, log_likelihood
 
 LOG2PI = math.log(2 * math.pi)
 

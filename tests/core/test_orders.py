@@ -1,27 +1,32 @@
 """Convergence orders of the fixed-step solvers against exact answers (slow).
 
+The methods, their levels and tolerances are those of tests/method_table.py (set-ups
+"linear-ode", "ou", "mlp-sde"); each test reads the order the solver declares (diffrax's order
+tests read ``solver.order(terms)`` / ``strong_order(terms)`` the same way) and fits the slope with
+:func:`flowsde.validation.fit_order`.
+
 Strong order: diffrax's method (test/helpers.py, test_sde1.py): many Brownian
 paths, each a virtual Brownian tree shared by every step size and by a fine
 reference; nested grids; error = sqrt(mean over paths of max over save times
-of the squared distance); slope of log error on log step within +-0.3.
+of the squared distance); slope of log error on log step within the case's tolerance.
 """
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 import flowsde
 from flowsde import grids
+from flowsde.validation import fit_order
+from method_table import order_cases
 
 F64 = torch.float64
 pytestmark = pytest.mark.slow
 
 
 def fitted_slope(hs, errs):
-    slope, _ = np.polyfit(np.log(hs), np.log(errs), 1)
-    return slope
+    return fit_order(hs, errs).order
 
 
 def ou_sde(b, s):
@@ -39,30 +44,6 @@ def strong_errors(sde, x0, t0, t1, levels, ref_level, method="euler_maruyama", n
         sq = ((sol.xs - ref_at) ** 2).flatten(2).sum(-1)  # (times, paths)
         errs.append(math.sqrt(sq.max(0).values.mean().item()))
     return errs
-
-
-#: every fixed-step method by name; each test reads the order the solver declares (diffrax's
-#: order tests read ``solver.order(terms)`` / ``strong_order(terms)`` the same way)
-SDE_METHODS = ["euler_maruyama", "torchsde_euler", "milstein", "srk"]
-ODE_METHODS = ["euler", "heun", "euler_maruyama"]
-#: levels and reference level per method: higher orders reach round-off sooner
-LEVELS = {"euler_maruyama": (range(3, 9), 10), "torchsde_euler": (range(3, 9), 10), "milstein": (range(2, 7), 10),
-          "srk": (range(2, 7), 9)}
-
-
-@pytest.mark.parametrize("method", SDE_METHODS)
-@pytest.mark.parametrize("t0, t1", [(0.0, 1.0), (1.0, 0.0)])
-def test_strong_order_on_additive_noise(method, t0, t1):
-    # OU (additive noise): Euler-Maruyama coincides with Milstein there, so its declared strong order
-    # on additive noise is 1, not 0.5 (Kloeden & Platen, sec. 10.3).
-    solver = flowsde.solvers.get_solver(method)
-    order = solver.strong_order_for("additive")
-    sde = ou_sde(1.0, 0.8)
-    x0 = torch.full((100, 2), 1.5, dtype=F64)  # 100 paths x 2 dims
-    levels, ref = LEVELS[method]
-    errs = strong_errors(sde, x0, t0, t1, levels, ref, method=method, levy=(method == "srk"))
-    slope = fitted_slope([2.0 ** -lvl for lvl in levels], errs)
-    assert abs(slope - order) < 0.3, (method, order, slope, errs)
 
 
 class _MLP(torch.nn.Module):
@@ -84,29 +65,37 @@ def nonlinear_sde():
     return flowsde.SDE(lambda t, x: 0.5 * f(x), lambda t, x: 0.25 * g(x), noise_type="diagonal")
 
 
-@pytest.mark.parametrize("t0, t1", [(0.0, 2.0), (2.0, 0.0)])
-@pytest.mark.parametrize("method", ["euler_maruyama", "milstein"])
-def test_strong_order_on_nonlinear_problem(method, t0, t1):
-    solver = flowsde.solvers.get_solver(method)
-    order = solver.strong_order_for("diagonal")
-    sde = nonlinear_sde()
-    x0 = torch.randn(60, 3, dtype=F64, generator=torch.Generator().manual_seed(5))
-    levels, ref = LEVELS[method]
-    errs = strong_errors(sde, x0, t0, t1, levels, ref, method=method)
+@pytest.mark.parametrize("method, case", order_cases("ou", "strong") + order_cases("mlp-sde", "strong"))
+@pytest.mark.parametrize("forward", [True, False], ids=["forward", "backward"])
+def test_strong_order(method, case, forward):
+    # OU (additive noise): Euler-Maruyama coincides with Milstein there, so its declared strong order
+    # on additive noise is 1, not 0.5 (Kloeden & Platen, sec. 10.3). diffrax's MLP problem: diagonal,
+    # x-dependent noise.
+    order = case.declared(method)
+    if case.setup == "ou":
+        t0, t1 = (0.0, 1.0) if forward else (1.0, 0.0)
+        sde, x0 = ou_sde(1.0, 0.8), torch.full((100, 2), 1.5, dtype=F64)  # 100 paths x 2 dims
+    else:
+        t0, t1 = (0.0, 2.0) if forward else (2.0, 0.0)
+        sde, x0 = nonlinear_sde(), torch.randn(60, 3, dtype=F64, generator=torch.Generator().manual_seed(5))
+    levels = list(case.levels)
+    levy = getattr(case.solver(method), "needs_levy_area", False)  # srk reads the space-time Levy area
+    errs = strong_errors(sde, x0, t0, t1, levels, case.ref_level, method=method, levy=levy)
     slope = fitted_slope([2.0 ** -lvl for lvl in levels], errs)
-    assert abs(slope - order) < 0.3, (method, order, slope, errs)
-    assert errs[0] < 0.05 * 20  # limit check: the coarsest solve is not wildly off the reference
+    assert case.accepts(slope, method), (method, case, order, slope, errs)
+    if case.setup == "mlp-sde":
+        assert errs[0] < 0.05 * 20  # limit check: the coarsest solve is not wildly off the reference
 
 
-@pytest.mark.parametrize("method", ["euler_maruyama", "torchsde_euler"])
+@pytest.mark.parametrize("method, case", order_cases("ou", "weak"))
 @pytest.mark.parametrize("t0, t1", [(0.0, 1.0), (1.0, 0.0)])
-def test_weak_order_on_ou(method, t0, t1):
+def test_weak_order_on_ou(method, case, t0, t1):
     # Weak error of phi(x) = x and x^2 against the EXACT OU moments (mean x0 e^{-bT}, variance
     # s^2 (1 - e^{-2bT}) / 2b). Monte-Carlo noise is cut by driving all step sizes with the same
     # paths, and is bounded here: 2e5 samples give a standard error of the second moment
     # about 0.35 * sqrt(2/2e5) ~ 1e-3, below the smallest weak error fitted (~5e-3 at h = 1/32).
     # Solved backward (t1 < t0), dx = -b x dt with dt < 0 is, in s = -t, dx = +b x ds: b flips sign.
-    order = flowsde.solvers.get_solver(method).weak_order
+    order = case.declared(method)
     b_sde, s, T, xinit = 1.0, 0.8, abs(t1 - t0), 2.0
     b = b_sde if t1 > t0 else -b_sde
     x0 = torch.full((200_000, 1), xinit, dtype=F64)
@@ -114,30 +103,30 @@ def test_weak_order_on_ou(method, t0, t1):
     m2_ex = mean_ex ** 2 + s ** 2 * (1 - math.exp(-2 * b * T)) / (2 * b)
     hs, errs = [], []
     gen_seed = 11
-    for n in (2, 4, 8, 16, 32):
+    for n in (2 ** lvl for lvl in case.levels):  # 2 .. 32 steps
         x = flowsde.solve(ou_sde(b_sde, s), x0, grids.uniform(t0, t1, n), method=method,
                           generator=torch.Generator().manual_seed(gen_seed)).x
         err = abs(x.mean().item() - mean_ex) + abs((x ** 2).mean().item() - m2_ex)
         hs.append(T / n)
         errs.append(err)
     slope = fitted_slope(hs, errs)
-    assert abs(slope - order) < 0.3, (method, order, slope, errs)
+    assert case.accepts(slope, method), (method, case, order, slope, errs)
 
 
-@pytest.mark.parametrize("method", ODE_METHODS)
+@pytest.mark.parametrize("method, case", order_cases("linear-ode"))
 @pytest.mark.parametrize("t0, t1", [(0.0, 1.0), (1.0, 0.0)])
-def test_ode_global_order_on_linear_system(method, t0, t1):
+def test_ode_order(method, case, t0, t1):
     # y' = A y, A = 0.5 N(0, 1) (6 x 6), exact y(t1) = expm((t1 - t0) A) y(t0)  (diffrax test_ode_order).
-    order = flowsde.solvers.get_solver(method).order
+    order = case.declared(method)
     A = 0.5 * torch.randn(6, 6, dtype=F64, generator=torch.Generator().manual_seed(2))
     y0 = torch.randn(4, 6, dtype=F64, generator=torch.Generator().manual_seed(3))
     ode = flowsde.ODE(lambda t, y: y @ A.T)
     exact = y0 @ torch.linalg.matrix_exp((t1 - t0) * A).T
-    ns = [2 ** k for k in range(3, 9)]
+    ns = [2 ** k for k in case.levels]
     errs = [(flowsde.solve(ode, y0, grids.uniform(t0, t1, n), method=method).x - exact).abs().max().item()
             for n in ns]
     slope = fitted_slope([1 / n for n in ns], errs)
-    assert abs(slope - order) < 0.1 * order + 0.05, (method, order, slope, errs)
+    assert case.accepts(slope, method), (method, case, order, slope, errs)
 
 
 @pytest.mark.parametrize("step_rule, d", [("per_sample", 64), ("score_sde", 4), ("score_sde", 64)])

@@ -14,7 +14,7 @@ import torch
 
 import flowsde
 from flowsde import InputError, SolveError, Status
-from flowsde._solvers.rk45 import RK45
+from flowsde.solvers import RK45
 
 A2 = torch.tensor([[-0.5, 1.0], [-1.0, -0.5]], dtype=torch.float64)  # damped rotation
 
@@ -194,7 +194,8 @@ def test_max_steps_partial_result_and_error(per_sample):
 
 
 @pytest.mark.parametrize("kw", [dict(rtol=0.0), dict(atol=-1e-6), dict(rtol=float("nan")), dict(max_steps=0),
-                                dict(mode="fast"), dict(per_sample=True, mode="batch"), dict(first_step=-1.0)])
+                                dict(mode="fast"), dict(per_sample=True, mode="batch"), dict(first_step=-1.0),
+                                dict(safety=1.5), dict(dfactor=1.2), dict(ifactor=0.5), dict(beta=-0.1)])
 def test_bad_options(kw):
     with pytest.raises(InputError):
         RK45(**kw)
@@ -211,9 +212,8 @@ def test_method_names_and_attributes():
 
 def test_at_most_one_host_sync_per_step(monkeypatch):
     # Count every tensor -> Python conversion (the host syncs on an accelerator) inside the
-    # integrator: 2 at the start (float(ts[0]), float(ts[-1])), then one per step.
-    from flowsde._solvers import rk45 as mod
-
+    # integrator: 2 at the start (float(grid[0]), float(grid[-1])), then one per step.
+    solver = RK45(1e-6, 1e-6, per_sample=True, max_steps=1000)
     count = [0]
     for name in ("__bool__", "item", "tolist", "__float__", "__int__"):
         orig = getattr(torch.Tensor, name)
@@ -222,12 +222,11 @@ def test_at_most_one_host_sync_per_step(monkeypatch):
             count[0] += 1
             return _orig(self, *a, **k)
         monkeypatch.setattr(torch.Tensor, name, wrapped)
-    out = mod.dopri5(lambda t, y: (-y[0],), (torch.ones(3, 2, dtype=torch.float64),),
-                     torch.tensor([0.0, 2.0], dtype=torch.float64), rtol=1e-6, atol=1e-6, per_sample=True,
-                     max_steps=1000)
+    out = solver.integrate(lambda t, y: (-y[0],), (torch.ones(3, 2, dtype=torch.float64),),
+                           torch.tensor([0.0, 2.0], dtype=torch.float64))
     monkeypatch.undo()
-    assert out["n_iter"] > 5
-    assert count[0] == out["n_iter"] + 2, (count[0], out["n_iter"])
+    assert out.steps > 5
+    assert count[0] == out.steps + 2, (count[0], out.steps)
 
 
 def test_progress_bar_runs():

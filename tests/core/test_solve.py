@@ -9,6 +9,7 @@ import torch
 
 import flowsde
 from flowsde import grids
+from method_table import names
 
 F64 = torch.float64
 
@@ -37,14 +38,14 @@ def test_pc_counts_score_evaluations():
     assert sol.nfe == 5 * (1 + 2)
 
 
-@pytest.mark.parametrize("method", ["euler", "heun"])
+@pytest.mark.parametrize("method", names("core", sde=False))
 def test_ode_both_time_directions_are_inverse(method):
     # dx/dt = -x: solving forward then backward on fine grids returns to the start.
     ode = flowsde.ODE(lambda t, x: -x)
     x0 = torch.randn(5, 3, dtype=F64)
     fwd = flowsde.solve(ode, x0, grids.uniform(0, 1, 2000), method=method)
     back = flowsde.solve(ode, fwd.x, grids.uniform(1, 0, 2000), method=method)
-    tol = 2e-3 if method == "euler" else 1e-6  # O(h) and O(h^2) with h = 5e-4
+    tol = {1: 2e-3, 2: 1e-6}[flowsde.solvers.get_solver(method).order]  # O(h) and O(h^2) with h = 5e-4
     assert torch.allclose(back.x, x0, atol=tol)
     assert torch.allclose(fwd.x, x0 * math.exp(-1), atol=tol)
 
@@ -58,7 +59,7 @@ def test_inputs_are_not_modified():
     assert torch.equal(x0, x0c) and torch.equal(ts, tsc)
 
 
-@pytest.mark.parametrize("method", ["euler_maruyama", "pc", "milstein", "srk"])
+@pytest.mark.parametrize("method", names("core", sde=True))
 def test_same_seed_same_result(method):
     sde = flowsde.SDE(lambda t, x: -x, lambda t, x: 0.5 + 0.1 * x.sin(), noise_type="diagonal", score=lambda t, x: -x)
     x0 = torch.randn(4, 3, dtype=F64)
@@ -102,13 +103,13 @@ def test_unknown_method():
         flowsde.solve(ou(), torch.zeros(2, 1), grids.uniform(0, 1, 2), method="rk4")
 
 
-@pytest.mark.parametrize("method", ["euler", "heun"])
+@pytest.mark.parametrize("method", names("core", sde=False))
 def test_ode_method_on_sde_is_refused(method):
     with pytest.raises(flowsde.InputError, match="cannot solve an SDE"):
         flowsde.solve(ou(), torch.zeros(2, 1), grids.uniform(0, 1, 2), method=method)
 
 
-@pytest.mark.parametrize("method", ["milstein", "srk"])
+@pytest.mark.parametrize("method", names("core", ode=False))
 def test_sde_only_method_on_ode_is_refused(method):
     with pytest.raises(flowsde.InputError, match="solves SDEs only"):
         flowsde.solve(flowsde.ODE(lambda t, x: x), torch.zeros(2, 1), grids.uniform(0, 1, 2), method=method)
@@ -246,7 +247,7 @@ def test_float32_and_time_as_batch_tensor():
 
 
 def test_pc_auto_step_rule_depends_on_dimension():
-    from flowsde._solvers.pc import resolve_step_rule
+    from flowsde._internal import resolve_step_rule
 
     assert resolve_step_rule("auto", torch.zeros(3, 2)) == "score_sde"
     assert resolve_step_rule("auto", torch.zeros(3, 1, 8, 8)) == "per_sample"
@@ -256,8 +257,7 @@ def test_pc_auto_step_rule_depends_on_dimension():
 # ---------------------------------------------------------------- batch independence
 
 
-@pytest.mark.parametrize("method", ["euler_maruyama", "pc", flowsde.solvers.PC(corrector_steps=3), "milstein", "srk",
-                                    "torchsde_euler"])
+@pytest.mark.parametrize("method", names("core", sde=True) + [flowsde.solvers.PC(corrector_steps=3)])
 @pytest.mark.parametrize("event", [(2,), (1, 8, 8)])
 def test_default_methods_make_each_sample_independent_of_its_batch(method, event):
     # A 16-sample subset of a 64 batch, with per-sample generators, gives the same bits: the

@@ -1,5 +1,8 @@
 """Convergence orders and marginals of the samplers on the exact mixtures (slow).
 
+The methods (with their options), levels and tolerances are those of tests/method_table.py
+(set-up "vp-mixture"; the stochastic samplers: ``names("sampler", sde=True)``).
+
 Orders: each method's declared ``order`` (its deterministic limit, ``beta = 0`` for the stochastic
 ones) is measured with :func:`flowsde.validation.convergence_order` (nested uniform grids of
 ``2^level`` steps, error = max over the coarse save times, slope of log error on log step with a
@@ -23,27 +26,23 @@ import flowsde
 from flowsde.adapters import Diffusion, from_denoiser
 from flowsde.adapters.schedules import EDM, VP
 from flowsde.validation import check_marginals, convergence_order
+from method_table import names, order_cases
 
 from _samplers_peers import F64, gen, mixture
 
 pytestmark = pytest.mark.slow
 
 T0, T1 = 0.4, 0.02
-METHODS = [("ddim", {}), ("dpm_2", {}), ("dpmpp_2m", {}), ("lms", {}), ("lms", {"order": 1}), ("unipc", {}),
-           ("unipc", {"lower_order_final": False}), ("unipc", {"order": 3, "lower_order_final": False}),
-           ("unipc", {"order": 1, "lower_order_final": False}), ("edm", {}),
-           ("euler_ancestral", {}), ("dpmpp_2s_ancestral", {}), ("dpmpp_2m_sde", {}),
-           ("dpmpp_2m_sde", {"solver_type": "heun"}), ("dpmpp_3m_sde", {})]
 
 
 def _vp():
     return Diffusion(mixture().oracle(VP(), "eps"), VP(), prediction="eps")
 
 
-@pytest.mark.parametrize("method,options", METHODS, ids=lambda v: str(v) if isinstance(v, dict) and v else None)
-def test_declared_order(method, options):
+@pytest.mark.parametrize("method, case", order_cases("vp-mixture"))
+def test_declared_order(method, case):
     d = _vp()
-    solver = flowsde.solvers.get_solver(method, **options)
+    solver = case.solver(method)
     problem = d.pf_ode() if solver.solves_ode else d.reverse_sde(0.0)
     x0 = torch.randn(32, 2, dtype=F64, generator=gen(0)) * 1.2
 
@@ -51,8 +50,8 @@ def test_declared_order(method, options):
         ref = flowsde.solve(d.pf_ode(), x0, ts, method="rk45", rtol=1e-11, atol=1e-11, save_all=True)
         return ref.xs
 
-    res = convergence_order(problem, x0, (T0, T1), method=solver, kind="ode", levels=(4, 5, 6, 7, 8), exact=exact)
-    assert -0.25 < res.order - solver.order < 0.75, res
+    res = convergence_order(problem, x0, (T0, T1), method=solver, kind="ode", levels=case.levels, exact=exact)
+    assert case.accepts(res.order, method), (res, case)
 
 
 def _exact_start(gm, schedule, t, n, seed):
@@ -61,10 +60,7 @@ def _exact_start(gm, schedule, t, n, seed):
     return a * gm.sample(n, generator=g) + s * torch.randn(n, 2, dtype=F64, generator=g)
 
 
-STOCHASTIC = ["ddim", "euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde"]
-
-
-@pytest.mark.parametrize("method", STOCHASTIC)
+@pytest.mark.parametrize("method", names("sampler", sde=True))
 def test_stochastic_samplers_land_on_the_marginals(method):
     gm, sched = mixture(), VP()
     d = Diffusion(gm.oracle(sched, "eps"), sched, prediction="eps")

@@ -13,10 +13,11 @@ from flowsde.adapters import Diffusion, edm_ode, from_denoiser
 from flowsde.adapters.schedules import EDM, VE, VP, Cosine, Discrete, Linear
 
 from _samplers_peers import F64, gen, mixture
+from method_table import names
 
 RTOL = 1e-12
-ODE_METHODS = ["ddim", "dpm_2", "dpmpp_2m", "lms", "unipc", "edm"]
-SDE_METHODS = ["ddim", "euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde"]
+ODE_METHODS = names("sampler", ode=True)  # tests/method_table.py
+SDE_METHODS = names("sampler", sde=True)
 
 SCHEDULES = [
     (VP(), "eps"),
@@ -96,8 +97,7 @@ def test_user_built_problem_without_adapters():
 
 
 # ---------------------------------------------------------------------------------------- last step
-@pytest.mark.parametrize("method", ODE_METHODS + ["euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_2m_sde",
-                                                  "dpmpp_3m_sde"])
+@pytest.mark.parametrize("method", names("sampler"))
 def test_step_to_zero_noise(method):
     """The last step of a grid ending at zero noise never evaluates the model at sigma = 0 and
     follows its peer: the data prediction exactly (DDIM / DPM-Solver++ / UniPC, "denoising step"), an
@@ -285,7 +285,7 @@ def test_bad_input():
 
 
 def test_declared_attributes():
-    for name in ODE_METHODS + SDE_METHODS:
+    for name in names("sampler"):
         s = flowsde.solvers.get_solver(name)
         assert s.order in (1, 2, 3) and s.evals_per_step in (1, 2)
         assert (s.weak_order == 1.0) == bool(s.noise_types)
@@ -324,11 +324,11 @@ def test_exact_for_a_point_mass(method, sched, cuts, to_zero):
     torch.testing.assert_close(out, exact, rtol=1e-10, atol=1e-10 * float(x.abs().max()))
 
 
-@pytest.mark.parametrize("method", ["edm", "dpm_2", "dpmpp_2s_ancestral"])
+@pytest.mark.parametrize("method", [m for m in names("sampler") if flowsde.solvers.get_solver(m).evals_per_step == 2])
 def test_declared_nfe_on_a_grid_stopping_above_zero_noise(method):
     """Two-stage samplers take both evaluations on every step of a grid ending at sigma > 0."""
     d = vp()
-    problem = d.pf_ode() if method != "dpmpp_2s_ancestral" else d.reverse_sde(0.0)
+    problem = d.pf_ode() if flowsde.solvers.get_solver(method).solves_ode else d.reverse_sde(0.0)
     ts = torch.linspace(d.schedule.t_max, d.schedule.t_min, 7, dtype=torch.float64)
     sol = flowsde.solve(problem, latents(), ts, method=method)
     assert sol.nfe == flowsde.solvers.get_solver(method).nfe(6) == 12

@@ -1,25 +1,28 @@
-"""convergence_order: flowsde's solvers show their textbook orders (slow), and bad input.
+"""convergence_order and fit_order: flowsde's solvers show their textbook orders (slow), and bad input.
 
-Pass criterion: fitted slope within +-0.3 of theory (diffrax's test_sde1
-criterion); the regression's 95% interval is also checked to contain the
+The methods and their levels are those of tests/method_table.py (set-ups "expm", "gbm",
+"gbm-scalar"). Pass criterion: fitted slope within the case's tolerance (+-0.3, diffrax's
+test_sde1 criterion); the regression's 95% interval is also checked to contain the
 theoretical order or be within 0.3 of it, which guards against a lucky fit
 through noisy errors.
 """
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import flowsde
 from flowsde import InputError
-from flowsde.validation import OU, convergence_order
+from flowsde.validation import OU, OrderResult, convergence_order, fit_order
+from method_table import order_cases
 
 F64 = torch.float64
 
 
-def _assert_order(res, theory):
-    assert abs(res.order - theory) < 0.3, res
+def _assert_order(res, theory, tol=(-0.3, 0.3)):
+    assert tol[0] < res.order - theory < tol[1], res
     assert res.ci[0] - 0.3 < theory < res.ci[1] + 0.3, res
 
 
@@ -37,15 +40,16 @@ def _linear_ode():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["euler", "heun"])
+@pytest.mark.parametrize("method, case", order_cases("expm"))
 @pytest.mark.parametrize("t0, t1", [(0.0, 2.0), (2.0, 0.0)])
-def test_ode_order_against_expm(method, t0, t1):
-    order = flowsde.solvers.get_solver(method).order  # the declared order
+def test_ode_order_against_expm(method, case, t0, t1):
+    order = case.declared(method)  # the declared order
     ode, x0, exact_from = _linear_ode()
-    res = convergence_order(ode, x0, (t0, t1), method=method, kind="ode", levels=range(3, 8), exact=exact_from(t0))
-    _assert_order(res, order)
+    res = convergence_order(ode, x0, (t0, t1), method=method, kind="ode", levels=case.levels, exact=exact_from(t0))
+    _assert_order(res, order, case.tol)
     # and with a fine reference of the same method instead of expm
-    _assert_order(convergence_order(ode, x0, (t0, t1), method=method, kind="ode", levels=range(3, 8)), order)
+    _assert_order(convergence_order(ode, x0, (t0, t1), method=method, kind="ode", levels=case.levels), order,
+                  case.tol)
 
 
 @pytest.mark.slow
@@ -68,19 +72,23 @@ def _gbm(mu=0.5, s=0.8):
     return flowsde.SDE(lambda t, x: mu * x, lambda t, x: s * x, noise_type="diagonal")
 
 
+def _gbm_scalar(mu=0.5, s=0.8):
+    # d = 1: g given as one number per sample, (B,)
+    return flowsde.SDE(lambda t, x: mu * x, lambda t, x: s * x[:, 0], noise_type="scalar")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method, levels, ref, n", [("euler_maruyama", range(3, 8), 10, 64),
-                                                   ("torchsde_euler", range(3, 8), 10, 64),
-                                                   ("milstein", range(3, 8), 10, 64),
-                                                   ("srk", range(2, 7), 9, 32)])
-def test_strong_order_on_gbm(method, levels, ref, n):
-    """Geometric Brownian motion (x-dependent diagonal noise), against each solver's declared strong
-    order on diagonal noise: EM 0.5, Milstein 1, SRK 1.5 (Roessler 2010, torchsde's srk; space-time
-    Levy area from the shared path)."""
-    order = flowsde.solvers.get_solver(method).strong_order_for("diagonal")
-    x0 = torch.ones(n, 2, dtype=F64)
-    res = convergence_order(_gbm(), x0, (0.0, 1.0), method=method, kind="strong", levels=levels, ref_level=ref)
-    _assert_order(res, order)
+@pytest.mark.parametrize("method, case", order_cases("gbm") + order_cases("gbm-scalar"))
+def test_strong_order_on_gbm(method, case):
+    """Geometric Brownian motion (x-dependent noise, diagonal in d = 2 and scalar in d = 1), against each
+    solver's declared strong order on that noise: EM 0.5, Milstein 1, SRK 1.5 (Roessler 2010, torchsde's
+    srk; space-time Levy area from the shared path)."""
+    order = case.declared(method)
+    sde, d = (_gbm(), 2) if case.setup == "gbm" else (_gbm_scalar(), 1)
+    x0 = torch.ones(case.samples, d, dtype=F64)
+    res = convergence_order(sde, x0, (0.0, 1.0), method=method, kind="strong", levels=case.levels,
+                            ref_level=case.ref_level)
+    _assert_order(res, order, case.tol)
 
 
 @pytest.mark.slow
@@ -93,7 +101,7 @@ def test_strong_order_against_exact_gbm_solution():
     def exact(ts):
         return torch.stack([x0 * torch.exp((mu - s * s / 2) * t + s * path(float(t))) for t in ts])
 
-    res = convergence_order(_gbm(mu, s), x0, 0.0, 1.0, method="euler_maruyama", kind="strong",
+    res = convergence_order(_gbm(mu, s), x0, (0.0, 1.0), method="euler_maruyama", kind="strong",
                             levels=range(3, 9), exact=exact, generator=path)
     assert abs(res.order - flowsde.solvers.EulerMaruyama().strong_order_for("diagonal")) < 0.3, res
 
@@ -128,3 +136,40 @@ def test_fit_recovers_known_slope_and_interval():
                             exact=lambda ts: torch.exp(-ts)[:, None, None].expand(len(ts), 2, 1))
     assert abs(res.order - 1.0) < 0.05, res  # Euler's leading error term dominates at h <= 1/16
     assert res.ci[0] <= res.order <= res.ci[1]
+
+
+def test_fit_order_is_the_fit_convergence_order_makes():
+    hs = [0.5, 0.25, 0.125, 0.0625]
+    exact = fit_order(hs, [3 * h ** 2 for h in hs])
+    assert isinstance(exact, OrderResult) and exact.kind is None and exact.method is None
+    assert abs(exact.order - 2) < 1e-12 and exact.ci[1] - exact.ci[0] < 1e-9  # err = C h^p: slope p, no spread
+    noisy = [1.0, 0.3, 0.1, 0.02]
+    res = fit_order(hs, noisy, confidence=0.9)
+    slope, _ = np.polyfit(np.log(hs), np.log(noisy), 1)  # the same least-squares slope
+    assert abs(res.order - slope) < 1e-12 and res.ci[0] < res.order < res.ci[1] and res.confidence == 0.9
+    assert fit_order(hs, noisy, confidence=0.99).ci[0] < res.ci[0]  # a higher level, a wider interval
+    assert "order: " in repr(res)
+    # convergence_order's slope and interval are fit_order's on its step sizes and errors
+    co = convergence_order(flowsde.ODE(lambda t, x: -x), torch.ones(2, 1, dtype=F64), (0.0, 1.0), method="euler",
+                           kind="ode", levels=(2, 3, 4, 5))
+    again = fit_order(co.step_sizes, co.errors)
+    assert (co.order, co.ci) == (again.order, again.ci)
+
+
+@pytest.mark.parametrize("hs, errs, match", [
+    ([0.5, 0.25], [1.0, 0.5], "at least 3 distinct"),
+    ([0.5, 0.5, 0.5], [1.0, 0.5, 0.2], "at least 3 distinct"),
+    ([0.5, 0.25, 0.125], [1.0, 0.5], "3 step sizes but 2 errors"),
+    ([0.5, 0.25, 0.125], [1.0, 0.0, 0.2], "errors .* must be positive and finite"),
+    ([0.5, -0.25, 0.125], [1.0, 0.5, 0.2], "step_sizes .* must be positive and finite"),
+    ([0.5, 0.25, 0.125], [1.0, float("nan"), 0.2], "positive and finite"),
+    (["a", 0.25, 0.125], [1.0, 0.5, 0.2], "sequences of numbers"),
+])
+def test_fit_order_bad_input(hs, errs, match):
+    with pytest.raises(InputError, match=match):
+        fit_order(hs, errs)
+
+
+def test_fit_order_bad_confidence():
+    with pytest.raises(InputError, match="confidence"):
+        fit_order([0.5, 0.25, 0.125], [1.0, 0.5, 0.2], confidence=1.0)
