@@ -14,8 +14,8 @@ and from a velocity, with ``D = alpha sigma' - alpha' sigma`` (flow_matching
 The beta-family (docs/design.md, "The Itô / beta family"; Song et al. 2021, Karras et al. 2022
 eq. 6) all share the marginals p_t:
 
-    reverse:  dx = [f x - (1+beta)/2 g^2 score] dt + sqrt(beta) g dW   (solve with decreasing ts),
-    forward:  dx = [f x - (1-beta)/2 g^2 score] dt + sqrt(beta) g dW   (increasing ts),
+    reverse:  dx = [f x - (1+beta)/2 g^2 score] dt + sqrt(beta) g dW   (solve on a decreasing grid),
+    forward:  dx = [f x - (1-beta)/2 g^2 score] dt + sqrt(beta) g dW   (an increasing grid),
 
 written here as ``u -/+ beta/2 g^2 score`` so that each drift costs one network call.
 """
@@ -598,7 +598,7 @@ class Diffusion:
     def reverse_sde(self, beta: Optional[BetaLike] = None, *, diffusion: Optional[BetaLike] = None) -> SemiLinearSDE:
         """The reverse-time family ``dx = [f x - (1+beta)/2 g^2 score] dt + sqrt(beta) g dW``.
 
-        Solve it with *decreasing* ``ts`` (``T -> t_min``): a backward Euler-Maruyama step with
+        Solve it on a *decreasing* ``grid`` (``T -> t_min``): a backward Euler-Maruyama step with
         ``|dt|`` is exactly this SDE with a backward Brownian motion. ``beta = 1`` (the default) is
         Anderson's reverse SDE (score_sde ``sde.reverse``), ``beta = 0`` the PF-ODE with a
         zero diffusion. ``beta``: a number ``>= 0`` or ``beta(t) -> (B,) tensor or number``
@@ -628,7 +628,7 @@ class Diffusion:
 
     def forward_sde(self, beta: Optional[BetaLike] = None, *, diffusion: Optional[BetaLike] = None) -> SDE:
         """The forward-time family ``dx = [f x - (1-beta)/2 g^2 score] dt + sqrt(beta) g dW``
-        (solve with increasing ``ts``); ``beta = 1`` (the default) is the noising SDE
+        (solve on an increasing ``grid``); ``beta = 1`` (the default) is the noising SDE
         ``dx = f x dt + g dW``, whose drift is computed without calling the network.
         ``diffusion=w``: the member ``dx = [u + w^2/2 score] dt + w dW`` (see :meth:`reverse_sde`)."""
         return self._sde(beta, +1.0, "forward_sde", diffusion)

@@ -24,7 +24,7 @@ A fixed-step solve with ``throw=True``, or any on the CPU, defers all this (``de
 outputs get their host-side checks only, and the one sync at the end reads the
 final state's finiteness (a NaN or Inf in an output the solver uses reaches the
 state through its arithmetic: ``x + h NaN`` is NaN, ``0 * Inf`` is NaN). Only when
-that fails does :func:`flowsde.solve` replay the solve from ``x0``, with the same
+that fails does :func:`flowsde.solve` replay the solve from its initial ``x``, with the same
 noise and every output checked as above, to name the failure. A success then
 costs nothing per step.
 """

@@ -7,8 +7,8 @@ For ``dx/dt = u(t, x)`` carried from ``t_data`` to ``t_prior``,
 (Chen et al. 2018, "Neural ODEs", Thm. 1; Song et al. 2021, score_sde, eq. (39)).
 The augmented state ``(x, L)`` with ``dL/dt = div u`` (``L`` of shape ``(B, k)``,
 one channel per Hutchinson probe, ``k = 1`` for the exact trace) is solved by an
-adaptive engine (:class:`flowsde.RK45` by default, or torchdiffeq's solvers through
-:class:`flowsde.TorchDiffEq`). The accuracy is asked for in bits per dimension
+adaptive engine (:class:`flowsde.solvers.RK45` by default, or torchdiffeq's solvers through
+:class:`flowsde.solvers.TorchDiffEq`). The accuracy is asked for in bits per dimension
 (``bpd_tol``): each log-density channel is held, in absolute terms, to
 ``|local error of L| <= bpd_tol * D * ln 2`` nats per step (a log-density error is
 measured in nats; ``L`` starts at 0 and its size says nothing about the accuracy needed,
@@ -138,7 +138,7 @@ class LikelihoodResult:
 
 
 def check_data(x, name="x") -> None:
-    """Refuse what cannot be data: the solver's checks of ``x0`` plus an event dimension."""
+    """Refuse what cannot be data: the solver's checks of a state plus an event dimension."""
     check_state(x, name)  # tensor, floating (not half precision), batch-first, finite, real device: the solver's checks
     if x.dim() < 2:
         raise InputError(f"{name}: expected a batch-first tensor (B, *event_shape) with an event dimension, got "

@@ -151,8 +151,8 @@ def convergence_order(
         levels: grid levels (``2^level`` steps each), at least 3, increasing.
         ref_level: level of the reference solve (default ``max(levels) + 3``);
             ignored when ``exact`` is given.
-        exact: strong/ode: ``exact(ts) -> (len(ts), *x.shape)``, the exact solution at
-            the save times ``ts`` (a float64 1-D tensor); weak: the number ``E phi(x(t1))``.
+        exact: strong/ode: ``exact(grid) -> (len(grid), *x.shape)``, the exact solution at
+            the save times ``grid`` (a float64 1-D tensor); weak: the number ``E phi(x(t1))``.
         phi: weak test function ``phi(x) -> (B,)`` (default ``|x|^2`` over event dims).
         generator: the Brownian path every level shares: an int seed (default 0) or a
             ``torch.Generator`` (a path is built from it), or a :class:`flowsde.BrownianPath`
@@ -189,7 +189,7 @@ def convergence_order(
     if kind == "weak" and exact is not None and not isinstance(exact, (int, float)):
         raise InputError("exact: for kind='weak' give the number E phi(x(t1)).")
     if kind != "weak" and exact is not None and not callable(exact):
-        raise InputError("exact: for kind='strong'/'ode' give a callable exact(ts) -> (len(ts), *x.shape).")
+        raise InputError("exact: for kind='strong'/'ode' give a callable exact(grid) -> (len(grid), *x.shape).")
     ref_level = max(levels) + 3 if ref_level is None else int(ref_level)
     if exact is None and ref_level <= max(levels):
         raise InputError(f"ref_level={ref_level} must exceed max(levels)={max(levels)}.")
@@ -219,7 +219,7 @@ def convergence_order(
     elif exact is not None:
         ref = exact(save_ts)
         if tuple(ref.shape) != (stride0 + 1,) + tuple(x.shape):
-            raise InputError(f"exact(ts) returned shape {tuple(ref.shape)}, expected "
+            raise InputError(f"exact(grid) returned shape {tuple(ref.shape)}, expected "
                              f"{(stride0 + 1,) + tuple(x.shape)}.")
     else:
         ref = run(ref_level)[:: 2 ** (ref_level - levels[0])]

@@ -1,6 +1,6 @@
 """torchdiffeq's adaptive solvers as engines of :func:`flowsde.solve` and :func:`flowsde.log_likelihood`.
 
-``flowsde.TorchDiffEq("dopri5", rtol, atol)`` (or ``method="torchdiffeq:dopri5"``) runs
+``flowsde.solvers.TorchDiffEq("dopri5", rtol, atol)`` (or ``method="torchdiffeq:dopri5"``) runs
 ``torchdiffeq.odeint`` with flowsde's tolerance semantics, passed through its ``rtol``/``atol``
 (per tuple component) and ``norm`` options:
 
@@ -10,7 +10,7 @@
   own norm is the RMS over the whole flattened batch, which lets one sample's error hide behind
   the others': flowsde's batch mode, :mod:`flowsde._solvers.rk45`).
 
-So ``TorchDiffEq("dopri5")`` and ``flowsde.RK45(per_sample=False)`` control the same quantity with
+So ``TorchDiffEq("dopri5")`` and ``flowsde.solvers.RK45(per_sample=False)`` control the same quantity with
 the same pair and differ only in step-size heuristics (controller, initial step); the test
 ``test_torchdiffeq_dopri5_agrees_with_rk45`` checks they agree to the tolerance.
 
@@ -81,7 +81,7 @@ class TorchDiffEq(Solver):
 
     Arguments:
         method: one of ``dopri5`` (default), ``dopri8``, ``bosh3``, ``fehlberg2``, ``adaptive_heun``.
-        rtol, atol: tolerances of the state (> 0), as :class:`flowsde.RK45`.
+        rtol, atol: tolerances of the state (> 0), as :class:`flowsde.solvers.RK45`.
         max_steps: torchdiffeq's ``max_num_steps``.
         options: further torchdiffeq options (e.g. ``first_step``, ``safety``, ``ifactor``, ``dfactor``);
             ``norm`` is flowsde's.
