@@ -23,19 +23,22 @@ weights kept are an exponential moving average (EMA) of the iterates.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 
 import flowsde
+from flowsde._internal import as_seed
 
 from ._data import DIGITS_LEVELS, DIGITS_RANGE, dequantize_digits, digits, digits_gaussian, toy_data
 from ._nets import GaussianResidualMLP
 from ._registry import _spec, build, write_weights
 
-__all__ = ["train", "elbo_nats", "nats_to_bpd", "DEFAULTS"]
+__all__ = ["train", "TrainConfig", "elbo_nats", "nats_to_bpd", "DEFAULTS"]
 
 LAMBDA_FLOOR = -20.0
 
@@ -120,84 +123,128 @@ def _data_source(name: str, seed: int, holdout: int = 0):
     return draw, (p64.mean(0), torch.cov(p64.T))
 
 
-def train(name: str, *, steps: Optional[int] = None, batch_size: Optional[int] = None, lr: Optional[float] = None,
-          width: Optional[int] = None, depth: Optional[int] = None, ema: Optional[float] = None,
-          dropout: Optional[float] = None, weight_decay: Optional[float] = None, inputs: Optional[str] = None,
-          skip: Optional[bool] = None, seed: int = 0,
-          holdout: Optional[int] = None, log_every: int = 500, out=None, log=print) -> dict:
+@dataclass(frozen=True)
+class TrainConfig:
+    """Overrides of a model's training defaults (:data:`DEFAULTS`); ``None`` keeps the default."""
+
+    steps: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    width: Optional[int] = None
+    depth: Optional[int] = None
+    ema: Optional[float] = None
+    dropout: Optional[float] = None
+    weight_decay: Optional[float] = None
+    inputs: Optional[str] = None
+    skip: Optional[bool] = None
+    holdout: Optional[int] = None
+
+    def resolve(self, name: str) -> dict:
+        """``DEFAULTS[name]`` with the overrides applied."""
+        cfg = dict(DEFAULTS[name])
+        cfg.update({k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+        return cfg
+
+
+def train(name: str, config: Optional[TrainConfig] = None, *, generator=0, log_every: int = 500, out=None,
+          log=print) -> dict:
     """Train the shipped model ``name`` from scratch (seeded) and optionally write its weights.
+
+    Arguments:
+        name: one of :func:`flowsde.models.names`.
+        config: overrides of the model's defaults (:data:`DEFAULTS`, what the shipped weights used).
+        generator: the run's seed (an int, default 0, or a ``torch.Generator`` one is drawn from):
+            torch's global RNG, the data draws, the time draws and the noise all derive from it.
+        log_every: steps between progress lines (``log(str)``; ``log=None``: silent).
+        out: a ``.safetensors`` path to write the EMA network to.
 
     Returns a dict with the EMA network (``net``), its ``Diffusion`` (``diffusion``), the
     config used, the mean training loss (diffusion term, nats/dim) over the last 10% of steps
     (``final_loss``) and the wall time.
     """
     _spec(name)
-    cfg = dict(DEFAULTS[name])
-    for k, v in dict(steps=steps, batch_size=batch_size, lr=lr, width=width, depth=depth, ema=ema, dropout=dropout,
-                     weight_decay=weight_decay, inputs=inputs, skip=skip, holdout=holdout).items():
-        if v is not None:
-            cfg[k] = v
+    cfg = (config or TrainConfig()).resolve(name)
     holdout = cfg.pop("holdout", 0)
+    seed = as_seed(generator, "train")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     draw, (mean, cov) = _data_source(name, seed, holdout)
-    D = mean.shape[0]
-    net = GaussianResidualMLP(D, kind=cfg["kind"], width=cfg["width"], depth=cfg["depth"],
+    net, ema_net, opt = _model(name, cfg, mean, cov)
+    run = _Run(name, cfg, net, ema_net, opt, draw, gen, mean.shape[0], holdout)
+    t0 = time.perf_counter()
+    for i in range(cfg["steps"]):
+        run.losses.append(run.step(i))
+        if log is not None and ((i + 1) % log_every == 0 or i + 1 == cfg["steps"]):
+            log(run.progress(i, log_every, time.perf_counter() - t0))
+    wall = time.perf_counter() - t0
+    tail = run.losses[-max(1, cfg["steps"] // 10):]
+    final = sum(tail) / len(tail)
+    ema_net.eval()
+    result = dict(net=ema_net, diffusion=build(name, ema_net), config=dict(cfg, holdout=holdout), seed=seed,
+                  final_loss=final, wall_s=wall, losses=run.losses)
+    if out is not None:
+        write_weights(ema_net, out, name=name, seed=seed, steps=cfg["steps"], batch_size=cfg["batch_size"],
+                      lr=cfg["lr"], holdout=holdout, ema=cfg["ema"], final_loss_nats_per_dim=f"{final:.6f}",
+                      wall_s=f"{wall:.1f}", torch=torch.__version__)
+    return result
+
+
+def _model(name: str, cfg: dict, mean: torch.Tensor, cov: torch.Tensor):
+    """The network (its Gaussian part fitted to the data), its EMA copy and the optimizer."""
+    net = GaussianResidualMLP(mean.shape[0], kind=cfg["kind"], width=cfg["width"], depth=cfg["depth"],
                               dropout=cfg.get("dropout", 0.0), inputs=cfg.get("inputs", "z"),
                               skip=cfg.get("skip", True), bound=cfg.get("bound", 0.0), gate=cfg.get("gate", False))
     net.set_gaussian(mean, cov)
     ema_net = copy.deepcopy(net).requires_grad_(False)
-    dif = build(name, net)
-    sch = dif.schedule
-    lo, hi = _lambda_range(sch)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
     net.train()
-    warm = min(200, cfg["steps"] // 10)
+    return net, ema_net, opt
 
-    def lr_at(i):
+
+class _Run:
+    """One training run's state: a step of the stratified-lambda ELBO, the EMA, the progress line."""
+
+    def __init__(self, name, cfg, net, ema_net, opt, draw, gen, D, holdout):
+        self.name, self.cfg, self.net, self.ema_net, self.opt = name, cfg, net, ema_net, opt
+        self.dif = build(name, net)
+        self.draw, self.gen, self.D, self.holdout = draw, gen, D, holdout
+        self.lo, self.hi = _lambda_range(self.dif.schedule)
+        self.warm = min(200, cfg["steps"] // 10)
+        self.losses = []
+
+    def lr_at(self, i: int) -> float:
+        """Linear warm-up, then cosine decay to 0."""
+        lr, warm, steps = self.cfg["lr"], self.warm, self.cfg["steps"]
         if i < warm:
-            return cfg["lr"] * (i + 1) / warm
-        return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, cfg["steps"] - warm)))
+            return lr * (i + 1) / warm
+        return lr * 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, steps - warm)))
 
-    B = cfg["batch_size"]
-    losses = []
-    t0 = time.perf_counter()
-    for i in range(cfg["steps"]):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(i)
-        x = draw(B, gen)
+    def step(self, i: int) -> float:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(i)
+        B, gen, lo, hi = self.cfg["batch_size"], self.gen, self.lo, self.hi
+        x = self.draw(B, gen)
         u = (torch.randperm(B, generator=gen).to(torch.float64) + torch.rand(B, generator=gen, dtype=torch.float64)) / B
         lam = lo + (hi - lo) * u
         eps = torch.randn(x.shape, generator=gen)
-        t, xt = _noised(sch, x, lam, eps)
-        loss = 0.5 * (hi - lo) * (eps - dif.eps(t, xt)).square().sum(1).mean() / D  # nats/dim
-        opt.zero_grad(set_to_none=True)
+        t, xt = _noised(self.dif.schedule, x, lam, eps)
+        loss = 0.5 * (hi - lo) * (eps - self.dif.eps(t, xt)).square().sum(1).mean() / self.D  # nats/dim
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        self.opt.step()
         with torch.no_grad():
-            for pe, p in zip(ema_net.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - cfg["ema"])
-        losses.append(float(loss.detach()))
-        if log is not None and ((i + 1) % log_every == 0 or i + 1 == cfg["steps"]):
-            m = sum(losses[-log_every:]) / len(losses[-log_every:])
-            msg = ""
-            if holdout and name.startswith("digits"):
-                ema_net.eval()
-                vg = torch.Generator().manual_seed(1234)
-                xv = dequantize_digits(digits("train")[-holdout:].to(torch.float32), generator=vg)
-                bpd = nats_to_bpd(elbo_nats(build(name, ema_net), xv, n_lambda=16, generator=vg))
-                msg = f"  holdout ELBO {float(bpd.mean()):.4f} bits/dim"
-            log(f"{name}: step {i + 1}/{cfg['steps']}  loss {m:.4f} nats/dim  lr {lr_at(i):.2e}  "
-                f"{time.perf_counter() - t0:.0f} s{msg}")
-    wall = time.perf_counter() - t0
-    tail = losses[-max(1, cfg["steps"] // 10):]
-    final = sum(tail) / len(tail)
-    ema_net.eval()
-    result = dict(net=ema_net, diffusion=build(name, ema_net), config=dict(cfg, holdout=holdout), seed=seed,
-                  final_loss=final,
-                  wall_s=wall, losses=losses)
-    if out is not None:
-        write_weights(ema_net, out, name=name, seed=seed, steps=cfg["steps"], batch_size=B, lr=cfg["lr"], holdout=holdout,
-                      ema=cfg["ema"], final_loss_nats_per_dim=f"{final:.6f}", wall_s=f"{wall:.1f}",
-                      torch=torch.__version__)
-    return result
+            for pe, p in zip(self.ema_net.parameters(), self.net.parameters()):
+                pe.lerp_(p, 1 - self.cfg["ema"])
+        return float(loss.detach())
+
+    def progress(self, i: int, log_every: int, seconds: float) -> str:
+        m = sum(self.losses[-log_every:]) / len(self.losses[-log_every:])
+        msg = ""
+        if self.holdout and self.name.startswith("digits"):
+            self.ema_net.eval()
+            vg = torch.Generator().manual_seed(1234)
+            xv = dequantize_digits(digits("train")[-self.holdout:].to(torch.float32), generator=vg)
+            bpd = nats_to_bpd(elbo_nats(build(self.name, self.ema_net), xv, n_lambda=16, generator=vg))
+            msg = f"  holdout ELBO {float(bpd.mean()):.4f} bits/dim"
+        return (f"{self.name}: step {i + 1}/{self.cfg['steps']}  loss {m:.4f} nats/dim  lr {self.lr_at(i):.2e}  "
+                f"{seconds:.0f} s{msg}")

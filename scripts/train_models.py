@@ -1,6 +1,6 @@
 """Train the shipped models and write their weights into the package (seeded, CPU, one thread).
 
-    python scripts/train_models.py                      # all models, defaults of flowsde.models._train.DEFAULTS
+    python scripts/train_models.py                      # all models, with the defaults the shipped weights used
     python scripts/train_models.py digits-eps --steps 2000 --out /tmp/w   # one model, elsewhere
 
 The weights go to ``models/weights/<name>.safetensors`` (package data) unless ``--out DIR``.
@@ -20,7 +20,7 @@ import torch
 
 def main(argv=None) -> int:
     import flowsde.models as M
-    from flowsde.models import _train, digits, names
+    from flowsde.models import TrainConfig, digits, elbo_nats, nats_to_bpd, names, train
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", default=None, help=f"which models (default: all of {names()})")
@@ -50,23 +50,23 @@ def main(argv=None) -> int:
     unknown = [m for m in todo if m not in names()]
     if unknown:
         p.error(f"unknown model(s) {unknown}; choose from {names()}")
-    out_dir = a.out or os.path.join(os.path.dirname(os.path.abspath(_train.__file__)), "weights")
+    out_dir = a.out or os.path.dirname(os.path.abspath(M.weights_path(names()[0])))
     os.makedirs(out_dir, exist_ok=True)
     print(f"machine: {platform.machine()} {platform.processor() or ''} {platform.system()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")
     for name in todo:
         path = os.path.join(out_dir, f"{name}.safetensors")
-        r = _train.train(name, steps=a.steps, batch_size=a.batch_size, lr=a.lr, width=a.width, depth=a.depth,
-                         ema=a.ema, dropout=a.dropout,
-                         weight_decay=a.weight_decay, inputs=a.inputs,
-                         skip=None if a.skip is None else bool(a.skip), seed=a.seed, holdout=a.holdout, out=path)
+        config = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, width=a.width, depth=a.depth, ema=a.ema,
+                             dropout=a.dropout, weight_decay=a.weight_decay, inputs=a.inputs,
+                             skip=None if a.skip is None else bool(a.skip), holdout=a.holdout)
+        r = train(name, config, generator=a.seed, out=path)
         print(f"{name}: {r['config']}  final loss {r['final_loss']:.4f} nats/dim  wall {r['wall_s']:.0f} s  -> {path}")
         hold = r["config"]["holdout"]
         if hold and name.startswith("digits"):
             g = torch.Generator().manual_seed(1234)
             xv = M.dequantize_digits(digits("train")[-hold:].to(torch.float32), generator=g)
-            e = _train.elbo_nats(r["diffusion"], xv, n_lambda=32, generator=g)
-            bpd = _train.nats_to_bpd(e)
+            e = elbo_nats(r["diffusion"], xv, n_lambda=32, generator=g)
+            bpd = nats_to_bpd(e)
             print(f"{name}: validation ELBO {float(bpd.mean()):.4f} +- {float(bpd.std()) / math.sqrt(len(bpd)):.4f} bits/dim")
     return 0
 

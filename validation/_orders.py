@@ -167,45 +167,10 @@ def convergence_order(
         InputError: bad arguments; an error that is zero or non-finite at some level
             (nothing to regress: the method is exact there, or it diverged).
     """
-    try:
-        t0, t1 = (float(v) for v in t_span)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"t_span: expected (t0, t1), got {t_span!r}.") from e
-    path = generator if isinstance(generator, BrownianPath) else None
-    if kind not in KINDS:
-        raise InputError(f"kind={kind!r}: must be one of {KINDS}.")
-    levels = [int(v) for v in levels]
-    if len(levels) < 3 or sorted(set(levels)) != levels or levels[0] < 0:
-        raise InputError(f"levels={levels}: need at least 3 distinct increasing levels >= 0 (for a confidence "
-                         "interval on the slope).")
-    if not isinstance(x, torch.Tensor) or x.dim() < 1:
-        raise InputError(f"x: expected a tensor (B, *event), got {type(x).__name__}.")
-    if float(t0) == float(t1):
-        raise InputError(f"t0 = t1 = {t0}: the span must be non-empty.")
-    if kind in ("strong", "weak") and not getattr(problem, "is_sde", False):
-        raise InputError(f"kind={kind!r} needs a flowsde.SDE; use kind='ode' for an ODE.")
-    if not 0 < confidence < 1:
-        raise InputError(f"confidence={confidence!r}: must be in (0, 1).")
-    if kind == "weak" and exact is not None and not isinstance(exact, (int, float)):
-        raise InputError("exact: for kind='weak' give the number E phi(x(t1)).")
-    if kind != "weak" and exact is not None and not callable(exact):
-        raise InputError("exact: for kind='strong'/'ode' give a callable exact(grid) -> (len(grid), *x.shape).")
-    ref_level = max(levels) + 3 if ref_level is None else int(ref_level)
-    if exact is None and ref_level <= max(levels):
-        raise InputError(f"ref_level={ref_level} must exceed max(levels)={max(levels)}.")
+    t0, t1, levels, ref_level = _check_order_call(problem, x, t_span, kind, levels, ref_level, exact, confidence)
     phi = phi if phi is not None else (lambda x: (x * x).reshape(x.shape[0], -1).sum(1))
     top = max(levels) if exact is not None else ref_level
-
-    if path is not None and tuple(path.shape) != tuple(x.shape):
-        raise InputError(f"generator: expected a flowsde.BrownianPath with shape {tuple(x.shape)}, got {path!r}.")
-    if kind != "ode" and path is None:
-        seed = as_seed(generator, "convergence_order")  # one path for every level
-        # Resolve the tree below the finest step so that every grid sees the same path.
-        path = BrownianPath(t0, t1, x.shape, dtype=x.dtype, device=x.device, generator=seed,
-                            tol=abs(float(t1) - float(t0)) * 2.0 ** -(top + 4))
-        if getattr(method, "needs_levy_area", False) or method == "srk":
-            path = BrownianPath(t0, t1, x.shape, dtype=x.dtype, device=x.device, generator=seed,
-                                tol=abs(float(t1) - float(t0)) * 2.0 ** -(top + 4), levy_area=True)
+    path = None if kind == "ode" else _shared_path(generator, method, x, t0, t1, top)
 
     def run(level):
         ts = _grids.uniform(float(t0), float(t1), 2 ** level, dtype=x.dtype, device=x.device)
@@ -241,3 +206,47 @@ def convergence_order(
     res.kind = kind
     res.method = method if isinstance(method, str) else getattr(method, "name", type(method).__name__)
     return res
+
+
+def _check_order_call(problem, x, t_span, kind, levels, ref_level, exact, confidence):
+    """``(t0, t1, levels, ref_level)`` of a :func:`convergence_order` call, or an ``InputError``."""
+    try:
+        t0, t1 = (float(v) for v in t_span)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"t_span: expected (t0, t1), got {t_span!r}.") from e
+    if kind not in KINDS:
+        raise InputError(f"kind={kind!r}: must be one of {KINDS}.")
+    levels = [int(v) for v in levels]
+    if len(levels) < 3 or sorted(set(levels)) != levels or levels[0] < 0:
+        raise InputError(f"levels={levels}: need at least 3 distinct increasing levels >= 0 (for a confidence "
+                         "interval on the slope).")
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise InputError(f"x: expected a tensor (B, *event), got {type(x).__name__}.")
+    if t0 == t1:
+        raise InputError(f"t0 = t1 = {t0}: the span must be non-empty.")
+    if kind in ("strong", "weak") and not getattr(problem, "is_sde", False):
+        raise InputError(f"kind={kind!r} needs a flowsde.SDE; use kind='ode' for an ODE.")
+    if not 0 < confidence < 1:
+        raise InputError(f"confidence={confidence!r}: must be in (0, 1).")
+    if kind == "weak" and exact is not None and not isinstance(exact, (int, float)):
+        raise InputError("exact: for kind='weak' give the number E phi(x(t1)).")
+    if kind != "weak" and exact is not None and not callable(exact):
+        raise InputError("exact: for kind='strong'/'ode' give a callable exact(grid) -> (len(grid), *x.shape).")
+    ref_level = max(levels) + 3 if ref_level is None else int(ref_level)
+    if exact is None and ref_level <= max(levels):
+        raise InputError(f"ref_level={ref_level} must exceed max(levels)={max(levels)}.")
+    return t0, t1, levels, ref_level
+
+
+def _shared_path(generator, method, x, t0: float, t1: float, top: int) -> BrownianPath:
+    """The one Brownian path every level of an SDE order fit sees: the caller's, or one seeded by
+    ``generator`` whose tree resolves below the finest step (``2^-(top + 4)`` of the span)."""
+    if isinstance(generator, BrownianPath):
+        if tuple(generator.shape) != tuple(x.shape):
+            raise InputError(f"generator: expected a flowsde.BrownianPath with shape {tuple(x.shape)}, got "
+                             f"{generator!r}.")
+        return generator
+    seed = as_seed(generator, "convergence_order")
+    levy = bool(getattr(method, "needs_levy_area", False) or method == "srk")
+    return BrownianPath(t0, t1, x.shape, dtype=x.dtype, device=x.device, generator=seed,
+                        tol=abs(t1 - t0) * 2.0 ** -(top + 4), levy_area=levy)
