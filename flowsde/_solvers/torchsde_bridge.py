@@ -24,7 +24,12 @@ accelerator, ``sdeint`` reads its times on the host (a few syncs per step).
 
 Valid combinations: ``milstein`` (strong 1.0) and ``srk`` (strong 1.5,
 Rößler 2010) for scalar and diagonal noise; ``torchsde_euler`` (strong 0.5)
-for both. ODEs: use euler / heun / rk45.
+for both. ODEs: use euler / heun / rk45. The declared orders of ``milstein`` and
+``srk`` assume torchsde's diagonal-noise structure, each ``g_i`` a function of
+``t`` and ``x_i`` only (commutative noise); a ``g`` that couples coordinates, such
+as ``noise_type="scalar"`` with ``g(t, x)`` depending on ``x`` in more than one
+dimension, is non-commutative noise and both fall to strong order 0.5 (measured:
+0.59 for each with ``g = 0.8 |x| / sqrt(2)``, ``d = 2``).
 """
 
 from __future__ import annotations
