@@ -142,6 +142,7 @@ def log_likelihood(
         _add_corrected(res, diffusion, data, ode, span, prior_logp, t_eps, options)
         if L is not None:
             res.bpd_corrected = bits_per_dim(res.logp_corrected, D, levels=L, data_range=data_range)
+        res._nan_where_failed()  # the status of both solves: a sample that failed in either has no numbers
     return res
 
 

@@ -42,24 +42,35 @@ def _device(s: str):
     return d
 
 
-def _model_args(p, *, default_dtype="float64") -> None:
+def _model_args(p, *, default_dtype="float64", top=False) -> None:
+    """The options every command shares (model and run). They are global: accepted before the command
+    (``flowsde -q nll``, on the top-level parser: ``top``, with the real defaults) and after it (on each
+    command's parser, with no default, so that a value given before the command is not reset)."""
     from ._models import PREDICTIONS, SCHEDULES
 
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="digits-eps",
+    def dflt(v):
+        return v if top else argparse.SUPPRESS
+
+    g = p.add_argument_group("model (global: before or after the command)")
+    g.add_argument("--model", default=dflt("digits-eps"),
                    help="shipped name, gmm, package.module:factory or a diffusers pipeline folder "
                         "(default: digits-eps)")
-    g.add_argument("--schedule", default="vp", choices=SCHEDULES, help="gmm only: the noise schedule")
-    g.add_argument("--prediction", default="eps", choices=PREDICTIONS, help="gmm only: the parameterization")
-    g.add_argument("--dim", type=_pos_int, default=2, help="gmm only: dimension of the mixture")
-    g.add_argument("--shape", type=_pos_int, nargs="+", default=None, metavar="S",
+    g.add_argument("--schedule", default=dflt("vp"), choices=SCHEDULES,
+                   help="gmm only: the noise schedule (default: vp)")
+    g.add_argument("--prediction", default=dflt("eps"), choices=PREDICTIONS,
+                   help="gmm only: the parameterization (default: eps)")
+    g.add_argument("--dim", type=_pos_int, default=dflt(2), help="gmm only: dimension of the mixture (default: 2)")
+    g.add_argument("--shape", type=_pos_int, nargs="+", default=dflt(None), metavar="S",
                    help="factory models: the shape of one sample, e.g. 64 or 3 32 32")
-    r = p.add_argument_group("run")
-    r.add_argument("--device", type=_device, default="cpu", help="torch device (default: cpu)")
-    r.add_argument("--dtype", type=_dtype, default=default_dtype,
+    r = p.add_argument_group("run (global: before or after the command)")
+    r.add_argument("--device", type=_device, default=dflt(_device("cpu")), help="torch device (default: cpu)")
+    r.add_argument("--dtype", type=_dtype, default=dflt(_dtype(default_dtype)),
                    help=f"state dtype: float32 or float64 (default: {default_dtype})")
-    r.add_argument("--seed", type=int, default=0, help="everything random derives from it (default: 0)")
-    r.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    r.add_argument("--seed", type=int, default=dflt(0), help="everything random derives from it (default: 0)")
+    r.add_argument("--threads", type=_pos_int, default=dflt(None), metavar="N",
+                   help="CPU threads of torch (default: 1 for the shipped models and gmm, which run fastest on "
+                        "one thread, unless OMP_NUM_THREADS is set; torch's default for other models)")
+    r.add_argument("--quiet", "-q", action="store_true", default=dflt(False), help="no progress bars")
 
 
 def _pos_int(s):
@@ -72,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     from . import _compare, _demo, _nll
 
     ap = _Parser(prog="flowsde", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_args(ap, top=True)
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="{demo,compare,nll}")
     d = sub.add_parser("demo", help="short compare + nll on the shipped digits model (about a minute on a CPU)",
-                       description=_demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=_plain(_demo.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_args(d)
     _demo.add_arguments(d)
     c = sub.add_parser("compare", help="compare samplers NFE for NFE against references",
@@ -82,10 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(c)
     _compare.add_arguments(c)
     n = sub.add_parser("nll", aliases=["likelihood"], help="bits/dim of a data set under the model",
-                       description=_nll.__doc__)
+                       description=_plain(_nll.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_args(n)
     _nll.add_arguments(n)
     return ap
+
+
+def _plain(doc: str) -> str:
+    """A module docstring as help text: rst markup (``code``, `ref`) shown as plain text."""
+    import re
+
+    return re.sub(r"`+([^`]+)`+", r"\1", doc or "").strip() + "\n"
 
 
 def _compare_doc() -> str:
@@ -99,48 +118,103 @@ def _compare_doc() -> str:
 
 
 def main(argv=None) -> int:
-    """The ``flowsde`` command; returns the exit status (0 ok, 2 bad input, 1 a failed solve)."""
+    """The ``flowsde`` command; returns the exit status (0 ok, 2 bad input, 1 a failed solve).
+
+    Under ``torchrun`` only rank 0 prints (the result and the errors every rank raises alike)."""
     ap = build_parser()
     args, extra = ap.parse_known_args(argv)
     if extra:  # name the command whose options these are not (argparse names the top-level parser)
         _Parser(prog=f"flowsde {args.cmd}" if getattr(args, "cmd", None) else "flowsde").error(
             f"unrecognized arguments: {' '.join(extra)}")
+    import contextlib
+
     import flowsde
 
-    from ._errors import CLIError
+    from ._errors import CLIError, for_cli
     from ._models import resolve
 
     prog = f"flowsde {args.cmd}"
+    quiet_rank = rank() != 0
+    model = None
+    with contextlib.ExitStack() as stack:
+        if quiet_rank:  # the other ranks compute their share; rank 0 prints the result
+            import io
+
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        try:
+            if args.device.type == "cuda":
+                import torch
+
+                if not torch.cuda.is_available():
+                    raise CLIError(f"--device {args.device}: CUDA is not available here; use --device cpu.")
+            model = resolve(args.model, device=args.device, dtype=args.dtype, schedule=args.schedule,
+                            prediction=args.prediction, dim=args.dim,
+                            shape=tuple(args.shape) if args.shape else None)
+            stack.enter_context(_threads(args, model))
+            if args.cmd == "compare":
+                from ._compare import main as run
+                return run(args, model)
+            if args.cmd in ("nll", "likelihood"):
+                from ._nll import main as run
+                return run(args, model)
+            from ._demo import main as run
+            return run(args, model, ap.parse_args)
+        except flowsde.SolveError as e:
+            _say(f"{prog}: solve failed: {for_cli(_one_line(e), command=args.cmd, model=model)}")
+            return 1
+        except (flowsde.InputError, CLIError) as e:
+            if not quiet_rank:  # raised alike on every rank (the library's contract): said once, by rank 0
+                _say(f"{prog}: error: {for_cli(_one_line(e), command=args.cmd, model=model)}")
+            return 2
+        except KeyboardInterrupt:
+            _say(f"{prog}: interrupted")
+            return 130
+        except BrokenPipeError:  # stdout closed early (`flowsde compare | head`): stop quietly
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+
+
+def _say(line: str) -> None:
+    """One line on stderr, prefixed with the rank under torchrun (rank 0: no prefix)."""
+    r = rank()
+    sys.stderr.write(("" if r == 0 else f"[rank {r}] ") + line + "\n")
+
+
+def rank() -> int:
+    """This process's rank under torchrun (``RANK``; 0 without it)."""
+    import os
+
     try:
-        if args.device.type == "cuda":
-            import torch
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
 
-            if not torch.cuda.is_available():
-                raise CLIError(f"--device {args.device}: CUDA is not available here; use --device cpu.")
-        model = resolve(args.model, device=args.device, dtype=args.dtype, schedule=args.schedule,
-                        prediction=args.prediction, dim=args.dim, shape=tuple(args.shape) if args.shape else None)
-        if args.cmd == "compare":
-            from ._compare import main as run
-            return run(args, model)
-        if args.cmd in ("nll", "likelihood"):
-            from ._nll import main as run
-            return run(args, model)
-        from ._demo import main as run
-        return run(args, model, ap.parse_args)
-    except flowsde.SolveError as e:
-        sys.stderr.write(f"{prog}: solve failed: {_one_line(e)}\n")
-        return 1
-    except (flowsde.InputError, CLIError) as e:
-        sys.stderr.write(f"{prog}: error: {_one_line(e)}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: interrupted\n")
-        return 130
-    except BrokenPipeError:  # stdout closed early (`flowsde compare | head`): stop quietly
-        import os
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+#: the CLI's small models (64-dim MLPs, the mixture oracle): one thread is fastest (docs/cli.md, "Threads")
+_SMALL = ("shipped", "gmm")
+
+
+@__import__("contextlib").contextmanager
+def _threads(args, model):
+    """torch's CPU threads for the run, restored after: ``--threads N``; else, unless ``OMP_NUM_THREADS``
+    is set, 1 for the shipped models and gmm on a CPU (thread start-up costs more than it saves on them)."""
+    import os
+
+    import torch
+
+    n = args.threads
+    if n is None and not os.environ.get("OMP_NUM_THREADS") and model.kind in _SMALL and args.device.type == "cpu":
+        n = 1
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if n is not None:
+            torch.set_num_threads(before)
 
 
 def _one_line(e: BaseException) -> str:

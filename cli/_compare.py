@@ -120,7 +120,7 @@ def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
              "error vs NFE": out / "errors.png", "samples": out / "samples.png"}
     res.write_csv(paths["table (CSV)"])
     res.write_json(paths["table (JSON)"])
-    res.plot_errors(paths["error vs NFE"])
+    res.plot_errors(paths["error vs NFE"])  # each line against its own reference; the others named on it
     density = model.density(5000) if model.density is not None else None
     res.plot_samples(paths["samples"], image_shape=model.image_shape, data_range=model.data_range, density=density)
     print(f"Model: {model.spec} ({model.description})")
@@ -136,6 +136,12 @@ def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
     print("Columns:")
     print(res.explain())
     print()
+    missing = res.without_error()
+    if missing:
+        print(f"errors.png: no line for {', '.join(missing)}: no pathwise error (their noise is not the shared "
+              f"Brownian path's increments); compare them by SW2.")
+    print("samples.png: each solver at its smallest budget (where they differ); rows marked * are drawn on "
+          "another path than the reference (reverse SDE, own noise).")
     for what, p in paths.items():
         print(f"{what}: {p}")
     print(f"(compare took {time.perf_counter() - t0:.1f} s)")
@@ -155,8 +161,16 @@ def _argv(args) -> list:
 def main(args, model) -> int:
     solvers = plan(model, args)
     out = out_dir(args.out, "compare")
+    print(where(out, args.out))
     run(model, args, solvers=solvers, out=out)
     return 0
 
 
-__all__ = ["add_arguments", "main", "plan", "run"]
+def where(out: Path, given) -> str:
+    """The line that says where the files go (the default folder is new, in the working directory)."""
+    if given is None:
+        return f"Files go to a new folder in the working directory: {out.resolve()} (--out DIR to choose)\n"
+    return f"Files go to {out.resolve()}\n"
+
+
+__all__ = ["add_arguments", "main", "plan", "run", "where"]

@@ -40,13 +40,14 @@ def main(args, model, parse) -> int:
 
     solvers = _compare.plan(model, cargs)
     out = out_dir(args.out, "demo")
+    print(_compare.where(out, args.out))
     print(f"== flowsde compare {' '.join(_shown(cargs, model))}\n")
     _compare.run(model, cargs, solvers=solvers, out=out)
     if model.exact is None and model.test_data is not None:
         nargs = parse(["nll"] + common + ["--limit", "32", "--batch-size", "32", "--out", str(out / "nll.csv")])
         print(f"\n== flowsde nll --model {args.model} --limit 32 --out {out / 'nll.csv'}\n")
         _nll.main(nargs, model)
-    print(f"\nAll files are in {out}/  (demo took {time.perf_counter() - t0:.0f} s)")
+    print(f"\nAll files are in {out.resolve()}/  (demo took {time.perf_counter() - t0:.0f} s)")
     return 0
 
 

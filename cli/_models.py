@@ -175,6 +175,55 @@ def _params(fn):
         return {}
 
 
+#: unet/ weight files as ``save_pretrained`` writes them (``name[.variant].safetensors`` / ``.bin``, or sharded)
+_WEIGHTS = re.compile(r"^diffusion_pytorch_model(?:\.([\w-]+))?\.(?:safetensors|bin)(?:\.index\.json)?$")
+#: the unet classes the command line runs: unconditional, called as unet(sample, timestep)
+_UNCONDITIONAL = ("UNet2DModel",)
+
+
+def _weights_variant(unet_dir: Path, folder: Path) -> Optional[str]:
+    """``None`` for plain weight files, a variant (``fp16``) when only those exist; a one-line
+    :class:`CLIError` when unet/ holds no weights (instead of diffusers' two messages naming .bin)."""
+    variants = set()
+    for f in unet_dir.iterdir() if unet_dir.is_dir() else ():
+        m = _WEIGHTS.match(f.name)
+        if m:
+            variants.add(m.group(1))
+    if None in variants:
+        return None
+    if len(variants) == 1:
+        return next(iter(variants))
+    if not variants:
+        raise CLIError(f"--model {folder}: unet/ holds no weights (expected diffusion_pytorch_model.safetensors, "
+                       f"as save_pretrained writes it); the folder is incomplete: save the pipeline again.")
+    raise CLIError(f"--model {folder}: unet/ holds only variant weights ({', '.join(sorted(variants))}) and no "
+                   f"plain diffusion_pytorch_model.safetensors; keep one variant or save the pipeline again.")
+
+
+def _load_unet(cls, folder: Path, cls_name: str, dtype, variant):
+    """``cls.from_pretrained`` offline in ``dtype`` with diffusers' own logging silenced (its loader advice,
+    e.g. "pip install accelerate", and its error lines are not the user's concern: failures are reported
+    in one line by the caller)."""
+    import logging
+
+    from diffusers.utils import logging as dlog
+
+    verbosity = dlog.get_verbosity()
+    dlog.set_verbosity(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kw = dict(local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
+            if variant is not None:
+                kw["variant"] = variant
+            return cls.from_pretrained(str(folder / "unet"), **kw)
+    except Exception as e:  # diffusers' loader errors
+        raise CLIError(f"--model {folder}: cannot load unet/ with diffusers.{cls_name} ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}).") from None
+    finally:
+        dlog.set_verbosity(verbosity)
+
+
 def _diffusers(folder: Path, device, dtype) -> Model:
     missing = [n for n in ("model_index.json", "unet", "scheduler") if not (folder / n).exists()]
     if missing:
@@ -185,43 +234,62 @@ def _diffusers(folder: Path, device, dtype) -> Model:
     except ImportError:
         raise CLIError(f"--model {folder}: loading a diffusers folder needs diffusers: pip install "
                        f"flowsde[diffusers].") from None
+    import flowsde
     from flowsde.adapters import from_diffusers
 
     try:
         index = json.loads((folder / "model_index.json").read_text())
         cls_name = index.get("unet", [None, "UNet2DModel"])[1]
         sched_cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        unet_cfg = json.loads((folder / "unet" / "config.json").read_text())
     except (OSError, ValueError, TypeError, IndexError, AttributeError) as e:
         raise CLIError(f"--model {folder}: cannot read the pipeline's model_index.json / "
-                       f"scheduler/scheduler_config.json ({e}).") from None
+                       f"scheduler/scheduler_config.json / unet/config.json ({e}).") from None
+    sched_name = sched_cfg.get("_class_name", "?")
+    if str(cls_name) not in _UNCONDITIONAL:
+        what = ("a conditional model (it needs encoder_hidden_states, e.g. text embeddings)"
+                if "Condition" in str(cls_name) else "not an unconditional UNet2DModel")
+        raise CLIError(f"--model {folder}: unet class {cls_name} is {what}; the command line runs unconditional "
+                       f"UNet2DModel pipelines: in Python, pass the conditioning to "
+                       f"flowsde.adapters.from_diffusers(unet, scheduler, encoder_hidden_states=...).")
+    if unet_cfg.get("num_class_embeds") is not None or unet_cfg.get("class_embed_type") is not None:
+        raise CLIError(f"--model {folder}: this {cls_name} is class-conditional (num_class_embeds / class_embed_type "
+                       f"in unet/config.json); the command line runs unconditional models: in Python, pass "
+                       f"class_labels= to flowsde.adapters.from_diffusers.")
     cls = getattr(diffusers, str(cls_name), None)
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise CLIError(f"--model {folder}: unet class {cls_name!r} is not a diffusers model class.")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from diffusers.utils import logging as dlog
-
-    verbosity = dlog.get_verbosity()
-    dlog.set_verbosity_error()  # loader advice (accelerate, ...) is not the user's concern here
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            unet = cls.from_pretrained(str(folder / "unet"), local_files_only=True, torch_dtype=dtype)
-    except Exception as e:  # diffusers' loader errors
-        raise CLIError(f"--model {folder}: cannot load unet/ with diffusers.{cls_name} ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0] if str(e) else ''}).") from None
-    finally:
-        dlog.set_verbosity(verbosity)
-    unet = unet.to(device=device).eval()
-    for p in unet.parameters():
-        p.requires_grad_(False)
-    diff = from_diffusers(unet, sched_cfg)
-    cfg = unet.config
-    size = cfg.get("sample_size") if hasattr(cfg, "get") else getattr(cfg, "sample_size", None)
-    chans = cfg.get("in_channels") if hasattr(cfg, "get") else getattr(cfg, "in_channels", None)
+    size, chans = unet_cfg.get("sample_size"), unet_cfg.get("in_channels")
     if size is None or chans is None:
         raise CLIError(f"--model {folder}: unet/config.json lacks sample_size / in_channels.")
+    # the scheduler defines the model (flowsde.adapters.from_diffusers): refused before any weights are read
+    try:
+        from_diffusers(lambda x, timestep: x, sched_cfg)
+    except flowsde.InputError as e:
+        raise CLIError(f"--model {folder}: scheduler/scheduler_config.json: {str(e).replace('from_diffusers: ', '')}"
+                       ) from None
+    variant = _weights_variant(folder / "unet", folder)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    def load(dt):
+        unet = _load_unet(cls, folder, cls_name, dt, variant).to(device=device).eval()
+        for p in unet.parameters():
+            p.requires_grad_(False)
+        return from_diffusers(unet, sched_cfg)
+
+    diff = load(dtype)
+    # the float64 references (compare's PF-ODE reference, ...) run the UNet itself in float64
+    ref = load(torch.float64) if dtype != torch.float64 else None
     hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
     event = (int(chans),) + hw
-    return Model(spec=str(folder), kind="diffusers", diffusion=diff, event_shape=event, data_range=(-1.0, 1.0),
-                 image_shape=event, description=f"diffusers {cls_name} {event} with {sched_cfg.get('_class_name', '?')}"
-                                                f" ({math.prod(event)} dims)")
+    # ScoreSdeVePipeline returns samples clamped to [0, 1] (score_sde's uncentered data); the others [-1, 1]
+    data_range = (0.0, 1.0) if sched_name == "ScoreSdeVeScheduler" else (-1.0, 1.0)
+    return Model(spec=str(folder), kind="diffusers", diffusion=diff, reference=ref, event_shape=event,
+                 data_range=data_range, image_shape=event,
+                 description=f"diffusers {cls_name} {event} with {sched_name}: {_what(diff)}"
+                             f" ({math.prod(event)} dims)")
+
+
+def _what(diff) -> str:
+    """How the model is read: its schedule and prediction, in one phrase."""
+    return f"{type(diff.schedule).__name__} schedule, {diff.prediction}-prediction"

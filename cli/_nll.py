@@ -1,7 +1,15 @@
-"""``flowsde nll``: bits/dim of a data set under a model (``flowsde likelihood`` is an alias)."""
+"""``flowsde nll``: bits/dim of a data set under a model (``flowsde likelihood`` is an alias).
+
+The data must be in the model's own data space: where the model declares its data range and
+quantization levels (the shipped digits models: 17 levels on [-1, 1]), data outside that range, or a
+``--data-range`` / ``--levels`` / ``--bits`` that differs, is refused (scale the data first).
+Without ``--out`` the per-sample rows are not saved.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from pathlib import Path
@@ -20,11 +28,13 @@ def add_arguments(p) -> None:
                    help="FILE.npy, FILE.pt (a tensor (N, *event)) or package.module:factory returning a torch "
                         "Dataset or tensor (default: the shipped model's held-out test split)")
     p.add_argument("--levels", type=_positive_int, default=None,
-                   help="quantization bins of the data (17 for the digits' 0..16); uniform dequantization over them")
+                   help="quantization bins of the data (default: the model's, e.g. 17 for the shipped digits "
+                        "models); uniform dequantization over them")
     p.add_argument("--bits", type=_positive_int, default=None, help="same as --levels 2**BITS")
     p.add_argument("--continuous", action="store_true", help="continuous data: no dequantization")
     p.add_argument("--data-range", nargs=2, type=float, metavar=("LO", "HI"), default=None,
-                   help="the interval the data's levels span (default: the model's, else -1 1)")
+                   help="the interval the data's levels span (default: the model's, else -1 1; where the model "
+                        "declares one, only that one is accepted)")
     p.add_argument("--trace", choices=["exact", "hutchinson"], default="exact",
                    help="divergence estimator: exact trace, or Hutchinson with --probes probes")
     p.add_argument("--probes", type=_positive_int, default=1, help="Hutchinson probes per sample (default 1)")
@@ -37,7 +47,8 @@ def add_arguments(p) -> None:
                    "results do not depend on it")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="only the first N samples")
     p.add_argument("--out", default=None, metavar="FILE.csv",
-                   help="one row per sample (index,nats,bpd,stderr,nfe,status), written as it goes")
+                   help="one row per sample (index,nats,bpd,stderr,nfe,status), written as it goes "
+                        "(default: rows are not saved, only the summary is printed)")
 
 
 def _time_warp(s: str) -> float:
@@ -132,19 +143,76 @@ def _check_shape(data, model, src) -> None:
         raise CLIError(f"--data {src}: contains NaN or Inf.")
 
 
+def declared(model) -> str:
+    """The model's own description of its data, for messages: ``"data in [-1, 1], 17 levels"``."""
+    parts = []
+    if model.data_range is not None:
+        parts.append(f"data in [{model.data_range[0]:g}, {model.data_range[1]:g}]")
+    if model.levels is not None:
+        parts.append(f"{model.levels} levels")
+    return ", ".join(parts)
+
+
+def _check_declared(model, args) -> None:
+    """Refuse a ``--data-range`` / ``--levels`` / ``--bits`` that contradicts what the model declares: the
+    model sees the data as given (nothing is rescaled), so another range or grid is a wrong answer."""
+    what = f"{model.spec} declares its data ({declared(model)})"
+    if args.data_range is not None and model.data_range is not None:
+        lo, hi = (float(v) for v in args.data_range)
+        mlo, mhi = model.data_range
+        if not (math.isclose(lo, mlo, abs_tol=1e-9) and math.isclose(hi, mhi, abs_tol=1e-9)):
+            raise CLIError(f"--data-range {lo:g} {hi:g}: {what}; the model sees the data as given, so data on "
+                           f"another range gives a wrong answer. Scale the data to [{mlo:g}, {mhi:g}] "
+                           f"(x' = {mlo:g} + {mhi - mlo:g} (x - {lo:g}) / {hi - lo:g}) and drop --data-range.")
+    if model.levels is not None:
+        given = args.levels if args.levels is not None else (2 ** args.bits if args.bits is not None else None)
+        if given is not None and given != model.levels:
+            flag = f"--levels {args.levels}" if args.levels is not None else f"--bits {args.bits}"
+            raise CLIError(f"{flag}: {what}; {given} levels would dequantize over the wrong bins. Drop {flag} "
+                           f"(the model's {model.levels} levels are the default).")
+
+
+def check_range(data, model, src: str, levels, limit=None) -> None:
+    """Refuse data outside the model's declared range (widened by half a bin with levels: the support of
+    dequantized data), naming the model's range and levels. A Dataset is checked on its first item here
+    (the library checks every batch; its message is rewritten the same way)."""
+    if model.data_range is None:
+        return
+    lo, hi = model.data_range
+    half = 0.5 * (hi - lo) / (levels - 1) if levels else 0.0
+    if isinstance(data, torch.Tensor):
+        x = data[:limit] if limit else data
+    else:
+        try:
+            x = torch.as_tensor(data[0]).to(torch.float64)
+        except Exception:  # noqa: BLE001 - the shape check reads it already; leave it to the library
+            return
+    mn, mx = float(x.min()), float(x.max())
+    if mn < lo - half - 1e-9 or mx > hi + half + 1e-9:
+        raise CLIError(f"--data {src}: values in [{mn:.6g}, {mx:.6g}], but {model.spec} declares its data "
+                       f"({declared(model)}): the model sees the data as given, so bits/dim of other data is a "
+                       f"wrong answer. Scale the data to [{lo:g}, {hi:g}] first (e.g. x' = {lo:g} + {hi - lo:g} "
+                       f"(x - {mn:.6g}) / {mx - mn:.6g} for data spanning [{mn:.6g}, {mx:.6g}]).")
+
+
 def quantization(model, args):
     """``(levels, bits, data_range)`` for dataset_nll from the options and the model."""
     if args.continuous:
         if args.levels or args.bits:
             raise CLIError("--continuous: no dequantization; drop --levels / --bits.")
+        if args.data_range is not None:
+            _check_declared(model, args)
         return None, None, None
     if args.levels and args.bits:
         raise CLIError("--levels and --bits: give one (levels = 2**bits).")
     if args.levels is not None and args.levels < 2:
         raise CLIError(f"--levels {args.levels}: need at least 2 quantization bins.")
+    if args.data_range is not None:
+        lo, hi = args.data_range
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise CLIError(f"--data-range {lo:g} {hi:g}: need finite LO < HI.")
+    _check_declared(model, args)
     dr = tuple(args.data_range) if args.data_range else (model.data_range or (-1.0, 1.0))
-    if not (math.isfinite(dr[0]) and math.isfinite(dr[1]) and dr[0] < dr[1]):
-        raise CLIError(f"--data-range {dr[0]} {dr[1]}: need finite LO < HI.")
     levels = args.levels
     if levels is None and args.bits is None:
         levels = model.levels
@@ -178,22 +246,67 @@ def main(args, model) -> int:
         raise CLIError(f"--model {model.spec}: has no data set of its own; pass --data "
                        f"FILE.npy|FILE.pt|pkg.mod:factory.")
     levels, bits, dr = quantization(model, args)
+    if args.data is not None:
+        check_range(data, model, args.data,
+                    levels if levels is not None else (2 ** bits if bits else model.levels), args.limit)
     out = out_file(args.out) if args.out else None
     t0 = time.perf_counter()
-    res = dataset_nll(model.diffusion, data, levels=levels, bits=bits, data_range=dr, trace=args.trace,
-                      probes=args.probes, rtol=args.rtol, atol=args.atol, batch_size=args.batch_size, generator=args.seed,
-                      limit=args.limit, out=str(out) if out else None, progress=progress_enabled(args.quiet),
-                      device=args.device, dtype=args.dtype,
-                      **({} if args.time_warp is None else dict(time_warp=args.time_warp)))
+    with _errors_raised_once():
+        res = _run(dataset_nll, model, args, data, levels, bits, dr, out)
     print(summary(res, model, what, levels, bits, dr, args, time.perf_counter() - t0))
-    if exact is not None:
+    if out is not None:
+        print(f"rows: {out.resolve()}")
+    else:
+        print("rows: not saved (pass --out FILE.csv to keep one row per sample)")
+    if exact is not None:  # the last line (scripts read it)
         d = math.prod(model.event_shape)
         ex = exact[: len(_rows(res))]
         ex_bpd = float((-ex / (d * math.log(2))).mean())
         print(f"exact mean bits/dim of the same points (closed form): {ex_bpd:.5f}")
-    if out is not None:
-        print(f"rows: {out}")
     return 0
+
+
+def _run(dataset_nll, model, args, data, levels, bits, dr, out):
+    """dataset_nll; an InputError raised by it says what the model declares where the data are outside it."""
+    from flowsde import InputError
+
+    try:
+        return _call(dataset_nll, model, args, data, levels, bits, dr, out)
+    except InputError as e:
+        msg = " ".join(str(e).split())
+        if "lie outside" in msg and model.data_range is not None:
+            head = msg.split(" Scale the data")[0]
+            raise CLIError(f"{head} {model.spec} declares its data ({declared(model)}): scale the data to "
+                           f"[{model.data_range[0]:g}, {model.data_range[1]:g}] first.") from None
+        raise
+
+
+class _DropInputErrors:
+    """A logging filter: the library logs a batch's InputError and then raises it; the command prints the
+    raised one (once, on rank 0), so the logged copy is dropped. Other records (failed samples' statuses,
+    other errors, with their rank) pass."""
+
+    def filter(self, record) -> bool:
+        return not (record.levelno >= 40 and ": InputError: " in record.getMessage())
+
+
+@contextlib.contextmanager
+def _errors_raised_once():
+    """While dataset_nll runs: :class:`_DropInputErrors` on its logger."""
+    log, f = logging.getLogger("flowsde.nll"), _DropInputErrors()
+    log.addFilter(f)
+    try:
+        yield
+    finally:
+        log.removeFilter(f)
+
+
+def _call(dataset_nll, model, args, data, levels, bits, dr, out):
+    return dataset_nll(model.diffusion, data, levels=levels, bits=bits, data_range=dr, trace=args.trace,
+                      probes=args.probes, rtol=args.rtol, atol=args.atol, batch_size=args.batch_size, generator=args.seed,
+                      limit=args.limit, out=str(out) if out else None, progress=progress_enabled(args.quiet),
+                      device=args.device, dtype=args.dtype,
+                      **({} if args.time_warp is None else dict(time_warp=args.time_warp)))
 
 
 def _rows(res):
@@ -223,4 +336,18 @@ def summary(res, model, what, levels, bits, dr, args, seconds) -> str:
     med = (ok[(len(ok) - 1) // 2] + ok[len(ok) // 2]) / 2 if ok else float("nan")
     lines.append(f"mean bits/dim {mean:.4f} +- {se:.4f} (standard error over {res.succeeded} samples); "
                  f"median {med:.4f}; mean NLL {res.mean_nats:.3f} nats; mean NFE {nfe:.0f}; {seconds:.1f} s")
+    lines.append(_nll_note(model, levels, bits, dr))
     return "\n".join(lines)
+
+
+def _nll_note(model, levels, bits, dr) -> str:
+    """What the NLL in nats is (it can be negative: a density, not a probability)."""
+    d = math.prod(model.event_shape)
+    if levels is None and bits is None:
+        return (f"(NLL: -log of the model's continuous density at each sample, summed over its {d} dims, in "
+                f"nats; bits/dim = NLL / ({d} ln 2))")
+    L = levels if levels is not None else 2 ** bits
+    width = (dr[1] - dr[0]) / (L - 1)
+    return (f"(NLL: -log of the model's continuous density of the dequantized sample on [{dr[0]:g}, {dr[1]:g}], "
+            f"summed over its {d} dims, in nats; negative where the density exceeds 1. bits/dim = NLL / ({d} ln 2) "
+            f"- log2 of the bin width {width:.4g}, i.e. + {-math.log2(width):.4g}: the discrete data's bits)")

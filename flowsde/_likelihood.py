@@ -69,6 +69,13 @@ class LikelihoodResult:
     The log-densities are float64 whatever the data's dtype (they are accumulated in float64: at
     ``|logp| ~ 3000`` float32 resolves only 2e-4 nats).
 
+    A failed sample (``status`` not ``SUCCESS``; only with ``throw=False``, else the call raises) has
+    NaN in every number of its own: ``logp``, ``stderr``, ``solver_error``, ``prior_logp``, ``delta_logp``,
+    its row of ``logp_probes``, and the adapter's ``bpd``, ``*_corrected`` and ``residual``; its
+    ``status`` says why (a partial integral is not an answer). Its counts (``nfe_per_sample``) and its
+    ``z`` and ``t_final`` (the state and time where the solve stopped) are kept, for diagnosis. The other
+    samples' numbers are those of a run without the failure's NaNs (bit-identical).
+
     Attributes:
         logp: ``(B,)`` log-density (nats) of the data at ``t_data`` (mean over probes for Hutchinson).
         stderr: ``(B,)`` standard error of ``logp`` from the probes (Hutchinson; NaN with one probe: no
@@ -120,6 +127,21 @@ class LikelihoodResult:
     bpd_corrected: Optional[torch.Tensor] = None
     solver_error_corrected: Optional[torch.Tensor] = None
     residual: Optional[torch.Tensor] = None
+
+    #: the per-sample numbers set to NaN where a sample failed (``_nan_where_failed``)
+    _PER_SAMPLE_NUMBERS = ("logp", "stderr", "solver_error", "prior_logp", "delta_logp", "logp_probes", "bpd",
+                           "logp_corrected", "stderr_corrected", "bpd_corrected", "solver_error_corrected",
+                           "residual")
+
+    def _nan_where_failed(self) -> None:
+        """Set every per-sample number of the samples whose ``status`` is not ``SUCCESS`` to NaN (the
+        others are left untouched, bit for bit)."""
+        failed = self.status != Status.SUCCESS
+        for name in self._PER_SAMPLE_NUMBERS:
+            v = getattr(self, name)
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and v.shape[:1] == failed.shape:
+                mask = failed.to(v.device).reshape(failed.shape + (1,) * (v.dim() - 1))
+                setattr(self, name, v.masked_fill(mask, float("nan")))
 
     @property
     def solver_error_bpd(self) -> torch.Tensor:
@@ -503,7 +525,8 @@ def log_likelihood(
         per_sample: RK45 error-control mode (default: :data:`flowsde._solvers.rk45.DEFAULT_PER_SAMPLE`).
         max_steps: per-sample step budget.
         throw: ``True``: raise :class:`flowsde.SolveError` on a failed sample (as :func:`flowsde.solve`);
-            ``False``: never raise for a numerical failure, mark it in ``status``.
+            ``False``: never raise for a numerical failure, mark it in ``status`` (the failed sample's
+            ``logp`` and other numbers are then NaN: see :class:`LikelihoodResult`).
         progress: tqdm progress bar (off by default).
         exact_max_bytes: refuse ``trace="exact"`` above this memory (see module docstring).
         error_estimate: how ``solver_error`` is estimated: ``"embedded"`` (default, free: the sum of the
@@ -644,12 +667,14 @@ def _result(first: _Run, second: Optional[_Run], *, exact: bool, dims: int, stat
     else:
         err_L = out.err_sum[1]
         solver_error = err_L.mean(1).abs() if err_L is not None else torch.full((B,), float("nan"), **f64)
-    return LikelihoodResult(
+    res = LikelihoodResult(
         logp=logp, stderr=stderr, solver_error=solver_error, nfe=calls, dims=dims,
         prior_logp=first.prior_logp, delta_logp=first.L.mean(1), z=first.z, status=status,
         t_final=out.t_final, steps=out.steps, accepted=int(out.accepted.max()), rejected=int(out.rejected.max()),
         logp_probes=None if exact else per_probe, stats=dict(stats, nfe_per_sample=calls_per_sample),
     )
+    res._nan_where_failed()  # a failed sample's partial integral is not an answer
+    return res
 
 
 def _check_warp(time_warp, t_data: float, t_prior: float) -> float:

@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -180,8 +180,22 @@ def _rng_snapshot(device: torch.device):
     return lambda: torch.set_rng_state(cpu)
 
 
-def make_noise_source(generator, x: torch.Tensor) -> NoiseSource:
-    """Turn ``solve``'s ``generator`` argument into a noise source (validated)."""
+def _check_path_covers(path: BrownianPath, grid: torch.Tensor) -> None:
+    """A path must span the grid: outside ``[t_lo, t_hi]`` its increments are clipped to zero (torchsde
+    only warns), which gives a wrong law without an error. Slack: float64 rounding of the ends."""
+    g_lo, g_hi = float(grid.min()), float(grid.max())
+    slack = 8 * torch.finfo(torch.float64).eps * max(abs(g_lo), abs(g_hi), abs(path.t_lo), abs(path.t_hi), 1.0)
+    if g_lo < path.t_lo - slack or g_hi > path.t_hi + slack:
+        raise InputError(
+            f"generator: the BrownianPath spans [{path.t_lo!r}, {path.t_hi!r}] but the grid spans [{g_lo!r}, {g_hi!r}]; "
+            "the path must cover the grid (its increments outside its span would be zero): build it as "
+            "flowsde.BrownianPath(grid[0], grid[-1], x.shape, generator=seed)."
+        )
+
+
+def make_noise_source(generator, x: torch.Tensor, grid: Optional[torch.Tensor] = None) -> NoiseSource:
+    """Turn ``solve``'s ``generator`` argument into a noise source (validated). With ``grid`` (the
+    solve's float64 grid), a :class:`BrownianPath` must span it."""
     generator = as_generator(generator, x.device)
     if generator is None:
         return _GeneratorNoise(None)
@@ -200,6 +214,8 @@ def make_noise_source(generator, x: torch.Tensor) -> NoiseSource:
                 f"generator: BrownianPath has shape {generator.shape} but x has shape {tuple(x.shape)}; "
                 "build the path with shape=x.shape."
             )
+        if grid is not None:
+            _check_path_covers(generator, grid)
         return _PathNoise(generator)
     if isinstance(generator, (list, tuple)):
         check_generators(generator, x.shape[0], "generator")

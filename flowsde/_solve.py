@@ -142,7 +142,7 @@ def solve(
     check_state(x)
     grid = check_grid(grid, x, direction=getattr(problem, "direction", None))
     solver.check_problem(problem)
-    noise_source = make_noise_source(generator, x)
+    noise_source = make_noise_source(generator, x, grid)  # a BrownianPath must span the grid
     with torch.set_grad_enabled(bool(grad)):
         if solver.adaptive:
             checked = CheckedProblem(problem, x, grid, throw=throw)

@@ -365,8 +365,8 @@ def _sde_reference(s: _Setup, x_T: torch.Tensor, bar) -> Tuple[flowsde.BrownianP
 
 
 def _rows(s: _Setup, refs: _References, info: dict, bar) -> Tuple[List[CompareRow], Dict[str, torch.Tensor]]:
-    """The noise-floor row, then one row per run of the plan; and the samples kept (each method's last run,
-    at its largest budget: the plan runs budgets in increasing order)."""
+    """The noise-floor row, then one row per run of the plan; and the samples kept (each method's run with
+    the fewest NFE: its smallest budget, or its loosest tolerance, where the samplers differ most)."""
     keep = s.o.keep_samples
     kept: Dict[str, torch.Tensor] = {"reference": refs.x[:keep].cpu()}
     rows = [CompareRow("reference", "reference", "noise floor", None, float(refs.nfe), None, refs.floor,
@@ -384,8 +384,10 @@ def _rows(s: _Setup, refs: _References, info: dict, bar) -> Tuple[List[CompareRo
             x, nfe, label = _fixed_step_run(s, pf if ode else rsde, method, setting[0], x_run, refs.path)
         _sync(s.device)
         rows.append(_row(s, refs, method, ode, budget, label, x, nfe, time.perf_counter() - t0))
-        kept[method] = x[:keep].detach().cpu()
-        info.setdefault("samples_nfe", {})[method] = nfe
+        at = info.setdefault("samples_nfe", {})
+        if method not in at or nfe < at[method]:
+            kept[method] = x[:keep].detach().cpu()
+            at[method] = nfe
         bar.update(1)
     return rows, kept
 

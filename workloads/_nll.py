@@ -16,7 +16,9 @@ in batches and returns (and writes, with ``out=``) one row per sample::
 * ``nfe``: evaluations of the network the sample took (the likelihood's
   ``stats["nfe_per_sample"]``: its own count with ``per_sample=True``, the batch's with
   batch-shared steps);
-* ``status``: :class:`flowsde.Status` name (``SUCCESS``, ``NON_FINITE``, ...).
+* ``status``: :class:`flowsde.Status` name (``SUCCESS``, ``NON_FINITE``, ...). A sample that did not
+  succeed has ``nan`` for ``nats``, ``bpd`` and ``stderr`` (its partial integral is not an answer);
+  ``nfe`` is what it took before it failed.
 
 Reproducibility (``docs/nll.md``):
 
@@ -44,16 +46,33 @@ is written once, by rank 0, when every sample has a row, with a ``FILE.csv.json`
 and the parts folder is then removed. A rerun with the same settings (any world size)
 reads the rows already on disk (part files and a finished ``FILE.csv``), computes only the
 batches that miss a row, and writes the same final file. A torn last line (a kill
-mid-write) is not a valid row (its status is cut) and is ignored. Settings that would change
-the rows (``n``, ``batch_size``, ``seed``, tolerances, estimator, dequantization, dtype, ...)
-are stored in ``FILE.csv.parts/meta.json``; a rerun with others is refused.
+mid-write) is not a valid row (its status is cut) and is ignored. Everything that defines the
+rows is stored in ``FILE.csv.parts/meta.json`` (and in the summary) and checked by a rerun,
+which refuses a difference by name (:class:`flowsde.InputError`):
+
+* the run's settings (``n``, ``batch_size``, ``seed``, dtype and the likelihood's options,
+  stored *resolved*: the likelihood's defaults applied, so ``time_warp=None`` and ``1.5``, or
+  ``bits=8`` and ``levels=256``, are one setting);
+* the model: a sha256 of the network's parameters and buffers (every ``nn.Module`` and tensor
+  the ``net`` holds, through closures, the module-level objects it calls and ``functools.partial``),
+  its name, the schedule and the
+  prediction. A plain callable holding no tensor cannot be verified: only its name is compared
+  (a warning says so on resume);
+* the data: shape and dtype of the rows evaluated, and a sha256 of each batch's rows (checked for
+  the batches whose rows are read back; an unreadable record is no mismatch until it is read);
+* the finished file: a sha256 of ``FILE.csv``'s bytes in the summary, so a hand-edited or damaged
+  row of a finished file is refused. Rows in the part files of an unfinished run carry no checksum.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
 import json
 import logging
 import math
+import types
 import os
 import shutil
 import sys
@@ -77,7 +96,8 @@ _log = logging.getLogger("flowsde.nll")
 #: timeout of the process group that dataset_nll starts itself under torchrun: a rank that finishes
 #: early waits for the slowest at the final gather
 INIT_TIMEOUT = timedelta(hours=6)
-_FORMAT = 1  # bump when the meaning of a row changes (old part files are then refused)
+_FORMAT = 2  # bump when the meaning of a row changes (old part files are then refused); 2: NaN for failed samples,
+# the model's and the data's identity, resolved likelihood options
 
 
 class NLLError(FlowSDEError, RuntimeError):
@@ -92,9 +112,15 @@ class NLLError(FlowSDEError, RuntimeError):
         self.failures = failures
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NLLRow:
-    """One sample's result (see the module docstring for the columns)."""
+    """One sample's result (see the module docstring for the columns).
+
+    A sample whose solve did not succeed (``status`` other than ``SUCCESS``) has ``nats``, ``bpd`` and
+    ``stderr`` NaN: its status says why, and no partial value passes for an answer. The CSV writes them
+    ``nan`` and reads them back as NaN. Two rows are equal when their CSV lines are (floats compared bit
+    for bit by their ``repr``, so a NaN equals a NaN).
+    """
 
     index: int
     nats: float
@@ -102,6 +128,12 @@ class NLLRow:
     stderr: float
     nfe: int
     status: str
+
+    def __eq__(self, other) -> bool:
+        return self.line() == other.line() if isinstance(other, NLLRow) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.line())
 
     def line(self) -> str:
         """The CSV line (no newline); floats as ``repr`` so they read back bit-identical."""
@@ -124,7 +156,7 @@ class NLLResult:
     """What :func:`dataset_nll` returns (the same object on every rank).
 
     Attributes:
-        rows: one :class:`NLLRow` per sample, sorted by index.
+        rows: one :class:`NLLRow` per sample, sorted by index (NaN numbers for a failed sample).
         mean_bpd: mean bits/dim over the samples with status ``SUCCESS``.
         stderr_bpd: its standard error over samples, ``std(bpd) / sqrt(succeeded)`` (``nan`` if ``succeeded < 2``).
         mean_nats, stderr_nats: the same for the NLL in nats.
@@ -243,6 +275,174 @@ def _net_param(diffusion):
     return None
 
 
+# -- identity of the model and the data (stored with the rows, checked on resume) ----------------
+
+_WALK_DEPTH = 6
+_SCALARS = (bool, int, float, complex, str, bytes, type(None))
+
+
+def _tensor_bytes(h, t: torch.Tensor) -> None:
+    """Feed a tensor's dtype, shape and bytes (as on the CPU, row-major) to the hash ``h``."""
+    t = t.detach()
+    h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.numel() == 0:
+        return
+    flat = t.reshape(-1)
+    step = max(1, (64 << 20) // max(1, t.element_size()))  # 64 MiB at a time off a device
+    for k in range(0, flat.numel(), step):
+        chunk = flat[k:k + step].to("cpu").contiguous()
+        h.update(chunk.view(torch.uint8).numpy().tobytes() if chunk.dtype != torch.uint8 else chunk.numpy().tobytes())
+
+
+class _Walk:
+    """The tensors (modules' parameters and buffers, tensors) and plain values a callable holds: through
+    ``nn.Module``s, closures, ``functools.partial``, bound methods, containers and public attributes of
+    plain objects. ``tensors`` counts what was hashed into ``h`` besides names and scalars."""
+
+    def __init__(self):
+        self.h = hashlib.sha256()
+        self.tensors = 0
+        self.seen = set()
+
+    def add(self, path: str, v, depth: int = 0) -> None:
+        h = self.h
+        if isinstance(v, _SCALARS) or isinstance(v, (torch.dtype, torch.device)):
+            h.update(f"{path}={v!r};".encode())
+            return
+        if id(v) in self.seen or depth > _WALK_DEPTH or isinstance(v, (type, types.ModuleType)):
+            return
+        self.seen.add(id(v))
+        if isinstance(v, torch.Tensor):
+            h.update(f"{path}:tensor;".encode())
+            _tensor_bytes(h, v)
+            self.tensors += 1
+        elif isinstance(v, torch.nn.Module):
+            h.update(f"{path}:{type(v).__module__}.{type(v).__qualname__};".encode())
+            named = dict(v.named_parameters())
+            named.update(v.named_buffers())
+            for name in sorted(named):
+                h.update(f"{path}.{name};".encode())
+                _tensor_bytes(h, named[name])
+                self.tensors += 1
+        elif isinstance(v, functools.partial):
+            self.add(path + ".func", v.func, depth + 1)
+            self.add(path + ".args", list(v.args), depth + 1)
+            self.add(path + ".keywords", dict(v.keywords), depth + 1)
+        elif isinstance(v, types.MethodType):
+            self.add(path + ".__func__", v.__func__, depth + 1)
+            self.add(path + ".__self__", v.__self__, depth + 1)
+        elif isinstance(v, types.FunctionType):
+            h.update(f"{path}:{v.__qualname__};".encode())  # not its module: __main__ when run as a script
+            for name, cell in zip(v.__code__.co_freevars, v.__closure__ or ()):
+                try:
+                    self.add(f"{path}.<{name}>", cell.cell_contents, depth + 1)
+                except ValueError:  # an empty cell
+                    pass
+            if hasattr(v, "__wrapped__"):
+                self.add(path + ".__wrapped__", v.__wrapped__, depth + 1)
+            g = getattr(v, "__globals__", {})
+            for name in sorted(set(v.__code__.co_names)):  # the module-level objects it uses (`model(x, t)`)
+                if name in g and not isinstance(g[name], (type, types.ModuleType)):
+                    self.add(f"{path}.<global {name}>", g[name], depth + 1)
+        elif isinstance(v, (list, tuple)):
+            for k, u in enumerate(v):
+                self.add(f"{path}[{k}]", u, depth + 1)
+        elif isinstance(v, dict):
+            for k in sorted(v, key=repr):
+                self.add(f"{path}[{k!r}]", v[k], depth + 1)
+        else:  # a plain object: its type and public attributes (no repr: it may hold an address)
+            h.update(f"{path}:{type(v).__module__}.{type(v).__qualname__};".encode())
+            attrs = getattr(v, "__dict__", None)
+            if isinstance(attrs, dict):
+                for k in sorted(a for a in attrs if isinstance(a, str) and not a.startswith("_")):
+                    self.add(f"{path}.{k}", attrs[k], depth + 1)
+
+
+def _callable_name(f) -> str:
+    if isinstance(f, torch.nn.Module):
+        return f"{type(f).__module__}.{type(f).__qualname__}"
+    if isinstance(f, (types.FunctionType, types.MethodType, functools.partial)):
+        return getattr(f, "__qualname__", None) or repr(f)  # not its module: __main__ when run as a script
+    return f"{type(f).__module__}.{type(f).__qualname__}"
+
+
+def _model_identity(diffusion) -> dict:
+    """What identifies the model: the network's name and a sha256 of the tensors it holds, the schedule, the
+    prediction (stored with the rows; a resume compares them)."""
+    net = getattr(diffusion, "net", diffusion)
+    w = _Walk()
+    w.add("net", net)
+    weights = (f"sha256:{w.h.hexdigest()}" if w.tensors else
+               "unverifiable (a plain callable holding no tensor: compared by its name only)")
+    sched = getattr(diffusion, "schedule", None)
+    sw = _Walk()
+    sw.add("schedule", sched)
+    text = repr(sched)
+    text = text if len(text) <= 200 else text[:200] + "..."
+    if sw.tensors:
+        text += f" [its tensors: sha256:{sw.h.hexdigest()}]"
+    return dict(model=_callable_name(net), model_weights=weights, schedule=text,
+                prediction=_jsonable(getattr(diffusion, "prediction", None)))
+
+
+def _data_identity(data, n: int, batch_size: int) -> Tuple[str, List[Optional[str]]]:
+    """``(dtype, per-batch sha256)`` of the rows evaluated (the first ``n``), batch ``b`` holding the rows
+    ``b*batch_size ..``; ``None`` for a batch with a record that cannot be read (its batch reports it)."""
+    digests: List[Optional[str]] = []
+    dtype = None
+    for b in range(-(-n // batch_size)):
+        lo, hi = b * batch_size, min((b + 1) * batch_size, n)
+        h = hashlib.sha256()
+        try:
+            rows = data[lo:hi] if isinstance(data, torch.Tensor) else [_item(data, i) for i in range(lo, hi)]
+            for x in rows:
+                dtype = dtype or str(x.dtype)
+                _tensor_bytes(h, x)
+        except Exception:  # noqa: BLE001 - a corrupt record: the batch's evaluation reports it
+            digests.append(None)
+            continue
+        digests.append(h.hexdigest()[:32])  # 128 bits a batch
+    return dtype or "unknown", digests
+
+
+def _resolved_options(diffusion, lik_kw: dict, dtype: torch.dtype, D: int) -> dict:
+    """The likelihood's options with its defaults applied (``None`` resolved to what it means for this
+    model, dtype and dimension), so that two spellings of one setting compare equal."""
+    kw = dict(lik_kw)
+    skip = {"x", "generator", "throw", "progress", "exact_max_bytes", "diffusion"}
+    try:
+        params = inspect.signature(diffusion.log_likelihood).parameters.values()
+    except (TypeError, ValueError):
+        params = ()
+    for p in params:
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in skip and p.default is not p.empty:
+            kw.setdefault(p.name, p.default)
+    if getattr(diffusion, "schedule", None) is None or not hasattr(diffusion, "pf_ode"):
+        return kw  # not a flowsde Diffusion: its options as given, defaults filled from its signature
+    from flowsde._likelihood import _check_warp, _Tolerances, quantization_levels
+    from flowsde._solvers.rk45 import DEFAULT_PER_SAMPLE
+    from flowsde.adapters._likelihood import _ode_and_span, _time_span
+
+    try:
+        L = quantization_levels(kw.get("levels"), kw.get("bits"), default_bits=None)
+        kw.update(levels=L, bits=None)
+        if L is not None:
+            kw["data_range"] = tuple(float(v) for v in (kw.get("data_range") or (-1.0, 1.0)))
+        if kw.get("dequantize") is None:
+            kw["dequantize"] = L is not None
+        t_eps, t_max = _time_span(diffusion, kw.get("t_eps"), kw.get("t_max"))
+        kw.update(t_eps=t_eps, t_max=t_max)
+        _, span = _ode_and_span(diffusion, kw.get("time", "t"), t_eps, t_max)
+        kw["time_warp"] = _check_warp(kw.get("time_warp"), *span)
+        tol = _Tolerances.of(kw.get("bpd_tol"), kw.get("rtol"), kw.get("atol"), dtype, D)
+        kw.update(rtol=tol.rtol, atol=tol.atol, bpd_tol=tol.bpd_tol)
+        if kw.get("per_sample") is None and isinstance(kw.get("method"), str) and kw["method"] == "rk45":
+            kw["per_sample"] = DEFAULT_PER_SAMPLE
+    except (InputError, TypeError, ValueError):
+        pass  # the likelihood refuses these options itself, with its own message, on the first batch
+    return kw
+
+
 # -- distributed ---------------------------------------------------------------------------------
 
 def _process_group():
@@ -298,36 +498,93 @@ def _read_rows(path: Path) -> List[NLLRow]:
     return rows
 
 
+#: how a difference in a stored setting is named in a refusal
+_LABELS = dict(model_weights="model weights", model="model (its network)", data_shape="data shape",
+               data_dtype="data dtype")
+
+
+def _shown(v) -> str:
+    """A stored value as a refusal shows it (a sha256 shortened)."""
+    if isinstance(v, str) and v.startswith("sha256:"):
+        return f"sha256 {v[7:19]}..."
+    return repr(v)
+
+
 def _diff(a: dict, b: dict) -> str:
-    keys = sorted(set(a) | set(b))
-    return ", ".join(f"{k}: {a.get(k)!r} there vs {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k))
+    if a.get("format") != b.get("format"):  # another version's file: its keys differ, name only that
+        return f"a file of format {a.get('format')!r} there vs {b.get('format')!r} now"
+    keys = sorted((set(a) | set(b)) - {"data_sha256"})
+    return ", ".join(f"{_LABELS.get(k, k)}: {_shown(a.get(k))} there vs {_shown(b.get(k))} now"
+                     for k in keys if a.get(k) != b.get(k))
+
+
+def _data_diff(old, new, on_disk: set, batch_size: int) -> str:
+    """The batches whose rows are on disk and whose data differ (or cannot be read now to be compared)."""
+    if not isinstance(old, list) or len(old) != len(new):
+        return "data: no per-batch sha256 there" if not isinstance(old, list) else ""  # n differs: said already
+    bad = [b for b in sorted(on_disk) if b < len(new) and (new[b] is None or old[b] != new[b])]
+    if not bad:
+        return ""
+    b = bad[0]
+    rows = f"{b * batch_size}-{(b + 1) * batch_size - 1}"
+    now = "unreadable" if new[b] is None else f"sha256 {new[b][:12]}..."
+    then = "unreadable" if old[b] is None else f"sha256 {old[b][:12]}..."
+    more = f" (and {len(bad) - 1} more batch(es))" if len(bad) > 1 else ""
+    return f"data rows {rows}: {then} there vs {now} now{more}"
 
 
 def _previous_rows(out: Path, settings: dict) -> List[NLLRow]:
-    """Rows already on disk for ``out`` (its part files and a finished file), checked against ``settings``."""
+    """Rows already on disk for ``out`` (its part files and a finished file), checked against ``settings``
+    (the model, the data of the batches read back, the finished file's checksum)."""
     parts, summ = _parts_dir(out), _summary_path(out)
-    rows: List[NLLRow] = []
+    metas = []
     for meta_path in (parts / "meta.json", summ):
         if meta_path.exists():
             try:
-                old = json.loads(meta_path.read_text(encoding="utf-8")).get("settings", {})
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise InputError(f"dataset_nll: cannot read {meta_path} ({e}); delete it (and {parts}) to start "
                                  "over.") from e
-            if old != settings:
-                raise InputError(f"dataset_nll: {out} holds results of a run with other settings "
-                                 f"({_diff(old, settings)}); "
-                                 f"rerun with those settings to resume, or choose another out / delete {out}, "
-                                 f"{summ} and {parts} to start over.")
+            metas.append((meta_path, meta if isinstance(meta, dict) else {}))
+    rows: List[NLLRow] = []
     if out.exists():
         if not summ.exists():
             raise InputError(f"dataset_nll: {out} exists but was not written by dataset_nll (no {summ.name} next "
                              "to it); choose another out or delete it.")
+        _check_checksum(out, summ, dict(metas).get(summ, {}))
         rows += _read_rows(out)
     if parts.is_dir():
         for p in sorted(parts.glob("rank*.csv")):
             rows += _read_rows(p)
+    on_disk = {r.index // settings["batch_size"] for r in rows if 0 <= r.index < settings["n"]}
+    for meta_path, meta in metas:
+        old = meta.get("settings", {})
+        old = old if isinstance(old, dict) else {}
+        what = _diff(old, settings) or _data_diff(old.get("data_sha256"), settings["data_sha256"], on_disk,
+                                                  settings["batch_size"])
+        if what:
+            raise InputError(f"dataset_nll: {out} holds results of another run ({what}); rerun with the same "
+                             f"model, data and settings to resume, or pass another out (--out) or delete {out}, "
+                             f"{summ} and {parts} to start over.")
+    if metas and rows and not settings["model_weights"].startswith("sha256:"):
+        _log.warning("dataset_nll: %s: resume cannot verify the model: its network %s is a plain callable holding "
+                     "no tensor, so only its name is compared; %d row(s) are read back on that basis.", out,
+                     settings["model"], len(rows))
     return rows
+
+
+def _rows_sha256(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_checksum(out: Path, summ: Path, summary: dict) -> None:
+    """Refuse a finished file whose bytes are not those its summary records (a hand-edited or damaged row)."""
+    want = summary.get("rows_sha256")
+    got = _rows_sha256(out)
+    if want != got:
+        raise InputError(f"dataset_nll: {out} is not the file dataset_nll wrote (rows checksum {_shown(want)} in "
+                         f"{summ.name} vs {_shown(got)} now): it was edited or damaged; delete {out} and {summ} to "
+                         "compute the rows again.")
 
 
 def _write_atomic(path: Path, text: str, tag: str) -> None:
@@ -433,7 +690,8 @@ def _rows_of(res, idx: List[int], D: int, continuous: bool) -> List[NLLRow]:
         per = res.nfe
     nfe = per.detach().to("cpu").tolist() if isinstance(per, torch.Tensor) else [int(res.nfe)] * B
     status = [Status(int(s)).name for s in res.status.detach().to("cpu").tolist()]
-    return [NLLRow(i, -lp, b, se, int(n), st)
+    nan = math.nan  # a failed sample's numbers are NaN (flowsde's likelihood already gives NaN; any other too)
+    return [NLLRow(i, -lp, b, se, int(n), st) if st == "SUCCESS" else NLLRow(i, nan, nan, nan, int(n), st)
             for i, lp, b, se, n, st in zip(idx, logp.tolist(), bpd, stderr, nfe, status)]
 
 
@@ -601,8 +859,12 @@ def _job(diffusion, data, o: _Options, td, rank: int) -> _Job:
     device = _device(diffusion, first, o.device, td, rank)
     dtype = _dtype(diffusion, first, o.dtype)
     lik_kw = _likelihood_keywords(o)
+    resolved = _resolved_options(diffusion, lik_kw, dtype, math.prod(event))
+    data_dtype, data_sha256 = _data_identity(data, n, o.batch_size)
     settings = dict(format=_FORMAT, n=n, event_shape=list(event), batch_size=o.batch_size, seed=o.seed,
-                    dtype=str(dtype), **{k: _jsonable(v) for k, v in sorted(lik_kw.items())})
+                    dtype=str(dtype), **{k: _jsonable(v) for k, v in sorted(resolved.items())},
+                    **_model_identity(diffusion), data_shape=[n, *event], data_dtype=data_dtype,
+                    data_sha256=data_sha256)
     return _Job(diffusion, data, n, math.prod(event), o.batch_size, o.seed, device, dtype, lik_kw,
                 o.levels is None and o.bits is None, settings, _out_path(o.out), o.progress)
 
@@ -858,9 +1120,11 @@ def _error_outcome(job: _Job, all_failures: List[Tuple[int, List[int], str]]) ->
 
 def _write_final(out: Path, result: NLLResult) -> None:
     """The final CSV and its JSON summary (each written atomically), then the part files removed."""
-    _write_atomic(out, HEADER + "\n" + "".join(r.line() + "\n" for r in result.rows), "r0")
+    text = HEADER + "\n" + "".join(r.line() + "\n" for r in result.rows)
+    _write_atomic(out, text, "r0")
     summary = dict(settings=result.settings, n=result.samples, n_ok=result.succeeded, mean_bpd=result.mean_bpd,
                    stderr_bpd=result.stderr_bpd, mean_nats=result.mean_nats, stderr_nats=result.stderr_nats,
-                   failed=[list(f) for f in result.failed])
+                   failed=[list(f) for f in result.failed],
+                   rows_sha256="sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest())
     _write_atomic(_summary_path(out), json.dumps(summary, indent=1, sort_keys=True), "r0")
     shutil.rmtree(_parts_dir(out), ignore_errors=True)

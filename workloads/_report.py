@@ -52,7 +52,8 @@ class CompareResult:
     rows: List[CompareRow]
     likelihood: list = field(default_factory=list)  #: (tol, nfe, mean |logp - exact|, max |...|, seconds)
     info: dict = field(default_factory=dict)
-    samples: Dict[str, torch.Tensor] = field(default_factory=dict)  #: method -> samples at its largest budget
+    #: method -> samples of its run with the fewest NFE (its smallest budget: where the samplers differ most)
+    samples: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def noise_floor(self) -> Optional[float]:
@@ -103,19 +104,51 @@ class CompareResult:
             json.dump({"info": info, "columns": COLUMNS, "rows": [asdict(r) for r in self.rows],
                        "likelihood": lik}, f, indent=2)
 
+    def without_error(self) -> List[str]:
+        """The samplers with no pathwise error (their noise is not the shared path's increments: compared by
+        SW2 only): they have no line in :meth:`plot_errors`."""
+        return [m for m in dict.fromkeys(r.method for r in self.rows if r.kind != "reference")
+                if not any(r.method == m and r.error is not None and r.error > 0 for r in self.rows)]
+
+    def path_of(self, method: str) -> str:
+        """Which path ``method``'s samples were drawn on, relative to the PF-ODE reference from the same x_T:
+        ``"ode"`` (the same deterministic path: comparable sample by sample), ``"brownian"`` (the reverse SDE on
+        the shared Brownian path) or ``"own noise"`` (fresh normals)."""
+        rows = [r for r in self.rows if r.method == method]
+        if not rows or rows[0].kind in ("ode", "reference"):
+            return "ode"
+        return "brownian" if any(r.error is not None for r in rows) else "own noise"
+
     def plot_errors(self, path, *, dpi: int = 100) -> Tuple[int, int]:
-        """Error against NFE (log-log), one line per solver; returns the PNG's (width, height) in pixels."""
+        """Error against NFE (log-log), one line per solver, each against its own reference (PF-ODE samplers:
+        the tight RK45 solution from the same x_T; path-driven SDE samplers: the fine Euler-Maruyama solution
+        on the same Brownian path); the samplers without a pathwise error are named on the plot.
+        Returns the PNG's (width, height) in pixels."""
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(8, 5), dpi=dpi)
+        lines = 0
         for m in dict.fromkeys(r.method for r in self.rows if r.kind != "reference"):
             rs = [r for r in self.rows if r.method == m and r.error is not None and r.error > 0]
             if rs:
-                ls = "o-" if rs[0].kind == "ode" else "s--"
-                ax.loglog([r.nfe for r in rs], [r.error for r in rs], ls, label=f"{m} ({rs[0].kind.upper()})")
-        ax.set(xlabel="NFE per sample", ylabel="RMS error per coordinate vs reference",
-               title=self.info.get("title", "error vs NFE"))
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+                ode = rs[0].kind == "ode"
+                ax.loglog([r.nfe for r in rs], [r.error for r in rs], "o-" if ode else "s--",
+                          label=f"{m} ({'ODE: vs RK45 reference' if ode else 'SDE: vs fine EM, same path'})")
+                lines += 1
+        ax.set(xlabel="NFE per sample", title=self.info.get("title", "error vs NFE"))
+        ax.set_ylabel("RMS error per coordinate vs its reference\n"
+                      "(ODE: RK45 float64 from x_T; SDE: fine EM, same path)", fontsize=9)
+        missing = self.without_error()
+        if missing:
+            note = (f"no pathwise error (own noise, compared by SW2 only): {', '.join(missing)}")
+            ax.text(0.5, 0.02 if lines else 0.5, note, transform=ax.transAxes, ha="center",
+                    va="bottom" if lines else "center", fontsize=8, wrap=True)
+        if lines:
+            ax.set_xscale("log")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
         fig.tight_layout()
         fig.savefig(path, dpi=dpi)
         plt.close(fig)
@@ -124,11 +157,15 @@ class CompareResult:
     def plot_samples(self, path, *, image_shape: Optional[Tuple[int, ...]] = None, n_show: int = 16,
                      data_range: Optional[Tuple[float, float]] = None,
                      density: Optional[torch.Tensor] = None, dpi: int = 100) -> Tuple[int, int]:
-        """A grid of generated samples: one row per solver (at its largest budget), the reference first.
+        """A grid of generated samples: one row per solver at its smallest budget (where the samplers differ;
+        at large budgets every PF-ODE sampler draws the reference), the reference first. Rows drawn on another
+        path than the reference's (reverse-SDE samplers, own noise) are marked with ``*``: they are not
+        comparable with the reference sample by sample.
 
         ``image_shape``: ``(H, W)`` or ``(C, H, W)`` to draw each sample as an image (digits: ``(8, 8)``);
         otherwise the samples are drawn as a 2-D scatter (first two coordinates), one panel per solver,
-        over ``density`` (samples of the data distribution, shown as a 2-D histogram) when given.
+        over ``density`` (samples of the data distribution, shown as a 2-D histogram) when given; 1-D samples
+        as histograms over the density's.
         Returns the PNG's (width, height) in pixels.
         """
         plt = _pyplot()
@@ -143,17 +180,33 @@ class CompareResult:
         return round(w_in * dpi), round(h_in * dpi)
 
 
+_PATH_MARK = {"ode": "", "brownian": "*", "own noise": "*"}
+_PATH_WORD = {"ode": "", "brownian": "SDE path", "own noise": "own noise"}
+
+
 def _nfe_label(res: CompareResult, m: str, fmt: str) -> str:
-    """``m`` with the NFE its kept samples took, in ``fmt`` (``"{m}\\n{nfe} NFE"``), or ``m`` alone."""
+    """``m`` with the NFE its kept samples took, in ``fmt`` (``"{m}\\n{nfe} NFE"``), or ``m`` alone; marked
+    ``*`` (and the path named) where drawn on another path than the reference."""
     at = res.info.get("samples_nfe", {}).get(m)
-    return m if at is None else fmt.format(m=m, nfe=f"{at:.0f}")
+    p = res.path_of(m)
+    label = m if at is None else fmt.format(m=m, nfe=f"{at:.0f}")
+    return label + (f"{_PATH_MARK[p]}\n({_PATH_WORD[p]})" if p != "ode" else "")
+
+
+_FOOTNOTE = "* drawn on another path than the reference (reverse SDE / own noise): compare by eye, not sample by sample"
+
+
+def _marked(res: CompareResult) -> bool:
+    return any(res.path_of(m) != "ode" for m in res.samples)
 
 
 def _image_rows(plt, res: CompareResult, image_shape, n_show, data_range, dpi):
-    """One row of ``n_show`` images per solver; returns the figure and its size in inches."""
+    """One row of ``n_show`` images per solver (and a footnote line for rows marked ``*``); returns the
+    figure and its size in inches."""
     names = list(res.samples)
     k = min(n_show, min(int(s.shape[0]) for s in res.samples.values()))
-    w_in, h_in = 1.6 + 0.5 * k, 0.5 * len(names) + 0.3
+    foot = 0.25 if _marked(res) else 0.0
+    w_in, h_in = 1.6 + 0.5 * k, 0.5 * len(names) + 0.3 + foot
     fig, axes = plt.subplots(len(names), k, figsize=(w_in, h_in), dpi=dpi, squeeze=False)
     lo, hi = data_range if data_range is not None else (None, None)
     for i, m in enumerate(names):
@@ -164,8 +217,11 @@ def _image_rows(plt, res: CompareResult, image_shape, n_show, data_range, dpi):
             ax.set_xticks([])
             ax.set_yticks([])
         axes[i][0].set_ylabel(_nfe_label(res, m, "{m}\n{nfe} NFE"), rotation=0, ha="right", va="center",
-                              fontsize=8)
-    fig.subplots_adjust(left=1.4 / w_in, right=0.98, top=0.98, bottom=0.02, wspace=0.05, hspace=0.05)
+                              fontsize=7 if res.path_of(m) != "ode" else 8)
+    fig.subplots_adjust(left=1.4 / w_in, right=0.98, top=1 - 0.06 / h_in, bottom=(0.06 + foot) / h_in,
+                        wspace=0.05, hspace=0.05)
+    if foot:
+        fig.text(0.01, 0.03 / h_in, _FOOTNOTE, fontsize=7, ha="left", va="bottom")
     return fig, (w_in, h_in)
 
 
@@ -180,30 +236,44 @@ def _as_image(img: torch.Tensor, lo, hi) -> torch.Tensor:
 
 
 def _scatter_panels(plt, res: CompareResult, density, dpi):
-    """One 2-D scatter panel per solver (first two coordinates), over ``density``'s histogram when given;
-    returns the figure and its size in inches."""
+    """One panel per solver: a 2-D scatter (first two coordinates) over ``density``'s histogram when given,
+    or, for 1-D samples, a histogram over the density's; returns the figure and its size in inches."""
     names = list(res.samples)
     cols = min(4, len(names))
     rows_ = math.ceil(len(names) / cols)
     w_in, h_in = 3 * cols, 3 * rows_
     fig, axes = plt.subplots(rows_, cols, figsize=(w_in, h_in), dpi=dpi, squeeze=False)
-    ref = res.samples[names[0]].reshape(res.samples[names[0]].shape[0], -1)[:, :2].double()
-    span = (density if density is not None else ref).reshape(-1, ref.shape[1])[:, :2].double()
+
+    def first2(x):
+        return x.reshape(x.shape[0], -1)[:, :2].detach().to("cpu", torch.float64)
+
+    span = first2(density if density is not None else res.samples[names[0]])
     lo_, hi_ = span.min(0).values, span.max(0).values
-    pad = 0.1 * (hi_ - lo_)
-    ext = [float(lo_[0] - pad[0]), float(hi_[0] + pad[0]), float(lo_[1] - pad[1]), float(hi_[1] + pad[1])]
+    pad = 0.1 * (hi_ - lo_).clamp_min(1e-12)
+    ext = [(float(lo_[i] - pad[i]), float(hi_[i] + pad[i])) for i in range(span.shape[1])]
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     for m, ax in zip(names, axes.flat):
-        if density is not None:
-            d = density.reshape(density.shape[0], -1)[:, :2].double().numpy()
-            ax.hist2d(d[:, 0], d[:, 1], bins=60, range=[ext[:2], ext[2:]], cmap="Greys")
-        xs = res.samples[m].reshape(res.samples[m].shape[0], -1)[:, :2].double().numpy()
-        ax.scatter(xs[:, 0], xs[:, 1], s=3, c="tab:red", alpha=0.6)
-        ax.set(xlim=ext[:2], ylim=ext[2:], title=_nfe_label(res, m, "{m} ({nfe} NFE)"))
+        xs = first2(res.samples[m]).numpy()
+        d = first2(density).numpy() if density is not None else None
+        if len(ext) == 1:  # 1-D samples: histograms
+            if d is not None:
+                ax.hist(d[:, 0], bins=60, range=ext[0], density=True, color="0.8")
+            ax.hist(xs[:, 0], bins=40, range=ext[0], density=True, histtype="step", color="tab:red")
+            ax.set(xlim=ext[0])
+        else:
+            if d is not None:
+                ax.hist2d(d[:, 0], d[:, 1], bins=60, range=[ext[0], ext[1]], cmap="Greys")
+            ax.scatter(xs[:, 0], xs[:, 1], s=3, c="tab:red", alpha=0.6)
+            ax.set(xlim=ext[0], ylim=ext[1])
+        ax.set_title(_nfe_label(res, m, "{m} ({nfe} NFE)"), fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
+    if _marked(res):
+        fig.text(0.01, 0.005, _FOOTNOTE, fontsize=7, ha="left", va="bottom")
+        fig.tight_layout(rect=(0, 0.06 / rows_, 1, 1))
+    else:
+        fig.tight_layout()
     return fig, (w_in, h_in)
 
 

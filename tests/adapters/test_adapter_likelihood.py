@@ -211,3 +211,32 @@ def test_prior_end_where_alpha_vanishes_is_explained():
     with pytest.raises(InputError, match="alpha = 0.*velocity.*not N\\(0, sigma\\^2 I\\)"):
         dif.log_likelihood(gm.sample(2, generator=g))
 
+
+
+
+def test_failed_sample_has_nan_numbers_in_every_field():
+    # issue 21: a throw=False result held finite partial numbers for a failed sample; every number of
+    # that sample is NaN (the corrected ones and the residual too), the status says why, and the other
+    # samples are bit for bit those of a run without the failure
+    gm, g = likelihood_mixture(2)
+    sched = VP()
+    inner = gm.oracle(sched, "eps")
+
+    def net(x, t):
+        out = inner(x, t)
+        bad = (x[:, :1] > 5) & (t.reshape(-1, 1) > 0.3) if t.dim() else (x[:, :1] > 5) & (t > 0.3)
+        return torch.where(bad, float("nan"), out)
+
+    x = gm.sample(3, generator=g)
+    x[1] = 8.0  # only sample 1 reaches the NaN
+    kw = dict(corrected=True, per_sample=True, throw=False, trace="hutchinson", probes=2)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
+    ref = Diffusion(inner, sched, prediction="eps").log_likelihood(x, generator=gens(), **kw)
+    r = Diffusion(net, sched, prediction="eps").log_likelihood(x, generator=gens(), **kw)
+    assert r.status.tolist() == [0, 1, 0] and ref.status.tolist() == [0, 0, 0]
+    ok = torch.tensor([True, False, True])
+    for name in ("logp", "stderr", "solver_error", "prior_logp", "delta_logp", "logp_probes", "logp_corrected",
+                 "stderr_corrected", "solver_error_corrected", "residual"):
+        v, w = getattr(r, name), getattr(ref, name)
+        assert torch.isnan(v[1]).all(), name
+        assert torch.equal(v[ok], w[ok]), name

@@ -291,6 +291,178 @@ def test_diffusers_bad_input():
         from_diffusers(None, {"num_train_timesteps": 10})
 
 
+# ---------------------------------------------------------------- the scheduler's class fixes the model
+def _f32_rel(*tensors):
+    """float32 round-off of diffusers' own arithmetic against ours in float64: a handful of roundings
+    (16 ulps of 2^-24) of the largest operand (measured <= 2e-7 relative)."""
+    return 16 * 2.0 ** -24 * max(float(t.abs().max()) for t in tensors)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_match_euler_is_linear_velocity(shift):
+    """FlowMatchEulerDiscreteScheduler: x = (1 - sigma) x0 + sigma eps, the UNet at timestep sigma N
+    predicts eps - x0; flowsde's Euler step on the scheduler's sigmas is scheduler.step (shift only
+    moves the sigmas, which both sides read from the same table)."""
+    diffusers = _diffusers()
+    unet = tiny_unet()
+    sch = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    sch.set_timesteps(6)
+    d = from_diffusers(unet, sch)
+    assert isinstance(d.schedule, Linear) and d.prediction == "velocity"
+    assert d.schedule.t_min == pytest.approx(shift / 1000 / (1 + (shift - 1) / 1000), rel=1e-12)
+    x = torch.randn(2, 2, 8, 8, generator=_gen(40))
+    with torch.no_grad():
+        for i in (0, 3, 5):  # the last step lands on sigma = 0
+            sch._step_index = i
+            k, s0, s1 = sch.timesteps[i], sch.sigmas[i].to(F64), sch.sigmas[i + 1].to(F64)
+            out = unet(x, k.expand(2)).sample
+            ref = sch.step(out, k, x).prev_sample.to(F64)
+            assert torch.equal(d.velocity(s0, x.to(F64)).float(), out)  # the same UNet call
+            import flowsde
+
+            ours = flowsde.solve(d.pf_ode(), x.to(F64), torch.stack([s0, s1]), method="euler").x
+            torch.testing.assert_close(ours, ref, rtol=0, atol=_f32_rel(x, ref))
+            # x0 = x - sigma v (the scheduler's stochastic_sampling branch)
+            torch.testing.assert_close(d.x0(s0, x.to(F64)), (x - sch.sigmas[i] * out).to(F64), rtol=0,
+                                       atol=_f32_rel(x, out))
+
+
+def test_score_sde_ve_is_ve_score():
+    """ScoreSdeVeScheduler: ScoreSdeVePipeline calls the UNet at timestep sigma_t = sigma_min
+    (sigma_max/sigma_min)^t and step_pred uses its output as the score."""
+    diffusers = _diffusers()
+    from flowsde.adapters.schedules import VE
+
+    unet = tiny_unet()
+    sch = diffusers.ScoreSdeVeScheduler(num_train_timesteps=100, sigma_min=0.01, sigma_max=50.0)
+    n = 10
+    sch.set_timesteps(n)
+    sch.set_sigmas(n)
+    d = from_diffusers(unet, sch)
+    assert d.schedule == VE(sigma_min=0.01, sigma_max=50.0, t_min=1e-5, t_max=1.0) and d.prediction == "score"
+    x = 5 * torch.randn(2, 2, 8, 8, generator=_gen(41))
+    with torch.no_grad():
+        for i in (0, 5, 9):
+            t = sch.timesteps[i]
+            sigma = sch.sigmas[i]
+            assert float(d.schedule.sigma(t.to(F64))) == pytest.approx(float(sigma), rel=1e-6)
+            out = unet(x, sigma.expand(2)).sample
+            score = d.score(t.to(F64), x.to(F64))
+            # the same UNet call up to the float32 rounding of sigma_t (ours from float64)
+            torch.testing.assert_close(score, out.to(F64), rtol=0, atol=_f32_rel(out) * 100)
+            mean = sch.step_pred(out, t, x, generator=_gen(0)).prev_sample_mean.to(F64)
+            j = int((t * (n - 1)).long())
+            s, a = sch.discrete_sigmas[j].to(F64), (sch.discrete_sigmas[j - 1].to(F64) if j > 0 else 0.0)
+            torch.testing.assert_close(x.to(F64) + (s ** 2 - a ** 2) * score, mean, rtol=0, atol=_f32_rel(mean) * 100)
+
+
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("cls", ["EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"])
+def test_edm_schedulers_are_preconditioned_denoisers(cls, ptype):
+    """EDM schedulers: x0 = c_skip x + c_out F(c_in x, ln(sigma)/4), c_out's sign from prediction_type;
+    our x0 is the scheduler's precondition_outputs, and one Euler step is EDMEulerScheduler.step."""
+    diffusers = _diffusers()
+    import flowsde
+
+    unet = tiny_unet()
+    sch = getattr(diffusers, cls)(sigma_min=0.002, sigma_max=80.0, sigma_data=0.7, prediction_type=ptype)
+    sch.set_timesteps(8)
+    d = from_diffusers(unet, sch)
+    assert d.schedule == EDM(0.002, 80.0) and d.prediction == "x0"
+    x = torch.randn(2, 2, 8, 8, generator=_gen(42))
+    with torch.no_grad():
+        for i in (0, 4, 7):
+            sigma = sch.sigmas[i]
+            xs = x * sigma
+            out = unet(sch.precondition_inputs(xs, sigma), sch.timesteps[i].expand(2)).sample
+            x0 = sch.precondition_outputs(xs, out, sigma).to(F64)
+            torch.testing.assert_close(d.x0(sigma.to(F64), xs.to(F64)), x0, rtol=0, atol=_f32_rel(x0, x) * 4)
+            if cls == "EDMEulerScheduler" and i < 7:
+                sch._step_index, sch.is_scale_input_called = i, True
+                ref = sch.step(out, sch.timesteps[i], xs).prev_sample.to(F64)
+                grid = torch.stack([sigma.to(F64), sch.sigmas[i + 1].to(F64)])
+                ours = flowsde.solve(d.pf_ode(), xs.to(F64), grid, method="euler").x
+                torch.testing.assert_close(ours, ref, rtol=0, atol=_f32_rel(xs, ref) * 4)
+
+
+def test_unsupported_schedulers_and_settings_are_refused():
+    diffusers = _diffusers()
+    from flowsde.adapters._diffusers import SUPPORTED_SCHEDULERS
+
+    net = lambda x, n: x  # noqa: E731
+    for cls in ("LCMScheduler", "TCDScheduler", "DDPMWuerstchenScheduler", "CMStochasticIterativeScheduler"):
+        with pytest.raises(InputError, match=f"scheduler {cls} is not supported.*FlowMatchEulerDiscreteScheduler"):
+            from_diffusers(net, {"_class_name": cls, "num_train_timesteps": 10})
+    with pytest.raises(InputError, match="scheduler LCMScheduler is not supported"):
+        from_diffusers(net, diffusers.LCMScheduler(num_train_timesteps=10))
+    assert "ScoreSdeVeScheduler" in SUPPORTED_SCHEDULERS and "EDMEulerScheduler" in SUPPORTED_SCHEDULERS
+    cases = [
+        ({"_class_name": "EulerDiscreteScheduler", "timestep_type": "continuous", "prediction_type": "v_prediction"},
+         "timestep_type='continuous' is not supported"),
+        ({"_class_name": "DPMSolverMultistepScheduler", "use_flow_sigmas": True}, "use_flow_sigmas=True"),
+        ({"_class_name": "FlowMatchEulerDiscreteScheduler", "invert_sigmas": True}, "invert_sigmas=True"),
+        ({"_class_name": "EDMEulerScheduler", "prediction_type": "sample"}, "'sample' is not one of them"),
+        ({"_class_name": "DDIMScheduler", "prediction_type": "flow_prediction"}, "prediction_type 'flow_prediction'"),
+        ({"_class_name": "DDIMScheduler", "rescale_betas_zero_snr": True}, "rescale_betas_zero_snr=True"),
+    ]
+    for cfg, msg in cases:
+        with pytest.raises(InputError, match=msg):
+            from_diffusers(net, dict(cfg, num_train_timesteps=10))
+    # an Euler scheduler object stores 2^-24 for the zero terminal SNR: still refused by its config
+    with pytest.raises(InputError, match="rescale_betas_zero_snr=True"):
+        from_diffusers(net, diffusers.EulerDiscreteScheduler(num_train_timesteps=10, rescale_betas_zero_snr=True))
+    with pytest.raises(InputError, match="predicts the flow velocity"):
+        from_diffusers(net, {"_class_name": "FlowMatchEulerDiscreteScheduler"}, prediction="eps")
+
+
+def test_prediction_type_defines_the_ddpm_model():
+    """prediction_type from a config dict (as the command line reads scheduler_config.json)."""
+    _diffusers()
+    net = lambda x, n: torch.ones_like(x)  # noqa: E731
+    for ptype, ours in (("epsilon", "eps"), ("v_prediction", "v"), ("sample", "x0")):
+        d = from_diffusers(net, {"_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 10,
+                                 "prediction_type": ptype})
+        assert d.prediction == ours
+
+
+def test_conditional_unet_is_refused_by_name():
+    diffusers = _diffusers()
+    torch.manual_seed(0)
+    cond = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=4, cross_attention_dim=8, attention_head_dim=2)
+    with pytest.raises(InputError, match="UNet2DConditionModel is a conditional model: it needs encoder_hidden_states"):
+        from_diffusers(cond, diffusers.DDPMScheduler(num_train_timesteps=10))
+    d = from_diffusers(cond, diffusers.DDPMScheduler(num_train_timesteps=10),
+                       encoder_hidden_states=torch.zeros(2, 3, 8))
+    assert d.eps(torch.tensor(0.5, dtype=F64), torch.zeros(2, 1, 8, 8, dtype=F64)).shape == (2, 1, 8, 8)
+    classy = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                   block_out_channels=(8, 16), norm_num_groups=4, num_class_embeds=3,
+                                   down_block_types=("DownBlock2D", "DownBlock2D"),
+                                   up_block_types=("UpBlock2D", "UpBlock2D"))
+    with pytest.raises(InputError, match="class-conditional.*class_labels"):
+        from_diffusers(classy, diffusers.DDPMScheduler(num_train_timesteps=10))
+
+
+def test_module_dtype_is_followed_at_call_time():
+    """from_diffusers(unet, sch) then unet.double(): the UNet is called in float64 (the input dtype is
+    not captured at construction), and back in float32 after unet.float()."""
+    diffusers = _diffusers()
+    unet = tiny_unet()
+    d = from_diffusers(unet, diffusers.DDPMScheduler(num_train_timesteps=100))
+    x = torch.randn(2, 2, 8, 8, dtype=F64, generator=_gen(43))
+    t = torch.tensor(0.5, dtype=F64)
+    with torch.no_grad():
+        e32 = d.eps(t, x)
+        unet.double()
+        e64 = d.eps(t, x)
+        torch.testing.assert_close(e64, unet(x, torch.full((2,), 49.0, dtype=F64)).sample, rtol=1e-12, atol=1e-12)
+        unet.float()
+        assert torch.equal(d.eps(t, x), e32)
+    assert e64.dtype == e32.dtype == F64 and not torch.equal(e64, e32)
+
+
 class _KDiscrete:
     """k-diffusion 0.1.1.post1 external.py `DiscreteSchedule.sigma_to_t` (quantize=False) and the
     forward passes of `DiscreteEpsDDPMDenoiser` / `DiscreteVDDPMDenoiser` (sigma_data = 1),

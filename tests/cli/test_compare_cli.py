@@ -26,7 +26,7 @@ def test_compare_default_model_runs_and_writes_every_file(digits):
     rc, out, err, folder = digits
     assert rc == 0, err
     assert err == ""  # stderr is not a terminal: no progress bars
-    assert out.startswith("Model: digits-eps")
+    assert out.startswith(f"Files go to {folder.resolve()}") and "\nModel: digits-eps" in out
     for name in ("compare.csv", "compare.json", "errors.png", "samples.png"):
         assert (folder / name).stat().st_size > 0 and f"{folder / name}" in out
     rows = table_rows(out)
@@ -65,9 +65,17 @@ def test_noise_floor_row_and_strong_error(digits):
 def test_pngs_have_the_expected_size(digits):
     folder = digits[3]
     assert png_size(folder / "errors.png") == (800, 500)
-    # digits as 8x8 images: 16 per row, one row per solver + the reference (5 rows), 100 dpi
+    # digits as 8x8 images: 16 per row, one row per solver + the reference (5 rows), 100 dpi, and a footnote
+    # line for the row marked * (euler_maruyama: drawn on the Brownian path, not the reference's)
     w, h = png_size(folder / "samples.png")
-    assert (w, h) == (round((1.6 + 0.5 * 16) * 100), round((0.5 * 5 + 0.3) * 100))
+    assert (w, h) == (round((1.6 + 0.5 * 16) * 100), round((0.5 * 5 + 0.3 + 0.25) * 100))
+
+
+def test_samples_png_shows_the_smallest_budget(digits):
+    out = digits[1]
+    assert "samples.png: each solver at its smallest budget" in out
+    js = read_json(digits[3] / "compare.json")
+    assert js["info"]["samples_nfe"]["euler"] == 40 and js["info"]["samples_nfe"]["heun"] == 40
 
 
 def test_budget_a_solver_cannot_meet_is_shown(capsys, tmp_path):

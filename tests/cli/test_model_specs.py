@@ -103,6 +103,111 @@ def test_diffusers_folder(capsys, pipeline, tmp_path):
     assert png_size(tmp_path / "o" / "samples.png") == (round((1.6 + 0.5 * 4) * 100), round((0.5 * 3 + 0.3) * 100))
 
 
+def _folder(root, pipeline, name, scheduler=None, unet_config=None, model_index=None):
+    """A copy of ``pipeline`` with another scheduler (saved by diffusers), unet config entries or unet class."""
+    import json
+    import shutil
+
+    folder = root / name
+    shutil.copytree(pipeline, folder)
+    if scheduler is not None:
+        shutil.rmtree(folder / "scheduler")
+        scheduler.save_pretrained(str(folder / "scheduler"))
+    if unet_config:
+        cfg = json.loads((folder / "unet" / "config.json").read_text())
+        (folder / "unet" / "config.json").write_text(json.dumps({**cfg, **unet_config}))
+    if model_index:
+        idx = json.loads((folder / "model_index.json").read_text())
+        (folder / "model_index.json").write_text(json.dumps({**idx, **model_index}))
+    return folder
+
+
+@pytest.mark.parametrize("sched, kw, reads", [
+    ("FlowMatchEulerDiscreteScheduler", {"num_train_timesteps": 100}, "Linear schedule, velocity-prediction"),
+    ("ScoreSdeVeScheduler", {"sigma_min": 0.01, "sigma_max": 20.0}, "VE schedule, score-prediction"),
+    ("EDMEulerScheduler", {"sigma_data": 0.5, "prediction_type": "v_prediction"}, "EDM schedule, x0-prediction"),
+    ("DDIMScheduler", {"num_train_timesteps": 100, "prediction_type": "v_prediction"}, "Discrete schedule, v-prediction"),
+])
+def test_diffusers_folder_scheduler_defines_the_model(capsys, pipeline, tmp_path, sched, kw, reads):
+    """Before: every scheduler was read as a linear-beta eps DDPM. The Model line says how the folder is read."""
+    import diffusers
+
+    folder = _folder(tmp_path, pipeline, sched, scheduler=getattr(diffusers, sched)(**kw))
+    rc, out, err = run(capsys, "compare", "--model", folder, "--solvers", "euler", "--nfe", 2, "--batch-size", 2,
+                       "--rk45-tols", "1e-2", "--reference-tol", "1e-3", "--out", tmp_path / "o")
+    assert rc == 0, err
+    assert f"with {sched}: {reads}" in out
+    # nothing from diffusers' loader (its "pip install accelerate" advice, its logger lines)
+    assert "accelerate" not in err and "diffusers" not in err, err
+
+
+def test_diffusers_folder_refusals(capsys, pipeline, tmp_path):
+    import diffusers
+
+    cases = [
+        (dict(scheduler=diffusers.LCMScheduler(num_train_timesteps=100)),
+         "scheduler LCMScheduler is not supported (its model is not read as any of flowsde's schedules); supported: "
+         "DDPMScheduler"),
+        (dict(scheduler=diffusers.DDIMScheduler(num_train_timesteps=100, rescale_betas_zero_snr=True)),
+         "DDIMScheduler with rescale_betas_zero_snr=True is not supported"),
+        (dict(scheduler=diffusers.EulerDiscreteScheduler(num_train_timesteps=100, prediction_type="v_prediction",
+                                                         timestep_type="continuous")),
+         "timestep_type='continuous' is not supported"),
+        (dict(model_index={"unet": ["diffusers", "UNet2DConditionModel"]}),
+         "unet class UNet2DConditionModel is a conditional model (it needs encoder_hidden_states"),
+        (dict(unet_config={"num_class_embeds": 10}), "is class-conditional (num_class_embeds"),
+    ]
+    for i, (kw, msg) in enumerate(cases):
+        folder = _folder(tmp_path, pipeline, f"f{i}", **kw)
+        rc, out, err = run(capsys, "compare", "--model", folder, "--out", tmp_path / "o")
+        assert msg in one_line_error(rc, err), (kw, err)
+
+
+def test_diffusers_folder_without_weights(capsys, pipeline, tmp_path):
+    """One message, not diffusers' error line about .safetensors followed by ours naming .bin."""
+    folder = _folder(tmp_path, pipeline, "noweights")
+    for f in (folder / "unet").glob("diffusion_pytorch_model*"):
+        f.unlink()
+    rc, out, err = run(capsys, "compare", "--model", folder, "--out", tmp_path / "o")
+    line = one_line_error(rc, err)
+    assert "unet/ holds no weights (expected diffusion_pytorch_model.safetensors" in line and ".bin" not in line
+
+
+def test_diffusers_float32_has_a_float64_reference(pipeline):
+    """--dtype float32: the samplers' UNet runs in float32, the reference ("in float64") in float64."""
+    import torch
+
+    from flowsde.cli._models import resolve
+
+    m = resolve(str(pipeline), device=torch.device("cpu"), dtype=torch.float32)
+    seen = []
+
+    def hook(mod, args):
+        seen.append(args[0].dtype)
+
+    x = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    t = torch.tensor(0.5, dtype=torch.float64)
+    for model in (m.diffusion, m.reference):
+        unets = [c.cell_contents for c in _cells(model.net) if isinstance(c.cell_contents, torch.nn.Module)]
+        assert len(unets) == 1
+        h = unets[0].register_forward_pre_hook(hook)
+        model.eps(t, x)
+        h.remove()
+    assert seen == [torch.float32, torch.float64]
+    m64 = resolve(str(pipeline), device=torch.device("cpu"), dtype=torch.float64)
+    assert m64.reference is None
+
+
+def _cells(fn):
+    """The closure cells of ``fn`` and of the functions it closes over (how from_diffusers holds the UNet)."""
+    out = []
+    for c in fn.__closure__ or ():
+        out.append(c)
+        if callable(c.cell_contents) and getattr(c.cell_contents, "__closure__", None):
+            out += _cells(c.cell_contents)
+    return out
+
+
 def test_compare_bad_options(capsys, tmp_path, monkeypatch):
     import flowsde.workloads
 

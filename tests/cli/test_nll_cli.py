@@ -71,12 +71,17 @@ def test_dataset_factory(capsys, tmp_path, monkeypatch):
     assert "3 samples" in out
 
 
+def _exact_bpd(out: str) -> float:
+    """The closed-form figure the command prints for the exact mixture's points."""
+    return float([ln for ln in out.splitlines() if ln.startswith("exact mean bits/dim")][0].split()[-1])
+
+
 def test_gmm_nll_matches_the_exact_log_density(capsys):
     rc, out, err = run(capsys, "nll", "--model", "gmm", "--schedule", "linear", "--prediction", "velocity",
                        "--limit", 8, "--rtol", "1e-6", "--atol", "1e-6")
     assert rc == 0, err
     model = float([ln for ln in out.splitlines() if ln.startswith("mean bits/dim")][0].split()[2])
-    exact = float(out.strip().splitlines()[-1].split()[-1])
+    exact = _exact_bpd(out)
     assert "continuous data" in out
     # exact trace, exact oracle: only the ODE error remains (the prior at T is the Gaussian N(0, I))
     assert abs(model - exact) < 1e-3
@@ -89,7 +94,7 @@ def test_gmm_nll_with_time_warp_matches_the_exact_log_density(capsys):
     assert rc == 0, err
     assert "time warp 1.5" in out
     model = float([ln for ln in out.splitlines() if ln.startswith("mean bits/dim")][0].split()[2])
-    exact = float(out.strip().splitlines()[-1].split()[-1])
+    exact = _exact_bpd(out)
     assert abs(model - exact) < 1e-3
 
 
@@ -122,3 +127,24 @@ def test_nll_bad_input(capsys, tmp_path):
     for args, msg in cases:
         rc, out, err = run(capsys, "nll", *args)
         assert msg in one_line_error(rc, err), (args, err)
+
+
+def test_resume_refuses_another_model_and_data_and_accepts_the_default_spelled_out(capsys, tmp_path):
+    # issue 21: `--out swap.csv` then the same command with `--model digits-velocity` (or other --data)
+    # read the first model's rows back; `--time-warp 1.5`, the default, was refused as another setting
+    path = tmp_path / "swap.csv"
+    base = ["nll", "--limit", 4, "--batch-size", 4, "--out", path, *FAST]
+    rc, out, err = run(capsys, *base)
+    assert rc == 0, err
+    rc, out, err = run(capsys, *base, "--model", "digits-velocity")
+    assert rc != 0 and "model weights: sha256 " in err and "prediction: 'eps' there vs 'velocity' now" in err
+    assert "pass another out (--out) or delete" in err
+    from flowsde import models
+
+    other = models.digits("test")[4:8].numpy()
+    np.save(tmp_path / "other.npy", other)
+    rc, out, err = run(capsys, *base, "--data", tmp_path / "other.npy")
+    assert rc != 0 and "data rows 0-3: sha256 " in err
+    rc, out, err = run(capsys, *base, "--time-warp", "1.5")
+    assert rc == 0, err
+    assert "4 row(s) read back" in out

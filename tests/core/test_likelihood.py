@@ -408,3 +408,33 @@ def test_time_warp_failure_names_times_in_t():
     assert t <= 3.0 <= t + h, (t, h)
     r = log_likelihood(flowsde.ODE(u), x, (0.01, 10.0), std_normal_logp, time_warp=1.5, throw=False)
     assert (r.status == Status.NON_FINITE).all() and ((r.t_final > 0.01) & (r.t_final <= 3.0)).all()
+
+
+@pytest.mark.parametrize("error_estimate", ["embedded", "resolve"])
+@pytest.mark.parametrize("trace,probes", [("exact", 1), ("hutchinson", 2)])
+def test_failed_sample_numbers_are_nan_and_the_others_untouched(trace, probes, error_estimate):
+    # issue 21: with throw=False a failed sample held a finite partial logp (a partial integral that
+    # passed for an answer); its numbers are NaN and its status says why; the others are bit for bit
+    # those of the same run without the failure
+    def ode(fail):
+        def u(t, x):
+            tt = t.reshape(-1, 1) if t.dim() else t
+            bad = (x[:, :1].abs() > 50) & (tt > 0.3) if fail else torch.zeros_like(x[:, :1], dtype=torch.bool)
+            return -0.5 * x + torch.where(bad, float("nan"), 0.0)
+        return flowsde.ODE(u)
+
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x[2, 0] = 100.0  # sample 2 alone meets the NaN
+    kw = dict(trace=trace, probes=probes, per_sample=True, error_estimate=error_estimate, throw=False,
+              generator=flowsde.per_sample_generators([1, 2, 3, 4]))
+    r = log_likelihood(ode(True), x, (0.0, 1.0), std_normal_logp, **kw)
+    kw["generator"] = flowsde.per_sample_generators([1, 2, 3, 4])
+    ref = log_likelihood(ode(False), x, (0.0, 1.0), std_normal_logp, **kw)
+    assert r.status.tolist() == [0, 0, int(Status.NON_FINITE), 0]
+    ok = torch.tensor([True, True, False, True])
+    for name in ("logp", "solver_error", "prior_logp", "delta_logp") + (("stderr", "logp_probes") if probes > 1
+                                                                          else ()):
+        v, w = getattr(r, name), getattr(ref, name)
+        assert torch.isnan(v[2]).all(), name
+        assert torch.equal(v[ok], w[ok]), name  # bit-identical where the sample succeeded
+    assert r.stats["nfe_per_sample"][2] > 0  # what it took before it failed: a count, kept

@@ -129,13 +129,15 @@ def test_ode_order(method, case, t0, t1):
     assert case.accepts(slope, method), (method, case, order, slope, errs)
 
 
-@pytest.mark.parametrize("step_rule, d", [("per_sample", 64), ("score_sde", 4), ("score_sde", 64)])
+@pytest.mark.parametrize("step_rule, d", [("per_sample", 64), ("score_sde", 4), ("score_sde", 64), ("sigma", 1),
+                                         ("sigma", 2), ("sigma", 64)])
 def test_langevin_corrector_converges_to_a_fixed_gaussian(step_rule, d):
     # Target N(m, s^2 I), from N(m, I). An unadjusted Langevin chain with constant step eps has
     # stationary variance s^2 / (1 - eps / (2 s^2)) (Gaussian target, exact). The snr rule gives
     # eps <= ~2 snr^2 s^2 near stationarity, so the relative variance lies in [1, 1 / (1 - snr^2)].
     # The per-sample rule is tested in d = 64, where ||s|| concentrates; in d = 4 a sample that
     # starts near the mode gets a huge frozen step (documented in flowsde.solvers.langevin / docs).
+    # The "sigma" rule (sigma = s: eps = 2 snr^2 s^2 exactly) holds in every dimension.
     # Statistics: n x d draws; the sample mean has SE s / sqrt(n d), the sample variance relative
     # SE sqrt(2 / (n d)); 5 SE bounds (two-sided false alarm < 1e-6 per check).
     m, s, snr = 1.5, 0.7, 0.16
@@ -143,7 +145,7 @@ def test_langevin_corrector_converges_to_a_fixed_gaussian(step_rule, d):
     score = lambda t, x: -(x - m) / s ** 2  # noqa: E731
     x0 = m + torch.randn(n, d, dtype=F64, generator=torch.Generator().manual_seed(0))  # N(m, I)
     x = flowsde.solvers.langevin(score, torch.tensor(0.0, dtype=F64), x0, torch.Generator().manual_seed(1),
-                         steps=1500, snr=snr, step_rule=step_rule)
+                         steps=1500, snr=snr, step_rule=step_rule, sigma=s if step_rule == "sigma" else None)
     se_mean = s / math.sqrt(n * d)
     assert abs(x.mean().item() - m) < 5 * se_mean
     rel_var = x.var().item() / s ** 2

@@ -70,7 +70,8 @@ def test_same_seed_same_result(method):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("method", ["euler_maruyama", flowsde.solvers.PC(corrector_steps=2, step_rule="per_sample")])
+@pytest.mark.parametrize("method", ["euler_maruyama", flowsde.solvers.PC(corrector_steps=2, step_rule="per_sample"),
+                                    flowsde.solvers.PC(corrector_steps=2, sigma=lambda t: 0.5 + t)])
 def test_result_does_not_depend_on_batch_split(method):
     sde = flowsde.SDE(lambda t, x: -x ** 3, lambda t, x: torch.full((), 0.7, dtype=x.dtype), score=lambda t, x: -x)
     x0 = torch.randn(6, 2, 3, dtype=F64)
@@ -183,6 +184,29 @@ def test_generator_validation():
     assert torch.equal(a.x, b.x)
 
 
+@pytest.mark.parametrize("method", ["euler_maruyama", "pc", "milstein", "torchsde_euler"])
+@pytest.mark.parametrize("span", [(0.5, 1.0), (0.99, 1.0), (1e-3, 0.5), (0.0, 1e-3)])
+def test_a_brownian_path_that_does_not_cover_the_grid_is_refused(method, span):
+    # Outside its span a path's increments are zero (torchsde only warns): a wrong law, no error.
+    sde = flowsde.SDE(lambda t, x: -x, lambda t, x: torch.ones_like(x), noise_type="diagonal", score=lambda t, x: -x)
+    x0 = torch.zeros(3, 2, dtype=F64)
+    ts = grids.uniform(1.0, 1e-3, 10)
+    with pytest.raises(flowsde.InputError) as e:
+        flowsde.solve(sde, x0, ts, method=method, generator=flowsde.BrownianPath(*span, x0.shape, generator=0))
+    msg = str(e.value)
+    assert f"spans [{span[0]!r}, {span[1]!r}]" in msg and "grid spans [0.001, 1.0]" in msg
+
+
+def test_a_brownian_path_that_covers_the_grid_up_to_rounding_is_accepted():
+    sde = flowsde.SDE(lambda t, x: -x, lambda t, x: torch.ones_like(x), noise_type="diagonal")
+    x0 = torch.zeros(3, 2, dtype=F64)
+    ts = grids.uniform(1.0, 1e-3, 10)
+    for lo, hi in [(1e-3, 1.0), (0.0, 2.0), (1e-3 * (1 + 2e-16), 1.0 - 1e-16), (1.0, 1e-3)]:
+        sol = flowsde.solve(sde, x0, ts, method="euler_maruyama", generator=flowsde.BrownianPath(lo, hi, x0.shape,
+                                                                                                  generator=0))
+        assert sol.success
+
+
 def test_srk_needs_levy_area_on_a_path():
     x0 = torch.zeros(3, 1, dtype=F64)
     with pytest.raises(flowsde.InputError, match="levy_area=True"):
@@ -273,7 +297,7 @@ def test_default_methods_make_each_sample_independent_of_its_batch(method, event
 
 
 def test_pc_batch_rule_is_opt_in_and_couples_the_batch():
-    assert flowsde.solvers.PC().step_rule == "per_sample"
+    assert flowsde.solvers.PC().step_rule == "sigma"  # tests/core/test_pc.py: per sample, every dimension
     sde = flowsde.SDE(lambda t, x: -x, lambda t, x: torch.full((), 0.5, dtype=x.dtype), score=lambda t, x: -x)
     x0 = torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
     x0[:16] *= 10  # the rest of the batch changes the batch-mean norms

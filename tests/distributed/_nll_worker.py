@@ -36,13 +36,15 @@ def model_and_data(n: int = N_SAMPLES, *, sleep: float = 0.0, fail_index: int = 
     gm = GaussianMixture(torch.tensor([0.5, 0.3, 0.2], dtype=dt), means, covs)
     x = gm.sample(n, generator=g).clamp(-1, 1)
     x = -1 + 2 * torch.round((x + 1) / 2 * (2**BITS - 1)) / (2**BITS - 1)
-    net = gm.oracle(VP(), "eps")
+    inner = gm.oracle(VP(), "eps")
     if sleep > 0:
-        inner = net
+        os.environ["FLOWSDE_TEST_NLL_SLEEP"] = str(sleep)
 
-        def net(x, t):  # noqa: F811 - the slowed-down oracle
-            time.sleep(sleep)
-            return inner(x, t)
+    def net(x, t):
+        # the oracle, slowed down by FLOWSDE_TEST_NLL_SLEEP seconds a call (to kill a run mid-way): read from
+        # the environment, so that the slowed and the plain model are one model to dataset_nll's resume
+        time.sleep(float(os.environ.get("FLOWSDE_TEST_NLL_SLEEP", "0")))
+        return inner(x, t)
 
     data = x if fail_index < 0 else _FailingDataset(x, fail_index)
     return Diffusion(net, VP(), prediction="eps"), data, gm

@@ -283,6 +283,16 @@ def test_non_finite_sample_is_a_row_with_its_status(tmp_path, caplog):
     assert [r.status for r in res.rows] == ["SUCCESS"] * 3 + ["NON_FINITE"] + ["SUCCESS"] * 4
     assert res.failed == [(3, "NON_FINITE")] and res.succeeded == 7
     assert math.isfinite(res.mean_bpd) and "NON_FINITE at samples 3" in res.summary()
+    # issue 21: the failed row's numbers are NaN (not a partial value that reads like an answer), written as
+    # nan and read back as NaN by a resume
+    bad = res.rows[3]
+    assert math.isnan(bad.nats) and math.isnan(bad.bpd) and math.isnan(bad.stderr) and bad.nfe > 0
+    assert all(math.isfinite(r.nats) and math.isfinite(r.bpd) for r in res.rows if r.status == "SUCCESS")
+    out = tmp_path / "nf.csv"
+    first = dataset_nll(dif2, y, batch_size=8, per_sample=True, out=out)
+    assert out.read_text().splitlines()[4] == f"3,nan,nan,nan,{bad.nfe},NON_FINITE"
+    again = dataset_nll(dif2, y, batch_size=8, per_sample=True, out=out)
+    assert again.resumed == 8 and again.rows == first.rows == res.rows and math.isnan(again.rows[3].nats)
     # reported when it happens, by the rank that met it, with the status' explanation
     assert any("rank 0 of 1, samples 3: NON_FINITE (the state or a function value became non-finite" in r.message
                for r in caplog.records)
@@ -298,6 +308,102 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         dataset_nll(dif, x, out=out, bits=W.BITS, batch_size=2)
     again = dataset_nll(dif, x, out=out, bits=W.BITS, batch_size=4)  # same settings: read back, nothing computed
     assert again.resumed == 8
+
+
+class _Net(torch.nn.Module):
+    """A small eps network (issue 21's resume tests: two of them differ by their weights alone)."""
+
+    def __init__(self, seed):
+        super().__init__()
+        self.lin = torch.nn.Linear(W.DIM, W.DIM, dtype=DT)
+        with torch.no_grad():
+            self.lin.weight.copy_(0.1 * torch.randn(W.DIM, W.DIM, generator=torch.Generator().manual_seed(seed),
+                                                    dtype=DT))
+            self.lin.bias.zero_()
+
+    def forward(self, x, t):
+        return self.lin(x)
+
+
+def _module_model(seed):
+    from flowsde.adapters import VP, Diffusion
+
+    return Diffusion(_Net(seed), VP(), prediction="eps")
+
+
+def test_resume_refuses_another_model_of_the_same_name(tmp_path):
+    # issue 21: a rerun with another model (same class, other weights) read the first model's rows back
+    _, x, _ = W.model_and_data(8)
+    out = tmp_path / "m.csv"
+    first = dataset_nll(_module_model(0), x, out=out, bits=W.BITS, batch_size=4)
+    with pytest.raises(InputError, match=r"model weights: sha256 [0-9a-f]{12}\.\.\. there vs sha256 [0-9a-f]{12}"
+                                         r"\.\.\. now.*pass another out \(--out\) or delete"):
+        dataset_nll(_module_model(1), x, out=out, bits=W.BITS, batch_size=4)
+    with pytest.raises(InputError, match=r"prediction: 'eps' there vs 'x0' now"):
+        dataset_nll(_prediction_x0(), x, out=out, bits=W.BITS, batch_size=4)
+    with pytest.raises(InputError, match=r"model weights"):  # a mid-run file (part files) is checked alike
+        out.unlink()
+        (tmp_path / "m.csv.parts").mkdir()
+        (tmp_path / "m.csv.parts" / "meta.json").write_text(json.dumps({"settings": first.settings}))
+        (tmp_path / "m.csv.parts" / "rank0-of-1.csv").write_text(first.rows[0].line() + "\n")
+        dataset_nll(_module_model(1), x, out=out, bits=W.BITS, batch_size=4)
+    again = dataset_nll(_module_model(0), x, out=out, bits=W.BITS, batch_size=4)  # the same weights: resumed
+    assert again.resumed == 0 and again.rows == first.rows  # (batch 0 misses rows: computed again)
+
+
+def _prediction_x0():
+    from flowsde.adapters import VP, Diffusion
+
+    return Diffusion(_Net(0), VP(), prediction="x0")
+
+
+def test_resume_refuses_other_data_and_a_hand_edited_file(tmp_path):
+    # issue 21: a rerun on other data (same shape) read the first data's rows back; a hand-edited row of a
+    # finished file was accepted
+    dif, x, _ = W.model_and_data(8)
+    out = tmp_path / "d.csv"
+    first = dataset_nll(dif, x, out=out, bits=W.BITS, batch_size=4)
+    y = x.clone()
+    y[5] = -y[5]
+    with pytest.raises(InputError, match=r"data rows 4-7: sha256 [0-9a-f]{12}\.\.\. there vs sha256 "
+                                         r"[0-9a-f]{12}\.\.\. now"):
+        dataset_nll(dif, y, out=out, bits=W.BITS, batch_size=4)
+    with pytest.raises(InputError, match=r"data dtype: 'torch.float64' there vs 'torch.float32' now"):
+        dataset_nll(dif, x.float(), out=out, bits=W.BITS, batch_size=4, dtype=DT)
+    # a Dataset of the same rows is the same data
+    ds = torch.utils.data.TensorDataset(x)
+    assert dataset_nll(dif, ds, out=out, bits=W.BITS, batch_size=4).resumed == 8
+    text = out.read_text()
+    out.write_text(text.replace(first.rows[2].line(), first.rows[2].line().replace(",", ",1", 1)))
+    with pytest.raises(InputError, match=r"is not the file dataset_nll wrote \(rows checksum sha256 "):
+        dataset_nll(dif, x, out=out, bits=W.BITS, batch_size=4)
+
+
+def test_resume_compares_resolved_settings(tmp_path):
+    # issue 21: "time_warp: None there vs 1.5 now" refused one setting spelled two ways
+    dif, x, _ = W.model_and_data(4)
+    out = tmp_path / "r.csv"
+    dataset_nll(dif, x, out=out, bits=W.BITS, batch_size=4)
+    assert dataset_nll(dif, x, out=out, bits=W.BITS, batch_size=4, time_warp=1.5).resumed == 4
+    assert dataset_nll(dif, x, out=out, levels=2**W.BITS, batch_size=4, rtol=1e-5, bpd_tol=1e-5,
+                       data_range=(-1, 1), t_eps=float(dif.schedule.t_min)).resumed == 4
+    with pytest.raises(InputError, match=r"time_warp: 1.5 there vs 1.0 now"):
+        dataset_nll(dif, x, out=out, bits=W.BITS, batch_size=4, time_warp=1)
+
+
+def test_resume_of_a_plain_callable_says_it_cannot_verify_it(tmp_path, caplog):
+    from flowsde.adapters import VP, Diffusion
+
+    def net(x, t):  # holds no tensor: nothing to hash
+        return 0.1 * x
+
+    _, x, _ = W.model_and_data(4)
+    out = tmp_path / "p.csv"
+    first = dataset_nll(Diffusion(net, VP(), prediction="eps"), x, out=out, bits=W.BITS, batch_size=4)
+    assert first.settings["model_weights"].startswith("unverifiable")
+    again = dataset_nll(Diffusion(net, VP(), prediction="eps"), x, out=out, bits=W.BITS, batch_size=4)
+    assert again.resumed == 4
+    assert any("resume cannot verify the model" in r.message and "net" in r.message for r in caplog.records)
 
 
 @pytest.mark.parametrize("kw,match", [

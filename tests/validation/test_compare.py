@@ -123,3 +123,60 @@ def test_bad_arguments_are_refused(exact_model):
         compare_solvers(diff, samples=8)
     with pytest.raises(InputError, match="below one step"):
         compare_solvers(diff, data, methods=("heun",), budgets=(1,))
+
+
+def test_samples_are_kept_at_the_smallest_budget(comparison):
+    # at the largest budget every PF-ODE sampler draws the reference; the smallest shows how they differ
+    assert comparison.info["samples_nfe"]["euler"] == 8 and comparison.info["samples_nfe"]["heun"] == 8
+    assert comparison.info["samples_nfe"]["rk45"] == min(r.nfe for r in comparison.rows if r.method == "rk45")
+    assert comparison.path_of("euler") == comparison.path_of("reference") == "ode"
+    assert comparison.path_of("euler_maruyama") == "brownian"
+
+
+def test_one_dimensional_samples_plot(tmp_path):
+    # `flowsde compare --model gmm --dim 1` raised IndexError in plot_samples after writing the tables
+    data = default_mixture(1)
+    sched = schedules.VP()
+    diff = Diffusion(data.oracle(sched, "eps"), sched, prediction="eps")
+    c = compare_solvers(diff, data, samples=40, budgets=(6,), methods=("euler", "edm_churn"), generator=0)
+    density = data.sample(500, generator=torch.Generator().manual_seed(1))
+    w, h = c.plot_samples(tmp_path / "s.png", density=density)
+    assert _png_size(tmp_path / "s.png") == (w, h) == (900, 300)
+    assert c.path_of("edm_churn") == "own noise"
+
+
+def test_error_plot_names_samplers_without_a_pathwise_error(exact_model, tmp_path):
+    # --beta 0 --solvers euler_ancestral: no line at all; matplotlib warned ("No artists with labels") and the
+    # plot was silently empty
+    import warnings
+
+    diff, data = exact_model
+    c = compare_solvers(diff, data, samples=40, budgets=(6, 12), methods=("euler_ancestral",), beta=0.0,
+                        generator=0)
+    assert c.without_error() == ["euler_ancestral"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert c.plot_errors(tmp_path / "e.png") == (800, 500)
+    assert _png_size(tmp_path / "e.png") == (800, 500)
+    import matplotlib.pyplot as plt
+
+    texts = []
+    real_close = plt.close
+
+    def grab(fig=None):  # the figure's texts just before plot_errors closes it
+        if fig is not None and hasattr(fig, "axes"):
+            texts.extend(t.get_text() for ax in fig.axes for t in ax.texts)
+            texts.extend(ax.get_ylabel() for ax in fig.axes)
+        return real_close(fig)
+
+    plt.close = grab
+    try:
+        c.plot_errors(tmp_path / "e2.png")
+        comparison_mixed = compare_solvers(diff, data, samples=40, budgets=(6,), methods=("euler", "euler_maruyama"),
+                                           generator=0, sde_reference_steps=64)
+        comparison_mixed.plot_errors(tmp_path / "e3.png")
+    finally:
+        plt.close = real_close
+    assert any("no pathwise error" in t and "euler_ancestral" in t for t in texts)
+    # the y-label says that the ODE and SDE lines have different references
+    assert any("ODE: RK45" in t and "SDE: fine EM, same path" in t for t in texts)
