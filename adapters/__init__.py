@@ -6,7 +6,7 @@ under a noise schedule, becomes a :class:`Diffusion` whose ``forward_sde``,
 """
 
 from . import schedules
-from ._diffusers import from_diffusers
+from ._diffusers import from_diffusers, scheduler_grid
 from ._diffusion import PREDICTIONS, Diffusion
 from ._edm import edm_ode, edm_sampler
 from ._flow_matching import FlowMatchingSchedule, from_flow_matching, to_flow_matching
@@ -41,6 +41,7 @@ __all__ = [
     "VEPrecond",
     # diffusers and flow matching (docs/bridges.md)
     "from_diffusers",
+    "scheduler_grid",
     "from_flow_matching",
     "to_flow_matching",
     "FlowMatchingSchedule",

@@ -36,7 +36,7 @@ from ._inputs import check_net
 from ._precond import EDMPrecond, from_denoiser
 from .schedules import EDM, VE, Discrete, Linear
 
-__all__ = ["from_diffusers", "DIFFUSERS_PREDICTIONS", "DDPM_SCHEDULERS", "SUPPORTED_SCHEDULERS",
+__all__ = ["from_diffusers", "scheduler_grid", "DIFFUSERS_PREDICTIONS", "DDPM_SCHEDULERS", "SUPPORTED_SCHEDULERS",
            "diffusers_alphas_cumprod"]
 
 #: diffusers' ``prediction_type`` -> flowsde's ``prediction``.
@@ -248,6 +248,71 @@ def from_diffusers(unet, scheduler, *, prediction: Optional[str] = None, label: 
     if cls in _EDM:
         return _edm(call, cfg, prediction, name)
     return _ddpm(call, scheduler, cfg, prediction, label, name)
+
+
+def scheduler_grid(scheduler, steps: Optional[int] = None) -> torch.Tensor:
+    """The sampling grid of a diffusers scheduler, in the time of :func:`from_diffusers`'s Diffusion.
+
+    ``timestep_spacing`` (``"leading"``, ``"trailing"``, ``"linspace"``), ``shift`` and the other
+    settings that only place a scheduler's sampling steps do not define the model; this is where
+    they are used: ``flowsde.solve(from_diffusers(unet, scheduler).pf_ode(), x, scheduler_grid(scheduler,
+    20), method="ddim")`` runs the scheduler's own grid, for runs equal to its pipeline's.
+
+    Arguments:
+        scheduler: a diffusers scheduler of :data:`SUPPORTED_SCHEDULERS` (not modified: with
+            ``steps``, ``set_timesteps`` runs on a copy).
+        steps: the scheduler's ``num_inference_steps``; ``None``: the timesteps it holds now.
+
+    Returns:
+        a decreasing float64 grid of ``steps + 1`` times (``len(timesteps) + 1``; ``ScoreSdeVeScheduler``:
+        its ``steps`` times, as its pipeline ends on the last one):
+
+        - DDPM family (``Discrete``): ``t = (k + 1)/N`` at each timestep ``k``, then where the
+          scheduler's last step lands: ``t = 0`` (zero noise: ``set_alpha_to_one``, ``final_sigmas_type
+          ="zero"``, and the schedulers that step to sigma = 0), or ``t = 1/N`` (the first training step:
+          ``set_alpha_to_one=False``, ``final_sigmas_type="sigma_min"``);
+        - ``FlowMatchEulerDiscreteScheduler`` (``Linear``) and the EDM schedulers (``EDM``): its
+          ``sigmas`` (ending in 0), which are flowsde's ``t``;
+        - ``ScoreSdeVeScheduler`` (``VE``): its timesteps, which are flowsde's ``t``.
+
+    Raises:
+        InputError: an unsupported scheduler, bad ``steps``, or ``DDIMScheduler`` / ``DDPMScheduler`` with
+            a spacing whose steps do not land on the next timestep (``"linspace"``: they step to
+            ``k - N // steps`` but evaluate the next step at the next timestep).
+    """
+    import copy
+
+    cfg = _config(scheduler)
+    cls = _scheduler_class(scheduler, cfg)
+    if not hasattr(scheduler, "set_timesteps"):
+        raise InputError(f"scheduler_grid: expected a diffusers scheduler (with set_timesteps), got "
+                         f"{type(scheduler).__name__}; build it with <SchedulerClass>.from_config(config).")
+    if cls is not None and cls not in SUPPORTED_SCHEDULERS:
+        raise InputError(f"scheduler_grid: {cls} is not supported; supported: {', '.join(SUPPORTED_SCHEDULERS)}.")
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise InputError(f"scheduler_grid: steps must be a positive int, got {steps!r}.")
+        scheduler = copy.deepcopy(scheduler)
+        scheduler.set_timesteps(steps)
+    if getattr(scheduler, "timesteps", None) is None:
+        raise InputError("scheduler_grid: the scheduler holds no timesteps yet; pass steps=.")
+    f64 = torch.float64
+    if cls in _VE:
+        return torch.as_tensor(scheduler.timesteps, dtype=f64).cpu().clone()
+    if cls in _FLOW or cls in _EDM:
+        return torch.as_tensor(scheduler.sigmas, dtype=f64).cpu().clone()
+    N = int(cfg.get("num_train_timesteps", 1000))
+    k = torch.as_tensor(scheduler.timesteps, dtype=f64).cpu()
+    if cls in ("DDIMScheduler", "DDPMScheduler") and k.numel() > 1:
+        # these step from timestep k to k - N // steps, which must be the next timestep for one grid to hold
+        lands = k[:-1] - N // k.numel()
+        if not torch.equal(lands, k[1:]):
+            raise InputError(f"scheduler_grid: {cls} with timestep_spacing={cfg.get('timestep_spacing')!r} steps from "
+                             f"timestep {int(k[0])} to {int(lands[0])} but evaluates the next step at {int(k[1])}: "
+                             "no grid reproduces that; use timestep_spacing 'leading' or 'trailing'.")
+    to_first_step = cfg.get("final_sigmas_type") == "sigma_min" or (
+        cls == "DDIMScheduler" and not cfg.get("set_alpha_to_one", True))
+    return torch.cat([(k + 1) / N, torch.tensor([1.0 / N if to_first_step else 0.0], dtype=f64)])
 
 
 def _ddpm(call, scheduler, cfg, prediction, label, cls):

@@ -18,6 +18,7 @@ from flowsde.adapters import (
     VPPrecond,
     from_denoiser,
     from_diffusers,
+    scheduler_grid,
     from_flow_matching,
     to_denoiser,
     to_flow_matching,
@@ -632,3 +633,62 @@ def test_flow_matching_bad_input():
 
     with pytest.raises(InputError, match=r"\[0, 1\]"):
         to_flow_matching(Diffusion(lambda x, t: x, EDM(), prediction="x0"))
+
+
+# ---------------------------------------------------------------- the scheduler's own grid (timestep_spacing)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")  # numpy 2 and torch's __array__ (peer code)
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_scheduler_grid_runs_the_ddim_pipeline_grid(spacing):
+    """timestep_spacing only places the scheduler's steps: scheduler_grid turns them into flowsde's t, and
+    flowsde's DDIM on that grid is the scheduler's loop (float64 on both sides, round-off)."""
+    diffusers = _diffusers()
+    sch = diffusers.DDIMScheduler(num_train_timesteps=100, beta_schedule="linear", clip_sample=False,
+                                  set_alpha_to_one=True, timestep_spacing=spacing)
+    sch.alphas_cumprod = sch.alphas_cumprod.to(F64)
+    sch.final_alpha_cumprod = torch.tensor(1.0, dtype=F64)
+
+    def unet(x, k):
+        k = torch.as_tensor(k, dtype=x.dtype).expand(x.shape[0]).reshape(-1, 1)
+        return torch.tanh(x) * (0.5 + k / 100)
+
+    d = from_diffusers(unet, sch)
+    before = sch.timesteps.clone()
+    grid = scheduler_grid(sch, 10)
+    assert torch.equal(sch.timesteps, before)  # the user's scheduler is not modified
+    sch.set_timesteps(10)
+    assert grid.shape == (11,) and float(grid[-1]) == 0.0
+    assert torch.equal(grid[:-1], (sch.timesteps.to(F64) + 1) / 100)
+    x = torch.randn(3, 4, dtype=F64, generator=_gen(7))
+    ref = x.clone()
+    for k in sch.timesteps:
+        ref = sch.step(unet(ref, k), k, ref, eta=0.0).prev_sample
+    import flowsde
+
+    sol = flowsde.solve(d.pf_ode(), x, grid, method="ddim")
+    torch.testing.assert_close(sol.x, ref, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers.*")
+def test_scheduler_grid_ends_where_the_scheduler_lands():
+    diffusers = _diffusers()
+    # DDIM with "linspace" steps to k - N // steps but evaluates the next step at the next timestep
+    with pytest.raises(InputError, match="no grid reproduces that"):
+        scheduler_grid(diffusers.DDIMScheduler(num_train_timesteps=100, timestep_spacing="linspace"), 10)
+    ddim = diffusers.DDIMScheduler(num_train_timesteps=50, set_alpha_to_one=False)
+    assert float(scheduler_grid(ddim, 5)[-1]) == 1.0 / 50  # alphas_cumprod[0]: the first training step
+    unipc = diffusers.UniPCMultistepScheduler(num_train_timesteps=50, final_sigmas_type="sigma_min")
+    assert float(scheduler_grid(unipc, 5)[-1]) == 1.0 / 50
+    fm = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    g = scheduler_grid(fm, 6)
+    fm.set_timesteps(6)
+    assert torch.equal(g, fm.sigmas.to(F64)) and float(g[-1]) == 0.0  # flow matching's t is its sigma
+    edm = diffusers.EDMEulerScheduler()
+    g = scheduler_grid(edm, 4)
+    edm.set_timesteps(4)
+    assert torch.equal(g, edm.sigmas.to(F64))
+    with pytest.raises(InputError, match="steps must be a positive int"):
+        scheduler_grid(ddim, 0)
+    with pytest.raises(InputError, match="set_timesteps"):
+        scheduler_grid({"num_train_timesteps": 10}, 5)
+    with pytest.raises(InputError, match="not supported"):
+        scheduler_grid(diffusers.LCMScheduler(), 4)

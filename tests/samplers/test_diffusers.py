@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import flowsde
-from flowsde.adapters import from_diffusers
+from flowsde.adapters import from_diffusers, scheduler_grid
 from flowsde.adapters.schedules import Discrete
 
 from _samplers_peers import F64, diffusers_schedulers, mixture
@@ -53,11 +53,11 @@ def _scheduler(cls_name, **cfg):
 
 
 def _grid(sch, final="zero"):
-    """``t = (k + 1)/N`` at the scheduler's timesteps, then ``t = 0`` (``final="zero"``) or the first
-    training step ``t = 1/N`` (``final="sigma_min"``)."""
-    N = sch.config.num_train_timesteps
-    k = sch.timesteps.to(F64)
-    return torch.cat([(k + 1) / N, torch.tensor([0.0 if final == "zero" else 1.0 / N], dtype=F64)])
+    """The scheduler's own grid (flowsde.adapters.scheduler_grid): ``t = (k + 1)/N`` at its timesteps,
+    then ``t = 0`` (``final="zero"``) or the first training step ``t = 1/N`` (``final="sigma_min"``)."""
+    grid = scheduler_grid(sch)
+    assert float(grid[-1]) == (0.0 if final == "zero" else 1.0 / sch.config.num_train_timesteps)
+    return grid
 
 
 def _float64_sigmas(sch, final="zero"):
