@@ -20,6 +20,8 @@ import time
 
 import torch
 
+import _checkout  # noqa: F401  (first: refuses a flowsde installed from another checkout)
+
 import flowsde
 from flowsde.adapters import Diffusion
 from flowsde.adapters.schedules import VP

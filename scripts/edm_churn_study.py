@@ -23,7 +23,7 @@ network, float64, ``n`` particles started from the EXACT marginal at
   (Anderson's reverse SDE) on the same grid; NFE = N (and at 2N steps, for
   equal NFE).
 * ``pc``: the same predictor plus one Langevin corrector step per level
-  (score_sde, snr = 0.16), with flowsde's per-sample step rule and with
+  (score_sde, snr = 0.16), with flowsde's default step rule (from the noise level), its per-sample rule and
   score_sde's batch-mean rule; NFE = 2N.
 
 Distances to the exact target p_0 (samples vs closed form, no reference
@@ -104,7 +104,7 @@ def mixture():
 
 def distances(x, gm):
     """(max KS over 16 projections, |mean error|, relative covariance error, smallest Holm-adjusted p-value)."""
-    res = check_marginals(x, gm, n_projections=16, seed=123)
+    res = check_marginals(x, gm, n_projections=16, generator=123)
     return res.max_ks, float(torch.as_tensor(res.mean_error).norm()), res.cov_error, res.worst[1]
 
 
@@ -142,7 +142,7 @@ def main(argv=None):
             for c in args.churn:
                 x, nfe = _edm_substeps(denoise, x_T.clone(), sigmas, c, args.seed + 1, args.substeps)
                 rows.append((f"edm/sub{args.substeps}", N, f"{c:g}", nfe) + distances(x, gm))
-        for rule in ("per_sample", "score_sde"):
+        for rule in ("sigma", "per_sample", "score_sde"):
             sol = flowsde.solve(sde, x_T, sigmas, method=flowsde.solvers.PC(snr=0.16, corrector_steps=1, step_rule=rule),
                                 generator=torch.Generator().manual_seed(8))
             rows.append((f"pc/{rule}", N, "beta=1", sol.nfe) + distances(sol.x, gm))
