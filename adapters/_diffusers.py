@@ -258,27 +258,28 @@ def scheduler_grid(scheduler, steps: Optional[int] = None) -> torch.Tensor:
     they are used: ``flowsde.solve(from_diffusers(unet, scheduler).pf_ode(), x, scheduler_grid(scheduler,
     20), method="ddim")`` runs the scheduler's own grid, for runs equal to its pipeline's.
 
+    The grid, by scheduler family:
+
+    - DDPM family (``Discrete``): ``t = (k + 1)/N`` at each timestep ``k``, then where the
+      scheduler's last step lands: ``t = 0`` (zero noise: ``set_alpha_to_one``,
+      ``final_sigmas_type="zero"``, and the schedulers that step to sigma = 0), or ``t = 1/N``
+      (the first training step: ``set_alpha_to_one=False``, ``final_sigmas_type="sigma_min"``);
+    - ``FlowMatchEulerDiscreteScheduler`` (``Linear``) and the EDM schedulers (``EDM``): its
+      ``sigmas`` (ending in 0), which are flowsde's ``t``;
+    - ``ScoreSdeVeScheduler`` (``VE``): its timesteps, which are flowsde's ``t``.
+
     Arguments:
         scheduler: a diffusers scheduler of :data:`SUPPORTED_SCHEDULERS` (not modified: with
             ``steps``, ``set_timesteps`` runs on a copy).
         steps: the scheduler's ``num_inference_steps``; ``None``: the timesteps it holds now.
 
     Returns:
-        a decreasing float64 grid of ``steps + 1`` times (``len(timesteps) + 1``; ``ScoreSdeVeScheduler``:
-        its ``steps`` times, as its pipeline ends on the last one):
-
-        - DDPM family (``Discrete``): ``t = (k + 1)/N`` at each timestep ``k``, then where the
-          scheduler's last step lands: ``t = 0`` (zero noise: ``set_alpha_to_one``, ``final_sigmas_type
-          ="zero"``, and the schedulers that step to sigma = 0), or ``t = 1/N`` (the first training step:
-          ``set_alpha_to_one=False``, ``final_sigmas_type="sigma_min"``);
-        - ``FlowMatchEulerDiscreteScheduler`` (``Linear``) and the EDM schedulers (``EDM``): its
-          ``sigmas`` (ending in 0), which are flowsde's ``t``;
-        - ``ScoreSdeVeScheduler`` (``VE``): its timesteps, which are flowsde's ``t``.
+        A decreasing float64 grid of ``steps + 1`` times (``ScoreSdeVeScheduler``: ``steps`` times,
+        as its pipeline ends on the last one).
 
     Raises:
-        InputError: an unsupported scheduler, bad ``steps``, or ``DDIMScheduler`` / ``DDPMScheduler`` with
-            a spacing whose steps do not land on the next timestep (``"linspace"``: they step to
-            ``k - N // steps`` but evaluate the next step at the next timestep).
+        InputError: an unsupported scheduler, bad ``steps``, or a ``DDIMScheduler`` / ``DDPMScheduler``
+            whose steps do not land on the next timestep (``"linspace"`` spacing).
     """
     import copy
 
