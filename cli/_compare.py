@@ -140,8 +140,9 @@ def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
     if missing:
         print(f"errors.png: no line for {', '.join(missing)}: no pathwise error (their noise is not the shared "
               f"Brownian path's increments); compare them by SW2.")
-    print("samples.png: each solver at its smallest budget (where they differ); rows marked * are drawn on "
-          "another path than the reference (reverse SDE, own noise).")
+    marked = any(res.path_of(m) != "ode" for m in dict.fromkeys(r.method for r in res.rows if r.kind != "reference"))
+    print("samples.png: each solver at its smallest budget (where they differ)"
+          + ("; rows marked * are drawn on another path than the reference (reverse SDE, own noise)." if marked else "."))
     for what, p in paths.items():
         print(f"{what}: {p}")
     print(f"(compare took {time.perf_counter() - t0:.1f} s)")
