@@ -1,23 +1,28 @@
 """``Diffusion``: a network of any parameterization under any schedule, as core problems.
 
-With ``x_t = alpha x_0 + sigma eps`` (data at ``t = 0``) every prediction is an
-exact affine function of the others (docs/design.md, "Conventions"; flow_matching ``path/affine.py``):
-
-    score = -eps/sigma,   x0 = (x - sigma eps)/alpha,   v = alpha eps - sigma x0  (alpha^2 + sigma^2 = 1),
-    velocity u = alpha' x0 + sigma' eps = f x - g^2/2 score,
-
-and from a velocity, with ``D = alpha sigma' - alpha' sigma`` (flow_matching
-``AffineProbPath.velocity_to_epsilon``):
-
-    eps = (alpha u - alpha' x)/D,   x0 = (sigma' x - sigma u)/D.
-
-The beta-family (docs/design.md, "The Itô / beta family"; Song et al. 2021, Karras et al. 2022
-eq. 6) all share the marginals p_t:
+The maths is in :mod:`._conversions` (``x_t = alpha x_0 + sigma eps``; every prediction an exact
+affine function of the others, one named pure function per conversion; flow_matching
+``path/affine.py``). The beta-family (docs/design.md, "The Itô / beta family"; Song et al. 2021,
+Karras et al. 2022 eq. 6) all share the marginals p_t:
 
     reverse:  dx = [f x - (1+beta)/2 g^2 score] dt + sqrt(beta) g dW   (solve on a decreasing grid),
     forward:  dx = [f x - (1-beta)/2 g^2 score] dt + sqrt(beta) g dW   (an increasing grid),
 
 written here as ``u -/+ beta/2 g^2 score`` so that each drift costs one network call.
+
+The speed-up sits beside the maths, in two memos whose keys are derived, never written per call site:
+
+- :class:`_Coef`: the schedule at one time (a :class:`ScheduleAt`) and the conversions' affine
+  coefficients ``target = A x + C o``, computed once per ``(time value, working dtype, device)`` in
+  :attr:`Diffusion._cache`. They depend on nothing else but the schedule and the prediction, which
+  are fixed for the life of a ``Diffusion`` (it is immutable: a changed configuration is a new object).
+- :class:`_TimeMemo`: what one *function* keeps per grid time -- each conversion of a ``Diffusion``
+  (``score``, ``eps``, ``x0``, ``v``, ``velocity``: determined by the ``Diffusion``), and the drift and
+  the diffusion of each problem that :meth:`Diffusion.reverse_sde` / :meth:`Diffusion.forward_sde`
+  return (each problem owns its memos: its ``beta`` or ``diffusion`` is part of the function, so no
+  two problems share an entry). Its key is :meth:`_TimeMemo.key` of ``(t, x)``.
+
+The network is held by reference and nothing is kept on it (its weights may change).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 from flowsde import ODE, SDE, InputError, SemiLinearSDE
 from flowsde._internal import ROUNDING, batch_broadcast, rounding_slack
 
+from ._conversions import PREDICTIONS, ScheduleAt, convert
 from ._inputs import check_call, check_net, swapped_output_hint
 from ._likelihood import log_likelihood as _log_likelihood
 from ._prior import GaussianPrior
@@ -39,21 +45,23 @@ from .schedules import Schedule
 
 __all__ = ["Diffusion", "PREDICTIONS"]
 
-PREDICTIONS = ("eps", "score", "x0", "v", "velocity")
 BetaLike = Union[float, int, Callable[[torch.Tensor], Union[torch.Tensor, float]]]
 
 
 _F64 = torch.float64
 _CACHE_SIZE = 4096
 _FOUR = ("alpha", "sigma", "d_alpha", "d_sigma")
+_CONFIG = ("net", "schedule", "prediction", "compute_dtype", "check_t")
 
 
 class _Coef:
     """The schedule's coefficients at one time, computed on demand in float64 from the float64
-    time and cast once to the working dtype; kept per time value by :class:`Diffusion` when the
-    time is a 0-dim CPU tensor (a grid point), so a repeated time costs no schedule arithmetic.
+    time and cast once to the working dtype; kept per ``(time value, working dtype, device)``
+    (:attr:`key`) by :class:`Diffusion` when the time is a 0-dim CPU tensor or a number (a grid
+    point), so a repeated time costs no schedule arithmetic. Everything here is a function of the
+    schedule, the prediction (fixed per ``Diffusion``) and that key.
 
-    For such a time (``scalar``) the schedule is evaluated once per coefficient and the
+    For such a time (``scalar``) the schedule is evaluated once (:attr:`at`, Python floats) and the
     conversion formulas run on Python floats (float64, no tensor dispatch); otherwise on the
     ``(B,)`` or device tensor as given.
 
@@ -61,12 +69,13 @@ class _Coef:
     ``at_end``: ``t >= t_max`` where ``alpha(t_max) = 0`` (``None`` when unknown: device time, unchecked).
     """
 
-    __slots__ = ("sched", "t", "wd", "device", "bad", "at_end", "vals", "scalar")
+    __slots__ = ("sched", "t", "wd", "device", "bad", "at_end", "vals", "scalar", "key", "_at")
 
-    def __init__(self, sched, t64: torch.Tensor, wd, device, bad, at_end, scalar: bool = False):
+    def __init__(self, sched, t64: torch.Tensor, wd, device, bad, at_end, scalar: bool = False, key=None):
         self.sched, self.t, self.wd, self.device = sched, t64, wd, device
-        self.bad, self.at_end, self.scalar = bad, at_end, scalar
+        self.bad, self.at_end, self.scalar, self.key = bad, at_end, scalar, key
         self.vals = {}
+        self._at = None
 
     def cached(self, key, fn):
         """``fn()`` once per key (per time value when this object is kept by the Diffusion)."""
@@ -75,16 +84,23 @@ class _Coef:
             v = self.vals[key] = fn()
         return v
 
+    @property
+    def at(self) -> ScheduleAt:
+        """The schedule at ``t`` in float64 (one ``schedule.coefficients(t)`` call; Python floats
+        for a scalar time, else tensors; no log-SNR: the conversions do not use it)."""
+        if self._at is None:
+            c = self.sched.coefficients(self.t)
+            self._at = ScheduleAt(*(float(v) for v in c)) if self.scalar else ScheduleAt(*c)
+        return self._at
+
     def raw(self, name: str):
         """Schedule coefficient ``name`` at ``t`` in float64: a Python float for a scalar time, else a tensor.
-        ``alpha, sigma, d_alpha, d_sigma`` come from one ``schedule.coefficients(t)`` call."""
+        ``alpha, sigma, d_alpha, d_sigma`` come from :attr:`at`; others (``f``, ``g2``) from the schedule's method."""
+        if name in _FOUR:
+            return getattr(self.at, name)
         key = ("raw", name)
         v = self.vals.get(key)
         if v is None:
-            if name in _FOUR:
-                for n, c in zip(_FOUR, self.sched.coefficients(self.t)):
-                    self.vals[("raw", n)] = float(c) if self.scalar else c
-                return self.vals[key]
             c = getattr(self.sched, name)(self.t)
             v = self.vals[key] = float(c) if self.scalar else c
         return v
@@ -100,16 +116,16 @@ class _Coef:
         return self.cached(name, lambda: self.tensor(self.raw(name)))
 
     def affine64(self, pred: str, target: str):
-        """``(A, C)`` of ``target = A x + C o`` for a ``pred`` network (see :func:`_convert`), float64."""
+        """``(A, C)`` of ``target = A x + C o`` for a ``pred`` network (:func:`convert` at
+        ``(x, o) = (1, 0)`` and ``(0, 1)``), float64."""
         def build():
             units = ((1.0, 0.0), (0.0, 1.0))
             try:
-                return tuple(_convert(pred, target, x, o, self.raw) for x, o in units)
+                return tuple(convert(pred, target, x, o, self.at) for x, o in units)
             except ZeroDivisionError:  # Python floats raise where IEEE arithmetic gives inf / nan
-                def c(n):
-                    return torch.as_tensor(self.raw(n), dtype=_F64)
-                return tuple(float(_convert(pred, target, torch.tensor(x, dtype=_F64), torch.tensor(o, dtype=_F64),
-                                            c)) for x, o in units)
+                at = ScheduleAt(*(torch.as_tensor(self.raw(n), dtype=_F64) for n in _FOUR))
+                return tuple(float(convert(pred, target, torch.tensor(x, dtype=_F64), torch.tensor(o, dtype=_F64),
+                                           at)) for x, o in units)
         return self.cached(("affine64", pred, target), build)
 
     def affine(self, pred: str, target: str):
@@ -127,6 +143,58 @@ class _Coef:
         return v
 
 
+class _TimeMemo:
+    """What one function keeps per grid time: one conversion of a :class:`Diffusion`, or the drift or
+    the diffusion of one problem (each problem makes its own). Two dicts, both bounded:
+
+    - ``coefs``: the function's coefficients after its checks passed, per :meth:`coef_key` (the
+      :class:`_Coef` key, i.e. time value, working dtype and device, and the state's dtype);
+    - ``fast``: per :meth:`key` (time value, dtype, device, batch size of a 0-dim CPU time without
+      gradient and a plain tensor ``x``), ``(label, A, C)``: the answer is ``A x + C net(x, label)``
+      (``A = None``: the network's output itself; ``label = None``: ``C``, a diffusion coefficient).
+
+    An entry is made only after the full path (``_coefs``, range and singularity checks,
+    coefficients) succeeded for it: a refused time keeps nothing.
+    """
+
+    __slots__ = ("fast", "coefs")
+
+    def __init__(self):
+        self.fast, self.coefs = {}, {}
+
+    @staticmethod
+    def key(t, x):
+        """The fast path's key of a call at ``(t, x)``, or ``None`` where the call takes the full path."""
+        if (type(t) is not torch.Tensor or type(x) is not torch.Tensor or t.dim() or not t.is_cpu or t.requires_grad
+                or x.is_meta or not x.dim()):
+            return None
+        return (t.item(), x.dtype, x.get_device(), x.shape[0])
+
+    @staticmethod
+    def coef_key(co: _Coef, x: torch.Tensor):
+        return (co.key, x.dtype)
+
+    def coefficients(self, co: _Coef, x: torch.Tensor, compute: Callable):
+        """``compute()`` (checks included) once per :meth:`coef_key` for a scalar time, else every call."""
+        if not co.scalar:
+            return compute()
+        k = (co.key, x.dtype)
+        v = self.coefs.get(k)
+        if v is None:
+            if len(self.coefs) >= _CACHE_SIZE:
+                self.coefs.clear()
+            v = self.coefs[k] = compute()
+        return v
+
+    def keep(self, key, co: _Coef, x: torch.Tensor, A, C, net: bool = True) -> None:
+        """Make the fast entry of ``key`` (``None``: none) when the coefficients are the state's dtype
+        and shared by the batch (``A`` 0-dim or ``None``)."""
+        if key is not None and co.scalar and co.wd == x.dtype and (A is None or A.dim() == 0):
+            if len(self.fast) >= _CACHE_SIZE:
+                self.fast.clear()
+            self.fast[key] = (co.label(x.dtype, x.shape[0]) if net else None, A, C)
+
+
 def _sqrt(v, dtype, device) -> torch.Tensor:
     """``sqrt(v)`` of a float64 float or tensor, as a tensor of ``dtype`` on ``device``."""
     if isinstance(v, float):
@@ -141,15 +209,6 @@ def _check_output(dif, out, x: torch.Tensor, lab: torch.Tensor, where: str) -> N
         raise InputError(f"{where}: net(x, t) returned {got} for x of shape {tuple(x.shape)}; a "
                          f"{dif.prediction!r}-prediction network must return the shape of x."
                          + swapped_output_hint(out, lab, x))
-
-
-class _GridEntry:
-    """What :meth:`Diffusion._keep` holds for one grid time and kind."""
-
-    __slots__ = ("dtype", "device", "B", "label", "A", "C")
-
-    def __init__(self, dtype, device: int, B: int, label, A, C):
-        self.dtype, self.device, self.B, self.label, self.A, self.C = dtype, device, B, label, A, C
 
 
 class _Pred:
@@ -178,65 +237,17 @@ class _Pred:
         return y if y.dtype == self.x.dtype else y.to(self.x.dtype)
 
     def affine(self, target: str):
-        """``(A, C)`` with ``target = A x + C o`` (see :func:`_convert`), after the range check."""
+        """``(A, C)`` with ``target = A x + C o`` (see :func:`convert`), after the range check."""
         p = self.dif.prediction
         self.dif._refuse(self.co, self.where, p in ("eps", "score") and target in ("x0", "velocity", "v"))
         self.dif._refuse_singular(self.co, self.where, target)
-        A, C = self.co.affine(p, target)
+        return self.co.affine(p, target)
+
+    def apply(self, A, C) -> torch.Tensor:
+        """``A x + C o`` (2 tensor ops), in the state's dtype; ``(B,)`` coefficients broadcast per sample."""
         if A.dim():  # per-sample times: (B,) -> (B, 1, ..., 1)
             A, C = batch_broadcast(A, self.xw), batch_broadcast(C, self.xw)
-        return A, C
-
-    def get(self, target: str) -> torch.Tensor:
-        """``target`` of the network output: the output itself when native (unchecked: the network
-        defines its own domain), else ``A x + C o`` with the cached coefficients (2 tensor ops)."""
-        if target == self.dif.prediction:
-            return self.o
-        co = self.co
-        if co.scalar:  # a grid time: checks passed and coefficients kept per time value
-            key = ("checked", target, self.dif.check_t)
-            AC = co.vals.get(key)
-            if AC is None:
-                AC = co.vals[key] = self.affine(target)
-            A, C = AC
-        else:
-            A, C = self.affine(target)
-        return torch.addcmul(C * self.o, A, self.xw)
-
-
-def _convert(pred: str, target: str, x, o, c):
-    """``target`` in (eps, x0, score, velocity, v) from a ``pred``-network's output ``o`` at state ``x``;
-    ``c(name)`` gives a schedule coefficient. Every conversion is affine in ``(x, o)``: evaluated at
-    ``(x, o) = (1, 0)`` and ``(0, 1)`` it gives the coefficients ``A``, ``C`` of ``target = A x + C o``."""
-    if target == pred:
-        return o
-    if target == "eps":
-        if pred == "score":
-            return -c("sigma") * o
-        if pred == "x0":
-            return (x - c("alpha") * o) / c("sigma")
-        if pred == "v":
-            return c("sigma") * x + c("alpha") * o
-        a, s, da, ds = c("alpha"), c("sigma"), c("d_alpha"), c("d_sigma")
-        return (a * o - da * x) / (a * ds - da * s)
-    if target == "x0":
-        if pred in ("eps", "score"):
-            return (x - c("sigma") * _convert(pred, "eps", x, o, c)) / c("alpha")
-        if pred == "v":
-            return c("alpha") * x - c("sigma") * o
-        a, s, da, ds = c("alpha"), c("sigma"), c("d_alpha"), c("d_sigma")
-        return (ds * x - s * o) / (a * ds - da * s)
-    if target == "score":
-        return -_convert(pred, "eps", x, o, c) / c("sigma")
-    if target == "velocity":
-        if pred in ("eps", "score"):
-            # u = f x + (sigma' - f sigma) eps  (= f x - g^2/2 score)
-            f = c("d_alpha") / c("alpha")
-            return f * x + (c("d_sigma") - f * c("sigma")) * _convert(pred, "eps", x, o, c)
-        return c("d_alpha") * _convert(pred, "x0", x, o, c) + c("d_sigma") * _convert(pred, "eps", x, o, c)
-    if target == "v":
-        return c("alpha") * _convert(pred, "eps", x, o, c) - c("sigma") * _convert(pred, "x0", x, o, c)
-    raise ValueError(target)
+        return self.out(torch.addcmul(C * self.o, A, self.xw))
 
 
 class Diffusion:
@@ -260,6 +271,11 @@ class Diffusion:
             where it costs no device sync; a device time is only clamped within rounding of
             the bounds), ``True`` (always), ``False`` (never). A time off the range by rounding
             only (:data:`ROUNDING` relative to the bound) is accepted and clamped.
+
+    Immutable: the five arguments are read-only properties and no attribute can be set after
+    construction (``AttributeError``); another configuration is a new ``Diffusion``. ``net`` is held
+    by reference: nothing is kept on its weights or dtype, so a trained or converted network is
+    seen by the next call.
 
     Time and cost: ``t`` is used in float64 (the problems declare ``time_dtype=torch.float64``)
     and cast once, at the network call. The coefficients of each 0-dim CPU time are computed
@@ -291,17 +307,37 @@ class Diffusion:
         if check_t not in (True, False, "auto"):
             raise InputError(f"Diffusion(check_t={check_t!r}): must be True, False or 'auto'.")
         check_net(net, "Diffusion(net=...)")
-        self.net = net
-        self.schedule = schedule
-        self.prediction = prediction
-        self.compute_dtype = compute_dtype
-        self.check_t = check_t
         t_lo, t_hi = float(schedule.t_min), float(schedule.t_max)
-        self._range = (t_lo, t_hi)
-        self._slack = rounding_slack(t_lo, t_hi)
-        self._alpha_zero_at_tmax = float(schedule.alpha(torch.tensor(t_hi, dtype=_F64))) <= 0.0
-        self._cache: dict = {}
-        self._grid: dict = {}  # (time value, kind, check_t) -> _GridEntry (see _kept)
+        init = functools.partial(object.__setattr__, self)
+        init("_config", (net, schedule, prediction, compute_dtype, check_t))
+        init("_range", (t_lo, t_hi))
+        init("_slack", rounding_slack(t_lo, t_hi))
+        init("_alpha_zero_at_tmax", float(schedule.alpha(torch.tensor(t_hi, dtype=_F64))) <= 0.0)
+        init("_cache", {})  # (time value, working dtype, device) -> _Coef (see _coefs)
+        init("_memos", {target: _TimeMemo() for target in PREDICTIONS})  # one per conversion
+
+    # -- configuration: fixed at construction ----------------------------------------------
+    net = property(lambda self: self._config[0], doc="The network, held by reference (nothing is kept on it).")
+    schedule = property(lambda self: self._config[1], doc="The :class:`Schedule` (frozen).")
+    prediction = property(lambda self: self._config[2], doc="What the network predicts (one of ``PREDICTIONS``).")
+    compute_dtype = property(lambda self: self._config[3], doc="``None`` or the dtype of the conversions.")
+    check_t = property(lambda self: self._config[4], doc="The time range check: ``True``, ``False`` or ``'auto'``.")
+
+    def __setattr__(self, name, value):
+        # The configuration, the kept state and the methods are fixed; a user's own annotation that
+        # no answer depends on (e.g. ``event_shape``, read by flowsde.workloads.compare_solvers) may be set.
+        if name in _CONFIG or name.startswith("_") or hasattr(type(self), name):
+            what = "its configuration" if name in _CONFIG else "its state"
+            raise AttributeError(
+                f"Diffusion.{name} cannot be set: a Diffusion is immutable after construction ({what} determines "
+                f"what it keeps per time). Build a new one instead, e.g. Diffusion(net, schedule, prediction, "
+                f"compute_dtype=..., check_t=...) with the {name} you want.")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        if name in _CONFIG or name.startswith("_") or hasattr(type(self), name):
+            self.__setattr__(name, None)
+        object.__delattr__(self, name)
 
     def __repr__(self) -> str:
         return f"Diffusion(net={getattr(self.net, '__name__', self.net)!r}, schedule={self.schedule!r}, " \
@@ -342,13 +378,12 @@ class Diffusion:
         if co is None:
             if len(self._cache) >= _CACHE_SIZE:
                 self._cache.clear()
-                self._grid.clear()
             lo, hi = self._range
             bad, tc = self._classify(tf, tf)
             if bad is None:
                 tc = min(max(tf, lo), hi)
             co = self._cache[key] = _Coef(self.schedule, torch.tensor(tc, dtype=_F64), wd, x.device, bad,
-                                          self._alpha_zero_at_tmax and tc >= hi, scalar=True)
+                                          self._alpha_zero_at_tmax and tc >= hi, scalar=True, key=key)
         return co
 
     def _classify(self, t_low: float, t_high: float):
@@ -397,50 +432,41 @@ class Diffusion:
                 "'velocity', 'x0' or 'v', whose conversions are finite at t_max.")
 
     # -- conversions -----------------------------------------------------------------------
-    def _kept(self, kind, t, x: torch.Tensor, where: Optional[str] = None):
-        """The answer at a grid time from the entry :meth:`_keep` made (a 0-dim CPU time without
-        gradient, seen before, with ``x`` of the dtype, device and batch size it was kept for), or
-        ``None`` where there is none: ``A x + C net(x, t)`` (the network call, its output check and two
-        tensor ops), the network's output itself (``A = None``), or the diffusion ``C`` (no network).
-
-        The full path (``_coefs``, range and singularity checks, coefficients) ran for this time, kind
-        and ``check_t``; what a call can still change (dtype, device, batch, a meta or 0-dim ``x``) is
-        compared here (docs/adapters.md, "Guards"). ``where`` names the caller in an error
-        (default ``Diffusion.<kind>``)."""
-        if type(t) is not torch.Tensor or type(x) is not torch.Tensor or t.dim() or not t.is_cpu or t.requires_grad:
+    def _fast(self, memo: _TimeMemo, key, x: torch.Tensor, where: Optional[str], target: str = ""):
+        """The answer from ``memo``'s fast entry of ``key`` (see :class:`_TimeMemo`), or ``None``:
+        ``A x + C net(x, t)`` (the network call, its output check and two tensor ops), the network's
+        output itself (``A = None``), or the diffusion ``C`` (no network). ``where`` (default
+        ``Diffusion.<target>``) names the caller in an error."""
+        e = memo.fast.get(key)
+        if e is None:
             return None
-        e = self._grid.get((t.item(), kind, self.check_t))
-        if (e is None or x.dtype is not e.dtype or x.get_device() != e.device or x.is_meta or not x.dim()
-                or x.shape[0] != e.B):
-            return None
-        if e.label is None:  # a diffusion coefficient
-            return e.C
-        o = self.net(x, e.label)
+        label, A, C = e
+        if label is None:  # a diffusion coefficient
+            return C
+        o = self._config[0](x, label)  # the network (self.net without the property's call)
         if type(o) is not torch.Tensor or o.shape != x.shape:
-            _check_output(self, o, x, e.label, where or f"Diffusion.{kind}")
+            _check_output(self, o, x, label, where or f"Diffusion.{target}")
         if o.dtype is not x.dtype:
             o = o.to(x.dtype)
-        return o if e.A is None else torch.addcmul(e.C * o, e.A, x)
-
-    def _keep(self, kind, t, x, co: _Coef, A, C, net: bool = True) -> None:
-        """Keep ``(label, A, C)`` of a grid time whose full path just succeeded (``A = None``: the
-        network's output itself; the conversion is ``A x + C o``; ``net=False``: ``C`` is the answer,
-        a diffusion coefficient, and no network time is kept)."""
-        if (co.scalar and co.wd == x.dtype and type(t) is torch.Tensor and t.dim() == 0 and t.is_cpu
-                and not t.requires_grad and (A is None or A.dim() == 0)):
-            label = co.label(x.dtype, x.shape[0]) if net else None
-            self._grid[(t.item(), kind, self.check_t)] = _GridEntry(x.dtype, x.get_device(), x.shape[0], label, A, C)
+        return o if A is None else torch.addcmul(C * o, A, x)
 
     def _convert(self, target: str, t, x: torch.Tensor, where: Optional[str] = None) -> torch.Tensor:
-        y = self._kept(target, t, x, where)
-        if y is not None:
-            return y
+        """``target`` at ``(t, x)``: one network call and :func:`convert`'s affine map, with the
+        coefficients from the conversion's own :class:`_TimeMemo`. ``where`` names the caller in an
+        error (default ``Diffusion.<target>``)."""
+        memo = self._memos[target]
+        key = memo.key(t, x)
+        if key is not None:
+            y = self._fast(memo, key, x, where, target)
+            if y is not None:
+                return y
         p = _Pred(self, t, x, where or f"Diffusion.{target}")
-        y = p.out(p.get(target))
-        if p.co.scalar:
-            A, C = (None, None) if target == self.prediction else p.co.vals[("checked", target, self.check_t)]
-            self._keep(target, t, x, p.co, A, C)
-        return y
+        if target == self.prediction:  # the output itself, unchecked: the network defines its own domain
+            memo.keep(key, p.co, x, None, None)
+            return p.out(p.o)
+        A, C = memo.coefficients(p.co, x, lambda: p.affine(target))
+        memo.keep(key, p.co, x, A, C)
+        return p.apply(A, C)
 
     def score(self, t, x: torch.Tensor) -> torch.Tensor:
         """``grad_x log p_t(x) = -eps/sigma``; shape of ``x``."""
@@ -510,42 +536,35 @@ class Diffusion:
             return SDE(drift, self._diffusion_fn(w2, not callable(bf), where), noise_type="scalar", score=self.score,
                        direction=direction, time_dtype=_F64)
 
-        kind = ("sde", name, bf)
         const = not callable(bf)  # a constant knob: the drift's coefficients are kept per grid time
         velocity = not by_w and const and bf == 0.0  # beta = 0: the PF-ODE velocity
         where_drift = f"{where}.drift"
+        memo = _TimeMemo()  # this problem's own: its beta / diffusion is part of the drift
+
+        def combine(co: _Coef, tb):
+            """``u + sign/2 w2 score`` as ``A x + C o``: one affine map from the two conversions' coefficients,
+            in the working dtype (after the checks of the time)."""
+            self._refuse(co, where_drift, divides_alpha=pred in ("eps", "score"))
+            self._refuse_singular(co, where_drift, "velocity", "score")
+            k = sign * 0.5 * w2(co, tb)
+            (Au, Cu), (As, Cs) = co.affine64(pred, "velocity"), co.affine64(pred, "score")
+            return co.tensor(Au + k * As), co.tensor(Cu + k * Cs)
 
         def drift(t, x):
             if velocity:
                 return self._convert("velocity", t, x, where_drift)
-            if const:
-                y = self._kept(kind, t, x, where_drift)
+            key = memo.key(t, x) if const else None
+            if key is not None:
+                y = self._fast(memo, key, x, where_drift)
                 if y is not None:
                     return y
             p = _Pred(self, t, x, where_drift)
-            co = p.co
-            if const:  # the checks passed and A, C were kept for this time value
-                AC = co.vals.get(("sde", name, bf, self.check_t))
-                if AC is not None:
-                    A, C = AC
-                    self._keep(kind, t, x, co, A, C)
-                    return p.out(torch.addcmul(C * p.o, A, p.xw))
-            self._refuse(co, where_drift, divides_alpha=pred in ("eps", "score"))
-            self._refuse_singular(co, where_drift, "velocity", "score")
-
-            def combine(k):
-                # u + sign/2 w2 score, as A x + C o: one affine map from the two conversions' coefficients
-                (Au, Cu), (As, Cs) = co.affine64(pred, "velocity"), co.affine64(pred, "score")
-                return Au + k * As, Cu + k * Cs
-
             if const:
-                A, C = co.cached(("sde", name, bf, self.check_t), lambda: tuple(
-                    co.tensor(v) for v in combine(sign * 0.5 * w2(co, None))))
+                A, C = memo.coefficients(p.co, x, lambda: combine(p.co, None))
+                memo.keep(key, p.co, x, A, C)
             else:
-                A, C = (co.tensor(v) for v in combine(sign * 0.5 * w2(co, p.tb)))
-            if A.dim():  # per-sample times
-                A, C = batch_broadcast(A, p.xw), batch_broadcast(C, p.xw)
-            return p.out(torch.addcmul(C * p.o, A, p.xw))
+                A, C = combine(p.co, p.tb)
+            return p.apply(A, C)
 
         return SDE(drift, self._diffusion_fn(w2, const, where), noise_type="scalar", score=self.score,
                    direction=direction, time_dtype=_F64)
@@ -576,18 +595,20 @@ class Diffusion:
                 "diffusion=lambda t: schedule.sigma(t)); or start the time grid just below t_max.")
 
     def _diffusion_fn(self, w2, const: bool, where: str) -> Callable:
-        kind = ("g", where)
+        """The diffusion coefficient ``sqrt(w2)`` of one problem, with that problem's own :class:`_TimeMemo`."""
+        memo = _TimeMemo()
 
         def diffusion(t, x):
-            if const:
-                g = self._kept(kind, t, x)
+            key = memo.key(t, x) if const else None
+            if key is not None:
+                g = self._fast(memo, key, x, where)
                 if g is not None:
                     return g
             co = self._coefs(t, x, f"{where}.diffusion")
-            if const:  # kept per time value with the other coefficients
-                g = co.cached(("g", where, x.dtype), lambda: _sqrt(w2(co, None), x.dtype, co.device))
+            if const:  # kept per time value by this problem
+                g = memo.coefficients(co, x, lambda: _sqrt(w2(co, None), x.dtype, co.device))
                 if g.dim() == 0:
-                    self._keep(kind, t, x, co, None, g, net=False)
+                    memo.keep(key, co, x, None, g, net=False)
             else:
                 tb = co.t.expand(x.shape[0]) if co.t.dim() == 0 else co.t
                 g = _sqrt(w2(co, tb), x.dtype, co.device)

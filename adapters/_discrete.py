@@ -43,12 +43,16 @@ class Discrete(Schedule):
       index when N = 1000, see LuChengTHU/dpm-solver#60);
     - or a callable ``label(t) -> tensor``.
 
-    Math runs in float64 and is cast back to ``t``'s dtype.
+    Math runs in float64 and is cast back to ``t``'s dtype. ``alphas_cumprod`` is copied at
+    construction and must not be modified in place afterwards (refused at the next evaluation).
     """
 
     alphas_cumprod: torch.Tensor
     label: Union[str, Callable[[torch.Tensor], torch.Tensor]] = "index"
+    #: per device: the log-SNR table and ``log abar_0``, functions of ``alphas_cumprod`` only (a private
+    #: float64 copy made at construction; an in-place change of it is refused, see :meth:`_tables`)
     _cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
+    _version: int = dataclasses.field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         ac = self.alphas_cumprod
@@ -72,6 +76,7 @@ class Discrete(Schedule):
         if not (callable(self.label) or self.label in _LABELS):
             raise InputError(f"Discrete: label must be one of {_LABELS} or a callable t -> label, got {self.label!r}.")
         object.__setattr__(self, "alphas_cumprod", ac)
+        object.__setattr__(self, "_version", ac._version)
 
     @classmethod
     def from_betas(cls, betas, label="index") -> "Discrete":
@@ -98,6 +103,10 @@ class Discrete(Schedule):
         return True
 
     def _tables(self, device):
+        if self.alphas_cumprod._version != self._version:
+            raise InputError("Discrete: alphas_cumprod was modified in place after construction; a schedule is "
+                             "immutable (what was derived from it, here and in a Diffusion, would be stale). Build "
+                             "a new Discrete(alphas_cumprod) instead.")
         key = str(device)
         if key not in self._cache:
             ac = self.alphas_cumprod.to(device)

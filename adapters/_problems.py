@@ -6,7 +6,10 @@ derivatives, the inverse noise map) and its data prediction ``x0(t, x)`` whateve
 predicts, so its problems carry the structure the samplers of ``docs/samplers.md`` use
 (:class:`flowsde.SemiLinearODE` / :class:`flowsde.SemiLinearSDE`). The drift, diffusion, eps and
 score stay the Diffusion's own (one network call each, in the network's parameterization), so
-every other solver sees exactly the problems it saw before.
+every other solver sees exactly the problems it saw before. What a problem keeps per grid time
+is its own (the memos of its drift and diffusion, made by ``Diffusion.reverse_sde`` /
+``forward_sde`` for that problem alone) or the Diffusion's (its conversions, determined by the
+immutable Diffusion); see ``adapters/_diffusion.py``.
 """
 
 from __future__ import annotations

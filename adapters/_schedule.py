@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from flowsde import InputError
 
+from ._conversions import ScheduleAt  # the maths module imports nothing of the adapters
+
 __all__ = ["Schedule"]
 
 def _as_tensor(t) -> torch.Tensor:
@@ -80,6 +82,13 @@ class Schedule:
         subexpressions; the values are those of the four methods)."""
         t = _as_tensor(t)
         return self.alpha(t), self.sigma(t), self.d_alpha(t), self.d_sigma(t)
+
+    def at(self, t, *, log_snr: bool = True):
+        """The schedule at ``t``: a :class:`ScheduleAt` of ``alpha``,
+        ``sigma``, ``d_alpha``, ``d_sigma`` (one :meth:`coefficients` call) and ``log_snr``
+        (:meth:`log_snr`; ``None`` with ``log_snr=False``), tensors of ``t``'s shape."""
+        t = _as_tensor(t)
+        return ScheduleAt(*self.coefficients(t), log_snr=self.log_snr(t) if log_snr else None)
 
     def f(self, t: torch.Tensor) -> torch.Tensor:
         """Forward drift coefficient ``f(t) = d log alpha/dt``."""

@@ -429,9 +429,106 @@ def test_repeated_grid_time_keeps_the_range_check():
     for _ in range(3):  # refused every time: nothing is kept for a refused time
         with pytest.raises(InputError, match="above t_max"):
             dif.velocity(t_bad, x)
-    dif.check_t = False  # the switch is part of what was checked
-    dif.velocity(t_bad, x)
-    dif.velocity(t_bad, x)
-    dif.check_t = "auto"
+    unchecked = Diffusion(dif.net, dif.schedule, dif.prediction, check_t=False)  # the switch is configuration
+    unchecked.velocity(t_bad, x)
+    unchecked.velocity(t_bad, x)
     with pytest.raises(InputError, match="above t_max"):
         dif.velocity(t_bad, x)
+
+
+# ============================================================ one Diffusion, many problems (issue 20)
+def _family_calls(D):
+    """Each call of one Diffusion's problems and conversions that keeps something per grid time."""
+    return [("reverse beta=0 g", lambda: D.reverse_sde(beta=0.0).diffusion),
+            ("reverse beta=0.5 g", lambda: D.reverse_sde(beta=0.5).diffusion),
+            ("reverse diffusion=0.5 g", lambda: D.reverse_sde(diffusion=0.5).diffusion),
+            ("reverse diffusion=0.5 drift", lambda: D.reverse_sde(diffusion=0.5).drift),
+            ("reverse beta=0.5 drift", lambda: D.reverse_sde(beta=0.5).drift),
+            ("reverse beta=1 drift", lambda: D.reverse_sde(1.0).drift),
+            ("reverse beta(t) drift", lambda: D.reverse_sde(beta=lambda t: 0.5 + 0 * t).drift),
+            ("forward beta=1 g", lambda: D.forward_sde(1.0).diffusion),
+            ("forward beta=1 drift", lambda: D.forward_sde(1.0).drift),
+            ("forward beta=0.3 g", lambda: D.forward_sde(beta=0.3).diffusion),
+            ("forward beta=0.3 drift", lambda: D.forward_sde(beta=0.3).drift),
+            ("forward diffusion=0.3 drift", lambda: D.forward_sde(diffusion=0.3).drift),
+            ("pf drift", lambda: D.pf_ode().drift),
+            ("velocity", lambda: D.velocity), ("score", lambda: D.score), ("x0", lambda: D.x0),
+            ("eps", lambda: D.eps), ("v", lambda: D.v)]
+
+
+@pytest.mark.parametrize("order", ["forward", "backward"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_diffusion_many_problems_equal_a_fresh_one(order, dtype):
+    # Every problem of one long-lived Diffusion, at the same grid time, in sequence, gives bit for bit
+    # what the same call on a fresh Diffusion gives (reverse_sde(beta=0.5) after beta=0 gave g = 0;
+    # beta=w and diffusion=w shared an entry; forward_sde(0.3) after forward_sde(1) gave the wrong g).
+    net = _Net()
+    D = Diffusion(net, VP(), "eps")
+    t = torch.tensor(0.3, dtype=f64)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    calls = _family_calls(D)
+    for name, mk in (calls if order == "forward" else calls[::-1]) * 2:
+        f = mk()
+        for _ in range(2):  # the call that keeps the entry, the kept entry
+            got = f(t, x)
+            want = dict(_family_calls(Diffusion(net, VP(), "eps")))[name]()(t, x)
+            assert got.dtype == want.dtype and torch.equal(got, want), name
+
+
+def test_one_diffusion_em_family_equals_fresh():
+    # Euler-Maruyama at beta = 1 after beta = 0 (and after diffusion = 1) on one Diffusion, same grid and seed
+    net = _Net()
+    D = Diffusion(net, VP(), "eps")
+    ts = flowsde.grids.uniform(1.0, 1e-3, 20).to(f64)
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=f64)
+
+    def em(prob):
+        return flowsde.solve(prob, x, ts, method="euler_maruyama", generator=torch.Generator().manual_seed(1)).x
+
+    em(D.reverse_sde(0.0))
+    em(D.reverse_sde(diffusion=1.0))
+    assert torch.equal(em(D.reverse_sde(1.0)), em(Diffusion(net, VP(), "eps").reverse_sde(1.0)))
+
+
+@pytest.mark.parametrize("attr", ["net", "schedule", "prediction", "compute_dtype", "check_t", "_cache", "pf_ode"])
+def test_diffusion_is_immutable(attr):
+    D = Diffusion(_Net(), VP(), "eps")
+    with pytest.raises(AttributeError, match="immutable.*Build a new one"):
+        setattr(D, attr, None)
+    with pytest.raises(AttributeError, match="immutable"):
+        delattr(D, attr)
+
+
+def test_a_users_annotation_may_be_set():
+    # nothing kept depends on it (compare_solvers reads event_shape); the answers stay a fresh object's
+    D, fresh = Diffusion(_Net(), VP(), "eps"), Diffusion(_Net(), VP(), "eps")
+    D.event_shape = (3,)
+    assert D.event_shape == (3,)
+    t, x = torch.tensor(0.4, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64)
+    assert torch.equal(D.eps(t, x), fresh.eps(t, x))
+    del D.event_shape
+    assert not hasattr(D, "event_shape")
+
+
+def test_diffusion_holds_the_net_by_reference():
+    # the weights may change (training): nothing is kept on them, the next call sees the new weights
+    net = torch.nn.Linear(3, 3).double()
+    D = Diffusion(lambda x, t: net(x), VP(), "eps")
+    t, x = torch.tensor(0.3, dtype=f64), torch.randn(4, 3, dtype=f64)
+    a = D.reverse_sde(0.5).drift(t, x)
+    b = D.reverse_sde(0.5).drift(t, x)
+    with torch.no_grad():
+        net.weight.mul_(2.0)
+    c = D.reverse_sde(0.5).drift(t, x)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(c, Diffusion(lambda x, t: net(x), VP(), "eps").reverse_sde(0.5).drift(t, x))
+
+
+def test_discrete_schedule_refuses_an_in_place_change():
+    # Discrete keeps per-device tables derived from alphas_cumprod: changing it in place is refused
+    sched = Discrete.from_betas(torch.linspace(1e-4, 0.02, 10, dtype=f64))
+    t = torch.tensor(0.5, dtype=f64)
+    sched.alpha(t)
+    sched.alphas_cumprod[3] = 0.5
+    with pytest.raises(InputError, match="modified in place"):
+        sched.alpha(t)
