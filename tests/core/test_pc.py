@@ -11,6 +11,8 @@ in D = 1 / 2 / 64 with the default, against 1.3e3 / 14 / 0.039 for the old held 
 """
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,18 +25,14 @@ from flowsde.validation import GaussianMixture, check_marginals
 
 F64 = torch.float64
 
+# the measurement of docs/solvers.md (benchmarks/bench_pc_step_rule.py) and these tests share its mixtures
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import bench_pc_step_rule as _bench  # noqa: E402
+
 
 def _mixture(dim: int) -> GaussianMixture:
-    w = torch.tensor([0.3, 0.7], dtype=F64)
-    if dim == 1:
-        return GaussianMixture(w, torch.tensor([[-1.5], [1.0]], dtype=F64), torch.tensor([[[0.2]], [[0.15]]], dtype=F64))
-    if dim == 2:
-        return GaussianMixture(w, torch.tensor([[-1.5, 0.5], [1.0, -0.5]], dtype=F64),
-                               torch.tensor([[[0.25, 0.1], [0.1, 0.2]], [[0.3, -0.12], [-0.12, 0.15]]], dtype=F64))
-    g = torch.Generator().manual_seed(0)
-    mu = 0.5 * torch.randn(2, dim, generator=g, dtype=F64)
-    A = torch.randn(2, dim, dim, generator=g, dtype=F64) / math.sqrt(dim)
-    return GaussianMixture(w, mu, 0.1 * A @ A.transpose(1, 2) + 0.05 * torch.eye(dim, dtype=F64))
+    """The mixtures whose errors docs/solvers.md quotes: one definition, the benchmark's."""
+    return _bench.mixture(dim)
 
 
 def _sample(gm, solver, *, n=4000, steps=100, t_end=1e-3, sch=None):
