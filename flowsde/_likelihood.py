@@ -37,13 +37,13 @@ under a local ``torch.enable_grad()``, so memory stays O(batch x state).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
 from ._checks import check_state
+from ._divergence import Divergence, exact_trace_bytes
 from ._solvers.rk45 import check_tolerances
 from ._utils import batch_broadcast, rademacher, rand, randn
 from ._errors import InputError
@@ -303,28 +303,6 @@ def dequantize(x: torch.Tensor, *, levels: Optional[int] = None, bits: Optional[
     return lo + (k + U - 0.5) * delta
 
 
-def _batched_vjp(out: torch.Tensor, x: torch.Tensor, cot: torch.Tensor) -> torch.Tensor:
-    """``(J^T c_j)`` for each cotangent ``c_j`` in ``cot`` (``(n, B, *event)``), keeping no graph."""
-    if cot.shape[0] == 1:
-        (g,) = torch.autograd.grad(out, x, cot[0])
-        return g.unsqueeze(0)
-    try:
-        with warnings.catch_warnings():
-            # vmap may warn that an op falls back to a slow loop; the result is still exact
-            warnings.simplefilter("ignore", UserWarning)
-            (g,) = torch.autograd.grad(out, x, cot, is_grads_batched=True, retain_graph=True)
-        return g
-    except RuntimeError:  # an op without a vmap rule: one VJP at a time
-        gs = [torch.autograd.grad(out, x, c, retain_graph=True)[0] for c in cot]
-        return torch.stack(gs)
-
-
-def exact_trace_bytes(shape, dtype) -> int:
-    """Memory of the batched VJPs of the exact trace: ``B * D * D * itemsize`` bytes."""
-    B, D = shape[0], math.prod(shape[1:])
-    return B * D * D * torch.empty((), dtype=dtype).element_size()
-
-
 @dataclass(frozen=True)
 class TimeWarp:
     """The engine's time variable ``s`` with ``t = s^rho`` (``rho = 1``: ``t`` itself); see ``time_warp``.
@@ -381,6 +359,7 @@ class AugmentedODE:
         self.B, self.D = x.shape[0], math.prod(x.shape[1:])
         self.k = 1 if exact else cot.shape[0]
         self.time_dtype = getattr(ode, "time_dtype", None) or x.dtype
+        self.div = Divergence(cot, exact)
         self._first = True
 
     def initial_state(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -392,26 +371,12 @@ class AugmentedODE:
             s = t
             t, dt_ds = self.warp.t_of(s), self.warp.dt_ds(s)
         tt = t.to(self.time_dtype)  # time is float64 in the solver; cast once here
-        with torch.enable_grad():
-            xg = xs.requires_grad_(True)
-            u = self._first_drift(tt, xg) if self._first else self.ode.drift(tt, xg)
-            div = self.divergence(u, xg)
-        # the log-density is accumulated in float64: at |logp| ~ 3000 float32 resolves only 2e-4 nats
-        u, div = u.detach(), div.detach().to(torch.float64)
+        drift = self._first_drift if self._first else self.ode.drift
+        u, div = self.div(drift, tt, xs)  # u detached, div (B, k) float64
         if self.warp.rho != 1.0:  # d/ds = (dt/ds) d/dt on both channels
             u = u * batch_broadcast(dt_ds.to(self.dtype), u)
             div = div * (dt_ds.unsqueeze(-1) if dt_ds.dim() else dt_ds)
         return u, div
-
-    def divergence(self, u: torch.Tensor, xg: torch.Tensor) -> torch.Tensor:
-        """``(B, k)``: the exact trace (``k = 1``) or the ``k`` probes' ``z^T J z``."""
-        B, D, k = self.B, self.D, self.k
-        if not u.requires_grad:  # a drift that does not depend on x (divergence 0)
-            return torch.zeros(B, k, dtype=torch.float64, device=self.device)
-        g = _batched_vjp(u, xg, self.cot)
-        if self.exact:
-            return torch.diagonal(g.reshape(D, B, D), dim1=0, dim2=2).sum(-1).unsqueeze(1)  # (B, 1)
-        return (g * self.cot).reshape(k, B, D).sum(-1).transpose(0, 1)  # (B, k)
 
     def _first_drift(self, tt: torch.Tensor, xg: torch.Tensor) -> torch.Tensor:
         self._first = False
