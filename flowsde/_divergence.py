@@ -16,11 +16,28 @@ import warnings
 
 import torch
 
+from ._errors import InputError
+
 
 def exact_trace_bytes(shape, dtype) -> int:
     """Memory of the batched VJPs of the exact trace: ``B * D * D * itemsize`` bytes."""
     B, D = shape[0], math.prod(shape[1:])
     return B * D * D * torch.empty((), dtype=dtype).element_size()
+
+
+def exact_cotangents(x: torch.Tensor, exact_max_bytes: int) -> torch.Tensor:
+    """``(D, B, *event)``: the ``D`` basis vectors of the exact trace (refused above ``exact_max_bytes``)."""
+    B, event, dtype, device = x.shape[0], tuple(x.shape[1:]), x.dtype, x.device
+    D = math.prod(event)
+    need = exact_trace_bytes(x.shape, dtype)
+    if need > exact_max_bytes:
+        raise InputError(
+            f"trace='exact' for B={B}, D={D} needs B*D*D*itemsize = {need / 2**20:.0f} MiB of batched "
+            f"vector-Jacobian products (> exact_max_bytes = {exact_max_bytes / 2**20:.0f} MiB). Use "
+            "trace='hutchinson' (with probes=k for a standard error), a smaller batch, or raise "
+            "exact_max_bytes if the memory is there.")
+    eye = torch.eye(D, dtype=dtype, device=device)
+    return eye.reshape((D, 1) + event).expand((D, B) + event)
 
 
 def _batched_vjp(out: torch.Tensor, x: torch.Tensor, cot: torch.Tensor) -> torch.Tensor:

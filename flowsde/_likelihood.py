@@ -43,7 +43,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 
 from ._checks import check_state
-from ._divergence import Divergence, exact_trace_bytes
+from ._divergence import Divergence, exact_cotangents
 from ._solvers.rk45 import check_tolerances
 from ._utils import batch_broadcast, rademacher, rand, randn
 from ._errors import InputError
@@ -380,7 +380,7 @@ class AugmentedODE:
 
     def _first_drift(self, tt: torch.Tensor, xg: torch.Tensor) -> torch.Tensor:
         self._first = False
-        shape, dtype = self.shape, self.dtype
+        shape, dtype = tuple(xg.shape), self.dtype  # the batch the divergence evaluates (may replicate x)
         try:
             u = self.ode.drift(tt, xg)
         except (RuntimeError, ValueError, TypeError, IndexError) as e:
@@ -576,19 +576,9 @@ def _check_call(ode, x, t_span, prior_logp, *, trace, probe, probes, error_estim
 
 def _cotangents(x: torch.Tensor, trace: str, probes: int, probe: str, generator, exact_max_bytes: int):
     """``(n, B, *event)``: the ``D`` basis vectors of the exact trace, or ``k`` Hutchinson probes."""
-    B, event, dtype, device = x.shape[0], tuple(x.shape[1:]), x.dtype, x.device
-    D = math.prod(event)
     if trace == "hutchinson":
-        return draw_probes(tuple(x.shape), probes, probe, generator, dtype, device)
-    need = exact_trace_bytes(x.shape, dtype)
-    if need > exact_max_bytes:
-        raise InputError(
-            f"trace='exact' for B={B}, D={D} needs B*D*D*itemsize = {need / 2**20:.0f} MiB of batched "
-            f"vector-Jacobian products (> exact_max_bytes = {exact_max_bytes / 2**20:.0f} MiB). Use "
-            "trace='hutchinson' (with probes=k for a standard error), a smaller batch, or raise "
-            "exact_max_bytes if the memory is there.")
-    eye = torch.eye(D, dtype=dtype, device=device)
-    return eye.reshape((D, 1) + event).expand((D, B) + event)
+        return draw_probes(tuple(x.shape), probes, probe, generator, x.dtype, x.device)
+    return exact_cotangents(x, exact_max_bytes)
 
 
 def _solve(engine, aug: AugmentedODE, x: torch.Tensor, tols: _Tolerances, prior_logp, *, throw: bool,
