@@ -36,7 +36,8 @@ def test_torchdiffeq_dopri5_agrees_with_rk45(sched, pred, d):
     assert (a.logp - exact).abs().max() < 1e-3
     assert (b.logp - exact).abs().max() < 1e-3
     assert (a.logp - b.logp).abs().max() < 1e-3
-    assert torch.isnan(b.solver_error).all() and (a.solver_error >= 0).all()
+    # the global error estimate needs no embedded estimates: it is there for torchdiffeq too, and bounds both
+    assert (a.solver_error >= (a.logp - exact).abs()).all() and (b.solver_error >= (b.logp - exact).abs()).all()
 
 
 @pytest.mark.parametrize("method", ["torchdiffeq:dopri5", "torchdiffeq:dopri8", "torchdiffeq:bosh3"])

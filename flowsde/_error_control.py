@@ -1,0 +1,137 @@
+"""Per-sample global error control of the likelihood: a ladder of solves (``error_estimate="global"``).
+
+An embedded pair controls the *local* error of each step; the error of ``log p`` that a user reads is
+the *global* one: the local errors of the log-density channel plus the state's errors carried into the
+divergence integral and the prior. Measured on the shipped digits models (``docs/likelihood.md``, "What
+``bpd_tol`` promises"), the global error of a solve at local tolerance ``tau`` scatters per sample from
+far below ``tau`` to ~30 ``tau``, and no single-solve estimate (the embedded sum, step doubling on the
+accepted steps) tracks it per sample. What does: the difference to a solve of the same sample 10x
+tighter. So the likelihood climbs a ladder, per sample:
+
+    level k solves at the request's tolerances times  START / FACTOR^k                (k = 0, 1, ...)
+    est_k = SAFETY |logp_k - logp_{k+1}|                 (the error of logp_k; SAFETY covers the part of
+                                                          logp_{k+1}'s own error that cancels logp_k's)
+    the answer of a sample is logp_k for the first k with est_k <= bpd_tol (in nats: bpd_tol D ln 2),
+    with solver_error = est_k.
+
+Levels 0 and 1 are solved for the whole batch; each further level only for the samples whose estimate
+is still above the tolerance (a batch of those samples alone: with per-sample steps a sample's numbers do
+not depend on its batch). A sample whose estimate exceeds the tolerance after :data:`MAX_SOLVES` solves,
+or whose tolerances reach the dtype's floor, keeps its last level's answer and estimate (reported, and
+warned about). The constants were chosen on ``benchmarks/bench_likelihood_trust.py`` (``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Tuple
+
+import torch
+
+#: level 0 solves at the request's tolerances times START
+START = 0.1
+#: each level's tolerances are the previous level's divided by FACTOR
+FACTOR = 10.0
+#: solver_error = SAFETY |logp_k - logp_{k+1}|
+SAFETY = 3.0
+#: the most solves of one sample (levels 0 .. MAX_SOLVES - 1)
+MAX_SOLVES = 5
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """The ladder's constants (module docstring)."""
+
+    start: float = START
+    factor: float = FACTOR
+    safety: float = SAFETY
+    max_solves: int = MAX_SOLVES
+
+    def divisor(self, k: int) -> float:
+        """Level ``k`` solves at the request's tolerances divided by this."""
+        return self.factor**k / self.start
+
+
+@dataclass
+class Climb:
+    """Where each sample's answer comes from.
+
+    Attributes:
+        level: ``(B,)`` int64, the level of each sample's answer.
+        estimate: ``(B,)`` float64 ``SAFETY |logp_level - logp_{level+1}|`` (nats).
+        met: ``(B,)`` bool, ``estimate <= target``.
+        solved: per level, ``(idx, run)``: the samples solved there and the solve.
+    """
+
+    level: torch.Tensor
+    estimate: torch.Tensor
+    met: torch.Tensor
+    solved: List[Tuple[torch.Tensor, object]]
+
+
+def climb(ladder: Ladder, solve: Callable[[int, torch.Tensor], object], logp_of: Callable[[object], torch.Tensor],
+          target: float, batch: int, device, can_tighten: Callable[[int], bool]) -> Climb:
+    """Run the ladder: ``solve(k, idx)`` solves the samples ``idx`` at level ``k`` and returns a run whose
+    ``logp_of(run)`` is their ``(len(idx),)`` float64 log-density; ``target`` is the tolerance in nats;
+    ``can_tighten(k)``: whether level ``k`` is still above the dtype's floor."""
+    idx = torch.arange(batch, device=device)
+    solved = [(idx, solve(0, idx))]
+    prev = torch.full((batch,), float("nan"), dtype=torch.float64, device=device)
+    prev[idx] = logp_of(solved[0][1])
+    level = torch.zeros(batch, dtype=torch.int64, device=device)
+    estimate = torch.full((batch,), float("inf"), dtype=torch.float64, device=device)
+    pending = idx
+    k = 1
+    while pending.numel() and k < ladder.max_solves and can_tighten(k):
+        run = solve(k, pending)
+        solved.append((pending, run))
+        cur = logp_of(run)
+        est = ladder.safety * (prev[pending] - cur).abs()
+        estimate[pending] = est
+        level[pending] = k - 1
+        prev[pending] = cur
+        done = (est <= target) | ~torch.isfinite(est)  # met, or failed (a failed sample's numbers are NaN)
+        pending = pending[~done]  # the one host sync of a level: which samples go on
+        k += 1
+    met = estimate <= target
+    return Climb(level, estimate, met, solved)
+
+
+def take(climb_: Climb, field: Callable[[object], torch.Tensor], *, plus_one: bool = False) -> torch.Tensor:
+    """A per-sample field of each sample's answer level (``plus_one``: of the level above it, the check)."""
+    out = None
+    for k, (idx, run) in enumerate(climb_.solved):
+        v = field(run)
+        if out is None:
+            out = v.clone()
+            continue
+        want = climb_.level[idx] + (1 if plus_one else 0) == k
+        out[idx[want]] = v[want]
+    return out
+
+
+def total(climb_: Climb, field: Callable[[object], torch.Tensor]) -> torch.Tensor:
+    """A per-sample count summed over every level the sample was solved at."""
+    out = None
+    for idx, run in climb_.solved:
+        v = field(run)
+        if out is None:
+            out = v.clone()
+        else:
+            out[idx] += v
+    return out
+
+
+def worst(climb_: Climb, field: Callable[[object], torch.Tensor]) -> torch.Tensor:
+    """A per-sample status: the largest over the levels up to the check of the sample's answer."""
+    out = None
+    for k, (idx, run) in enumerate(climb_.solved):
+        v = field(run)
+        if out is None:
+            out = v.clone()
+            continue
+        use = climb_.level[idx] + 1 >= k
+        out[idx[use]] = torch.maximum(out[idx[use]], v[use])
+    return out
+
+
