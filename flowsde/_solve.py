@@ -22,6 +22,10 @@ from ._solvers.torchdiffeq_engine import methods as _torchdiffeq_methods
 METHODS = types.MappingProxyType({
     "euler": Euler,
     "heun": Heun,
+    # diffusers' FlowMatchEulerDiscreteScheduler / FlowMatchHeunDiscreteScheduler on a velocity model
+    # (docs/samplers.md): the same methods, Heun with its final Euler step
+    "flow_euler": Euler,
+    "flow_heun": functools.partial(Heun, final_euler=True),
     "euler_maruyama": EulerMaruyama,
     "em": EulerMaruyama,
     "pc": PC,

@@ -160,6 +160,9 @@ TABLE = types.MappingProxyType({
     # ---- core: fixed-step ODE / SDE solvers
     "euler": Method("core", (_ode("linear-ode", range(3, 9), _ODE_TOL[1]), _ode("expm", range(3, 8), (-0.3, 0.3)))),
     "heun": Method("core", (_ode("linear-ode", range(3, 9), _ODE_TOL[2]), _ode("expm", range(3, 8), (-0.3, 0.3)))),
+    # diffusers' FlowMatchEulerDiscreteScheduler / FlowMatchHeunDiscreteScheduler (heun with final_euler=True)
+    "flow_euler": Method("core", alias_of="euler"),
+    "flow_heun": Method("core", alias_of="heun"),
     "euler_maruyama": Method("core", (
         _ode("linear-ode", range(3, 9), _ODE_TOL[1]),
         _strong("ou", range(3, 9), 10),
@@ -193,6 +196,15 @@ TABLE = types.MappingProxyType({
     "dopri5": Method("adaptive", alias_of="rk45"),
     "tsit5": Method("adaptive", not_fitted=_EMBEDDED),
     "bosh3": Method("adaptive", not_fitted=_EMBEDDED),
+    # k-diffusion's DPM-Solver-fast / -adaptive: semi-linear samplers that choose their own steps between the
+    # grid's end points
+    "dpm_fast": Method("adaptive", not_fitted="its steps are set by its budget nfe, not by the grid: orders 3 "
+                                              "(nfe = 3m + 2) and 2 (nfe = 3m + 1) fitted on the vp-mixture problem in "
+                                              "tests/samplers/test_kdiffusion_more.py::test_dpm_fast_order"),
+    "dpm_adaptive": Method("adaptive", not_fitted=_ADAPTIVE + "its DPM-Solver-3 step's order is fitted through "
+                                                              "dpm_fast, its error against rtol in tests/samplers/"
+                                                              "test_kdiffusion_more.py::test_dpm_adaptive_meets_its_"
+                                                              "tolerance_on_the_exact_mixture"),
     # ---- samplers of semi-linear problems (stochastic ones: the order of their beta = 0 limit)
     "ddim": Method("sampler", (_sampler(),), not_fitted=_SAMPLER_WEAK),
     "euler_ancestral": Method("sampler", (_sampler(),), not_fitted=_SAMPLER_WEAK),
@@ -206,6 +218,15 @@ TABLE = types.MappingProxyType({
                                 _sampler(order=3, lower_order_final=False),
                                 _sampler(order=1, lower_order_final=False))),
     "edm": Method("sampler", (_sampler(),)),
+    "dpm_2_ancestral": Method("sampler", (_sampler(),), not_fitted=_SAMPLER_WEAK),
+    "dpmpp_sde": Method("sampler", (_sampler(), _sampler(r1=0.3)), not_fitted=_SAMPLER_WEAK),
+    # diffusers' DEIS, DPM-Solver++(3M), single-step DPM-Solver++ and SA-Solver (order 3 of dpmpp_single on whole
+    # 3-stage groups: tests/samplers/test_diffusers_more.py::test_dpmpp_single_order_3_on_whole_groups)
+    "deis": Method("sampler", (_sampler(), _sampler(order=3), _sampler(order=1))),
+    "dpmpp_3m": Method("sampler", (_sampler(), _sampler(solver_type="heun"))),
+    "dpmpp_single": Method("sampler", (_sampler(), _sampler(order=3), _sampler(order=1))),
+    "sa_solver": Method("sampler", (_sampler(), _sampler(predictor_order=1, corrector_order=2),
+                                    _sampler(predictor_order=3, corrector_order=3)), not_fitted=_SAMPLER_WEAK),
     # ---- torchdiffeq's adaptive solvers, run as torchdiffeq runs them
     **{f"torchdiffeq:{m}": Method("adaptive", not_fitted=_ADAPTIVE + "torchdiffeq's own solver (its order is "
                                                                     "torchdiffeq's to test)")

@@ -32,3 +32,23 @@ SAMPLERS = {cls.name: cls for cls in (DDIM, EulerAncestral, DPM2, DPMpp2M, DPMpp
 
 __all__ += ["SemiLinearSolver", "DDIM", "EulerAncestral", "DPM2", "DPMpp2M", "DPMpp2SAncestral", "DPMpp2MSDE",
             "DPMpp3MSDE", "LMS", "UniPC", "EDMChurn", "SAMPLERS"]
+
+# k-diffusion's remaining samplers (issue 22): two fixed-step samplers and two that choose their own
+# steps between the grid's end points (adaptive family)
+from .dpm_2_ancestral import DPM2Ancestral  # noqa: E402
+from .dpm_adaptive import DPMAdaptive  # noqa: E402
+from .dpm_fast import DPMFast  # noqa: E402
+from .dpmpp_sde import DPMppSDE  # noqa: E402
+
+SAMPLERS.update({cls.name: cls for cls in (DPM2Ancestral, DPMppSDE, DPMFast, DPMAdaptive)})
+__all__ += ["DPM2Ancestral", "DPMppSDE", "DPMFast", "DPMAdaptive"]
+
+# diffusers' remaining samplers (issue 22); its flow-matching Euler and Heun schedulers are euler and
+# heun(final_euler=True) on a velocity model: aliases in flowsde._solve.METHODS (docs/samplers.md)
+from .deis import DEIS  # noqa: E402
+from .dpmpp_3m import DPMpp3M  # noqa: E402
+from .dpmpp_single import DPMppSingle  # noqa: E402
+from .sa_solver import SASolver  # noqa: E402
+
+SAMPLERS.update({cls.name: cls for cls in (DEIS, DPMpp3M, DPMppSingle, SASolver)})
+__all__ += ["DEIS", "DPMpp3M", "DPMppSingle", "SASolver"]

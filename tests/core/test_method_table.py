@@ -71,9 +71,10 @@ def test_names_reads_the_solvers_declarations():
     assert "em" in names("core", aliases=True) and "em" not in core
     assert names("core", sde=False) == ["euler", "heun"]
     assert names("core", ode=False) == ["milstein", "srk", "torchsde_euler"]
-    assert names("sampler", ode=True) == ["ddim", "dpm_2", "dpmpp_2m", "lms", "unipc", "edm"]
+    assert names("sampler", ode=True) == ["ddim", "dpm_2", "dpmpp_2m", "lms", "unipc", "edm", "deis", "dpmpp_3m",
+                                          "dpmpp_single", "sa_solver"]
     assert names("sampler", sde=True) == ["ddim", "euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_2m_sde",
-                                          "dpmpp_3m_sde"]
+                                          "dpmpp_3m_sde", "dpm_2_ancestral", "dpmpp_sde", "sa_solver"]
     assert set(names()) | set(names(aliases=True)) == set(flowsde.solvers.METHODS)
     with pytest.raises(ValueError, match="families are"):
         names("fixed")
