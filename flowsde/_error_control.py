@@ -16,9 +16,10 @@ tighter. So the likelihood climbs a ladder, per sample:
 
 Levels 0 and 1 are solved for the whole batch; each further level only for the samples whose estimate
 is still above the tolerance (a batch of those samples alone: with per-sample steps a sample's numbers do
-not depend on its batch). A sample whose estimate exceeds the tolerance after :data:`MAX_SOLVES` solves,
-or whose tolerances reach the dtype's floor, keeps its last level's answer and estimate (reported, and
-warned about). The constants were chosen on ``benchmarks/bench_likelihood_trust.py`` (``docs/benchmarks.md``).
+not depend on its batch). A sample whose estimate exceeds the tolerance after :data:`MAX_SOLVES` solves
+keeps its last level's answer and estimate (``stats["met_per_sample"]`` is then False, and the call
+warns). The state's tolerances stop at the dtype's floor while the log-density's go on tightening;
+float32 requests below 10x its measured floor are refused (``_likelihood.BPD_FLOOR``). The constants were chosen on ``benchmarks/bench_likelihood_trust.py`` (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -70,10 +71,10 @@ class Climb:
 
 
 def climb(ladder: Ladder, solve: Callable[[int, torch.Tensor], object], logp_of: Callable[[object], torch.Tensor],
-          target: float, batch: int, device, can_tighten: Callable[[int], bool]) -> Climb:
+          target: float, batch: int, device) -> Climb:
     """Run the ladder: ``solve(k, idx)`` solves the samples ``idx`` at level ``k`` and returns a run whose
-    ``logp_of(run)`` is their ``(len(idx),)`` float64 log-density; ``target`` is the tolerance in nats;
-    ``can_tighten(k)``: whether level ``k`` is still above the dtype's floor."""
+    ``logp_of(run)`` is their ``(len(idx),)`` float64 log-density (NaN where the sample failed); ``target``
+    is the tolerance in nats."""
     idx = torch.arange(batch, device=device)
     solved = [(idx, solve(0, idx))]
     prev = torch.full((batch,), float("nan"), dtype=torch.float64, device=device)
@@ -82,7 +83,7 @@ def climb(ladder: Ladder, solve: Callable[[int, torch.Tensor], object], logp_of:
     estimate = torch.full((batch,), float("inf"), dtype=torch.float64, device=device)
     pending = idx
     k = 1
-    while pending.numel() and k < ladder.max_solves and can_tighten(k):
+    while pending.numel() and k < ladder.max_solves:
         run = solve(k, pending)
         solved.append((pending, run))
         cur = logp_of(run)

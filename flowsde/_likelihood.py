@@ -20,11 +20,12 @@ error estimates over the accepted steps is reported as ``solver_error``
 
 Divergence:
 
-* ``trace="exact"``: ``div u = sum_i (J^T e_i)_i`` by ``D`` vector-Jacobian products
-  batched in one backward call (``torch.autograd.grad(..., is_grads_batched=True)``,
-  i.e. vmap; a loop if the model does not support vmap). Any event shape.
-  Memory: the batched VJPs hold a ``(D, B, D)`` tensor, so the call is refused
-  when ``B * D * D * itemsize > exact_max_bytes`` (default 1 GiB).
+* ``trace="exact"``: ``div u = sum_i (J^T e_i)_i`` by :class:`flowsde._divergence.Divergence`: the ``D``
+  vector-Jacobian products batched in one backward call (vmap) where the model supports it, else one
+  forward and backward over ``D x B`` replicated inputs (a network whose samples are independent in the
+  batch) or a loop of VJPs, whichever the first call measures faster; chunked to ``exact_max_bytes``
+  per chunk; a network that couples its batch (BatchNorm in training mode, ``batch_coupled=True`` on the
+  ODE) falls back to the VJPs, with a warning. Any event shape.
 * ``trace="hutchinson"``: ``div u ~ z^T J z`` with ``k`` probes ``z`` (Rademacher
   or Gaussian, ``E[z z^T] = I``) drawn once from the caller's generator and held
   for the whole solve (score_sde issue #10), the ``k`` estimates integrated in the
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Tuple
 
@@ -63,6 +65,14 @@ GUARANTEES = {
     "embedded": "local error only: the sum of the embedded estimates; NOT a bound on the true error, and bpd_tol "
                 "is a per-step tolerance",
 }
+#: the error of log p left in a dtype at any tolerance (bits/dim): float32 on digits-eps against float64 leaves
+#: 3e-7 (median) to 1.2e-6 (largest over 16 digits) at bpd_tol 1e-7 to 1e-9 (docs/likelihood.md, "What bpd_tol
+#: promises"); ``bpd_tol`` is refused below 10x this
+BPD_FLOOR = {torch.float32: 1e-6}
+#: the diagnosis of a rough data end: warn when more than NEAR_SHARE of the steps start within NEAR_FRACTION
+#: of the engine's span (in the warped time) from the data end (``docs/likelihood.md``, "A model that misbehaves at the data end")
+NEAR_FRACTION = 0.01
+NEAR_SHARE = 0.5
 #: the likelihood's default step control: per sample, so a sample's numbers do not depend on its batch
 LIKELIHOOD_PER_SAMPLE = True
 #: default accuracy of the log-density in bits per dimension (see ``docs/likelihood.md``, "Error control")
@@ -335,6 +345,15 @@ class TimeWarp:
             return self.t_data, self.t_prior
         return self.t_data ** (1.0 / self.rho), self.t_prior ** (1.0 / self.rho)
 
+    def s_of(self, t: float) -> float:
+        """``s = t^(1/rho)`` of a time ``t`` (the engine's time)."""
+        return t if self.rho == 1.0 else t ** (1.0 / self.rho)
+
+    def near_data_end(self, fraction: float = NEAR_FRACTION) -> float:
+        """``fraction`` of the engine's span (in ``s``: a warp already spreads the steps over the data end)."""
+        s0, s1 = self.s_span
+        return fraction * abs(s1 - s0)
+
     def t_of(self, s: torch.Tensor) -> torch.Tensor:
         """``t = s^rho`` in float64, clamped to the span (``s^rho`` may round just outside it)."""
         return s.pow(self.rho).clamp(*self.t_range)
@@ -362,13 +381,14 @@ class AugmentedODE:
     drift returns (an :class:`InputError` naming the data's shape for a model fed the wrong data).
     """
 
-    def __init__(self, ode, x: torch.Tensor, cot: torch.Tensor, exact: bool, warp: TimeWarp):
+    def __init__(self, ode, x: torch.Tensor, cot: torch.Tensor, exact: bool, warp: TimeWarp,
+                 div_method: str = "auto"):
         self.ode, self.cot, self.exact, self.warp = ode, cot, exact, warp
         self.shape, self.dtype, self.device = tuple(x.shape), x.dtype, x.device
         self.B, self.D = x.shape[0], math.prod(x.shape[1:])
         self.k = 1 if exact else cot.shape[0]
         self.time_dtype = getattr(ode, "time_dtype", None) or x.dtype
-        self.div = Divergence(cot, exact)
+        self.div = Divergence(cot, exact, method=div_method, batch_coupled=getattr(ode, "batch_coupled", None))
         self._first = True
 
     def initial_state(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -414,8 +434,15 @@ class _Tolerances:
     bpd_tol: float
 
     @classmethod
-    def of(cls, bpd_tol, rtol, atol, dtype: torch.dtype, dims: int) -> "_Tolerances":
+    def of(cls, bpd_tol, rtol, atol, dtype: torch.dtype, dims: int, promise: bool = False) -> "_Tolerances":
         bpd_tol = _check_tol("bpd_tol", bpd_tol)
+        floor_bpd = BPD_FLOOR.get(dtype)
+        if promise and floor_bpd is not None and bpd_tol < 10 * floor_bpd:
+            raise InputError(f"log_likelihood: bpd_tol={bpd_tol:g} is below what {dtype} can promise: its floor "
+                             f"(the error left at any tolerance, measured on the shipped digits models) is "
+                             f"{floor_bpd:g} bits/dim, and bpd_tol is promised from 10x the floor, "
+                             f"{10 * floor_bpd:g}. Ask for bpd_tol >= {10 * floor_bpd:g}, or pass float64 data "
+                             "(and a float64 network) for tighter tolerances.")
         floor = 10 * torch.finfo(dtype).eps
         rtol = max(bpd_tol, floor) if rtol is None else _check_tol("rtol", rtol)
         atol = max(bpd_tol, floor) if atol is None else _check_tol("atol", atol)
@@ -426,11 +453,6 @@ class _Tolerances:
         """Every tolerance divided by ``q`` (the state's kept at or above ``floor``)."""
         return _Tolerances(max(self.rtol / q, self.floor), max(self.atol / q, self.floor), self.logp_atol / q,
                            self.floor, self.bpd_tol / q)
-
-    @property
-    def above_floor(self) -> bool:
-        """Whether the state's tolerances are both above the dtype's floor (else tightening does not tighten)."""
-        return self.rtol > self.floor or self.atol > self.floor
 
     @property
     def pairs(self):
@@ -548,7 +570,7 @@ def log_likelihood(
                                   error_estimate=error_estimate)
     warp = TimeWarp(_check_warp(time_warp, t_data, t_prior), t_data, t_prior)
     D = math.prod(x.shape[1:])
-    tols = _Tolerances.of(bpd_tol, rtol, atol, x.dtype, D)
+    tols = _Tolerances.of(bpd_tol, rtol, atol, x.dtype, D, promise=error_estimate == "global")
     engine = _engine(method, tols.rtol, tols.atol, per_sample, max_steps)
     cot = _cotangents(x, trace, probes, probe, generator, exact_max_bytes)
     exact = trace == "exact"
@@ -562,9 +584,14 @@ def log_likelihood(
         xs = x if idx is None else x[idx]
         # the samples' own cotangents: the basis (the same for every sample) or their probes
         cs = cot if idx is None else exact_cotangents(xs, exact_max_bytes) if exact else cot[:, idx]
-        aug = AugmentedODE(ode, xs, cs, exact, warp)
+        # the divergence's method is chosen (and any fallback warned about) once, on the first solve
+        aug = AugmentedODE(ode, xs, cs, exact, warp, div_method=stats.get("divergence", "auto") if exact else "auto")
         eng = _engine(method, tol.rtol, tol.atol, per_sample, max_steps)
-        return _solve(eng, aug, xs, tol, prior_logp, throw=throw, progress=progress, what=what)
+        run = _solve(eng, aug, xs, tol, prior_logp, throw=throw, progress=progress, what=what)
+        stats["divergence"] = aug.div.mode if exact else "hutchinson"
+        if "steps_near_data_end" not in stats:
+            _diagnose_data_end(run.out, warp, stats)
+        return run
 
     if error_estimate == "embedded":
         return _result(solve(tols), exact=exact, dims=D, stats=stats)
@@ -575,8 +602,14 @@ def log_likelihood(
         return solve(tols.divided(ladder.divisor(k)), None if every else idx,
                      f"flowsde log-likelihood (level {k})")
 
-    c = climb(ladder, level, _answer, tols.logp_atol, x.shape[0], x.device,
-              can_tighten=lambda k: tols.divided(ladder.divisor(k)).above_floor)
+    c = climb(ladder, level, _answer, tols.logp_atol, x.shape[0], x.device)
+    unmet = ~c.met & torch.isfinite(c.estimate)  # a failed sample has NaN numbers and its status
+    if bool(unmet.any()):
+        bad = unmet.nonzero().flatten().tolist()
+        warnings.warn(f"log_likelihood: the global error estimate of samples {bad[:10]}{' ...' if len(bad) > 10 else ''} "
+                      f"is still above bpd_tol = {bpd_tol:g} after {ladder.max_solves} solves (see solver_error_bpd "
+                      "and stats['met_per_sample']); the model may be rough along their paths.", RuntimeWarning,
+                      stacklevel=2)
     stats.update(level_per_sample=c.level, met_per_sample=c.met, ladder=dict(start=ladder.start,
                  factor=ladder.factor, safety=ladder.safety, max_solves=ladder.max_solves))
     return _result(_merged(c), exact=exact, dims=D, stats=stats, solver_error=c.estimate)
@@ -623,7 +656,7 @@ def _solve(engine, aug: AugmentedODE, x: torch.Tensor, tols: _Tolerances, prior_
     """One solve of the augmented ODE from ``x`` over the warp's span, then the prior at ``z``."""
     grid = torch.tensor(aug.warp.s_span, dtype=torch.float64, device=x.device)
     out = engine.integrate(aug, aug.initial_state(x), grid, norms=("rms", "abs"), tols=tols.pairs,
-                           progress=progress, desc=what)
+                           progress=progress, desc=what, near_start=aug.warp.near_data_end())
     aug.warp.report_in_t(out)  # the time reached and the last step in t, not in the warped s
     if throw:
         engine.raise_on_failure(out, what=f"log_likelihood ({engine.name})")
@@ -663,6 +696,31 @@ def _result(run: _Run, *, exact: bool, dims: int, stats: dict,
     )
     res._nan_where_failed()  # a failed sample's partial integral is not an answer
     return res
+
+
+def _diagnose_data_end(out, warp: TimeWarp, stats: dict) -> None:
+    """``stats["steps_near_data_end"]``: the share of the first solve's steps that started within
+    :data:`NEAR_FRACTION` of the span from the data end; above :data:`NEAR_SHARE`, a warning says what it means."""
+    near = out.near_start
+    if near is None:
+        return
+    taken = int((out.accepted + out.rejected).sum())
+    share = int(near.sum()) / max(taken, 1)
+    stats["steps_near_data_end"] = share
+    if share > NEAR_SHARE:
+        s0, s1 = warp.s_span
+        t_near = float(warp.t_of(torch.tensor(s0 + NEAR_FRACTION * (s1 - s0), dtype=torch.float64)))
+        warnings.warn(
+            f"log_likelihood: {share:.0%} of the solver's steps were taken in the last {NEAR_FRACTION:.0%} of the "
+            f"span, t in [{min(warp.t_data, t_near):.3g}, {max(warp.t_data, t_near):.3g}] at the data end: the "
+            "drift (or its divergence) is rough there, so the likelihood is slow and its steps are spent on "
+            "that region. A network trained only away from the data end does this (train over the whole "
+            "time range, as flow matching does); else start the likelihood at a larger t_eps, or raise "
+            "time_warp to stretch the data end.", DataEndWarning, stacklevel=3)
+
+
+class DataEndWarning(RuntimeWarning):
+    """The likelihood spent most of its steps next to the data end (:func:`_diagnose_data_end`)."""
 
 
 def _answer(run: _Run) -> torch.Tensor:

@@ -76,6 +76,8 @@ class Integration:
             batch-shared steps every sample that did not fail has ``calls``. ``None``: not counted.
         err_sum: per component, for ``"abs"`` components the sum over accepted steps of the embedded
             error estimate (the component's shape, float64); ``None`` for the others.
+        near_start: ``(B,)`` int64, the steps (accepted or rejected) each sample took from a time within
+            ``near_start`` of the start (``integrate(near_start=...)``), else ``None``.
     """
 
     y: State
@@ -89,6 +91,7 @@ class Integration:
     calls: int
     calls_per_sample: Optional[torch.Tensor]
     err_sum: List[Optional[torch.Tensor]]
+    near_start: Optional[torch.Tensor] = None
 
 
 def _bcast(mask: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -116,6 +119,7 @@ class _Loop:
     out_idx: torch.Tensor  # index into the grid of each sample's next output time
     ys: Optional[List[torch.Tensor]]
     err_sum: List[Optional[torch.Tensor]]
+    near_start: Optional[torch.Tensor] = None  # steps taken within ``near`` of the start (a diagnostic)
     steps: int = 0
 
 
@@ -123,8 +127,8 @@ class _Integrator:
     """One adaptive solve of ``dy/dt = func(t, y)`` by ``solver`` (its tableau, controller and options)."""
 
     def __init__(self, solver: "EmbeddedRK", func: Callable[[torch.Tensor, State], State], grid: torch.Tensor,
-                 norm: ErrorNorm):
-        self.solver, self.func, self.norm = solver, func, norm
+                 norm: ErrorNorm, near: Optional[float] = None):
+        self.solver, self.func, self.norm, self.near = solver, func, norm, near
         self.tableau, self.controller, self.per_sample = solver.tableau, solver.controller, solver.per_sample
         self.grid = grid
         self.t_start, self.t_end = float(grid[0]), float(grid[-1])  # the solve's two host syncs before the loop
@@ -172,12 +176,15 @@ class _Integrator:
             # per-sample evaluation count, kept on the device (no sync): k1 and the probe so far
             calls_per_sample=torch.full((B,), self.calls, dtype=torch.int64, device=dev), out_idx=out_idx, ys=ys,
             err_sum=[torch.zeros(v.shape, dtype=F64, device=dev) if kind == "abs" else None
-                     for v, kind in zip(y0, self.norm.kinds)])
+                     for v, kind in zip(y0, self.norm.kinds)],
+            near_start=None if self.near is None else zeros.clone())
 
     def step(self, s: _Loop) -> None:
         """One iteration for the whole batch: a step of every running sample, accepted or rejected."""
         target = self.grid[s.out_idx]
         remaining = (target - s.t).abs()
+        if s.near_start is not None:
+            s.near_start += (s.running & ((s.t - self.t_start).abs() < self.near)).to(torch.int64)
         h_eff = torch.where(s.running, torch.minimum(s.h, remaining), torch.zeros_like(s.h))
         sh = self.direction * h_eff
         y1, err, k_end = rk_step(self.tableau, self.f, s.t, s.y, s.k1, sh, torch.minimum(s.t, target),
@@ -234,7 +241,7 @@ class _Integrator:
     def result(self, s: _Loop) -> Integration:
         return Integration(y=s.y, ys=s.ys, status=s.status, t_final=s.t, h=s.h, accepted=s.accepted,
                            rejected=s.rejected, steps=s.steps, calls=self.calls,
-                           calls_per_sample=s.calls_per_sample, err_sum=s.err_sum)
+                           calls_per_sample=s.calls_per_sample, err_sum=s.err_sum, near_start=s.near_start)
 
 
 class _Progress:
@@ -378,7 +385,8 @@ class EmbeddedRK(Solver):
 
     def integrate(self, func: Callable[[torch.Tensor, State], State], y0: State, grid: torch.Tensor, *,
                   norms: Optional[Sequence[str]] = None, tols: Optional[Sequence[Tuple[float, float]]] = None,
-                  save_all: bool = False, progress: bool = False, desc: Optional[str] = None) -> Integration:
+                  save_all: bool = False, progress: bool = False, desc: Optional[str] = None,
+                  near_start: Optional[float] = None) -> Integration:
         """Integrate ``dy/dt = func(t, y)`` for a tuple state of batch-first tensors.
 
         Arguments:
@@ -390,9 +398,11 @@ class EmbeddedRK(Solver):
             norms: per component ``"rms"`` (default), ``"max"`` (max norm, mixed tolerance) or ``"abs"``
                 (max norm, absolute tolerance ``atol`` only) error norm.
             tols: per component ``(rtol, atol)`` (default ``(rtol, atol)`` for every component).
+            near_start: count each sample's steps taken from within this distance of ``grid[0]``
+                (``Integration.near_start``; the likelihood's diagnosis of a rough data end).
         """
         grid = grid.to(device=y0[0].device, dtype=F64)
-        run = _Integrator(self, func, grid, ErrorNorm.of(len(y0), self.rtol, self.atol, norms, tols))
+        run = _Integrator(self, func, grid, ErrorNorm.of(len(y0), self.rtol, self.atol, norms, tols), near_start)
         s = run.start(tuple(y0), save_all)
         bar = _Progress(progress, run.span, run.t_start, desc or f"flowsde {self.name}")
         try:

@@ -116,8 +116,9 @@ class TorchDiffEq(Solver):
         return TorchDiffEq(self.method, rtol, atol, max_steps=max_steps, options=self.options)
 
     def integrate(self, func, y0, grid: torch.Tensor, *, norms=None, tols=None, save_all=False, progress=False,
-                  desc="") -> Integration:
-        """Integrate a tuple state (the interface of :meth:`flowsde._solvers.rk45.EmbeddedRK.integrate`)."""
+                  desc="", near_start=None) -> Integration:
+        """Integrate a tuple state (the interface of :meth:`flowsde._solvers.rk45.EmbeddedRK.integrate`; torchdiffeq
+        reports no steps, so ``near_start`` is not counted)."""
         from torchdiffeq import odeint
 
         B = y0[0].shape[0]

@@ -7,6 +7,7 @@ absolute error per step, max over the batch) with the same Dormand-Prince pair, 
 """
 
 
+import math
 import pytest
 import torch
 
@@ -37,7 +38,10 @@ def test_torchdiffeq_dopri5_agrees_with_rk45(sched, pred, d):
     assert (b.logp - exact).abs().max() < 1e-3
     assert (a.logp - b.logp).abs().max() < 1e-3
     # the global error estimate needs no embedded estimates: it is there for torchdiffeq too, and bounds both
-    assert (a.solver_error >= (a.logp - exact).abs()).all() and (b.solver_error >= (b.logp - exact).abs()).all()
+    # true errors above 1% of the tolerance (below it, the promise is only that the error is that small)
+    floor = a.stats["bpd_tol"] * a.dims * math.log(2) / 100
+    for r in (a, b):
+        assert ((r.logp - exact).abs() <= r.solver_error.clamp(min=floor)).all()
 
 
 @pytest.mark.parametrize("method", ["torchdiffeq:dopri5", "torchdiffeq:dopri8", "torchdiffeq:bosh3"])
