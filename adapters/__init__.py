@@ -10,6 +10,7 @@ from ._diffusers import from_diffusers, scheduler_grid
 from ._diffusion import PREDICTIONS, Diffusion
 from ._edm import edm_ode, edm_sampler
 from ._flow_matching import FlowMatchingSchedule, from_flow_matching, to_flow_matching
+from ._grids import GRID_NAMES, named_grid
 from ._precond import Denoiser, EDMPrecond, Precond, VEPrecond, VPPrecond, from_denoiser, to_denoiser
 from ._prior import GaussianPrior
 from .schedules import EDM, VE, VP, Cosine, Discrete, Linear, Schedule, SubVP
@@ -39,6 +40,9 @@ __all__ = [
     "EDMPrecond",
     "VPPrecond",
     "VEPrecond",
+    # named grids of a schedule (flowsde.grids.named with its noise-level map)
+    "named_grid",
+    "GRID_NAMES",
     # diffusers and flow matching (docs/bridges.md)
     "from_diffusers",
     "scheduler_grid",

@@ -9,6 +9,7 @@ USAGE = """\
 flowsde demo                          # the main job: short compare + nll on the shipped digits model
 flowsde compare [--model M] [options] # every sampler, NFE for NFE, vs a float64 reference
 flowsde nll [--model M] [--data SRC]  # bits/dim of a data set (alias: flowsde likelihood)
+flowsde tune --solver S --nfe N --out grid.json  # a sampler's grid fitted to the model (compare --grid FILE)
 
 --model M: a shipped model (digits-eps, digits-velocity, moons), gmm (exact mixture oracle),
 package.module:factory (returns a flowsde.adapters.Diffusion) or a diffusers pipeline folder.
@@ -80,11 +81,11 @@ def _pos_int(s):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import _compare, _demo, _nll
+    from . import _compare, _demo, _nll, _tune
 
     ap = _Parser(prog="flowsde", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_args(ap, top=True)
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="{demo,compare,nll}")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="{demo,compare,nll,tune}")
     d = sub.add_parser("demo", help="short compare + nll on the shipped digits model (about a minute on a CPU)",
                        description=_plain(_demo.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_args(d)
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description=_plain(_nll.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     _model_args(n)
     _nll.add_arguments(n)
+    t = sub.add_parser("tune", help="fit a sampler's grid at one NFE to the model (a grid file for compare --grid)",
+                       description=_plain(_tune.__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_args(t)
+    _tune.add_arguments(t)
     return ap
 
 
@@ -156,6 +161,9 @@ def main(argv=None) -> int:
                 return run(args, model)
             if args.cmd in ("nll", "likelihood"):
                 from ._nll import main as run
+                return run(args, model)
+            if args.cmd == "tune":
+                from ._tune import main as run
                 return run(args, model)
             from ._demo import main as run
             return run(args, model, ap.parse_args)

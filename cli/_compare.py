@@ -26,8 +26,11 @@ def add_arguments(p) -> None:
     p.add_argument("--beta", type=_nonneg_float, default=1.0,
                    help="reverse-SDE family member of the stochastic samplers: 1 = Anderson's reverse SDE, "
                         "0 = the PF-ODE (default: 1)")
-    p.add_argument("--grid", choices=["edm", "uniform"], default="edm",
-                   help="time grid: EDM's rho=7 grid in sigma/alpha, or uniform in t (default: edm)")
+    p.add_argument("--grid", nargs="+", metavar="NAME|FILE", default=None,
+                   help="time grids of the fixed-step samplers, each run on every one: uniform (in t), quadratic "
+                        "(in t), edm (rho=7 in sigma/alpha), log_snr (uniform in log-SNR), or a grid file of "
+                        "flowsde tune (used on its sampler and NFE only) (default: each sampler's default grid, "
+                        "edm)")
     p.add_argument("--s-churn", type=_nonneg_float, default=10.0, help="s_churn of edm_churn (default: 10)")
     p.add_argument("--reference-tol", type=_positive_float, default=1e-8,
                    help="RK45 tolerance of the float64 PF-ODE reference (default: 1e-8)")
@@ -95,10 +98,38 @@ def plan(model, args):
         import matplotlib  # noqa: F401  (the two PNGs; checked before any work)
     except ImportError:
         raise CLIError("compare writes two PNGs and needs matplotlib: pip install flowsde[plots].") from None
+    args.grids = _grids(args.grid, model)
     if args.likelihood_tols and model.exact is None:
         raise CLIError("--likelihood-tols: only with --model gmm (the exact log p is needed); use `flowsde nll` "
                        "for a trained model.")
     return solvers
+
+
+def _grids(values, model):
+    """``--grid``: the names as they are, grid files read (:class:`flowsde.workloads.TunedGrid`); None: each
+    sampler's default grid."""
+    if not values:
+        return None
+    from flowsde.adapters import GRID_NAMES
+    from flowsde.workloads import TunedGrid
+
+    out = []
+    for v in values:
+        if v in GRID_NAMES:
+            out.append(v)
+        elif Path(v).is_file():
+            g = TunedGrid.read(v)
+            if g.model != model.spec:
+                print(f"note: --grid {v} was tuned on {g.model}, not on {model.spec}.")
+            out.append(g)
+        else:
+            raise CLIError(f"--grid {v}: neither a grid name ({', '.join(GRID_NAMES)}) nor a grid file; write one "
+                           f"with `flowsde tune --model {model.spec} --solver S --nfe N --out grid.json`.")
+    return out
+
+
+def _grid_words(args) -> str:
+    return "each sampler's default grid" if not args.grid else f"grid {' '.join(args.grid)}"
 
 
 def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
@@ -110,7 +141,8 @@ def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
         model.diffusion, model.exact, event_shape=model.event_shape, samples=args.batch_size, budgets=tuple(args.nfe),
         methods=solvers, beta=args.beta, rk45_tols=tuple(args.rk45_tols), reference_tol=args.reference_tol,
         sde_reference_steps=args.sde_reference_steps,
-        likelihood_tols=tuple(args.likelihood_tols), grid=args.grid, s_churn=args.s_churn, generator=args.seed,
+        likelihood_tols=tuple(args.likelihood_tols), grid=getattr(args, "grids", None), s_churn=args.s_churn,
+        generator=args.seed,
         dtype=args.dtype, device=args.device, reference_model=model.reference,
         progress=progress_enabled(args.quiet))
     res.info["title"] = title or f"{model.spec}: error vs NFE"
@@ -125,7 +157,7 @@ def run(model, args, *, solvers, out: Path, title: str = "") -> dict:
     res.plot_samples(paths["samples"], image_shape=model.image_shape, data_range=model.data_range, density=density)
     print(f"Model: {model.spec} ({model.description})")
     print(f"{args.batch_size} samples per solver from the same x_T (seed {args.seed}), T = {res.info['T']:g} -> "
-          f"t_end = {res.info['t_end']:g}, {res.info['dtype']} on {res.info['device']}, {args.grid} grid")
+          f"t_end = {res.info['t_end']:g}, {res.info['dtype']} on {res.info['device']}, {_grid_words(args)}")
     print(f"Reference: {res.info['reference']}")
     if "sde_reference" in res.info:
         print(f"SDE reference: {res.info['sde_reference']}")
@@ -153,7 +185,7 @@ def _argv(args) -> list:
     """The options that define the run, as a command line (stored in compare.json)."""
     s = ["--model", args.model, "--nfe", *map(str, args.nfe), "--batch-size", str(args.batch_size), "--beta",
          f"{args.beta:g}", "--seed", str(args.seed), "--dtype", str(args.dtype).replace("torch.", ""),
-         "--grid", args.grid]
+         *(["--grid", *args.grid] if args.grid else [])]
     if args.solvers:
         s += ["--solvers", *args.solvers]
     return s

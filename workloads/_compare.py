@@ -32,7 +32,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -45,7 +46,7 @@ from flowsde.validation import GaussianMixture, check_marginals, sliced_w2
 from ._report import CompareResult, CompareRow
 
 __all__ = ["compare_solvers", "CompareRow", "CompareResult", "default_mixture", "default_methods", "known_methods",
-           "steps_for_budget", "DETERMINISTIC", "STOCHASTIC"]
+           "steps_for_budget", "default_grid", "DETERMINISTIC", "STOCHASTIC"]
 
 #: PF-ODE samplers: core method names; ``edm_heun`` is ``method="edm"`` without churn.
 DETERMINISTIC = ("euler", "heun", "edm_heun", "rk45")
@@ -138,19 +139,85 @@ def _rmse(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((x.double() - ref.double()) ** 2).mean().sqrt())
 
 
-def _grid(sched, T: float, t_end: float, steps: int, kind: str, device) -> torch.Tensor:
-    """Decreasing float64 grid ``T -> t_end`` of ``steps`` steps."""
-    if kind == "uniform":
-        return flowsde.grids.uniform(T, t_end, steps, dtype=torch.float64, device=device)
-    f64 = torch.float64
-    r_hi = float(sched.sigma_ratio(torch.tensor(T, dtype=f64)))
-    r_lo = float(sched.sigma_ratio(torch.tensor(t_end, dtype=f64)))
-    if not (math.isfinite(r_hi) and r_hi > r_lo > 0):
-        return flowsde.grids.uniform(T, t_end, steps, dtype=f64, device=device)
-    ratios = flowsde.grids.edm(r_lo, r_hi, steps, 7.0, final_zero=False, dtype=f64)
-    ts = sched.t_from_sigma_ratio(ratios).to(f64)
-    ts[0], ts[-1] = T, t_end
-    return ts.to(device)
+#: each sampler's default grid, where it is not :data:`DEFAULT_GRID` (the one place that names them; item 2
+#: of the grid work fills it by measurement). Keys are compare's method names.
+SAMPLER_GRIDS: Dict[str, str] = {}
+#: the grid of a sampler that :data:`SAMPLER_GRIDS` does not name (EDM's rho = 7 in sigma/alpha).
+DEFAULT_GRID = "edm"
+
+
+def default_grid(method: str) -> str:
+    """The grid ``compare_solvers(grid=None)`` runs ``method`` on: a name of ``flowsde.adapters.GRID_NAMES``."""
+    return SAMPLER_GRIDS.get(_ALIASES.get(method, method), DEFAULT_GRID)
+
+
+def _grid(sched, T: float, t_end: float, steps: int, kind, device) -> torch.Tensor:
+    """Decreasing float64 grid ``T -> t_end`` of ``steps`` steps: the named grid ``kind``
+    (:func:`_named_grid`); a ``kind`` that is not a name (several grids, a tuned one, ``None``) gives
+    :data:`DEFAULT_GRID` (the fine grid of the SDE reference)."""
+    name = kind if isinstance(kind, str) else DEFAULT_GRID
+    return _named_grid(sched, T, t_end, steps, name, device)[0]
+
+
+def _named_grid(sched, T: float, t_end: float, steps: int, name: str, device) -> Tuple[torch.Tensor, str]:
+    """``(grid, label)``: the named grid of ``sched`` (``flowsde.adapters.named_grid``); a map-based grid
+    (``edm``, ``log_snr``) where the log-SNR is infinite at an end (alpha = 0 at a flow's t = 1) falls back to
+    uniform in t, labelled so."""
+    from flowsde.adapters import named_grid
+
+    try:
+        g = named_grid(sched, name, steps, start=T, stop=t_end)
+    except InputError:
+        f64 = torch.float64
+        lam = sched.log_snr(torch.tensor([T, t_end], dtype=f64))
+        if name in ("uniform", "quadratic") or bool(torch.isfinite(lam).all()):
+            raise
+        return flowsde.grids.uniform(T, t_end, steps, dtype=f64, device=device), f"uniform ({name}: no log-SNR at T)"
+    return g.to(device), name
+
+
+class _Fixed(NamedTuple):
+    """The setting of a fixed-step run of the plan: its steps, NFE and grid (a name or a tuned grid)."""
+
+    steps: int
+    nfe: int
+    grid: object
+
+
+def _grid_specs(grid) -> Tuple[object, ...]:
+    """``compare_solvers(grid=...)`` as a tuple of grid names, :class:`TunedGrid` s and ``None`` (each
+    sampler's default); a path to a grid file is read."""
+    from flowsde.adapters import GRID_NAMES
+
+    from ._tune import TunedGrid
+
+    items = list(grid) if isinstance(grid, (list, tuple)) else [grid]
+    if not items:
+        raise InputError("compare_solvers(grid=()): give at least one grid (a name, a grid file or None).")
+    out = []
+    for g in items:
+        if g is None or isinstance(g, TunedGrid) or g in GRID_NAMES:
+            out.append(g)
+        elif isinstance(g, (str, Path)) and (str(g).endswith(".json") or Path(g).exists()):
+            out.append(TunedGrid.read(g))
+        else:
+            raise InputError(f"compare_solvers(grid={g!r}): choose a grid name ({', '.join(GRID_NAMES)}), a grid "
+                             "file (JSON, from `flowsde tune`), a TunedGrid or None (each sampler's default).")
+    unique = []  # a name given twice runs once
+    for g in out:
+        if isinstance(g, TunedGrid) or not any(g == h for h in unique if not isinstance(h, TunedGrid)):
+            unique.append(g)
+    return tuple(unique)
+
+
+def _row_grid(s, method: str, setting: "_Fixed") -> Tuple[torch.Tensor, str]:
+    """``(grid, label)`` of a fixed-step run."""
+    from ._tune import TunedGrid
+
+    if isinstance(setting.grid, TunedGrid):
+        return setting.grid.grid.to(s.device), setting.grid.label
+    name = default_grid(method) if setting.grid is None else setting.grid
+    return _named_grid(s.sched, s.T, s.t_end, setting.steps, name, s.device)
 
 
 def _sync(device) -> None:
@@ -186,7 +253,7 @@ class _Options:
     sde_reference_steps: Optional[int]
     likelihood_tols: Sequence[float]
     likelihood_samples: int
-    grid: str
+    grid: object  #: a grid name, a grid file, a TunedGrid, None (each sampler's default) or a sequence of them
     s_churn: float
     generator: object
     dtype: torch.dtype
@@ -259,8 +326,7 @@ def _check_options(data, o: _Options) -> Tuple[str, ...]:
     beta = o.beta
     if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and math.isfinite(beta) and beta >= 0):
         raise InputError(f"compare_solvers(beta={beta!r}): must be a finite number >= 0.")
-    if o.grid not in ("edm", "uniform"):
-        raise InputError(f"compare_solvers(grid={o.grid!r}): choose 'edm' or 'uniform'.")
+    _grid_specs(o.grid)
     if o.likelihood_tols and data is None:
         raise InputError("compare_solvers(likelihood_tols=...): likelihood rows need an exact data distribution.")
     if o.dtype not in (torch.float32, torch.float64):
@@ -268,24 +334,47 @@ def _check_options(data, o: _Options) -> Tuple[str, ...]:
     return methods
 
 
-def _plan(methods: Sequence[str], budgets: Sequence[int], rk45_tols: Sequence[float]) -> Tuple[tuple, ...]:
-    """Every run, budgets checked (:func:`steps_for_budget`) before any work."""
-    plan = []
+def _plan(methods: Sequence[str], budgets: Sequence[int], rk45_tols: Sequence[float], grid,
+          span: Tuple[float, float]) -> Tuple[tuple, ...]:
+    """Every run, budgets checked (:func:`steps_for_budget`) before any work: a fixed-step sampler runs at
+    each budget on each grid of ``grid`` (:func:`_grid_specs`); a tuned grid only on the rows it was tuned
+    for, and it must fit one (with only tuned grids, every row must have one)."""
+    from ._tune import TunedGrid
+
+    specs = _grid_specs(grid)
+    named = [g for g in specs if not isinstance(g, TunedGrid)]
+    tuned = [g for g in specs if isinstance(g, TunedGrid)]
+    plan, used = [], set()
     for m in methods:
         if _adaptive(m):  # rk45, torchdiffeq:*: a tolerance sweep, NFE is what it took
             plan += [(m, None, tol) for tol in rk45_tols]
-        else:
-            plan += [(m, b, steps_for_budget(m, b)) for b in budgets]
+            continue
+        for b in budgets:
+            steps, nfe = steps_for_budget(m, b)
+            plan += [(m, b, _Fixed(steps, nfe, g)) for g in named]
+            fits = [t for t in tuned if t.solver == m and t.steps == steps]
+            if not named and not fits and tuned:
+                tuned[0].check_fits(m, steps, *span, where="compare_solvers(grid=...)")  # says why it does not fit
+            for t in fits:
+                t.check_fits(m, steps, *span, where="compare_solvers(grid=...)")
+                plan.append((m, b, _Fixed(steps, nfe, t)))
+                used.add(id(t))
+    for t in tuned:
+        if id(t) not in used:
+            raise InputError(f"compare_solvers(grid=...): {t.label} fits no run of this comparison (solvers "
+                             f"{', '.join(methods)}; NFE {', '.join(map(str, budgets))}); add its sampler and NFE "
+                             f"(--solvers {t.solver} --nfe {t.nfe}).")
     return tuple(plan)
 
 
 def _setup(diffusion, data, o: _Options) -> _Setup:
     """Check the options and the plan (:class:`InputError` before any work); fix the span and the event shape."""
     seed = as_seed(o.generator, "compare_solvers")
-    plan = _plan(_check_options(data, o), o.budgets, o.rk45_tols)
+    methods = _check_options(data, o)
     sched = diffusion.schedule
     T = float(sched.t_max)
     t_end = float(sched.t_min) if o.t_end is None else float(o.t_end)
+    plan = _plan(methods, o.budgets, o.rk45_tols, o.grid, (T, t_end))
     event = _event_shape(diffusion, data, o.event_shape)
     dev = torch.device(o.device)
     return _Setup(o, diffusion, diffusion if o.reference_model is None else o.reference_model, data, seed, plan,
@@ -317,7 +406,9 @@ def _references(s: _Setup, bar) -> Tuple[_References, dict]:
     rk = flowsde.solvers.RK45(rtol=s.o.reference_tol, atol=s.o.reference_tol)
     bar.set_description("reference: PF-ODE, RK45 float64")
     t0 = time.perf_counter()
-    ref = flowsde.solve(pf, x_T, s.span, method=rk)
+    # in the schedule's adaptive variable (log-SNR for a Discrete schedule, whose drift in t jumps at every knot)
+    ref_ode, ref_span, ref_time = _adaptive_problem(s.ref_model, pf, s.span)
+    ref = flowsde.solve(ref_ode, x_T, ref_span, method=rk)
     refs = _References(x_T, pf, ref.x, ref.nfe, time.perf_counter() - t0, None, None)
     bar.update(1)
     n, w2 = s.n, dict(n_projections=s.o.n_projections, generator=s.seed)
@@ -328,13 +419,14 @@ def _references(s: _Setup, bar) -> Tuple[_References, dict]:
         refs.floor, floor_what = sliced_w2(refs.indep, indep2.reshape((n,) + s.event), **w2), "exact samples"
     else:
         bar.set_description("reference: independent PF-ODE set")
-        refs.indep = flowsde.solve(pf, x_T_indep, s.span, method=rk).x
+        refs.indep = flowsde.solve(ref_ode, x_T_indep, ref_span, method=rk).x
         refs.floor, floor_what = sliced_w2(refs.x, refs.indep, **w2), "PF-ODE reference sets"
     bar.update(1)
     info = {"model": " ".join(repr(s.diffusion).split()), "T": s.T, "t_end": s.t_end, "n": n, "seed": s.seed,
             "beta": float(s.o.beta), "grid": s.o.grid, "dtype": str(s.o.dtype).replace("torch.", ""),
             "device": str(s.device),
-            "reference": f"PF-ODE: RK45 rtol=atol={s.o.reference_tol:g} in float64 ({refs.nfe:.0f} NFE, "
+            "reference": f"PF-ODE: RK45 rtol=atol={s.o.reference_tol:g} in float64"
+                         f"{' in log-SNR' if ref_time == 'log_snr' else ''} ({refs.nfe:.0f} NFE, "
                          f"{refs.seconds:.1f} s) from the same x_T",
             "distance_reference": f"independent {floor_what} (n={n})"}
     if s.data is not None:
@@ -379,11 +471,13 @@ def _rows(s: _Setup, refs: _References, info: dict, bar) -> Tuple[List[CompareRo
         _sync(s.device)
         t0 = time.perf_counter()
         if budget is None:
-            x, nfe, label = _adaptive_run(pf, method, setting, x_run, s.span)
+            x, nfe, label, grid = *_adaptive_run(*_adaptive_problem(s.diffusion, pf, s.span)[:2], method, setting,
+                                                 x_run), None
         else:
-            x, nfe, label = _fixed_step_run(s, pf if ode else rsde, method, setting[0], x_run, refs.path)
+            x, nfe, label, grid = _fixed_step_run(s, pf if ode else rsde, method, setting, x_run, refs.path)
         _sync(s.device)
-        rows.append(_row(s, refs, method, ode, budget, label, x, nfe, time.perf_counter() - t0))
+        rows.append(_row(s, refs, method, ode, budget, label, x, nfe, time.perf_counter() - t0,
+                         grid if budget is not None else None))
         at = info.setdefault("samples_nfe", {})
         if method not in at or nfe < at[method]:
             kept[method] = x[:keep].detach().cpu()
@@ -392,30 +486,46 @@ def _rows(s: _Setup, refs: _References, info: dict, bar) -> Tuple[List[CompareRo
     return rows, kept
 
 
-def _adaptive_run(pf, method: str, tol: float, x: torch.Tensor, span: torch.Tensor) -> Tuple[torch.Tensor, float, str]:
-    """An adaptive solver (rk45, torchdiffeq:*) on the PF-ODE at ``rtol = atol = tol``."""
+def _adaptive_problem(model, pf, span: torch.Tensor):
+    """``(ode, span, time)``: the PF-ODE ``pf`` of ``model`` over ``span`` (``[T, t_end]``) in the variable an
+    adaptive solve uses (``flowsde.adapters``' ``adaptive_pf_ode``: log-SNR for a ``Discrete`` schedule, whose
+    drift in t jumps at every knot; t otherwise, also for a model without a schedule)."""
+    from flowsde.adapters._likelihood import adaptive_pf_ode
+
+    if getattr(model, "schedule", None) is None:
+        return pf, span, "t"
+    ode, lam_span, time = adaptive_pf_ode(model, span.tolist(), ode=pf)
+    return ode, (span if time == "t" else torch.tensor(lam_span, dtype=torch.float64, device=span.device)), time
+
+
+def _adaptive_run(pf, span: torch.Tensor, method: str, tol: float, x: torch.Tensor
+                  ) -> Tuple[torch.Tensor, float, str]:
+    """An adaptive solver (rk45, torchdiffeq:*) on the PF-ODE ``pf`` over ``span`` (its integration variable:
+    :func:`_adaptive_problem`) at ``rtol = atol = tol``."""
     sol = flowsde.solve(pf, x, span, method=method, rtol=tol, atol=tol)
     return sol.x, float(sol.nfe), f"tol {tol:.0e}"
 
 
-def _fixed_step_run(s: _Setup, problem, method: str, steps: int, x: torch.Tensor, path
-                    ) -> Tuple[torch.Tensor, float, str]:
-    """A fixed-step sampler, ``steps`` steps of the comparison's grid: EDM's on the PF-ODE, a PF-ODE
-    sampler on ``problem`` (the PF-ODE), or a reverse-SDE sampler on ``problem`` (the reverse SDE)
-    driven by ``path`` (the path-driven ones: its increments, cast to the run's dtype)."""
-    grid = _grid(s.sched, s.T, s.t_end, steps, s.o.grid, s.device)
+def _fixed_step_run(s: _Setup, problem, method: str, setting: _Fixed, x: torch.Tensor, path
+                    ) -> Tuple[torch.Tensor, float, str, str]:
+    """A fixed-step sampler, ``setting.steps`` steps of the run's grid (:func:`_row_grid`): EDM's on the
+    PF-ODE, a PF-ODE sampler on ``problem`` (the PF-ODE), or a reverse-SDE sampler on ``problem`` (the
+    reverse SDE) driven by ``path`` (the path-driven ones: its increments, cast to the run's dtype).
+    Returns the samples, the NFE, the setting's label and the grid's."""
+    steps = setting.steps
+    grid, grid_label = _row_grid(s, method, setting)
     if method in _EDM:
         out, nfe = _edm(s.diffusion, x, grid, method, s.o.s_churn, s.seed)
-        return out, nfe, f"{steps} steps"
+        return out, nfe, f"{steps} steps", grid_label
     if _is_ode_method(method):
         sol = flowsde.solve(problem, x, grid, method=method)
     else:
         sol = flowsde.solve(problem, x, grid, method=method, generator=path)
-    return sol.x, float(sol.nfe), f"{steps} steps"
+    return sol.x, float(sol.nfe), f"{steps} steps", grid_label
 
 
 def _row(s: _Setup, refs: _References, method: str, ode: bool, budget: Optional[int], label: str,
-         x: torch.Tensor, nfe: float, seconds: float) -> CompareRow:
+         x: torch.Tensor, nfe: float, seconds: float, grid: Optional[str] = None) -> CompareRow:
     """A run's row: its error (PF-ODE samplers against the PF-ODE reference, path-driven ones against the
     SDE reference on their path, the others none), its distance and the exact columns."""
     if ode:
@@ -425,7 +535,8 @@ def _row(s: _Setup, refs: _References, method: str, ode: bool, budget: Optional[
     else:
         err = None  # its noise is not the path's increments: no strong error
     dist = sliced_w2(x, refs.indep, n_projections=s.o.n_projections, generator=s.seed)
-    return CompareRow(method, "ode" if ode else "sde", label, budget, nfe, err, dist, seconds, *_exact_columns(s, x))
+    return CompareRow(method, "ode" if ode else "sde", label, budget, nfe, err, dist, seconds, *_exact_columns(s, x),
+                      grid=grid)
 
 
 def _likelihood_rows(s: _Setup, pf, bar) -> list:
@@ -441,7 +552,10 @@ def _likelihood_rows(s: _Setup, pf, bar) -> list:
     for tol in s.o.likelihood_tols:
         bar.set_description(f"likelihood tol {tol:.0e}")
         t0 = time.perf_counter()
-        res = flowsde.log_likelihood(pf, xs, (s.t_end, s.T), prior.log_prob, bpd_tol=tol)
+        # in the schedule's adaptive variable (log-SNR for Discrete, unwarped there: adapters/_likelihood.py)
+        ode, span, var = _adaptive_problem(s.diffusion, pf, torch.tensor([s.t_end, s.T], dtype=torch.float64))
+        res = flowsde.log_likelihood(ode, xs, tuple(float(v) for v in span), prior.log_prob, bpd_tol=tol,
+                                     **({"time_warp": 1.0} if var == "log_snr" else {}))
         err = (res.logp.cpu() - exact).abs()
         lik.append((tol, float(res.nfe), float(err.mean()), float(err.max()), time.perf_counter() - t0))
         bar.update(1)
@@ -465,7 +579,7 @@ def compare_solvers(
     sde_reference_steps: Optional[int] = None,
     likelihood_tols: Sequence[float] = (),
     likelihood_samples: int = 200,
-    grid: str = "edm",
+    grid=None,
     s_churn: float = 10.0,
     generator=0,
     dtype: torch.dtype = torch.float64,
@@ -496,7 +610,10 @@ def compare_solvers(
         reference_tol: RK45 tolerance of the float64 PF-ODE reference.
         sde_reference_steps: Euler-Maruyama steps of the SDE reference (default
             ``max(1000, 8 x`` the most steps of any row).
-        grid: ``"edm"`` (rho = 7 in sigma/alpha) or ``"uniform"`` in t.
+        grid: the fixed-step samplers' grid: ``None`` (each sampler's :func:`default_grid`), a name of
+            ``flowsde.adapters.GRID_NAMES`` (``"uniform"``, ``"quadratic"``, ``"edm"``, ``"log_snr"``), a grid file
+            from ``flowsde tune`` (a path) or a :class:`TunedGrid` (used on the runs of its sampler and NFE
+            only), or a sequence of these (every run on each; the row's ``grid`` names it).
         s_churn: EDM's s_churn for ``edm_churn``.
         generator: everything random derives from it: an int seed (default 0) or a
             ``torch.Generator`` (one seed is drawn from it).

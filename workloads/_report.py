@@ -28,6 +28,9 @@ class CompareRow:
     ks: Optional[float] = None  #: max KS distance to the exact marginal (exact models only)
     mean_error: Optional[float] = None
     cov_error: Optional[float] = None
+    #: the grid of a fixed-step run: a name of ``flowsde.adapters.GRID_NAMES`` or a tuned grid's label
+    #: (``"tuned(heun, NFE 10)"``); None for adaptive runs and the reference
+    grid: Optional[str] = None
 
 
 COLUMNS = {
@@ -36,6 +39,9 @@ COLUMNS = {
     "setting": "steps of the fixed-step samplers; tolerance (rtol = atol) of RK45 and the other adaptive solvers",
     "NFE": "network evaluations per sample actually used (a budget a sampler cannot meet exactly is shown as "
            "'used (budget B)')",
+    "grid": "the fixed-step samplers' time grid: uniform (in t), quadratic (in t), edm (rho = 7 in sigma/alpha), "
+            "log_snr (uniform in log-SNR), or tuned(SAMPLER, NFE N) (a grid file of `flowsde tune`); '-' for "
+            "adaptive solvers",
     "error": "RMS difference per coordinate of the final samples from the reference started at the same x_T: "
              "for PF-ODE samplers a tight float64 RK45 solution; for SDE samplers a fine-step Euler-Maruyama "
              "solution on the same Brownian path (strong error; '-' where the sampler draws fresh normals instead of "
@@ -65,12 +71,13 @@ class CompareResult:
     def table(self) -> str:
         """The comparison as a Markdown table (and the likelihood table under it)."""
         exact = any(r.ks is not None for r in self.rows)
-        head = "| solver | setting | NFE | error | SW2 | s |" + (" KS exact |" if exact else "")
-        out = [head, "|---|---|---:|---:|---:|---:|" + ("---:|" if exact else "")]
+        head = "| solver | setting | NFE | grid | error | SW2 | s |" + (" KS exact |" if exact else "")
+        out = [head, "|---|---|---:|---|---:|---:|---:|" + ("---:|" if exact else "")]
         for r in self.rows:
             nfe = f"{r.nfe:.0f}" if r.budget is None or r.budget == round(r.nfe) else f"{r.nfe:.0f} (budget {r.budget})"
             err = "-" if r.error is None else f"{r.error:.2e}"
-            line = f"| {r.method} | {r.setting} | {nfe} | {err} | {r.distance:.4f} | {r.seconds:.2f} |"
+            grid = r.grid or "-"
+            line = f"| {r.method} | {r.setting} | {nfe} | {grid} | {err} | {r.distance:.4f} | {r.seconds:.2f} |"
             if exact:
                 line += " - |" if r.ks is None else f" {r.ks:.4f} |"
             out.append(line)
@@ -98,11 +105,12 @@ class CompareResult:
                 w.writerow(["" if v is None else v for v in asdict(r).values()])
 
     def write_json(self, path) -> None:
-        info = {k: v for k, v in self.info.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))}
+        info = {k: v for k, v in self.info.items()
+                if isinstance(v, (str, int, float, bool, list, tuple, dict, type(None))) or hasattr(v, "label")}
         lik = [dict(zip(("tol", "nfe", "mean_abs_error", "max_abs_error", "seconds"), t)) for t in self.likelihood]
         with open(path, "w") as f:
             json.dump({"info": info, "columns": COLUMNS, "rows": [asdict(r) for r in self.rows],
-                       "likelihood": lik}, f, indent=2)
+                       "likelihood": lik}, f, indent=2, default=_jsonable)
 
     def without_error(self) -> List[str]:
         """The samplers with no pathwise error (their noise is not the shared path's increments: compared by
@@ -286,3 +294,8 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _jsonable(o):
+    """What ``json.dump`` writes for an object it does not know: a tuned grid's label, else ``str``."""
+    return getattr(o, "label", None) or str(o)
