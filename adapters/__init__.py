@@ -11,6 +11,7 @@ from ._diffusion import PREDICTIONS, Diffusion
 from ._edm import edm_ode, edm_sampler
 from ._flow_matching import FlowMatchingSchedule, from_flow_matching, to_flow_matching
 from ._grids import GRID_NAMES, named_grid
+from ._likelihood import adaptive_pf_ode, likelihood_settings
 from ._precond import Denoiser, EDMPrecond, Precond, VEPrecond, VPPrecond, from_denoiser, to_denoiser
 from ._prior import GaussianPrior
 from .schedules import EDM, VE, VP, Cosine, Discrete, Linear, Schedule, SubVP
@@ -40,6 +41,9 @@ __all__ = [
     "EDMPrecond",
     "VPPrecond",
     "VEPrecond",
+    # the variable an adaptive solve of a diffusion integrates in; the likelihood's resolved options
+    "adaptive_pf_ode",
+    "likelihood_settings",
     # named grids of a schedule (flowsde.grids.named with its noise-level map)
     "named_grid",
     "GRID_NAMES",

@@ -19,7 +19,21 @@ integrates from 1e-5). Two labelled numbers (``docs/likelihood.md`` derives them
 
 Time variable: ``time="t"`` integrates in the schedule's own time; ``time="log_snr"``
 in ``lambda = log(alpha^2 / sigma^2)`` (the ODE ``dx/dlambda = u / (dlambda/dt)``); see
-``docs/likelihood.md`` for which is cheaper per accuracy.
+``docs/likelihood.md`` for which is cheaper per accuracy. The default (``time=None``) is
+:func:`default_time`: ``"log_snr"`` for a :class:`flowsde.adapters.schedules.Discrete` schedule
+(DDPM / diffusers tables), ``"t"`` for the others.
+
+Why log-SNR for ``Discrete``: its log-SNR is linear in ``t`` between the N knots, so ``d lambda/dt``
+and with it the PF-ODE drift in ``t`` jump at every knot, and an embedded pair's step control pays
+for each jump (``docs/bridges.md``, "Discrete schedules"); in ``lambda`` the drift
+``dx/dlambda = (x - ...)`` depends on ``lambda`` only through ``alpha(lambda)``, ``sigma(lambda)``,
+which are smooth (``alpha^2 = sigmoid(lambda)``), so it has no kink. The reparametrisation is exact:
+both variables integrate the same ODE, and the answer is the same up to the tolerance.
+A ``Discrete`` problem in ``t`` is refused (``time="t"``): stepping it knot-aware would restart the
+solver at each of up to 1000 knots inside the span (>= 1000 steps), while ``log_snr`` integrates the
+same path without them. ``time_warp`` is a warp of ``t`` (``t = s^rho``, the data end stretched where
+``sigma ~ sqrt(t)``); in log-SNR the data end is already stretched (``lambda ~ -log t``), so the
+warp is not applied there: ``time_warp`` must be ``None`` or ``1`` with ``time="log_snr"``.
 """
 
 from __future__ import annotations
@@ -36,9 +50,30 @@ from flowsde import log_likelihood as _core_log_likelihood
 from flowsde._internal import batch_broadcast, randn
 from flowsde._internal import check_data, check_data_range, check_in_range, quantization_levels
 
-from flowsde._internal import time_in_range
+from flowsde._internal import DEFAULT_BPD_TOL, LIKELIHOOD_PER_SAMPLE, Tolerances, check_warp, time_in_range
 
 TIMES = ("t", "log_snr")
+
+
+def default_time(schedule) -> str:
+    """The likelihood's default integration variable for ``schedule``: ``"log_snr"`` for a
+    :class:`~flowsde.adapters.schedules.Discrete` schedule (its drift in ``t`` jumps at every knot; see the
+    module docstring), ``"t"`` for every other. Compare's float64 reference and adaptive rows use it too."""
+    from ._discrete import Discrete
+
+    return "log_snr" if isinstance(schedule, Discrete) else "t"
+
+
+def check_time(schedule, time: str, where: str) -> None:
+    """Refuse ``time="t"`` on a :class:`~flowsde.adapters.schedules.Discrete` schedule, with the reason."""
+    if time not in TIMES:
+        raise InputError(f"{where}: time={time!r}: choose one of {TIMES} (default: {default_time(schedule)!r}).")
+    if time == "t" and default_time(schedule) == "log_snr":
+        raise InputError(
+            f"{where}: time='t' on a Discrete schedule ({schedule.N} knots): its log-SNR is piecewise linear in t, "
+            "so the PF-ODE drift in t jumps at every knot and an adaptive solve pays for each jump (hundreds to "
+            "thousands of NFE, with an error estimate that misses the jumps). Integrate in log-SNR instead "
+            "(time='log_snr', the default for Discrete): the same ODE, reparametrised, with a continuous drift.")
 LOG2PI = math.log(2 * math.pi)
 
 #: the core's keyword options (probes, tolerances, engine, throw, ...), passed through unchanged
@@ -59,13 +94,34 @@ def log_snr_ode(ode: ODE, schedule, t_range: Tuple[float, float]) -> ODE:
     return ODE(drift)
 
 
+def adaptive_pf_ode(diffusion, t_span, time: Optional[str] = None, *, ode: Optional[ODE] = None):
+    """``(ode, span, time)``: a diffusion's PF-ODE for an adaptive solve over ``t_span = (t_from, t_to)`` (either
+    order), in the integration variable ``time`` (default :func:`default_time`: ``"log_snr"`` for a ``Discrete``
+    schedule, whose drift in ``t`` jumps at every knot). ``span`` is ``t_span`` in that variable; the solution at
+    its end is the state at ``t_to`` (the reparametrisation changes the path's speed, not its points). ``ode``:
+    the PF-ODE to rewrite (default ``diffusion.pf_ode()``). Used by ``compare``'s float64 reference and its
+    adaptive rows, so every adaptive solve of a ``Discrete`` problem integrates where its drift is continuous."""
+    schedule = diffusion.schedule
+    time = default_time(schedule) if time is None else time
+    check_time(schedule, time, "adaptive_pf_ode")
+    pf = diffusion.pf_ode() if ode is None else ode
+    a, b = (float(v) for v in t_span)
+    if time == "t":
+        return pf, (a, b), time
+    lam = schedule.log_snr(torch.tensor([a, b], dtype=torch.float64))
+    if not bool(torch.isfinite(lam).all()):
+        raise InputError(f"time='log_snr': log-SNR is {lam.tolist()} at t = {(a, b)} for {schedule!r}; integrate "
+                         "between times where alpha and sigma are both > 0.")
+    return log_snr_ode(pf, schedule, (min(a, b), max(a, b))), (float(lam[0]), float(lam[1])), time
+
+
 def log_likelihood(
     diffusion,
     x: torch.Tensor,
     *,
     t_eps: Optional[float] = None,
     t_max: Optional[float] = None,
-    time: str = "t",
+    time: Optional[str] = None,
     prior_logp=None,
     levels: Optional[int] = None,
     bits: Optional[int] = None,
@@ -86,7 +142,9 @@ def log_likelihood(
             whose drift is defined at ``t = 0``; a value off the range by rounding only is clamped:
             :func:`flowsde.adapters.time_in_range`).
         t_max: prior-end time (default ``schedule.t_max``).
-        time: integration variable, ``"t"`` or ``"log_snr"``.
+        time: integration variable, ``"t"`` or ``"log_snr"`` (default: :func:`default_time`, ``"log_snr"``
+            for a ``Discrete`` schedule, which refuses ``"t"``; ``"t"`` otherwise). In ``"log_snr"`` the
+            core's ``time_warp`` is not applied (``None`` or ``1`` only): the module docstring says why.
         prior_logp: ``z -> (B,)`` log-density at ``t_max`` (default ``diffusion.prior().log_prob``;
             pass the exact marginal to remove the prior mismatch in tests).
         levels: the number of quantization bins ``L`` of discrete data (e.g. 17 for values 0..16);
@@ -121,8 +179,9 @@ def log_likelihood(
     if schedule is None or not hasattr(diffusion, "pf_ode"):
         raise InputError(f"log_likelihood: expected a flowsde.adapters.Diffusion, got {type(diffusion).__name__}.")
     check_data(x)
-    if time not in TIMES:
-        raise InputError(f"time={time!r}: choose one of {TIMES}.")
+    time = default_time(schedule) if time is None else time
+    check_time(schedule, time, "log_likelihood")
+    options = _log_snr_warp(time, options)
     t_eps, T = _time_span(diffusion, t_eps, t_max)
     L, data_range, dequantize = _quantization(x, levels, bits, data_range, dequantize)
     if prior_logp is None:
@@ -144,6 +203,18 @@ def log_likelihood(
             res.bpd_corrected = bits_per_dim(res.logp_corrected, D, levels=L, data_range=data_range)
         res._nan_where_failed()  # the status of both solves: a sample that failed in either has no numbers
     return res
+
+
+def _log_snr_warp(time: str, options: dict) -> dict:
+    """The core's options for ``time``: in log-SNR, ``time_warp`` is ``1`` (refused otherwise, with the reason)."""
+    if time != "log_snr":
+        return options
+    rho = options.get("time_warp")
+    if rho is not None and not (isinstance(rho, (int, float)) and not isinstance(rho, bool) and rho == 1):
+        raise InputError(f"log_likelihood: time_warp={rho!r} with time='log_snr': the warp t = s^rho stretches the "
+                         "data end of t, where sigma ~ sqrt(t); log-SNR stretches it already (lambda ~ -log t), so "
+                         "no warp is applied there. Drop time_warp (or pass 1).")
+    return dict(options, time_warp=1.0)
 
 
 def _time_span(diffusion, t_eps: Optional[float], t_max: Optional[float]) -> Tuple[float, float]:
@@ -202,7 +273,7 @@ def _ode_and_span(diffusion, time: str, t_eps: float, T: float):
     if not bool(torch.isfinite(lam).all()):
         raise InputError(f"time='log_snr': log-SNR is {lam.tolist()} at (t_eps, t_max) = {(t_eps, T)} for "
                          f"{schedule!r}; use time='t', or t_eps and t_max where alpha and sigma are both > 0.")
-    return log_snr_ode(pf, schedule, (t_eps, T)), (float(lam[0]), float(lam[1]))
+    return adaptive_pf_ode(diffusion, (t_eps, T), time, ode=pf)[:2]
 
 
 def _add_corrected(res: LikelihoodResult, diffusion, data, ode, span, prior_logp, t_eps: float, options) -> None:
@@ -253,3 +324,31 @@ def decoder_residual(x, x_eps, score, alpha, sigma) -> torch.Tensor:
     recon = -0.5 * sq / std**2 - D * torch.log(std) - 0.5 * D * LOG2PI
     entropy = 0.5 * D * (1 + LOG2PI) + D * torch.log(s_eps)
     return recon + entropy
+
+
+def likelihood_settings(diffusion, dtype: torch.dtype, dims: int, **options) -> dict:
+    """The options of :meth:`Diffusion.log_likelihood` with its defaults resolved for this model, dtype and number
+    of data dimensions: ``levels`` (``bits`` folded in), ``data_range``, ``dequantize``, ``t_eps``, ``t_max``,
+    ``time``, ``time_warp``, ``rtol``, ``atol``, ``bpd_tol`` and ``per_sample`` as the call will use them (the
+    other options returned as given). Two spellings of one setting resolve to equal dicts (``dataset_nll``
+    records and compares them). Raises :class:`InputError` where the call would."""
+    kw = dict(options)
+    L = quantization_levels(kw.get("levels"), kw.get("bits"), default_bits=None)
+    kw.update(levels=L, bits=None)
+    if L is not None:
+        kw["data_range"] = tuple(float(v) for v in (kw.get("data_range") or (-1.0, 1.0)))
+    if kw.get("dequantize") is None:
+        kw["dequantize"] = L is not None
+    t_eps, t_max = _time_span(diffusion, kw.get("t_eps"), kw.get("t_max"))
+    kw.update(t_eps=t_eps, t_max=t_max)
+    if kw.get("time") is None:
+        kw["time"] = default_time(diffusion.schedule)
+    check_time(diffusion.schedule, kw["time"], "log_likelihood")
+    kw.update(_log_snr_warp(kw["time"], {"time_warp": kw.get("time_warp")}))
+    _, span = _ode_and_span(diffusion, kw["time"], t_eps, t_max)
+    kw["time_warp"] = check_warp(kw.get("time_warp"), *span)
+    tol = Tolerances.of(kw.get("bpd_tol", DEFAULT_BPD_TOL), kw.get("rtol"), kw.get("atol"), dtype, dims)
+    kw.update(rtol=tol.rtol, atol=tol.atol, bpd_tol=tol.bpd_tol)
+    if kw.get("per_sample") is None and kw.get("method", "rk45") in ("rk45", "dopri5", "tsit5", "bosh3"):
+        kw["per_sample"] = LIKELIHOOD_PER_SAMPLE
+    return kw

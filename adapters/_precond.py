@@ -19,6 +19,7 @@ that turn a raw network ``F`` into a denoiser:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Optional
 
 import torch
@@ -77,6 +78,13 @@ class Denoiser:
     ``[sigma_min / outside, sigma_max * outside]``, is therefore accepted and evaluated at the
     nearest end of the range (the schedule's coefficients clamped there: ``t = t_min`` or
     ``t_max``); only a value beyond that band is refused. ``outside=1`` accepts rounding only.
+    ``outside=math.inf`` accepts every ``sigma > 0``: beyond ``sigma_max`` the denoiser is continued
+    by its value at ``sigma_max`` (``D(x, sigma) = D(x, sigma_max)``, nearly the data mean there), so
+    the ODE ``dx/dsigma = (x - D)/sigma`` stays continuous and bounded past the end of the span and
+    an adaptive peer's overshooting stages (k-diffusion's ``log_likelihood`` at its loose tolerances:
+    up to 2.6-3.0x ``sigma_max`` on the shipped digits-eps model at ``rtol = atol = 1e-2``) only shape
+    the last step, which the peer interpolates back to ``sigma_max``; use it for that call
+    (``docs/bridges.md``).
 
     Attributes:
         sigma_min, sigma_max: the EDM-sigma range, ``r(t_min)`` and ``r(t_max)``
@@ -92,8 +100,10 @@ class Denoiser:
                 f"to_denoiser: expected a flowsde.adapters.Diffusion (with .schedule and .x0), got "
                 f"{type(diffusion).__name__}."
             )
-        if check_positive("outside", outside, where="to_denoiser") < 1:
-            raise InputError(f"to_denoiser: outside must be >= 1 (a factor beyond the range), got {outside!r}.")
+        if not (isinstance(outside, numbers.Real) and not isinstance(outside, bool) and outside == math.inf) and \
+                check_positive("outside", outside, where="to_denoiser") < 1:
+            raise InputError(f"to_denoiser: outside must be >= 1 (a factor beyond the range), or math.inf (any sigma "
+                             f"> 0, evaluated at the nearest end), got {outside!r}.")
         self.diffusion = diffusion
         self.schedule = schedule
         self.outside = float(outside)
@@ -125,7 +135,7 @@ class Denoiser:
         lo = self.sigma_min / self.outside * (1 - ROUNDING)
         hi = self.sigma_max * self.outside * (1 + ROUNDING)
         mn, mx = (float(v) for v in torch.aminmax(s64))  # one host read per call, at the user-facing boundary
-        if not (lo <= mn and mx <= hi):
+        if not (lo <= mn and mx <= hi and mn > 0):  # sigma = 0 is out of range whatever outside is (outside=inf)
             bad = mn if not lo <= mn else mx
             raise InputError(
                 f"Denoiser: sigma = {bad!r} is outside the schedule's range [sigma_min, sigma_max] = "
@@ -146,7 +156,8 @@ def to_denoiser(diffusion, *, outside: float = 2.0) -> Denoiser:
     ``log_likelihood`` and NVlabs/edm's ``edm_sampler`` run on it unchanged (after
     ``x *= sigmas[0]``). ``outside``: a ``sigma`` within this factor beyond
     ``[sigma_min, sigma_max]`` is evaluated at the nearest end (peers' adaptive stages);
-    further out it is refused."""
+    further out it is refused. ``outside=math.inf``: any ``sigma > 0`` (what k-diffusion's
+    ``log_likelihood`` needs at ``rtol = atol = 1e-2``; see :class:`Denoiser`)."""
     return Denoiser(diffusion, outside=outside)
 
 

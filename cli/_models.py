@@ -2,7 +2,8 @@
 
 A spec is one of
 
-* a shipped model name (``flowsde.models.names()``: ``digits-eps``, ``digits-velocity``, ``moons``);
+* a shipped model name (``flowsde.models.names()``: ``digits-eps``, ``digits-velocity``, ``moons``,
+  ``digits-unet``; the last is a diffusers pipeline folder inside the package, loaded as the next item);
 * ``gmm``: the exact oracle network of a Gaussian mixture (``--schedule``, ``--prediction``, ``--dim``);
 * ``package.module:factory``: ``factory()`` returns a :class:`flowsde.adapters.Diffusion` (it is passed
   ``device=`` / ``dtype=`` when its signature takes them);
@@ -97,6 +98,9 @@ def _gmm(schedule: str, prediction: str, dim: int, device) -> Model:
 def _shipped(name: str, device, dtype) -> Model:
     from flowsde import models
 
+    folder = models.weights_path(name)
+    if folder.is_dir():  # a shipped diffusers pipeline: the path a user's folder takes, plus the registry's facts
+        return _shipped_diffusers(name, Path(str(folder)), device, dtype)
     info = models.info(name)
     diff = models.load(name, device=device, net_dtype=dtype)
     ref = models.load(name, device=device, net_dtype=torch.float64) if dtype != torch.float64 else None
@@ -112,6 +116,19 @@ def _shipped(name: str, device, dtype) -> Model:
     return Model(spec=name, kind="shipped", diffusion=diff, reference=ref, event_shape=event, levels=levels,
                  data_range=tuple(dr) if dr is not None else None, image_shape=image, density=density,
                  test_data=test, description=getattr(info, "description", name))
+
+
+def _shipped_diffusers(name: str, folder: Path, device, dtype) -> Model:
+    from flowsde import models
+
+    m = _diffusers(folder, device, dtype)
+    info = models.info(name)
+    event = tuple(int(s) for s in info.event_shape)
+    m.spec, m.kind, m.description = name, "shipped", info.description
+    m.levels, m.data_range = info.levels, tuple(info.data_range)
+    if name.startswith("digits"):
+        m.test_data = lambda: models.digits("test").reshape((-1,) + event)  # noqa: E731
+    return m
 
 
 def is_factory_spec(spec: str) -> bool:

@@ -38,17 +38,31 @@ def add_arguments(p) -> None:
     p.add_argument("--trace", choices=["exact", "hutchinson"], default="exact",
                    help="divergence estimator: exact trace, or Hutchinson with --probes probes")
     p.add_argument("--probes", type=_positive_int, default=1, help="Hutchinson probes per sample (default 1)")
-    p.add_argument("--rtol", type=_positive_float, default=1e-5, help="RK45 rtol (default 1e-5)")
-    p.add_argument("--atol", type=_positive_float, default=1e-5, help="RK45 atol (default 1e-5)")
+    p.add_argument("--bpd-tol", type=_bpd_tol, default=None, metavar="TOL",
+                   help="accuracy of each sample's bits/dim (default: the library's, 1e-5; docs/likelihood.md, "
+                        "'Error control'); --rtol/--atol default to it")
+    p.add_argument("--rtol", type=_positive_float, default=None, help="RK45 rtol of the state (default: --bpd-tol)")
+    p.add_argument("--atol", type=_positive_float, default=None, help="RK45 atol of the state (default: --bpd-tol)")
     p.add_argument("--time-warp", type=_time_warp, default=None, metavar="RHO",
                    help="integrate in s = t^(1/RHO) (default: the library's, 1.5 on a span in t >= 0; 1: in t "
-                        "itself; docs/likelihood.md, 'Time warp')")
+                        "itself; docs/likelihood.md, 'Time warp'); not with a Discrete (diffusers/DDPM) schedule, "
+                        "which is integrated in log-SNR")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="samples per solve (default 64); "
                    "results do not depend on it")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="only the first N samples")
     p.add_argument("--out", default=None, metavar="FILE.csv",
                    help="one row per sample (index,nats,bpd,stderr,nfe,status), written as it goes "
                         "(default: rows are not saved, only the summary is printed)")
+
+
+def _bpd_tol(s: str) -> float:
+    """An argparse type: the likelihood's ``bpd_tol``, a finite number in ``(0, 1)`` bits/dim."""
+    v = _positive_float(s)
+    if v >= 1:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{s!r} must be below 1 (bits/dim of error per sample; e.g. 1e-3)")
+    return v
 
 
 def _time_warp(s: str) -> float:
@@ -306,7 +320,8 @@ def _call(dataset_nll, model, args, data, levels, bits, dr, out):
                       probes=args.probes, rtol=args.rtol, atol=args.atol, batch_size=args.batch_size, generator=args.seed,
                       limit=args.limit, out=str(out) if out else None, progress=progress_enabled(args.quiet),
                       device=args.device, dtype=args.dtype,
-                      **({} if args.time_warp is None else dict(time_warp=args.time_warp)))
+                      **({} if args.time_warp is None else dict(time_warp=args.time_warp)),
+                      **({} if args.bpd_tol is None else dict(bpd_tol=args.bpd_tol)))
 
 
 def _rows(res):
@@ -324,8 +339,9 @@ def summary(res, model, what, levels, bits, dr, args, seconds) -> str:
     est = "exact trace" if args.trace == "exact" else f"Hutchinson, {args.probes} probe(s)"
     mean, se = float(res.mean_bpd), float(res.stderr_bpd)
     nfe = sum(r.nfe for r in res.rows) / max(1, n)
+    st = getattr(res, "settings", None) or {}
     warp = f", time warp {args.time_warp:g}" if args.time_warp is not None else ""
-    lines = [f"{model.spec} on {what}: {n} samples, {q}, {est}, RK45 rtol={args.rtol:g} atol={args.atol:g}{warp}"]
+    lines = [f"{model.spec} on {what}: {n} samples, {q}, {est}, {_tolerances(args, st)}{warp}"]
     if res.failed:
         shown = ", ".join(f"{i} ({s})" for i, s in res.failed[:5])
         lines.append(f"{len(res.failed)} sample(s) failed and are left out of the mean: {shown}"
@@ -336,8 +352,39 @@ def summary(res, model, what, levels, bits, dr, args, seconds) -> str:
     med = (ok[(len(ok) - 1) // 2] + ok[len(ok) // 2]) / 2 if ok else float("nan")
     lines.append(f"mean bits/dim {mean:.4f} +- {se:.4f} (standard error over {res.succeeded} samples); "
                  f"median {med:.4f}; mean NLL {res.mean_nats:.3f} nats; mean NFE {nfe:.0f}; {seconds:.1f} s")
+    lines.append(_error_line(res.rows))
     lines.append(_nll_note(model, levels, bits, dr))
     return "\n".join(lines)
+
+
+def _tolerances(args, settings: dict) -> str:
+    """The tolerances the rows were computed with (resolved by the library: ``rtol``/``atol`` default to
+    ``bpd_tol``) and the integration variable where it is not ``t``."""
+    def num(name):
+        v = getattr(args, name, None)
+        v = settings.get(name) if v is None else v
+        return f"{v:g}" if isinstance(v, (int, float)) else "default"
+
+    time = settings.get("time")
+    var = f", in {'log-SNR' if time == 'log_snr' else time}" if time not in (None, "t") else ""
+    return f"bpd_tol={num('bpd_tol')}, RK45 rtol={num('rtol')} atol={num('atol')}{var}"
+
+
+def _error_line(rows) -> str:
+    """The solver's error estimate beside the bits/dim: max and median of ``solver_error_bpd`` over the rows
+    computed in this run, and what it promises (the result's ``stats["guarantee"]``) where the result says."""
+    ok = [r for r in rows if r.status == "SUCCESS"]
+    errs = sorted(r.solver_error_bpd for r in ok if math.isfinite(getattr(r, "solver_error_bpd", math.nan)))
+    if not errs:
+        what = "the rows were read back from a previous run" if ok else "no sample succeeded"
+        return f"solver error estimate: none ({what})"
+    med = (errs[(len(errs) - 1) // 2] + errs[len(errs) // 2]) / 2
+    line = (f"solver error estimate (solver_error_bpd): max {errs[-1]:.2g}, median {med:.2g} bits/dim over "
+            f"{len(errs)} samples")
+    if len(errs) < len(ok):
+        line += f" ({len(ok) - len(errs)} row(s) read back carry none)"
+    g = next((r.guarantee for r in ok if getattr(r, "guarantee", "")), "")
+    return line + (f"; guarantee: {g}" if g else "")
 
 
 def _nll_note(model, levels, bits, dr) -> str:

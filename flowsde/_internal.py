@@ -8,9 +8,12 @@ beside it.
 """
 
 from ._checks import CheckedProblem, broadcast_diffusion, check_grid, check_state  # the solver's input checks
+from ._likelihood import _check_warp as check_warp  # the likelihood's resolution of its options
+from ._likelihood import _Tolerances as Tolerances
 from ._likelihood import (  # data and quantization checks of the likelihood
     DEFAULT_BPD_TOL,
     DEFAULT_TIME_WARP,
+    LIKELIHOOD_PER_SAMPLE,
     bin_width,
     check_data,
     check_data_range,
@@ -50,6 +53,9 @@ __all__ = [
     "bin_width",
     "DEFAULT_BPD_TOL",
     "DEFAULT_TIME_WARP",
+    "LIKELIHOOD_PER_SAMPLE",
+    "Tolerances",
+    "check_warp",
     "NoiseSource",
     "randn",
     "rand",

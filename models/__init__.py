@@ -1,7 +1,8 @@
 """flowsde.models: trained models shipped with flowsde (weights inside the package, nothing downloads).
 
 * :func:`names` / :func:`info` / :func:`load`: the registry; ``load(name)`` returns a
-  :class:`flowsde.adapters.Diffusion`.
+  :class:`flowsde.adapters.Diffusion` (``digits-unet``, a diffusers pipeline folder, through
+  :func:`flowsde.adapters.from_diffusers`; it needs diffusers).
 * :func:`digits` (sklearn 8x8 digits, fixed train/test split) and :func:`toy_data` (2-D toys):
   the data the models were trained on; :func:`dequantize_digits` (``flowsde.dequantize`` with
   ``levels=17``) and :func:`digits_gaussian`, the full-covariance Gaussian baseline.

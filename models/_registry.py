@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from importlib import resources
 from typing import Callable, Dict, Optional, Tuple
@@ -32,7 +33,9 @@ class ModelInfo:
         prediction: what the ``Diffusion``'s network predicts (``"eps"``, ``"velocity"``).
         t_range: ``(schedule.t_min, schedule.t_max)``: integrate / sample inside it.
         data: where the data come from (``flowsde.models.digits`` / ``toy_data``).
-        weights: file name of the weights under ``flowsde/models/weights/``.
+        weights: name of the weights under ``flowsde/models/weights/``: a ``.safetensors`` file, or for a
+            diffusers model the folder ``DDPMPipeline.save_pretrained`` wrote (``model_index.json``,
+            ``unet/``, ``scheduler/``), loaded through :func:`flowsde.adapters.from_diffusers`.
     """
 
     name: str
@@ -62,8 +65,65 @@ def _fm_velocity(net: GaussianResidualMLP, schedule: Linear) -> Diffusion:
     return from_flow_matching(net, "cond_ot", t_min=schedule.t_min, t_max=schedule.t_max)
 
 
+def _diffusers_config(name: str, folder) -> dict:
+    """The ``scheduler_config.json`` of a shipped diffusers pipeline folder."""
+    path = folder.joinpath("scheduler", "scheduler_config.json")
+    if not path.is_file():
+        raise InputError(f"load({name!r}): {path} is missing; reinstall flowsde or rerun "
+                         "`python scripts/train_diffusers_digits.py`.")
+    return json.loads(path.read_text())
+
+
+def _need_diffusers(name: str):
+    try:
+        import diffusers
+    except ImportError:
+        raise InputError(f"model {name!r} is a diffusers pipeline and needs diffusers: pip install "
+                         "'flowsde[diffusers]'.") from None
+    return diffusers
+
+
+@functools.lru_cache(maxsize=None)
+def _diffusers_schedule(name: str) -> Schedule:
+    """The schedule :func:`flowsde.adapters.from_diffusers` reads from a shipped pipeline's scheduler (no weights)."""
+    from flowsde.adapters import from_diffusers
+
+    _need_diffusers(name)
+    return from_diffusers(lambda x, timestep: x, _diffusers_config(name, weights_path(name))).schedule
+
+
+def _load_diffusers(name: str, device, net_dtype: torch.dtype) -> Diffusion:
+    """A shipped diffusers pipeline folder as a ``Diffusion``: ``UNet2DModel.from_pretrained`` (offline) and
+    :func:`flowsde.adapters.from_diffusers` on its scheduler config, as for a user's folder."""
+    import logging
+    import warnings
+
+    from flowsde.adapters import from_diffusers
+
+    diffusers = _need_diffusers(name)
+    folder = weights_path(name)
+    config = _diffusers_config(name, folder)
+    from diffusers.utils import logging as dlog
+
+    verbosity = dlog.get_verbosity()
+    dlog.set_verbosity(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            unet = diffusers.UNet2DModel.from_pretrained(str(folder.joinpath("unet")), local_files_only=True,
+                                                         torch_dtype=net_dtype, low_cpu_mem_usage=False)
+    finally:
+        dlog.set_verbosity(verbosity)
+    unet.requires_grad_(False)
+    unet = unet.to(device=device).eval()  # already in net_dtype (torch_dtype=): a .to(dtype) here makes diffusers warn
+    return from_diffusers(unet, config)
+
+
 # name -> (description, event_shape, levels, data_range, data, weights file, Diffusion builder, schedule)
+# (a diffusers model: build None, schedule None, both read from its pipeline folder)
 _VP_DIGITS = VP(t_min=1e-3)
+# t_min = 1e-2 is where samplers end (the score and the SDEs divide by sigma(t) = t); the network is trained
+# on all of [0, 1] and the likelihood of a velocity model integrates from t = 0 (adapters/_likelihood.py)
 _LIN_DIGITS = Linear(t_min=1e-2)
 _VP_MOONS = VP(t_min=1e-3)
 _SPECS: Dict[str, dict] = {
@@ -74,7 +134,8 @@ _SPECS: Dict[str, dict] = {
         data="flowsde.models.digits()", weights="digits-eps.safetensors", build=_vp_eps),
     "digits-velocity": dict(
         description="flow-matching (rectified flow / cond-OT) velocity network on sklearn 8x8 digits "
-                    "(64 dims, 17 levels), Linear schedule (t in [1e-2, 1])",
+                    "(64 dims, 17 levels), trained on t in [0, 1]; Linear schedule (samplers: t in [1e-2, 1]; "
+                    "likelihood from t = 0)",
         event_shape=(64,), levels=DIGITS_LEVELS, data_range=DIGITS_RANGE, schedule=_LIN_DIGITS,
         prediction="velocity", data="flowsde.models.digits()", weights="digits-velocity.safetensors",
         build=_fm_velocity),
@@ -83,11 +144,17 @@ _SPECS: Dict[str, dict] = {
                     "(beta 0.1..20, t in [1e-3, 1])",
         event_shape=(2,), levels=None, data_range=None, schedule=_VP_MOONS, prediction="eps",
         data="flowsde.models.toy_data('moons', samples, generator=seed)", weights="moons.safetensors", build=_vp_eps),
+    "digits-unet": dict(
+        description="diffusers UNet2DModel (channels 32/64) eps-prediction DDPM on sklearn 8x8 digits as 1x8x8 "
+                    "images (17 levels), DDPMScheduler linear betas, 1000 steps: a Discrete schedule "
+                    "(t in [1e-3, 1]); needs diffusers",
+        event_shape=(1, 8, 8), levels=DIGITS_LEVELS, data_range=DIGITS_RANGE, schedule=None, prediction="eps",
+        data="flowsde.models.digits().reshape(-1, 1, 8, 8)", weights="digits-unet", build=None),
 }
 
 
 def names() -> list:
-    """Names of the shipped models: ``["digits-eps", "digits-velocity", "moons"]``."""
+    """Names of the shipped models: ``["digits-eps", "digits-velocity", "moons", "digits-unet"]``."""
     return list(_SPECS)
 
 
@@ -98,16 +165,18 @@ def _spec(name: str) -> dict:
 
 
 def info(name: str) -> ModelInfo:
-    """The :class:`ModelInfo` of a shipped model (no weights are read)."""
+    """The :class:`ModelInfo` of a shipped model (no weights are read; ``digits-unet``'s schedule is read from
+    its scheduler config and needs diffusers: an :class:`~flowsde.InputError` naming the extra otherwise)."""
     s = _spec(name)
-    sch = s["schedule"]
+    sch = s["schedule"] if s["schedule"] is not None else _diffusers_schedule(name)
     return ModelInfo(name=name, description=s["description"], event_shape=tuple(s["event_shape"]),
                      levels=s["levels"], data_range=s["data_range"], schedule=sch, prediction=s["prediction"],
                      t_range=(float(sch.t_min), float(sch.t_max)), data=s["data"], weights=s["weights"])
 
 
 def weights_path(name: str):
-    """Path of a shipped model's ``.safetensors`` file inside the installed package."""
+    """Path of a shipped model's weights inside the installed package: a ``.safetensors`` file, or the
+    diffusers pipeline folder of a diffusers model (``digits-unet``)."""
     return resources.files("flowsde.models").joinpath("weights", _spec(name)["weights"])
 
 
@@ -136,6 +205,9 @@ def write_weights(net: GaussianResidualMLP, path, **extra_meta) -> None:
 def build(name: str, net: GaussianResidualMLP) -> Diffusion:
     """The ``Diffusion`` of a shipped model around a network of its architecture."""
     s = _spec(name)
+    if s["build"] is None:
+        raise InputError(f"build({name!r}): a diffusers model; load it with flowsde.models.load({name!r}) or "
+                         "flowsde.adapters.from_diffusers(unet, scheduler).")
     return s["build"](net, s["schedule"])
 
 
@@ -152,13 +224,19 @@ def load(name: str, *, device="cpu", net_dtype: torch.dtype = torch.float32) -> 
         The network's parameters do not require gradients (gradients w.r.t. ``x`` still flow).
 
     Raises:
-        InputError: unknown name, a non-floating net_dtype, or missing weights.
+        InputError: unknown name, a non-floating net_dtype, missing weights, or a diffusers model
+            (``digits-unet``) without diffusers installed.
     """
     s = _spec(name)
     if not (isinstance(net_dtype, torch.dtype) and net_dtype.is_floating_point):
         raise InputError(f"load({name!r}, net_dtype={net_dtype!r}): net_dtype must be a floating torch.dtype, e.g. "
                          "torch.float32.")
     path = weights_path(name)
+    if s["build"] is None:
+        if not path.is_dir():
+            raise InputError(f"load({name!r}): the pipeline folder {path} is missing; reinstall flowsde or rerun "
+                             "`python scripts/train_diffusers_digits.py`.")
+        return _load_diffusers(name, device, net_dtype)
     if not path.is_file():
         raise InputError(f"load({name!r}): weights {path} are missing; reinstall flowsde or rerun "
                          "`python scripts/train_models.py`.")

@@ -32,6 +32,7 @@ from typing import Dict, Optional
 import torch
 
 import flowsde
+from flowsde import InputError
 from flowsde._internal import as_seed
 
 from ._data import DIGITS_LEVELS, DIGITS_RANGE, dequantize_digits, digits, digits_gaussian, toy_data
@@ -47,7 +48,7 @@ DEFAULTS: Dict[str, dict] = {
     "digits-eps": dict(kind="eps-vp", width=256, depth=3, dropout=0.2, bound=2.0, gate=True, steps=12000, batch_size=256, lr=1e-3,
                        ema=0.999, holdout=200),
     "digits-velocity": dict(kind="velocity-fm", width=256, depth=3, dropout=0.2, bound=4.0, gate=True, steps=12000, batch_size=256,
-                            lr=1e-3, ema=0.999, holdout=200),
+                            lr=1e-3, ema=0.999, holdout=200, objective="flow-matching"),
     "moons": dict(kind="eps-vp", width=128, depth=3, skip=False, steps=20000, batch_size=256, lr=1e-3, ema=0.999),
 }
 
@@ -163,6 +164,9 @@ def train(name: str, config: Optional[TrainConfig] = None, *, generator=0, log_e
     (``final_loss``) and the wall time.
     """
     _spec(name)
+    if name not in DEFAULTS:
+        raise InputError(f"train({name!r}): a diffusers model, trained by scripts/train_diffusers_digits.py; "
+                         f"train() trains {list(DEFAULTS)}.")
     cfg = (config or TrainConfig()).resolve(name)
     holdout = cfg.pop("holdout", 0)
     seed = as_seed(generator, "train")
@@ -184,9 +188,14 @@ def train(name: str, config: Optional[TrainConfig] = None, *, generator=0, log_e
                   final_loss=final, wall_s=wall, losses=run.losses)
     if out is not None:
         write_weights(ema_net, out, name=name, seed=seed, steps=cfg["steps"], batch_size=cfg["batch_size"],
-                      lr=cfg["lr"], holdout=holdout, ema=cfg["ema"], final_loss_nats_per_dim=f"{final:.6f}",
+                      lr=cfg["lr"], holdout=holdout, ema=cfg["ema"], **{_loss_key(cfg): f"{final:.6f}"},
                       wall_s=f"{wall:.1f}", torch=torch.__version__)
     return result
+
+
+def _loss_key(cfg: dict) -> str:
+    """The metadata key of the final loss: the ELBO's diffusion term in nats/dim, or the flow-matching loss."""
+    return "final_loss_fm_per_dim" if cfg.get("objective", "elbo") == "flow-matching" else "final_loss_nats_per_dim"
 
 
 def _model(name: str, cfg: dict, mean: torch.Tensor, cov: torch.Tensor):
@@ -224,11 +233,31 @@ class _Run:
             group["lr"] = self.lr_at(i)
         B, gen, lo, hi = self.cfg["batch_size"], self.gen, self.lo, self.hi
         x = self.draw(B, gen)
+        if self.cfg.get("objective", "elbo") == "flow-matching":
+            return self._flow_matching_step(x)
         u = (torch.randperm(B, generator=gen).to(torch.float64) + torch.rand(B, generator=gen, dtype=torch.float64)) / B
         lam = lo + (hi - lo) * u
         eps = torch.randn(x.shape, generator=gen)
         t, xt = _noised(self.dif.schedule, x, lam, eps)
         loss = 0.5 * (hi - lo) * (eps - self.dif.eps(t, xt)).square().sum(1).mean() / self.D  # nats/dim
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        with torch.no_grad():
+            for pe, p in zip(self.ema_net.parameters(), self.net.parameters()):
+                pe.lerp_(p, 1 - self.cfg["ema"])
+        return float(loss.detach())
+
+    def _flow_matching_step(self, x: torch.Tensor) -> float:
+        """Conditional flow matching (Lipman et al. 2023, eq. 23; rectified flow): ``s ~ U[0, 1]``
+        (stratified), ``x_s = s x_0 + (1 - s) eps``, loss ``|| u(x_s, s) - (x_0 - eps) ||^2`` per dim: the
+        whole time range, the data end ``s -> 1`` (flowsde ``t = 1 - s -> 0``) included."""
+        B, gen = x.shape[0], self.gen
+        s = (torch.randperm(B, generator=gen).to(torch.float64) + torch.rand(B, generator=gen, dtype=torch.float64)) / B
+        eps = torch.randn(x.shape, generator=gen)
+        s = s.to(x.dtype)
+        xs = s[:, None] * x + (1 - s[:, None]) * eps
+        loss = (self.net(xs, s) - (x - eps)).square().sum(1).mean() / self.D
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -246,5 +275,6 @@ class _Run:
             xv = dequantize_digits(digits("train")[-self.holdout:].to(torch.float32), generator=vg)
             bpd = nats_to_bpd(elbo_nats(build(self.name, self.ema_net), xv, n_lambda=16, generator=vg))
             msg = f"  holdout ELBO {float(bpd.mean()):.4f} bits/dim"
-        return (f"{self.name}: step {i + 1}/{self.cfg['steps']}  loss {m:.4f} nats/dim  lr {self.lr_at(i):.2e}  "
+        unit = "per dim (flow matching)" if self.cfg.get("objective", "elbo") == "flow-matching" else "nats/dim"
+        return (f"{self.name}: step {i + 1}/{self.cfg['steps']}  loss {m:.4f} {unit}  lr {self.lr_at(i):.2e}  "
                 f"{seconds:.0f} s{msg}")

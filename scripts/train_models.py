@@ -1,9 +1,11 @@
 """Train the shipped models and write their weights into the package (seeded, CPU, one thread).
 
-    python scripts/train_models.py                      # all models, with the defaults the shipped weights used
+    python scripts/train_models.py                      # all its models, with the defaults the shipped weights used
     python scripts/train_models.py digits-eps --steps 2000 --out /tmp/w   # one model, elsewhere
 
 The weights go to ``models/weights/<name>.safetensors`` (package data) unless ``--out DIR``.
+Its models: ``digits-eps``, ``digits-velocity`` (flow matching over all of ``t`` in [0, 1]) and ``moons``;
+the diffusers model ``digits-unet`` is trained by ``scripts/train_diffusers_digits.py``.
 Wall time, final loss and the held-out ELBO are printed; ``docs/models.md`` records them.
 """
 
@@ -20,7 +22,10 @@ import torch
 
 def main(argv=None) -> int:
     import flowsde.models as M
-    from flowsde.models import TrainConfig, digits, elbo_nats, nats_to_bpd, names, train
+    from flowsde.models import TrainConfig, digits, elbo_nats, nats_to_bpd, train
+    from flowsde.models._train import DEFAULTS
+
+    names = lambda: list(DEFAULTS)  # noqa: E731  (digits-unet: scripts/train_diffusers_digits.py)
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("models", nargs="*", default=None, help=f"which models (default: all of {names()})")
@@ -60,7 +65,8 @@ def main(argv=None) -> int:
                              dropout=a.dropout, weight_decay=a.weight_decay, inputs=a.inputs,
                              skip=None if a.skip is None else bool(a.skip), holdout=a.holdout)
         r = train(name, config, generator=a.seed, out=path)
-        print(f"{name}: {r['config']}  final loss {r['final_loss']:.4f} nats/dim  wall {r['wall_s']:.0f} s  -> {path}")
+        unit = "per dim (flow matching)" if r["config"].get("objective") == "flow-matching" else "nats/dim"
+        print(f"{name}: {r['config']}  final loss {r['final_loss']:.4f} {unit}  wall {r['wall_s']:.0f} s  -> {path}")
         hold = r["config"]["holdout"]
         if hold and name.startswith("digits"):
             g = torch.Generator().manual_seed(1234)

@@ -56,6 +56,8 @@ ALL_METHODS = DETERMINISTIC + STOCHASTIC
 #: samplers added to the default set when ``flowsde.solvers.METHODS`` has them.
 OPTIONAL_ODE = ("ddim", "dpmpp_2m", "unipc", "lms", "dpm_2")
 OPTIONAL_SDE = ("dpmpp_2m_sde", "dpmpp_3m_sde", "euler_ancestral", "dpmpp_2s_ancestral")
+#: samplers that pick their own steps from an NFE budget over the span (``solve(..., nfe=budget)``)
+BUDGETED = ("dpm_fast",)
 #: samplers whose noise is the Brownian path's increments (``noise.dW``): they have a strong error.
 PATH_DRIVEN = ("euler_maruyama", "pc")
 _EDM = ("edm_heun", "edm_churn")
@@ -139,16 +141,39 @@ def _rmse(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((x.double() - ref.double()) ** 2).mean().sqrt())
 
 
-#: each sampler's default grid, where it is not :data:`DEFAULT_GRID` (the one place that names them; item 2
-#: of the grid work fills it by measurement). Keys are compare's method names.
-SAMPLER_GRIDS: Dict[str, str] = {}
+#: each sampler's default grid per schedule family, where it is not :data:`DEFAULT_GRID` (the one place that
+#: names them): ``"vp"`` (variance-preserving: VP, Cosine, Discrete) and ``"flow"`` (``alpha + sigma = 1``:
+#: Linear, flow_matching's CondOT); other families (EDM, VE, SubVP: not measured) keep :data:`DEFAULT_GRID`.
+#: Chosen by ``benchmarks/bench_default_grids.py`` (docs/samplers.md, "Default grids, by measurement"): least
+#: geometric-mean error over (models x NFE 10, 20, 40) within 1.2x of the best named grid, no cell worse than
+#: 2x; where no grid meets that, of those within 1.2x the one with the least worst cell. Keys are compare's
+#: method names.
+SAMPLER_GRIDS: Dict[str, Dict[str, str]] = {
+    "euler": {"vp": "uniform", "flow": "uniform"},
+    "heun": {"vp": "quadratic", "flow": "uniform"},
+    "edm_heun": {"vp": "edm", "flow": "edm"},
+    "ddim": {"vp": "uniform", "flow": "uniform"},
+    "dpmpp_2m": {"vp": "log_snr", "flow": "quadratic"},
+    "unipc": {"vp": "quadratic", "flow": "quadratic"},
+    "lms": {"vp": "quadratic", "flow": "uniform"},
+    "dpm_2": {"vp": "quadratic", "flow": "uniform"},
+    "euler_maruyama": {"vp": "edm", "flow": "uniform"},
+}
 #: the grid of a sampler that :data:`SAMPLER_GRIDS` does not name (EDM's rho = 7 in sigma/alpha).
 DEFAULT_GRID = "edm"
 
 
-def default_grid(method: str) -> str:
-    """The grid ``compare_solvers(grid=None)`` runs ``method`` on: a name of ``flowsde.adapters.GRID_NAMES``."""
-    return SAMPLER_GRIDS.get(_ALIASES.get(method, method), DEFAULT_GRID)
+def default_grid(method: str, model=None) -> str:
+    """The grid ``compare_solvers(grid=None)`` runs ``method`` on, for ``model`` (a ``Diffusion`` or a
+    ``Schedule``; ``None``: a variance-preserving one): a name of ``flowsde.adapters.GRID_NAMES``, looked up in
+    :data:`SAMPLER_GRIDS` by the schedule's family (``"vp"``: ``variance_preserving``; ``"flow"``:
+    ``alpha + sigma = 1``; any other: :data:`DEFAULT_GRID`)."""
+    sched = getattr(model, "schedule", model)
+    family = "vp"
+    if sched is not None and not getattr(sched, "variance_preserving", False):
+        t = torch.linspace(float(sched.t_min), float(sched.t_max), 5, dtype=torch.float64)
+        family = "flow" if bool(torch.allclose(sched.alpha(t) + sched.sigma(t), torch.ones_like(t))) else None
+    return SAMPLER_GRIDS.get(_ALIASES.get(method, method), {}).get(family, DEFAULT_GRID)
 
 
 def _grid(sched, T: float, t_end: float, steps: int, kind, device) -> torch.Tensor:
@@ -216,7 +241,7 @@ def _row_grid(s, method: str, setting: "_Fixed") -> Tuple[torch.Tensor, str]:
 
     if isinstance(setting.grid, TunedGrid):
         return setting.grid.grid.to(s.device), setting.grid.label
-    name = default_grid(method) if setting.grid is None else setting.grid
+    name = default_grid(method, s.sched) if setting.grid is None else setting.grid
     return _named_grid(s.sched, s.T, s.t_end, setting.steps, name, s.device)
 
 
@@ -346,6 +371,9 @@ def _plan(methods: Sequence[str], budgets: Sequence[int], rk45_tols: Sequence[fl
     tuned = [g for g in specs if isinstance(g, TunedGrid)]
     plan, used = [], set()
     for m in methods:
+        if m in BUDGETED:  # its own steps for each budget
+            plan += [(m, b, b) for b in budgets]
+            continue
         if _adaptive(m):  # rk45, torchdiffeq:*: a tolerance sweep, NFE is what it took
             plan += [(m, None, tol) for tol in rk45_tols]
             continue
@@ -470,7 +498,10 @@ def _rows(s: _Setup, refs: _References, info: dict, bar) -> Tuple[List[CompareRo
         ode = _is_ode_method(method)
         _sync(s.device)
         t0 = time.perf_counter()
-        if budget is None:
+        if method in BUDGETED:
+            sol = flowsde.solve(pf, x_run, s.span, method=method, nfe=budget)
+            x, nfe, label, grid = sol.x, float(sol.nfe), f"nfe {budget}", "its own"
+        elif budget is None:
             x, nfe, label, grid = *_adaptive_run(*_adaptive_problem(s.diffusion, pf, s.span)[:2], method, setting,
                                                  x_run), None
         else:
@@ -490,7 +521,7 @@ def _adaptive_problem(model, pf, span: torch.Tensor):
     """``(ode, span, time)``: the PF-ODE ``pf`` of ``model`` over ``span`` (``[T, t_end]``) in the variable an
     adaptive solve uses (``flowsde.adapters``' ``adaptive_pf_ode``: log-SNR for a ``Discrete`` schedule, whose
     drift in t jumps at every knot; t otherwise, also for a model without a schedule)."""
-    from flowsde.adapters._likelihood import adaptive_pf_ode
+    from flowsde.adapters import adaptive_pf_ode
 
     if getattr(model, "schedule", None) is None:
         return pf, span, "t"

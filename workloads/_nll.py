@@ -128,6 +128,11 @@ class NLLRow:
     stderr: float
     nfe: int
     status: str
+    #: the likelihood's error estimate of this row (``solver_error_bpd``; bits/dim); not a CSV column, so NaN
+    #: for a row read back from a file (and two rows compare equal whatever it is)
+    solver_error_bpd: float = math.nan
+    #: what that estimate promises (the result's ``stats["guarantee"]``, ``""`` where it has none); not in the CSV
+    guarantee: str = ""
 
     def __eq__(self, other) -> bool:
         return self.line() == other.line() if isinstance(other, NLLRow) else NotImplemented
@@ -419,25 +424,10 @@ def _resolved_options(diffusion, lik_kw: dict, dtype: torch.dtype, D: int) -> di
             kw.setdefault(p.name, p.default)
     if getattr(diffusion, "schedule", None) is None or not hasattr(diffusion, "pf_ode"):
         return kw  # not a flowsde Diffusion: its options as given, defaults filled from its signature
-    from flowsde._likelihood import _check_warp, _Tolerances, quantization_levels
-    from flowsde._solvers.rk45 import DEFAULT_PER_SAMPLE
-    from flowsde.adapters._likelihood import _ode_and_span, _time_span
+    from flowsde.adapters import likelihood_settings
 
     try:
-        L = quantization_levels(kw.get("levels"), kw.get("bits"), default_bits=None)
-        kw.update(levels=L, bits=None)
-        if L is not None:
-            kw["data_range"] = tuple(float(v) for v in (kw.get("data_range") or (-1.0, 1.0)))
-        if kw.get("dequantize") is None:
-            kw["dequantize"] = L is not None
-        t_eps, t_max = _time_span(diffusion, kw.get("t_eps"), kw.get("t_max"))
-        kw.update(t_eps=t_eps, t_max=t_max)
-        _, span = _ode_and_span(diffusion, kw.get("time", "t"), t_eps, t_max)
-        kw["time_warp"] = _check_warp(kw.get("time_warp"), *span)
-        tol = _Tolerances.of(kw.get("bpd_tol"), kw.get("rtol"), kw.get("atol"), dtype, D)
-        kw.update(rtol=tol.rtol, atol=tol.atol, bpd_tol=tol.bpd_tol)
-        if kw.get("per_sample") is None and isinstance(kw.get("method"), str) and kw["method"] == "rk45":
-            kw["per_sample"] = DEFAULT_PER_SAMPLE
+        kw = likelihood_settings(diffusion, dtype, D, **kw)
     except (InputError, TypeError, ValueError):
         pass  # the likelihood refuses these options itself, with its own message, on the first batch
     return kw
@@ -691,8 +681,12 @@ def _rows_of(res, idx: List[int], D: int, continuous: bool) -> List[NLLRow]:
     nfe = per.detach().to("cpu").tolist() if isinstance(per, torch.Tensor) else [int(res.nfe)] * B
     status = [Status(int(s)).name for s in res.status.detach().to("cpu").tolist()]
     nan = math.nan  # a failed sample's numbers are NaN (flowsde's likelihood already gives NaN; any other too)
-    return [NLLRow(i, -lp, b, se, int(n), st) if st == "SUCCESS" else NLLRow(i, nan, nan, nan, int(n), st)
-            for i, lp, b, se, n, st in zip(idx, logp.tolist(), bpd, stderr, nfe, status)]
+    err = getattr(res, "solver_error_bpd", None)
+    err = err.detach().to("cpu", torch.float64).reshape(-1).tolist() if isinstance(err, torch.Tensor) else [nan] * B
+    g = (getattr(res, "stats", None) or {}).get("guarantee")
+    g = g if isinstance(g, str) else ""
+    return [NLLRow(i, -lp, b, se, int(n), st, e, g) if st == "SUCCESS" else NLLRow(i, nan, nan, nan, int(n), st)
+            for i, lp, b, se, n, st, e in zip(idx, logp.tolist(), bpd, stderr, nfe, status, err)]
 
 
 # 18 parameters: the public call behind `flowsde nll`, one keyword per option of the command (docs/nll.md,

@@ -692,3 +692,81 @@ def test_scheduler_grid_ends_where_the_scheduler_lands():
         scheduler_grid({"num_train_timesteps": 10}, 5)
     with pytest.raises(InputError, match="not supported"):
         scheduler_grid(diffusers.LCMScheduler(), 4)
+
+
+# ============================================================ k-diffusion log_likelihood on the shipped digits-eps
+def _kd_sampling():
+    from flowsde.validation import k_diffusion_sampling
+
+    try:
+        kd = k_diffusion_sampling()
+    except ImportError as e:
+        pytest.skip(f"k-diffusion's sampling.py could not be loaded: {e}")
+    if kd is None:
+        pytest.skip("k-diffusion is not installed")
+    return kd
+
+
+def _kd_ll(kd, den, x, v, tol, monkeypatch):
+    """k-diffusion's ``log_likelihood`` of the scaled data ``x`` with its Rademacher probe set to ``v`` (it draws
+    one with ``torch.randint_like``), the largest sigma it called the model with, over ``sigma_max``."""
+    seen = []
+
+    def model(xx, s):
+        seen.append(float(s.max()))
+        return den(xx, s)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "randint_like", lambda like, high: ((v + 1) / 2).to(like.dtype))
+        ll, info = kd.log_likelihood(model, x, den.sigma_min, den.sigma_max, atol=tol, rtol=tol)
+    return ll, max(seen) / den.sigma_max, info["fevals"]
+
+
+def test_kdiffusion_log_likelihood_through_to_denoiser_at_its_tolerances(monkeypatch):
+    """Issue 19, item 8: k-diffusion's own ``log_likelihood`` (torchdiffeq dopri5 in sigma, one Rademacher probe)
+    through ``to_denoiser(outside=math.inf)`` on the shipped digits-eps model runs at rtol = atol = 1e-2 and
+    1e-3, where its stages reach past 2x sigma_max (refused by the default outside=2), and agrees with flowsde's
+    own likelihood of the same model, the same probe and the same prior N(0, sigma_T^2).
+
+    The two integrate the same Hutchinson integral: k-diffusion in the scaled state x/alpha and sigma = r, flowsde
+    in x_t = alpha(t_min) x and t, so ``ll_kd(x) = logp(alpha x) + D log alpha`` (the trace term is invariant
+    under the scalar change of variable). Bounds: at 1e-7 both are converged (1e-3 nats, D = 64, error per step
+    ~1e-7 over < 1000 steps); at 1e-2 / 1e-3 the bound is that tolerance times D (the log-density channel is
+    the peer's own local error control: dopri5 holds each accepted step's error to atol + rtol |state| per
+    component, and the log-density channel's state is ``delta_ll = ll - log N(z; 0, sigma_max^2)``, of size
+    below ``|ll| + D (log sigma_max + log(2 pi e)/2)`` (the latent's prior term at its typical radius), so the
+    accumulated error is below ``tol (1 + that) x steps``, steps = fevals / 6 (dopri5, FSAL)."""
+    from flowsde import models
+    from flowsde.adapters import to_denoiser
+
+    kd = _kd_sampling()
+    dif = models.load("digits-eps", net_dtype=torch.float64)
+    from flowsde import dequantize
+
+    x_t_min = dequantize(models.digits()[:2], levels=17, data_range=(-1, 1), generator=0)
+    sched = dif.schedule
+    a_min = float(sched.alpha(torch.tensor(sched.t_min, dtype=torch.float64)))
+    gen = 7
+    from flowsde._likelihood import draw_probes
+
+    v = draw_probes(tuple(x_t_min.shape), 1, "rademacher", torch.Generator().manual_seed(gen), torch.float64,
+                    "cpu")[0]
+    ours = dif.log_likelihood(x_t_min, trace="hutchinson", probes=1, generator=torch.Generator().manual_seed(gen),
+                              bpd_tol=1e-8).logp
+    D = 64
+    x = x_t_min / a_min  # k-diffusion's scaled state at sigma_min
+    shifted = ours + D * math.log(a_min)
+    with pytest.raises(InputError, match="outside = 2 "):  # the default band: the stage at 2.6x sigma_max
+        _kd_ll(kd, to_denoiser(dif), x, v, 1e-2, monkeypatch)
+    den = to_denoiser(dif, outside=math.inf)
+    tight, _, _ = _kd_ll(kd, den, x, v, 1e-7, monkeypatch)
+    torch.testing.assert_close(tight, shifted, rtol=0, atol=1e-3)
+    reach = {}
+    scale = 1 + float(shifted.abs().max()) + D * (math.log(den.sigma_max) + 0.5 * math.log(2 * math.pi * math.e))
+    for tol in (1e-2, 1e-3):
+        ll, reach[tol], fevals = _kd_ll(kd, den, x, v, tol, monkeypatch)
+        assert torch.isfinite(ll).all()
+        assert (ll - shifted).abs().max() < tol * scale * fevals / 6, (tol, ll - shifted, fevals)
+    assert reach[1e-2] > 2.0  # the stages k-diffusion takes at 1e-2 are beyond the default band
+    with pytest.raises(InputError, match="outside the schedule's range"):
+        den(x, torch.zeros(2, dtype=torch.float64))  # sigma = 0 stays out of range with outside=inf

@@ -246,3 +246,26 @@ def test_the_command_runs_without_hypothesis(tmp_path):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "unknown model" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_shipped_diffusers_model_resolves_through_the_folder_path():
+    """``--model digits-unet``: the shipped pipeline folder takes the path of a user's diffusers folder
+    (the same Diffusion as loading that folder by its path), plus the registry's levels, range and data."""
+    pytest.importorskip("diffusers")
+    import torch
+
+    from flowsde import models
+    from flowsde.cli._models import resolve
+
+    m = resolve("digits-unet", device=torch.device("cpu"), dtype=torch.float32)
+    by_path = resolve(str(models.weights_path("digits-unet")), device=torch.device("cpu"), dtype=torch.float32)
+    assert (m.spec, m.kind, m.event_shape, m.image_shape) == ("digits-unet", "shipped", (1, 8, 8), (1, 8, 8))
+    assert (m.levels, m.data_range) == (17, (-1.0, 1.0)) and m.description == models.info("digits-unet").description
+    assert by_path.kind == "diffusers" and by_path.levels is None
+    assert m.reference is not None  # float32 run: the float64 reference network, as for a user's folder
+    x = m.test_data()
+    assert x.shape == (297, 1, 8, 8) and torch.equal(x.reshape(297, 64), models.digits("test"))
+    t = torch.tensor([0.01, 0.5], dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(m.diffusion.eps(t, x[:2].float()), by_path.diffusion.eps(t, x[:2].float()),
+                                   rtol=0, atol=0)

@@ -148,3 +148,28 @@ def test_resume_refuses_another_model_and_data_and_accepts_the_default_spelled_o
     rc, out, err = run(capsys, *base, "--time-warp", "1.5")
     assert rc == 0, err
     assert "4 row(s) read back" in out
+
+
+@pytest.mark.parametrize("value,msg", [("0", "must be a finite number > 0"), ("-1e-3", "must be a finite number > 0"),
+                                       ("nan", "must be a finite number > 0"), ("abc", "is not a number"),
+                                       ("2", "must be below 1")])
+def test_bpd_tol_bad_value_is_one_line(capsys, value, msg):
+    rc, out, err = run(capsys, "nll", f"--bpd-tol={value}")
+    assert msg in one_line_error(rc, err), err
+
+
+def test_bpd_tol_sets_the_tolerance_and_the_summary_reports_the_error(capsys):
+    # --bpd-tol is the tolerance the rows are computed with (printed with rtol/atol, which default to it), and the
+    # summary prints the solver's error estimate (max and median of solver_error_bpd over the samples), which
+    # follows the tolerance: within 2x of it per sample, and smaller at a tighter one
+    maxes = {}
+    for tol in ("1e-3", "1e-7"):
+        rc, out, err = run(capsys, "nll", "--model", "gmm", "--limit", 4, "--bpd-tol", tol)
+        assert rc == 0, err
+        assert f"bpd_tol={float(tol):g}, RK45 rtol={float(tol):g} atol={float(tol):g}" in out
+        line = [ln for ln in out.splitlines() if ln.startswith("solver error estimate")][0]
+        mx = float(line.split(" max ")[1].split(",")[0])
+        med = float(line.split(" median ")[1].split(" ")[0])
+        assert 0 <= med <= mx < 2 * float(tol) and "over 4 samples" in line, line
+        maxes[tol] = mx
+    assert maxes["1e-7"] < maxes["1e-3"], maxes

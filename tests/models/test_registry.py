@@ -1,6 +1,7 @@
 """flowsde.models: registry, loading, shapes and dtypes, the data splits."""
 
 import importlib.resources
+import importlib.util
 import json
 
 import numpy as np
@@ -12,13 +13,18 @@ import flowsde.models as M
 from flowsde.adapters import Diffusion, Linear, VP
 
 
+MLP_MODELS = ["digits-eps", "digits-velocity", "moons"]  # GaussianResidualMLP weights (digits-unet: diffusers)
+
+
 def test_names_and_info():
-    assert M.names() == ["digits-eps", "digits-velocity", "moons"]
+    assert M.names() == MLP_MODELS + ["digits-unet"]
     for name in M.names():
+        if name == "digits-unet" and importlib.util.find_spec("diffusers") is None:
+            continue  # its schedule is read through diffusers (tests/models/test_digits_unet.py)
         i = M.info(name)
         assert i.name == name and i.description
         assert i.t_range == (i.schedule.t_min, i.schedule.t_max)
-    e, v, m = (M.info(n) for n in M.names())
+    e, v, m = (M.info(n) for n in MLP_MODELS)
     assert (e.event_shape, e.levels, e.data_range, e.prediction) == ((64,), 17, (-1.0, 1.0), "eps")
     assert isinstance(e.schedule, VP)
     assert (v.event_shape, v.levels, v.prediction) == ((64,), 17, "velocity")
@@ -41,7 +47,7 @@ def test_bad_dtype():
 
 def test_weights_ship_inside_the_package():
     root = importlib.resources.files("flowsde.models")
-    for name in M.names():
+    for name in MLP_MODELS:  # digits-unet's folder: tests/models/test_digits_unet.py
         p = M.weights_path(name)
         assert p.is_file(), p
         assert str(p).startswith(str(root)), p
@@ -95,7 +101,9 @@ def test_load_is_offline(monkeypatch):
     with pytest.raises(OSError, match="refused by test_load_is_offline"):  # the refusal is in force
         socket.create_connection(("127.0.0.1", 9))
     attempts.clear()
-    for name in M.names():
+    if importlib.util.find_spec("diffusers") is not None:
+        M.load("digits-unet", net_dtype=torch.float64)  # a diffusers folder, read with local_files_only
+    for name in MLP_MODELS:
         dif = M.load(name, net_dtype=torch.float64)
         with safe_open(str(M.weights_path(name)), framework="pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
