@@ -11,7 +11,7 @@ flowsde compare [--model M] [options] # every sampler, NFE for NFE, vs a float64
 flowsde nll [--model M] [--data SRC]  # bits/dim of a data set (alias: flowsde likelihood)
 flowsde tune --solver S --nfe N --out grid.json  # a sampler's grid fitted to the model (compare --grid FILE)
 
---model M: a shipped model (digits-eps, digits-velocity, moons), gmm (exact mixture oracle),
+--model M: a shipped model (digits-eps, digits-velocity, moons, digits-unet), gmm (exact mixture oracle),
 package.module:factory (returns a flowsde.adapters.Diffusion) or a diffusers pipeline folder.
 """
 
