@@ -20,3 +20,14 @@ def test_new_samplers_run_in_compare_at_their_budgets():
     for m in ("dpm_fast", "deis", "dpmpp_3m"):
         assert rows[m].error < 0.05, (m, rows[m].error)
     assert rows["dpm_fast"].grid == "its own"
+
+
+def test_default_grids_are_the_measured_ones_per_family():
+    # docs/samplers.md, "Default grids, by measurement": per sampler and schedule family; edm where unmeasured
+    from flowsde.adapters import EDM, Linear
+    from flowsde.workloads import default_grid
+
+    assert default_grid("dpmpp_2m", VP()) == "log_snr"
+    assert default_grid("dpmpp_2m", Linear()) == "quadratic"
+    assert default_grid("heun", EDM()) == "edm"
+    assert default_grid("em", Linear()) == "uniform"  # an alias resolves to its method's default
