@@ -716,7 +716,7 @@ def _diagnose_data_end(out, warp: TimeWarp, stats: dict) -> None:
             "drift (or its divergence) is rough there, so the likelihood is slow and its steps are spent on "
             "that region. A network trained only away from the data end does this (train over the whole "
             "time range, as flow matching does); else start the likelihood at a larger t_eps, or raise "
-            "time_warp to stretch the data end.", DataEndWarning, stacklevel=3)
+            "time_warp to stretch the data end.", DataEndWarning, stacklevel=4)
 
 
 class DataEndWarning(RuntimeWarning):

@@ -9,6 +9,7 @@ step; 1e-4 (100 x tol) bounds the accumulated global error (< 100 steps taken).
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -469,3 +470,23 @@ def test_a_samples_answer_does_not_depend_on_its_batch(dtype):
                 assert int(alone.stats["nfe_per_sample"][0]) == int(batch.stats["nfe_per_sample"][i])
             else:
                 assert abs(float(alone.logp[0] - batch.logp[i])) <= batch.stats["bpd_tol"] * D * math.log(2)
+
+
+def test_a_drift_rough_at_the_data_end_is_diagnosed():
+    # issue 19 item 6: a model that wiggles next to the data end (a network never trained there) makes the
+    # solver spend most of its steps there; the call says so, where, and what to do; a smooth one does not
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def rough(t, x):  # a fast oscillation that dies out over the first ~1 % of the span
+        tt = t.reshape(-1, 1) if t.dim() else t
+        return -0.5 * x + 30.0 * torch.sin(tt / 1e-4) * torch.exp(-tt / 3e-3) * x
+
+    with pytest.warns(RuntimeWarning, match=r"last 1% of the span.*data end.*whole time range"):
+        r = log_likelihood(flowsde.ODE(rough), x, (0.0, 1.0), std_normal_logp, bpd_tol=1e-4, time_warp=1,
+                           error_estimate="embedded")
+    assert r.stats["steps_near_data_end"] > 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        smooth = log_likelihood(flowsde.ODE(lambda t, x: -0.5 * x), x, (0.0, 1.0), std_normal_logp, bpd_tol=1e-4,
+                                time_warp=1, error_estimate="embedded")
+    assert smooth.stats["steps_near_data_end"] < 0.5
