@@ -98,41 +98,24 @@ def climb(ladder: Ladder, solve: Callable[[int, torch.Tensor], object], logp_of:
     return Climb(level, estimate, met, solved)
 
 
-def take(climb_: Climb, field: Callable[[object], torch.Tensor], *, plus_one: bool = False) -> torch.Tensor:
-    """A per-sample field of each sample's answer level (``plus_one``: of the level above it, the check)."""
+def take(climb_: Climb, field: Callable[[object], torch.Tensor]) -> torch.Tensor:
+    """A per-sample field of each sample's answer level."""
     out = None
     for k, (idx, run) in enumerate(climb_.solved):
         v = field(run)
         if out is None:
             out = v.clone()
             continue
-        want = climb_.level[idx] + (1 if plus_one else 0) == k
+        want = climb_.level[idx] == k
         out[idx[want]] = v[want]
     return out
 
 
-def total(climb_: Climb, field: Callable[[object], torch.Tensor]) -> torch.Tensor:
-    """A per-sample count summed over every level the sample was solved at."""
+def fold(climb_: Climb, field: Callable[[object], torch.Tensor], combine) -> torch.Tensor:
+    """A per-sample field combined over every solve the sample took part in (``torch.add`` for its counts,
+    ``torch.maximum`` for its worst status)."""
     out = None
     for idx, run in climb_.solved:
         v = field(run)
-        if out is None:
-            out = v.clone()
-        else:
-            out[idx] += v
+        out = v.clone() if out is None else out.index_put((idx,), combine(out[idx], v))
     return out
-
-
-def worst(climb_: Climb, field: Callable[[object], torch.Tensor]) -> torch.Tensor:
-    """A per-sample status: the largest over the levels up to the check of the sample's answer."""
-    out = None
-    for k, (idx, run) in enumerate(climb_.solved):
-        v = field(run)
-        if out is None:
-            out = v.clone()
-            continue
-        use = climb_.level[idx] + 1 >= k
-        out[idx[use]] = torch.maximum(out[idx[use]], v[use])
-    return out
-
-

@@ -47,7 +47,7 @@ import torch
 
 from ._checks import check_state
 from ._divergence import Divergence, exact_cotangents
-from ._error_control import Climb, Ladder, climb, take, total, worst
+from ._error_control import Climb, Ladder, climb, fold, take
 from ._solvers.rk45 import check_tolerances
 from ._utils import batch_broadcast, rademacher, rand, randn
 from ._errors import InputError
@@ -735,12 +735,12 @@ def _merged(c: Climb) -> _Run:
     first = c.solved[0][1]
     B, device = first.z.shape[0], first.z.device
     out = copy.copy(first.out)
-    out.status = worst(c, lambda r: r.out.status)
+    out.status = fold(c, lambda r: r.out.status, torch.maximum)
     out.t_final = take(c, lambda r: r.out.t_final)
     out.h = take(c, lambda r: r.out.h)
     out.accepted = take(c, lambda r: r.out.accepted)
     out.rejected = take(c, lambda r: r.out.rejected)
-    out.calls_per_sample = total(c, lambda r: _calls_per_sample(r.out, r.z.shape[0], device))
+    out.calls_per_sample = fold(c, lambda r: _calls_per_sample(r.out, r.z.shape[0], device), torch.add)
     out.calls = sum(r.out.calls for _, r in c.solved)
     out.steps = sum(r.out.steps for _, r in c.solved)
     return _Run(out, take(c, lambda r: r.z), take(c, lambda r: r.L), take(c, lambda r: r.prior_logp))

@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 
 from .._errors import InputError
-from .sampler import SamplerState, SemiLinearSolver, ancestral_step, denoise, scale, unscale
+from .sampler import SamplerState, SemiLinearSolver, ancestral_stages, denoise, scale, two_stage_nfe, unscale
 
 
 def check_s_noise(owner: str, s_noise) -> float:
@@ -71,22 +71,15 @@ class DPM2Ancestral(SemiLinearSolver):
         self.s_noise = check_s_noise("DPM2Ancestral", s_noise)
 
     def nfe(self, steps: int, *, to_zero_noise: bool = False) -> int:
-        """``2n``; ``2n - 1`` on a grid ending at zero noise (k-diffusion's: the last step is Euler)."""
-        return 2 * int(steps) - (1 if to_zero_noise and steps > 0 else 0)
+        return two_stage_nfe(steps, to_zero_noise)
 
     def prepare(self, problem, host, eta) -> DPM2AncestralState:
-        steps, mids = [], []
-        for i in range(host.steps):
-            r0 = host.r[i]
-            r_down, r_up = ancestral_step(r0, host.r[i + 1], eta)
-            if r_down == 0:
-                steps.append((r_down, r_up, None))
-                mids.append(r0)
-                continue
+        def stage(r0, r_down):
             # exp(lerp(log r0, log r_down, 1/2)), written as torch.lerp evaluates it at weight 1/2 (as dpm_2)
             r_mid = math.exp(math.log(r_down) - (math.log(r_down) - math.log(r0)) * 0.5)
-            steps.append((r_down, r_up, r_mid))
-            mids.append(r_mid)
+            return r_mid, r_mid
+
+        steps, mids = ancestral_stages(host, eta, stage)
         t_mid = host.times(problem, mids, self.name)
         return DPM2AncestralState(host, eta, steps, problem.alpha(t_mid).tolist(), t_mid.to(host.device))
 

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from .sampler import SamplerState, SemiLinearSolver, ancestral_step, denoise, scale, unscale
+from .sampler import SamplerState, SemiLinearSolver, ancestral_stages, denoise, scale, two_stage_nfe, unscale
 
 
 @dataclass
@@ -49,22 +49,15 @@ class DPMpp2SAncestral(SemiLinearSolver):
         self._set_eta(eta)
 
     def nfe(self, steps: int, *, to_zero_noise: bool = False) -> int:
-        """``2n``; ``2n - 1`` on a grid ending at zero noise (k-diffusion's: the last step is Euler)."""
-        return 2 * int(steps) - (1 if to_zero_noise and steps > 0 else 0)
+        return two_stage_nfe(steps, to_zero_noise)
 
     def prepare(self, problem, host, eta) -> DPMpp2SAncestralState:
-        steps, mids = [], []
-        for i in range(host.steps):
-            r0 = host.r[i]
-            r_down, r_up = ancestral_step(r0, host.r[i + 1], eta)
-            if r_down == 0:
-                steps.append((r_down, r_up, None))
-                mids.append(r0)
-                continue
+        def stage(r0, r_down):
             h = math.log(r0) - math.log(r_down)
             r_s = math.exp(-(-math.log(r0) + 0.5 * h))
-            steps.append((r_down, r_up, (r_s / r0, -math.expm1(-0.5 * h), r_down / r0, -math.expm1(-h))))
-            mids.append(r_s)
+            return (r_s / r0, -math.expm1(-0.5 * h), r_down / r0, -math.expm1(-h)), r_s
+
+        steps, mids = ancestral_stages(host, eta, stage)
         t_mid = host.times(problem, mids, self.name)
         return DPMpp2SAncestralState(host, eta, steps, problem.alpha(t_mid).tolist(), t_mid.to(host.device))
 

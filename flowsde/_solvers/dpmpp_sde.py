@@ -38,7 +38,7 @@ import torch
 
 from .._errors import InputError
 from .dpm_2_ancestral import check_s_noise
-from .sampler import SamplerState, SemiLinearSolver, ancestral_step, denoise, scale, unscale
+from .sampler import SamplerState, SemiLinearSolver, ancestral_step, denoise, scale, two_stage_nfe, unscale
 
 
 def _half_step(r0: float, r_to: float, eta: float):
@@ -85,8 +85,7 @@ class DPMppSDE(SemiLinearSolver):
         self.r1 = float(r1)
 
     def nfe(self, steps: int, *, to_zero_noise: bool = False) -> int:
-        """``2n``; ``2n - 1`` on a grid ending at zero noise (k-diffusion's: the last step is Euler)."""
-        return 2 * int(steps) - (1 if to_zero_noise and steps > 0 else 0)
+        return two_stage_nfe(steps, to_zero_noise)
 
     def prepare(self, problem, host, eta) -> DPMppSDEState:
         coef, mids = [], []

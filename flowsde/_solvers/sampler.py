@@ -57,6 +57,30 @@ def ancestral_step(r0: float, r1: float, eta: float):
     return (r1 ** 2 - up ** 2) ** 0.5, up
 
 
+def ancestral_stages(host, eta: float, stage):
+    """``(steps, mids)`` of a two-stage ancestral sampler (k-diffusion's ``dpm_2_ancestral``,
+    ``dpmpp_2s_ancestral``): per step ``(r_down, r_up, coefficients)`` and the intermediate noise level, where
+    ``stage(r0, r_down) -> (coefficients, r_mid)``; a step whose ``r_down`` is 0 is an Euler step to zero noise
+    (``coefficients = None``, ``r_mid = r0``)."""
+    steps, mids = [], []
+    for i in range(host.steps):
+        r0 = host.r[i]
+        r_down, r_up = ancestral_step(r0, host.r[i + 1], eta)
+        if r_down == 0:
+            steps.append((r_down, r_up, None))
+            mids.append(r0)
+            continue
+        coefficients, r_mid = stage(r0, r_down)
+        steps.append((r_down, r_up, coefficients))
+        mids.append(r_mid)
+    return steps, mids
+
+
+def two_stage_nfe(steps: int, to_zero_noise: bool) -> int:
+    """``2n``; ``2n - 1`` on a grid ending at zero noise (k-diffusion's two-stage samplers: the last step is Euler)."""
+    return 2 * int(steps) - (1 if to_zero_noise and steps > 0 else 0)
+
+
 class HostGrid:
     """Float64 host coefficients of a sampler's grid (lists of Python floats, one entry per time):
     ``t``, ``a`` (alpha), ``s`` (sigma), ``lam`` (``log(alpha/sigma)``), ``r`` (``sigma/alpha``),
