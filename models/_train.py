@@ -240,6 +240,10 @@ class _Run:
         eps = torch.randn(x.shape, generator=gen)
         t, xt = _noised(self.dif.schedule, x, lam, eps)
         loss = 0.5 * (hi - lo) * (eps - self.dif.eps(t, xt)).square().sum(1).mean() / self.D  # nats/dim
+        return self._update(loss)
+
+    def _update(self, loss: torch.Tensor) -> float:
+        """One optimizer step on ``loss`` and the EMA of the weights; the loss as a float."""
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -258,13 +262,7 @@ class _Run:
         s = s.to(x.dtype)
         xs = s[:, None] * x + (1 - s[:, None]) * eps
         loss = (self.net(xs, s) - (x - eps)).square().sum(1).mean() / self.D
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        with torch.no_grad():
-            for pe, p in zip(self.ema_net.parameters(), self.net.parameters()):
-                pe.lerp_(p, 1 - self.cfg["ema"])
-        return float(loss.detach())
+        return self._update(loss)
 
     def progress(self, i: int, log_every: int, seconds: float) -> str:
         m = sum(self.losses[-log_every:]) / len(self.losses[-log_every:])
