@@ -35,7 +35,7 @@ import torch
 
 import _checkout  # noqa: F401  (first: refuses a flowsde installed from another checkout)
 import flowsde.models as fm
-from flowsde._divergence import Divergence, exact_cotangents
+from flowsde._internal import Divergence, exact_cotangents
 from flowsde.adapters import from_diffusers
 
 

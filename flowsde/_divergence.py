@@ -125,16 +125,18 @@ def exact_cotangents(x: torch.Tensor, exact_max_bytes: int) -> ExactBasis:
 
 
 def _vjps(out: torch.Tensor, x: torch.Tensor, cot: torch.Tensor, vmap: bool = True,
-          loop: bool = True) -> Tuple[Optional[torch.Tensor], bool]:
+          loop: bool = True, create_graph: bool = False) -> Tuple[Optional[torch.Tensor], bool]:
     """``(J^T c_j)_j`` for the cotangents ``c_j`` in ``cot`` (``(n, B, *event)``), and whether vmap failed:
     batched by vmap, or one VJP at a time where ``vmap`` is ``False`` or fails (``None`` then if ``loop`` is
-    ``False``). The graph of ``out`` is kept; a drift that does not use ``x`` has rows 0."""
+    ``False``). The graph of ``out`` is kept; a drift that does not use ``x`` has rows 0. ``create_graph``: the
+    rows keep their own graph (the adjoint's derivatives of the divergence, :mod:`flowsde._adjoint`)."""
     if vmap and cot.shape[0] > 1:
         try:
             with warnings.catch_warnings():
                 # vmap may warn that an op falls back to a slow loop; the result is still exact
                 warnings.simplefilter("ignore", UserWarning)
-                (g,) = torch.autograd.grad(out, x, cot, is_grads_batched=True, retain_graph=True, allow_unused=True)
+                (g,) = torch.autograd.grad(out, x, cot, is_grads_batched=True, retain_graph=True, allow_unused=True,
+                                           create_graph=create_graph)
             return (torch.zeros_like(cot) if g is None else g), False
         except RuntimeError:  # an op without a vmap rule: one VJP at a time
             if not loop:
@@ -142,7 +144,8 @@ def _vjps(out: torch.Tensor, x: torch.Tensor, cot: torch.Tensor, vmap: bool = Tr
             failed = True
     else:
         failed = False
-    gs = [torch.autograd.grad(out, x, c, retain_graph=True, allow_unused=True)[0] for c in cot]
+    gs = [torch.autograd.grad(out, x, c, retain_graph=True, allow_unused=True, create_graph=create_graph)[0]
+          for c in cot]
     return torch.stack([torch.zeros_like(x) if g is None else g for g in gs]), failed
 
 

@@ -20,7 +20,12 @@ from ._likelihood import (  # data and quantization checks of the likelihood
     check_in_range,
     quantization_levels,
 )
+from ._adjoint import adjoint_log_likelihood, adjoint_logp, attach_adjoint  # the likelihood's adjoint, unexported
+from ._divergence import METHODS as DIVERGENCE_METHODS  # the exact trace's methods, for tests and benchmarks
+from ._divergence import Divergence, ExactBasis, exact_cotangents, replica_bytes
+from ._likelihood import draw_probes
 from ._noise import NoiseSource, make_noise_source
+from ._solvers.deis import deis_weights
 from ._solve import _fixed_step_loop as fixed_step_loop  # the loop of solve, for tests of the checks' knobs
 from ._solvers.pc import resolve_step_rule
 from ._utils import (  # random draws, broadcasting, numbers and times
@@ -39,6 +44,16 @@ from ._utils import (  # random draws, broadcasting, numbers and times
 )
 
 __all__ = [
+    "adjoint_log_likelihood",
+    "adjoint_logp",
+    "attach_adjoint",
+    "DIVERGENCE_METHODS",
+    "Divergence",
+    "ExactBasis",
+    "exact_cotangents",
+    "replica_bytes",
+    "draw_probes",
+    "deis_weights",
     "check_state",
     "check_grid",
     "broadcast_diffusion",

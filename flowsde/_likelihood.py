@@ -496,8 +496,12 @@ def log_likelihood(
     exact_max_bytes: int = 2**30,
     error_estimate: str = "global",
     time_warp: Optional[float] = None,
+    adjoint: bool = False,
+    params: Sequence[torch.Tensor] = (),
+    grad_tol: float = 1e-4,
+    checkpoints: int = 8,
 ) -> LikelihoodResult:
-    # 19 parameters, by design: one keyword per option, as score_sde's get_likelihood_fn and k-diffusion's
+    # 23 parameters, by design: one keyword per option, as score_sde's get_likelihood_fn and k-diffusion's
     # log_likelihood take theirs (torchdiffeq's rtol/atol/method, the probes' generator); Diffusion.log_likelihood
     # copies the keyword-only ones by signature. Grouping them would add a type per call site and no check.
     """``log p_{t_data}(x)`` by solving the ODE with the instantaneous change of variables.
@@ -555,6 +559,18 @@ def log_likelihood(
             from 2.5e-3 to 6e-5 bits/dim at the same NFE, and at image scale it takes 0.4-0.8x
             k-diffusion's NFE (``docs/likelihood.md``, "Time warp").
 
+        adjoint: ``True``: ``logp`` is differentiable with respect to ``x`` and ``params``
+            (``loss(r.logp).backward()`` fills ``x.grad`` and the parameters' ``.grad``) by the continuous
+            adjoint (:mod:`flowsde._adjoint`; Chen et al. 2018, Alg. 1): the adjoint ODE is solved from
+            ``t_prior`` to ``t_data`` with ``x`` restarted from ``checkpoints`` forward states, so memory does not
+            grow with the number of steps; the gradient's relative error is estimated by a solve 10x tighter
+            (tightened while above ``grad_tol``) and reported after the backward in
+            ``r.stats["adjoint"]["grad_error_rel"]``. flowsde's embedded RK engines only, ``throw=True``. Not
+            ``solve(grad=True)``, which backpropagates through the steps (``docs/likelihood.md``, "Gradients").
+        params: (``adjoint=True``) the tensors the drift depends on, e.g. ``tuple(diffusion.net.parameters())``.
+        grad_tol: (``adjoint=True``) relative accuracy asked of the gradient (default 1e-4).
+        checkpoints: (``adjoint=True``) forward states the backward solve restarts ``x`` from (default 8).
+
     Returns:
         :class:`LikelihoodResult`, with ``solver_error`` the solver's error estimate (nats; in bits/dim
         as ``solver_error_bpd``) beside ``stderr``.
@@ -593,8 +609,21 @@ def log_likelihood(
             _diagnose_data_end(run.out, warp, stats)
         return run
 
+    if adjoint:
+        _check_adjoint(method, throw)
+
+    def differentiable(res: LikelihoodResult) -> LikelihoodResult:
+        if adjoint:  # the same estimator (cotangents) the forward used; the options as given
+            from ._adjoint import attach_adjoint
+
+            res.logp, res.stats["adjoint"] = attach_adjoint(
+                res.logp, ode, x, t_span, prior_logp, cot=cot, params=params, trace=trace, probes=probes, probe=probe,
+                bpd_tol=bpd_tol, grad_tol=grad_tol, rtol=rtol, atol=atol, method=method, per_sample=per_sample,
+                max_steps=max_steps, exact_max_bytes=exact_max_bytes, time_warp=time_warp, checkpoints=checkpoints)
+        return res
+
     if error_estimate == "embedded":
-        return _result(solve(tols), exact=exact, dims=D, stats=stats)
+        return differentiable(_result(solve(tols), exact=exact, dims=D, stats=stats))
     ladder = Ladder()
 
     def level(k: int, idx: torch.Tensor) -> _Run:
@@ -612,7 +641,20 @@ def log_likelihood(
                       stacklevel=2)
     stats.update(level_per_sample=c.level, met_per_sample=c.met, ladder=dict(start=ladder.start,
                  factor=ladder.factor, safety=ladder.safety, max_solves=ladder.max_solves))
-    return _result(_merged(c), exact=exact, dims=D, stats=stats, solver_error=c.estimate)
+    return differentiable(_result(_merged(c), exact=exact, dims=D, stats=stats, solver_error=c.estimate))
+
+
+def _check_adjoint(method, throw: bool) -> None:
+    """``adjoint=True`` needs flowsde's embedded RK engine and ``throw=True`` (a failed sample's NaN ``logp`` has
+    no gradient)."""
+    from ._solvers.rk45 import EMBEDDED_RK, EmbeddedRK
+
+    if not ((isinstance(method, str) and method in EMBEDDED_RK) or isinstance(method, EmbeddedRK)):
+        raise InputError(f"log_likelihood: adjoint=True solves the adjoint ODE with flowsde's embedded RK engines "
+                         f"('rk45', 'tsit5', 'bosh3'), not method={method!r}.")
+    if not throw:
+        raise InputError("log_likelihood: adjoint=True needs throw=True: a failed sample's logp is NaN and has no "
+                         "gradient.")
 
 
 def _check_call(ode, x, t_span, prior_logp, *, trace, probe, probes, error_estimate) -> Tuple[float, float]:

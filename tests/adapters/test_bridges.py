@@ -747,7 +747,7 @@ def test_kdiffusion_log_likelihood_through_to_denoiser_at_its_tolerances(monkeyp
     sched = dif.schedule
     a_min = float(sched.alpha(torch.tensor(sched.t_min, dtype=torch.float64)))
     gen = 7
-    from flowsde._likelihood import draw_probes
+    from flowsde._internal import draw_probes
 
     v = draw_probes(tuple(x_t_min.shape), 1, "rademacher", torch.Generator().manual_seed(gen), torch.float64,
                     "cpu")[0]

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowsde
-from flowsde._divergence import METHODS, Divergence, ExactBasis, exact_cotangents, replica_bytes
+from flowsde._internal import DIVERGENCE_METHODS as METHODS
+from flowsde._internal import Divergence, ExactBasis, exact_cotangents, replica_bytes
 
 F64 = torch.float64
 EXACT_METHODS = list(METHODS)

@@ -37,7 +37,7 @@ import flowsde
 from flowsde import InputError
 from flowsde.adapters import Diffusion, from_diffusers, scheduler_grid
 from flowsde.adapters.schedules import VP, Linear
-from flowsde._solvers.deis import deis_weights
+from flowsde._internal import deis_weights
 from flowsde.solvers import DEIS, DPMpp3M, DPMppSingle, SASolver
 
 from _samplers_peers import F64, diffusers_schedulers, gen, mixture

@@ -204,7 +204,7 @@ def test_dpmpp_sde_noise_is_brownian_with_a_generator():
     """With a plain generator the two draws of a step are increments of one Brownian path: the second
     normal (over ``[t0, t1]``) has correlation ``sqrt(|t_s - t0|/|t1 - t0|)`` with the first, as the
     peer's tree gives them; each is standard normal."""
-    from flowsde._solvers.dpmpp_sde import DPMppSDE
+    from flowsde.solvers import DPMppSDE
 
     seen = []
 
