@@ -25,6 +25,7 @@ from ._divergence import METHODS as DIVERGENCE_METHODS  # the exact trace's meth
 from ._divergence import Divergence, ExactBasis, exact_cotangents, replica_bytes
 from ._likelihood import draw_probes
 from ._noise import NoiseSource, make_noise_source
+from ._solvers.adaptive_sde import BrownianMemory  # the Brownian bridge of rejected tries, for its tests
 from ._solvers.deis import deis_weights
 from ._solve import _fixed_step_loop as fixed_step_loop  # the loop of solve, for tests of the checks' knobs
 from ._solvers.pc import resolve_step_rule
@@ -54,6 +55,7 @@ __all__ = [
     "replica_bytes",
     "draw_probes",
     "deis_weights",
+    "BrownianMemory",
     "check_state",
     "check_grid",
     "broadcast_diffusion",

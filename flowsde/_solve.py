@@ -14,7 +14,7 @@ from ._errors import InputError
 from ._noise import make_noise_source
 from ._problem import ODE
 from ._solution import Solution
-from ._solvers import PC, RK45, SAMPLERS, Bosh3, Tsit5, Euler, EulerMaruyama, Heun, Solver, TorchSDE
+from ._solvers import PC, RK45, SAMPLERS, AdaptiveSDE, Bosh3, Tsit5, Euler, EulerMaruyama, Heun, Solver, TorchSDE
 from ._solvers.base import step_sizes
 from ._solvers.torchdiffeq_engine import methods as _torchdiffeq_methods
 
@@ -36,6 +36,7 @@ METHODS = types.MappingProxyType({
     "dopri5": RK45,
     "tsit5": Tsit5,
     "bosh3": Bosh3,
+    "adaptive_sde": AdaptiveSDE,  # Jolicoeur-Martineau et al. 2021 ("Gotta Go Fast"): per-sample adaptive steps
     **SAMPLERS,  # ddim, euler_ancestral, dpm_2, dpmpp_*, lms, unipc, edm (docs/samplers.md)
     **_torchdiffeq_methods(),  # "torchdiffeq:dopri5", ... (torchdiffeq's adaptive solvers)
 })

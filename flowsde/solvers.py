@@ -9,6 +9,7 @@ adaptive ones implement ``solve``.
 
 from ._solve import METHODS, get_solver
 from ._solvers import (
+    AdaptiveSDE,
     DDIM,
     DPM2,
     LMS,
@@ -84,4 +85,6 @@ __all__ = [
     "DPMpp3M",
     "DPMppSingle",
     "SASolver",
+    # Jolicoeur-Martineau et al.'s adaptive-step SDE sampler (issue 22)
+    "AdaptiveSDE",
 ]

@@ -205,6 +205,9 @@ TABLE = types.MappingProxyType({
                                                               "dpm_fast, its error against rtol in tests/samplers/"
                                                               "test_kdiffusion_more.py::test_dpm_adaptive_meets_its_"
                                                               "tolerance_on_the_exact_mixture"),
+    # Jolicoeur-Martineau et al.'s adaptive-step SDE sampler: per-sample steps between the grid's end points
+    "adaptive_sde": Method("adaptive", not_fitted=_ADAPTIVE + "its marginals and its error against the tolerance are "
+                                                              "tested in tests/samplers/test_adaptive_sde.py"),
     # ---- samplers of semi-linear problems (stochastic ones: the order of their beta = 0 limit)
     "ddim": Method("sampler", (_sampler(),), not_fitted=_SAMPLER_WEAK),
     "euler_ancestral": Method("sampler", (_sampler(),), not_fitted=_SAMPLER_WEAK),

@@ -56,6 +56,9 @@ ALL_METHODS = DETERMINISTIC + STOCHASTIC
 #: samplers added to the default set when ``flowsde.solvers.METHODS`` has them.
 OPTIONAL_ODE = ("ddim", "dpmpp_2m", "unipc", "lms", "dpm_2")
 OPTIONAL_SDE = ("dpmpp_2m_sde", "dpmpp_3m_sde", "euler_ancestral", "dpmpp_2s_ancestral")
+#: adaptive samplers of the reverse SDE (their own steps, a tolerance sweep; run on the reverse SDE with its
+#: own noise, so they have no strong error)
+ADAPTIVE_SDE = ("adaptive_sde",)
 #: samplers that pick their own steps from an NFE budget over the span (``solve(..., nfe=budget)``)
 BUDGETED = ("dpm_fast",)
 #: samplers whose noise is the Brownian path's increments (``noise.dW``): they have a strong error.
@@ -93,7 +96,7 @@ def default_mixture(dim: int = 2, dtype=torch.float64) -> GaussianMixture:
 def _is_ode_method(method: str) -> bool:
     if method in DETERMINISTIC:
         return True
-    if method in STOCHASTIC:
+    if method in STOCHASTIC or method in ADAPTIVE_SDE:
         return False
     return bool(getattr(flowsde.solvers.get_solver(method), "solves_ode", False))  # e.g. ddim, dpmpp_2m, unipc
 
@@ -501,6 +504,10 @@ def _rows(s: _Setup, refs: _References, info: dict, bar) -> Tuple[List[CompareRo
         if method in BUDGETED:
             sol = flowsde.solve(pf, x_run, s.span, method=method, nfe=budget)
             x, nfe, label, grid = sol.x, float(sol.nfe), f"nfe {budget}", "its own"
+        elif method in ADAPTIVE_SDE:  # per-sample steps on the reverse SDE: NFE the mean over the samples
+            sol = flowsde.solve(rsde, x_run, s.span, method=method, rtol=setting, generator=s.seed)
+            x, nfe, label, grid = (sol.x, float(sol.stats["nfe_per_sample"].double().mean()), f"tol {setting:.0e}",
+                                   None)
         elif budget is None:
             x, nfe, label, grid = *_adaptive_run(*_adaptive_problem(s.diffusion, pf, s.span)[:2], method, setting,
                                                  x_run), None

@@ -52,3 +52,8 @@ from .sa_solver import SASolver  # noqa: E402
 
 SAMPLERS.update({cls.name: cls for cls in (DEIS, DPMpp3M, DPMppSingle, SASolver)})
 __all__ += ["DEIS", "DPMpp3M", "DPMppSingle", "SASolver"]
+
+# Jolicoeur-Martineau et al.'s adaptive-step SDE sampler (issue 22): any SDE, per-sample steps (adaptive family)
+from .adaptive_sde import AdaptiveSDE  # noqa: E402
+
+__all__ += ["AdaptiveSDE"]

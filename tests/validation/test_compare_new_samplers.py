@@ -31,3 +31,13 @@ def test_default_grids_are_the_measured_ones_per_family():
     assert default_grid("dpmpp_2m", Linear()) == "quadratic"
     assert default_grid("heun", EDM()) == "edm"
     assert default_grid("em", Linear()) == "uniform"  # an alias resolves to its method's default
+
+
+def test_adaptive_sde_runs_in_compare_on_the_reverse_sde():
+    gm = default_mixture(2)
+    dif = Diffusion(gm.oracle(VP(), "eps"), VP(), prediction="eps")
+    r = compare_solvers(dif, gm, methods=["adaptive_sde"], budgets=[10], samples=32, rk45_tols=[0.1, 0.01])
+    rows = [row for row in r.rows if row.method == "adaptive_sde"]
+    assert [row.setting for row in rows] == ["tol 1e-01", "tol 1e-02"]
+    assert rows[0].nfe < rows[1].nfe  # tighter tolerance, more steps
+    assert all(row.error is None for row in rows)  # its own noise: no strong error, scored by distance
