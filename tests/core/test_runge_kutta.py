@@ -40,7 +40,8 @@ class HeunEuler(EmbeddedRK):
 
 # every flowsde embedded pair of the method table (tests/method_table.py), and a pair without FSAL
 SOLVERS = [type(flowsde.solvers.get_solver(m)) for m, e in TABLE.items()
-           if e.family == "adaptive" and e.alias_of is None and not m.startswith("torchdiffeq:")] + [HeunEuler]
+           if e.family == "adaptive" and e.alias_of is None and not m.startswith("torchdiffeq:")
+           and isinstance(flowsde.solvers.get_solver(m), flowsde.solvers.EmbeddedRK)] + [HeunEuler]
 
 
 def _embedded(tableau: ButcherTableau) -> type:
