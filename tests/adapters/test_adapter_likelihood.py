@@ -229,7 +229,7 @@ def test_failed_sample_has_nan_numbers_in_every_field():
 
     x = gm.sample(3, generator=g)
     x[1] = 8.0  # only sample 1 reaches the NaN
-    kw = dict(corrected=True, per_sample=True, throw=False, trace="hutchinson", probes=2)
+    kw = dict(corrected=True, per_sample=True, throw=False, trace="hutchinson", probes=2, bpd_tol=1e-3)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
     ref = Diffusion(inner, sched, prediction="eps").log_likelihood(x, generator=gens(), **kw)
     r = Diffusion(net, sched, prediction="eps").log_likelihood(x, generator=gens(), **kw)

@@ -19,6 +19,7 @@ import torch
 N_SAMPLES = 40
 DIM = 4
 BITS = 8
+BPD_TOL = 1e-3  # the runs test sharding and resume, not accuracy: a quick tolerance
 
 
 def model_and_data(n: int = N_SAMPLES, *, sleep: float = 0.0, fail_index: int = -1):
@@ -65,7 +66,7 @@ class _FailingDataset(torch.utils.data.Dataset):
 
 def options(args) -> dict:
     return dict(bits=BITS, batch_size=args.batch_size, generator=args.seed, trace=args.trace, probes=args.probes,
-                per_sample=args.per_sample == "on")
+                per_sample=args.per_sample == "on", bpd_tol=BPD_TOL)
 
 
 def main(argv=None) -> int:

@@ -32,7 +32,8 @@ WORKER = str(Path(__file__).with_name("_nll_worker.py"))
 DT = torch.float64
 # the worker's defaults: Hutchinson with 2 probes (a stderr per sample), batch-shared steps (the
 # samples of a batch are coupled, so only batches formed from global indices give equal rows)
-DEFAULTS = dict(bits=W.BITS, batch_size=4, generator=0, trace="hutchinson", probes=2, per_sample=False)
+DEFAULTS = dict(bits=W.BITS, batch_size=4, generator=0, trace="hutchinson", probes=2, per_sample=False,
+                bpd_tol=W.BPD_TOL)
 
 
 def _env():
