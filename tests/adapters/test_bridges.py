@@ -25,6 +25,7 @@ from flowsde.adapters import (
 )
 from flowsde.adapters.schedules import EDM, VP, Discrete, Linear
 from flowsde.validation import GaussianMixture
+from _adapters_peers import kd_sampling
 
 F64 = torch.float64
 
@@ -695,18 +696,6 @@ def test_scheduler_grid_ends_where_the_scheduler_lands():
 
 
 # ============================================================ k-diffusion log_likelihood on the shipped digits-eps
-def _kd_sampling():
-    from flowsde.validation import k_diffusion_sampling
-
-    try:
-        kd = k_diffusion_sampling()
-    except ImportError as e:
-        pytest.skip(f"k-diffusion's sampling.py could not be loaded: {e}")
-    if kd is None:
-        pytest.skip("k-diffusion is not installed")
-    return kd
-
-
 def _kd_ll(kd, den, x, v, tol, monkeypatch):
     """k-diffusion's ``log_likelihood`` of the scaled data ``x`` with its Rademacher probe set to ``v`` (it draws
     one with ``torch.randint_like``), the largest sigma it called the model with, over ``sigma_max``."""
@@ -739,7 +728,7 @@ def test_kdiffusion_log_likelihood_through_to_denoiser_at_its_tolerances(monkeyp
     from flowsde import models
     from flowsde.adapters import to_denoiser
 
-    kd = _kd_sampling()
+    kd = kd_sampling()
     dif = models.load("digits-eps", net_dtype=torch.float64)
     from flowsde import dequantize
 

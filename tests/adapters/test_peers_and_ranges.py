@@ -14,7 +14,9 @@ import flowsde
 from flowsde import InputError
 from flowsde.adapters import Diffusion, EDMPrecond, from_diffusers, from_flow_matching, to_denoiser, to_flow_matching
 from flowsde.adapters.schedules import EDM, VE, VP, Linear
-from flowsde.validation import GaussianMixture, k_diffusion_sampling
+from flowsde.validation import GaussianMixture
+
+from _adapters_peers import kd_sampling
 
 
 F64 = torch.float64
@@ -90,16 +92,6 @@ def test_flow_model_likelihood_at_the_data_end():
 
 
 # ============================================================ peers: k-diffusion's log_likelihood via to_denoiser
-def _kd():
-    try:
-        kd = k_diffusion_sampling()
-    except ImportError as e:
-        pytest.skip(f"k-diffusion's sampling.py could not be loaded: {e}")
-    if kd is None:
-        pytest.skip("k-diffusion is not installed")
-    return kd
-
-
 def test_kdiffusion_log_likelihood_runs_through_to_denoiser():
     """k-diffusion's own ``log_likelihood`` (torchdiffeq dopri5 in sigma) on a VP eps-model: its last
     step overshoots sigma_max = 152.17 and is interpolated back; the bridge evaluates those stages at
@@ -108,7 +100,7 @@ def test_kdiffusion_log_likelihood_runs_through_to_denoiser():
     Tolerance: dopri5 at rtol = atol = 1e-7 (error ~1e-6 nats) plus k-diffusion's prior N(0, r^2)
     against the true latent law (mixture + N(0, r^2)): zero mean, second moment m2 = 1.35, so the
     log-density gap is below m2 / r^2 = 6e-5 at r = 152; 2e-4 leaves a 3x margin."""
-    kd = _kd()
+    kd = kd_sampling()
     gm, sched = mixture_1d(), VP()
     den = to_denoiser(Diffusion(gm.oracle(sched, "eps"), sched, "eps"))
     seen = []
