@@ -22,9 +22,10 @@ _NAMES = [
     (re.compile(r"\blevels/bits/data_range\b"), "--levels / --bits / --data-range"),
     (re.compile(r"\bthe data_range it was scaled to\b"), "the --data-range it was scaled to"),
     (re.compile(r"\binto data_range\b"), "into --data-range"),
-    (re.compile(r"\bbpd_tol\b"), "--likelihood-tols"),
     (re.compile(r"\bsamples=(\d+)"), r"--batch-size \1"),
 ]
+
+_BPD_TOL = re.compile(r"\bbpd_tol\b")
 
 #: advice that needs an option the command line does not have (a grid or a span that starts below t_max,
 #: a diffusion coefficient, a prior): cut from here on and replaced by what the command line can do.
@@ -39,6 +40,8 @@ def for_cli(message: str, *, command: str = "", model=None) -> str:
     """``message`` (one line) with the library's Python names replaced by the flags of the command line, and
     advice that needs an option the command line lacks replaced by the command line's own."""
     msg = " ".join(str(message).split())
+    # the likelihood's tolerance: nll's --bpd-tol, compare's --likelihood-tols (gmm rows)
+    msg = _BPD_TOL.sub("--bpd-tol" if command in ("nll", "likelihood") else "--likelihood-tols", msg)
     for pat, rep in _NAMES:
         msg = pat.sub(rep, msg)
     m = _NO_FLAG.search(msg)

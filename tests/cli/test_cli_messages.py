@@ -79,6 +79,16 @@ def test_for_cli_rewrites_a_sampler_message():
 
 # -- 4. one error line; rank 0 alone prints --------------------------------------------------------------
 
+@pytest.mark.parametrize("command, flag", [("nll", "--bpd-tol"), ("likelihood", "--bpd-tol"),
+                                           ("compare", "--likelihood-tols")])
+def test_for_cli_names_the_commands_own_likelihood_tolerance(command, flag):
+    from flowsde.cli._errors import for_cli
+
+    line = for_cli("dataset_nll: out.csv holds results of another run (bpd_tol: 1e-05 there vs 0.0001 now)",
+                   command=command)
+    assert f"({flag}: 1e-05 there" in line and "bpd_tol" not in line
+
+
 def test_an_input_error_inside_the_run_is_said_once(capsys, caplog, tmp_path, digits4):
     np.save(tmp_path / "off.npy", (0.9 * digits4).numpy())
     with caplog.at_level(logging.WARNING, logger="flowsde.nll"):
