@@ -39,7 +39,7 @@ from ._data import DIGITS_LEVELS, DIGITS_RANGE, dequantize_digits, digits, digit
 from ._nets import GaussianResidualMLP
 from ._registry import _spec, build, write_weights
 
-__all__ = ["train", "TrainConfig", "elbo_nats", "nats_to_bpd", "DEFAULTS"]
+__all__ = ["train", "TrainConfig", "elbo_nats", "denoising_loss", "nats_to_bpd", "DEFAULTS"]
 
 LAMBDA_FLOOR = -20.0
 
@@ -69,6 +69,29 @@ def _noised(schedule, x, lam, eps):
     t = schedule.t_from_log_snr(lam).clamp(schedule.t_min, schedule.t_max)
     a, s = schedule.alpha(t)[:, None], schedule.sigma(t)[:, None]
     return t.to(x.dtype), (a * x.to(torch.float64) + s * eps.to(torch.float64)).to(x.dtype)
+
+
+def denoising_loss(diffusion, x: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
+    """The training loss of the shipped eps models, nats per dimension (a 0-dim tensor with a graph).
+
+    The diffusion term of ``-ELBO`` (Kingma et al. 2021, VDM, eq. 17, in log-SNR):
+    ``0.5 (lambda_hi - lambda_lo) E ||eps - eps_hat(x_lambda, lambda)||^2 / D``, one ``lambda`` per sample
+    stratified over ``[lambda_lo, lambda_hi]`` (the schedule's span, ``lambda_lo`` floored at -20), drawn
+    from ``generator`` in the order: a permutation of the strata, their offsets, then ``eps``.
+
+    Arguments:
+        diffusion: an eps-prediction :class:`flowsde.adapters.Diffusion` (its network in training).
+        x: a batch of data ``(B, *event)``.
+        generator: a ``torch.Generator`` (CPU).
+    """
+    lo, hi = _lambda_range(diffusion.schedule)
+    B = x.shape[0]
+    u = (torch.randperm(B, generator=generator).to(torch.float64)
+         + torch.rand(B, generator=generator, dtype=torch.float64)) / B
+    lam = lo + (hi - lo) * u
+    eps = torch.randn(x.shape, generator=generator)
+    t, xt = _noised(diffusion.schedule, x, lam, eps)
+    return 0.5 * (hi - lo) * (eps - diffusion.eps(t, xt)).square().flatten(1).sum(1).mean() / x[0].numel()
 
 
 def elbo_nats(diffusion, x: torch.Tensor, *, n_lambda: int = 64, generator=None) -> torch.Tensor:
@@ -217,7 +240,6 @@ class _Run:
         self.name, self.cfg, self.net, self.ema_net, self.opt = name, cfg, net, ema_net, opt
         self.dif = build(name, net)
         self.draw, self.gen, self.D, self.holdout = draw, gen, D, holdout
-        self.lo, self.hi = _lambda_range(self.dif.schedule)
         self.warm = min(200, cfg["steps"] // 10)
         self.losses = []
 
@@ -231,16 +253,10 @@ class _Run:
     def step(self, i: int) -> float:
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(i)
-        B, gen, lo, hi = self.cfg["batch_size"], self.gen, self.lo, self.hi
-        x = self.draw(B, gen)
+        x = self.draw(self.cfg["batch_size"], self.gen)
         if self.cfg.get("objective", "elbo") == "flow-matching":
             return self._flow_matching_step(x)
-        u = (torch.randperm(B, generator=gen).to(torch.float64) + torch.rand(B, generator=gen, dtype=torch.float64)) / B
-        lam = lo + (hi - lo) * u
-        eps = torch.randn(x.shape, generator=gen)
-        t, xt = _noised(self.dif.schedule, x, lam, eps)
-        loss = 0.5 * (hi - lo) * (eps - self.dif.eps(t, xt)).square().sum(1).mean() / self.D  # nats/dim
-        return self._update(loss)
+        return self._update(denoising_loss(self.dif, x, generator=self.gen))
 
     def _update(self, loss: torch.Tensor) -> float:
         """One optimizer step on ``loss`` and the EMA of the weights; the loss as a float."""
