@@ -43,7 +43,7 @@ def _device(s: str):
     return d
 
 
-def _model_args(p, *, default_dtype="float64", top=False) -> None:
+def _model_args(p, *, top=False) -> None:
     """The options every command shares (model and run). They are global: accepted before the command
     (``flowsde -q nll``, on the top-level parser: ``top``, with the real defaults) and after it (on each
     command's parser, with no default, so that a value given before the command is not reset)."""
@@ -65,8 +65,9 @@ def _model_args(p, *, default_dtype="float64", top=False) -> None:
                    help="factory models: the shape of one sample, e.g. 64 or 3 32 32")
     r = p.add_argument_group("run (global: before or after the command)")
     r.add_argument("--device", type=_device, default=dflt(_device("cpu")), help="torch device (default: cpu)")
-    r.add_argument("--dtype", type=_dtype, default=dflt(_dtype(default_dtype)),
-                   help=f"state dtype: float32 or float64 (default: {default_dtype})")
+    r.add_argument("--dtype", type=_dtype, default=dflt(None),
+                   help="state dtype: float32 or float64 (default: float32 for a diffusers folder, such as "
+                        "digits-unet, float64 otherwise)")
     r.add_argument("--seed", type=int, default=dflt(0), help="everything random derives from it (default: 0)")
     r.add_argument("--threads", type=_pos_int, default=dflt(None), metavar="N",
                    help="CPU threads of torch (default: 1 for the shipped models and gmm, which run fastest on "
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     import flowsde
 
     from ._errors import CLIError, for_cli
-    from ._models import resolve
+    from ._models import default_dtype, resolve
 
     prog = f"flowsde {args.cmd}"
     quiet_rank = rank() != 0
@@ -152,6 +153,8 @@ def main(argv=None) -> int:
 
                 if not torch.cuda.is_available():
                     raise CLIError(f"--device {args.device}: CUDA is not available here; use --device cpu.")
+            if args.dtype is None:
+                args.dtype = default_dtype(args.model)
             model = resolve(args.model, device=args.device, dtype=args.dtype, schedule=args.schedule,
                             prediction=args.prediction, dim=args.dim,
                             shape=tuple(args.shape) if args.shape else None)
@@ -207,13 +210,17 @@ _SMALL = ("shipped", "gmm")
 @__import__("contextlib").contextmanager
 def _threads(args, model):
     """torch's CPU threads for the run, restored after: ``--threads N``; else, unless ``OMP_NUM_THREADS``
-    is set, 1 for the shipped models and gmm on a CPU (thread start-up costs more than it saves on them)."""
+    is set, 1 for the shipped MLPs and gmm on a CPU (thread start-up costs more than it saves on them; a
+    diffusers UNet, digits-unet included, keeps torch's threads)."""
     import os
 
     import torch
 
     n = args.threads
-    if n is None and not os.environ.get("OMP_NUM_THREADS") and model.kind in _SMALL and args.device.type == "cpu":
+    from ._models import is_diffusers
+
+    small = model.kind in _SMALL and not is_diffusers(model.spec)
+    if n is None and not os.environ.get("OMP_NUM_THREADS") and small and args.device.type == "cpu":
         n = 1
     before = torch.get_num_threads()
     if n is not None:

@@ -202,3 +202,25 @@ def test_threads_one_for_small_models_and_restored(capsys, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert run(capsys, *argv)[0] == 0
     assert seen[-1][0] is None  # the user's OMP_NUM_THREADS is kept
+
+
+def test_a_diffusers_folder_runs_in_float32_on_torchs_threads(tmp_path, monkeypatch):
+    """``--dtype`` and ``--threads`` unset: float32 and torch's threads for a diffusers folder (digits-unet, or
+    a user's folder, which the same rule reads from disk), float64 and one thread for the shipped MLPs and gmm."""
+    from types import SimpleNamespace
+
+    import flowsde.cli._app as app
+    from flowsde.cli._models import default_dtype, is_diffusers
+
+    pytest.importorskip("diffusers")
+    folder = tmp_path / "pipe"
+    folder.mkdir()
+    assert default_dtype("digits-unet") == torch.float32 and is_diffusers("digits-unet")
+    assert default_dtype(str(folder)) == torch.float32
+    for spec in ("digits-eps", "digits-velocity", "moons", "gmm", "pkg.mod:factory"):
+        assert default_dtype(spec) == torch.float64 and not is_diffusers(spec)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    args = SimpleNamespace(threads=None, device=torch.device("cpu"))
+    for spec, kind, want in (("digits-unet", "shipped", None), ("digits-eps", "shipped", 1), ("gmm", "gmm", 1)):
+        with app._threads(args, SimpleNamespace(kind=kind, spec=spec)) as n:
+            assert n == want, spec
