@@ -25,6 +25,8 @@ so that the resident set follows the live tensors rather than the allocator's re
 
     python benchmarks/bench_adjoint.py            # two settings each (~3 minutes on 2 shared CPU cores)
     python benchmarks/bench_adjoint.py --full     # the sweep 50-500 steps (~6 minutes)
+    python benchmarks/bench_adjoint.py --memory --batch 2048   # flowsde's adjoint alone, 40-600 steps, at a
+                                                  # batch whose tensors dwarf the resident set's noise (~0.4 MiB)
 """
 
 from __future__ import annotations
@@ -163,8 +165,11 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def one(method: str, setting: float, out: str) -> None:
-    """A child process: warm up on 2 samples, then time and measure one gradient; write it to ``out``."""
+def one(method: str, setting: float, out: str, batch: int) -> None:
+    """A child process: warm up on 2 samples, then time and measure one gradient of ``batch`` samples; write it
+    to ``out``."""
+    global B
+    B = batch
     torch.set_num_threads(1)
     drift = Drift()
     run = RUNS[method]
@@ -182,8 +187,8 @@ def one(method: str, setting: float, out: str) -> None:
 def measure(method: str, setting: float) -> dict:
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "g.pt")
-        subprocess.run([sys.executable, __file__, "--one", method, repr(setting), out], check=True, env=dict(
-            os.environ, **MALLOC))
+        subprocess.run([sys.executable, __file__, "--one", method, repr(setting), out, "--batch", str(B)],
+                       check=True, env=dict(os.environ, **MALLOC))
         return torch.load(out)
 
 
@@ -195,18 +200,28 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--one", nargs=3, metavar=("METHOD", "SETTING", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--full", action="store_true", help="the longer sweep (~6 minutes)")
+    ap.add_argument("--memory", action="store_true",
+                    help="flowsde's adjoint alone over grad_tol 1e-2..1e-8 (its memory against its steps)")
+    ap.add_argument("--batch", type=int, default=B, help=f"samples (default {B})")
     a = ap.parse_args()
+    global B
+    B = a.batch
     if a.one:
         method, setting, out = a.one
-        one(method, float(setting), out)
+        one(method, float(setting), out, a.batch)
         return
     sweeps = {"flowsde-adjoint": [1e-3, 1e-6], "backprop-rk4": [50, 500], "torchdiffeq-adjoint": [1e-6, 1e-9]}
     if a.full:
         sweeps = {"flowsde-adjoint": [1e-3, 1e-5, 1e-7], "backprop-rk4": [50, 100, 200, 500],
                   "torchdiffeq-adjoint": [1e-5, 1e-7, 1e-9, 1e-10]}
-    ref = measure("backprop-rk4", REF_STEPS)
-    gref = flat(ref)
-    print(f"reference: backprop-rk4 with {REF_STEPS} steps (peak {ref['peak'] / 2**20:.0f} MiB, {ref['wall']:.1f} s)")
+    if a.memory:
+        sweeps = {"flowsde-adjoint": [1e-2, 1e-4, 1e-6, 1e-8]}
+    gref = None
+    if not a.memory:  # (--memory: no reference; backprop through 1000 steps of a large batch would not fit)
+        ref = measure("backprop-rk4", REF_STEPS)
+        gref = flat(ref)
+        print(f"reference: backprop-rk4 with {REF_STEPS} steps (peak {ref['peak'] / 2**20:.0f} MiB, "
+              f"{ref['wall']:.1f} s)")
     print(f"D={D} B={B} MLP {D + 1}-{H}-{H}-{D} tanh + rotation omega={OMEGA}, float64, Hutchinson 1 probe, "
           "CPU 1 thread")
     print(f"{'method':<20} {'setting':>8} {'steps':>6} {'nfe':>6} {'grad err':>9} {'est':>8} {'peak MiB':>9} "
@@ -215,7 +230,7 @@ def main():
     for method, settings in sweeps.items():
         for s in settings:
             r = measure(method, s)
-            err = float((flat(r) - gref).norm() / gref.norm())
+            err = float("nan") if gref is None else float((flat(r) - gref).norm() / gref.norm())
             rows.append((method, s, r))
             print(f"{method:<20} {s:>8.0e} {r['steps']:>6} {r['nfe']:>6} {err:>9.1e} {r['est']:>8.1e} "
                   f"{r['peak'] / 2**20:>9.1f} {r['wall']:>7.2f}", flush=True)

@@ -312,8 +312,11 @@ def _diffusers(folder: Path, device, dtype) -> Model:
         return from_diffusers(unet, sched_cfg)
 
     diff = load(dtype)
-    # the float64 references (compare's PF-ODE reference, ...) run the UNet itself in float64
-    ref = load(torch.float64) if dtype != torch.float64 else None
+    # the references (compare's PF-ODE and SDE solutions) carry float64 states and time through the UNet in the
+    # run's dtype: a float32 UNet's weights are the model, its rounding (~5e-7 RMS on digits-unet's PF-ODE,
+    # docs/cli.md) is far below any sampler's error, and in float64 it costs 5x on a CPU (and far more on most
+    # GPUs); --dtype float64 runs it, and every sampler, in float64
+    ref = None
     hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
     event = (int(chans),) + hw
     # ScoreSdeVePipeline returns samples clamped to [0, 1] (score_sde's uncentered data); the others [-1, 1]

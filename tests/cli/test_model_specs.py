@@ -173,8 +173,10 @@ def test_diffusers_folder_without_weights(capsys, pipeline, tmp_path):
     assert "unet/ holds no weights (expected diffusion_pytorch_model.safetensors" in line and ".bin" not in line
 
 
-def test_diffusers_float32_has_a_float64_reference(pipeline):
-    """--dtype float32: the samplers' UNet runs in float32, the reference ("in float64") in float64."""
+def test_diffusers_references_run_the_loaded_unet(pipeline):
+    """--dtype float32 (the default for a folder): the UNet runs in float32, also under the references' float64
+    states (a float64 copy would cost 5x on a CPU for rounding far below any sampler's error); --dtype float64
+    runs it in float64."""
     import torch
 
     from flowsde.cli._models import resolve
@@ -187,15 +189,16 @@ def test_diffusers_float32_has_a_float64_reference(pipeline):
 
     x = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
     t = torch.tensor(0.5, dtype=torch.float64)
-    for model in (m.diffusion, m.reference):
+    m64 = resolve(str(pipeline), device=torch.device("cpu"), dtype=torch.float64)
+    for model in (m.diffusion, m64.diffusion):
         unets = [c.cell_contents for c in _cells(model.net) if isinstance(c.cell_contents, torch.nn.Module)]
         assert len(unets) == 1
         h = unets[0].register_forward_pre_hook(hook)
-        model.eps(t, x)
+        model.eps(t, x)  # a float64 state: the UNet still runs in the dtype it was loaded in
         h.remove()
     assert seen == [torch.float32, torch.float64]
-    m64 = resolve(str(pipeline), device=torch.device("cpu"), dtype=torch.float64)
-    assert m64.reference is None
+    # the references take float64 states through the run's own network (no second, float64 copy)
+    assert m.reference is None and m64.reference is None
 
 
 def _cells(fn):
@@ -262,7 +265,7 @@ def test_shipped_diffusers_model_resolves_through_the_folder_path():
     assert (m.spec, m.kind, m.event_shape, m.image_shape) == ("digits-unet", "shipped", (1, 8, 8), (1, 8, 8))
     assert (m.levels, m.data_range) == (17, (-1.0, 1.0)) and m.description == models.info("digits-unet").description
     assert by_path.kind == "diffusers" and by_path.levels is None
-    assert m.reference is not None  # float32 run: the float64 reference network, as for a user's folder
+    assert m.reference is None  # the references run the float32 UNet on float64 states, as for a user's folder
     x = m.test_data()
     assert x.shape == (297, 1, 8, 8) and torch.equal(x.reshape(297, 64), models.digits("test"))
     t = torch.tensor([0.01, 0.5], dtype=torch.float32)
