@@ -197,6 +197,7 @@ def flat(r) -> torch.Tensor:
 
 
 def main():
+    global B
     ap = argparse.ArgumentParser()
     ap.add_argument("--one", nargs=3, metavar=("METHOD", "SETTING", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--full", action="store_true", help="the longer sweep (~6 minutes)")
@@ -204,7 +205,6 @@ def main():
                     help="flowsde's adjoint alone over grad_tol 1e-2..1e-8 (its memory against its steps)")
     ap.add_argument("--batch", type=int, default=B, help=f"samples (default {B})")
     a = ap.parse_args()
-    global B
     B = a.batch
     if a.one:
         method, setting, out = a.one
