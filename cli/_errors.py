@@ -23,6 +23,8 @@ _NAMES = [
     (re.compile(r"\bthe data_range it was scaled to\b"), "the --data-range it was scaled to"),
     (re.compile(r"\binto data_range\b"), "into --data-range"),
     (re.compile(r"\bsamples=(\d+)"), r"--batch-size \1"),
+    (re.compile(r"\btime_warp=([\d.]+)"), r"--time-warp \1"),
+    (re.compile(r"\bDrop time_warp \(or pass 1\)"), "Drop --time-warp (or pass 1)"),
 ]
 
 _BPD_TOL = re.compile(r"\bbpd_tol\b")

@@ -89,6 +89,14 @@ def test_for_cli_names_the_commands_own_likelihood_tolerance(command, flag):
     assert f"({flag}: 1e-05 there" in line and "bpd_tol" not in line
 
 
+def test_for_cli_names_the_time_warp_flag():
+    from flowsde.cli._errors import for_cli
+
+    line = for_cli("log_likelihood: time_warp=2.0 with time='log_snr': the warp ... no warp is applied there. "
+                   "Drop time_warp (or pass 1).", command="nll")
+    assert "--time-warp 2.0 with" in line and "Drop --time-warp (or pass 1)" in line and "time_warp" not in line
+
+
 def test_an_input_error_inside_the_run_is_said_once(capsys, caplog, tmp_path, digits4):
     np.save(tmp_path / "off.npy", (0.9 * digits4).numpy())
     with caplog.at_level(logging.WARNING, logger="flowsde.nll"):

@@ -448,8 +448,10 @@ def test_torchrun_flowsde_nll_command_matches_the_library_in_one_process(tmp_pat
            "--out", str(out), "--quiet"]
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
+    from flowsde.cli._nll import BPD_TOL  # the command's default --bpd-tol (its rtol/atol follow it)
+
     res = dataset_nll(fm.load("digits-eps", net_dtype=DT), fm.digits("test"), levels=17, data_range=(-1.0, 1.0),
-                      trace="hutchinson", probes=2, batch_size=4, limit=16, rtol=1e-5, atol=1e-5,
+                      trace="hutchinson", probes=2, batch_size=4, limit=16, bpd_tol=BPD_TOL,
                       out=tmp_path / "lib.csv")
     assert out.read_bytes() == (tmp_path / "lib.csv").read_bytes()
     assert f"{res.mean_bpd:.4f}" in p.stdout
