@@ -70,8 +70,9 @@ def _model_args(p, *, top=False) -> None:
                         "digits-unet, float64 otherwise)")
     r.add_argument("--seed", type=int, default=dflt(0), help="everything random derives from it (default: 0)")
     r.add_argument("--threads", type=_pos_int, default=dflt(None), metavar="N",
-                   help="CPU threads of torch (default: 1 for the shipped models and gmm, which run fastest on "
-                        "one thread, unless OMP_NUM_THREADS is set; torch's default for other models)")
+                   help="CPU threads of torch (default: 1 for the shipped MLPs and gmm, which run fastest on "
+                        "one thread, unless OMP_NUM_THREADS is set; torch's default for other models, "
+                        "digits-unet included)")
     r.add_argument("--quiet", "-q", action="store_true", default=dflt(False), help="no progress bars")
 
 

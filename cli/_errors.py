@@ -24,7 +24,7 @@ _NAMES = [
     (re.compile(r"\binto data_range\b"), "into --data-range"),
     (re.compile(r"\bsamples=(\d+)"), r"--batch-size \1"),
     (re.compile(r"\btime_warp=([\d.]+)"), r"--time-warp \1"),
-    (re.compile(r"\bDrop time_warp \(or pass 1\)"), "Drop --time-warp (or pass 1)"),
+    (re.compile(r"\btime_warp\b"), "--time-warp"),
 ]
 
 _BPD_TOL = re.compile(r"\bbpd_tol\b")
