@@ -18,22 +18,30 @@ integrates from 1e-5). Two labelled numbers (``docs/likelihood.md`` derives them
   estimated with one draw of ``e`` per sample.
 
 Time variable: ``time="t"`` integrates in the schedule's own time; ``time="log_snr"``
-in ``lambda = log(alpha^2 / sigma^2)`` (the ODE ``dx/dlambda = u / (dlambda/dt)``); see
-``docs/likelihood.md`` for which is cheaper per accuracy. The default (``time=None``) is
-:func:`default_time`: ``"log_snr"`` for a :class:`flowsde.adapters.schedules.Discrete` schedule
-(DDPM / diffusers tables), ``"t"`` for the others.
+in ``lambda = log(alpha^2 / sigma^2)`` (the ODE ``dx/dlambda = u / (dlambda/dt)``); ``time="vp_time"`` in
+``tau``, the time at which score_sde's continuous VP schedule (``VP()``: beta 0.1 .. 20, the limit of DDPM's
+linear 1000-step table) has the same log-SNR, ``tau = VP().t_from_log_snr(lambda)``. The default
+(``time=None``) is :func:`default_time`: ``"vp_time"`` for a :class:`flowsde.adapters.schedules.Discrete`
+schedule (DDPM / diffusers tables), ``"t"`` for the others.
 
-Why log-SNR for ``Discrete``: its log-SNR is linear in ``t`` between the N knots, so ``d lambda/dt``
+Why not ``t`` for ``Discrete``: its log-SNR is linear in ``t`` between the N knots, so ``d lambda/dt``
 and with it the PF-ODE drift in ``t`` jump at every knot, and an embedded pair's step control pays
-for each jump (``docs/bridges.md``, "Discrete schedules"); in ``lambda`` the drift
-``dx/dlambda = (x - ...)`` depends on ``lambda`` only through ``alpha(lambda)``, ``sigma(lambda)``,
-which are smooth (``alpha^2 = sigmoid(lambda)``), so it has no kink. The reparametrisation is exact:
-both variables integrate the same ODE, and the answer is the same up to the tolerance.
+for each jump (``docs/bridges.md``, "Discrete schedules"). In ``lambda`` the drift
+``dx/dlambda`` depends on ``lambda`` only through ``alpha(lambda)``, ``sigma(lambda)``,
+which are smooth (``alpha^2 = sigmoid(lambda)``), and through the network's time ``t(lambda)``, whose
+kinks are those of the network's input only. ``tau`` is a smooth (analytic) function of ``lambda``, so the
+drift in ``tau`` is as continuous as in ``lambda``; it is also a *time* (``tau ~ sigma^2`` at the data end, as
+``t`` of a VP schedule), so the default ``time_warp`` (``tau = s^rho``, ``rho`` 1.5) applies to it as it does
+to ``t``, and on DDPM's linear table the solve costs what the continuous VP one costs (``docs/likelihood.md``,
+"diffusers models"; in log-SNR it took 1.2-1.3x). Each reparametrisation is exact: the variables integrate the
+same ODE, and the answer is the same up to the tolerance.
 A ``Discrete`` problem in ``t`` is refused (``time="t"``): stepping it knot-aware would restart the
-solver at each of up to 1000 knots inside the span (>= 1000 steps), while ``log_snr`` integrates the
-same path without them. ``time_warp`` is a warp of ``t`` (``t = s^rho``, the data end stretched where
-``sigma ~ sqrt(t)``); in log-SNR the data end is already stretched (``lambda ~ -log t``), so the
-warp is not applied there: ``time_warp`` must be ``None`` or ``1`` with ``time="log_snr"``.
+solver at each of up to 1000 knots inside the span (>= 1000 steps). ``time_warp`` is a warp of ``t`` or
+``tau`` (the data end stretched where ``sigma ~ sqrt(t)``); in log-SNR the data end is already stretched
+(``lambda ~ -log t``), so the warp is not applied there: ``time_warp`` must be ``None`` or ``1`` with
+``time="log_snr"``. Where log-SNR is infinite at an end of the span (``alpha = 0`` at ``t_max`` of a
+zero-terminal-SNR table, ``rescale_betas_zero_snr``), neither ``lambda`` nor ``tau`` reaches it: the call is
+refused, asking for a ``t_max`` where ``alpha > 0``.
 """
 
 from __future__ import annotations
@@ -52,28 +60,29 @@ from flowsde._internal import check_data, check_data_range, check_in_range, quan
 
 from flowsde._internal import DEFAULT_BPD_TOL, LIKELIHOOD_PER_SAMPLE, Tolerances, check_warp, time_in_range
 
-TIMES = ("t", "log_snr")
+TIMES = ("t", "log_snr", "vp_time")
 
 
 def default_time(schedule) -> str:
-    """The likelihood's default integration variable for ``schedule``: ``"log_snr"`` for a
+    """The likelihood's default integration variable for ``schedule``: ``"vp_time"`` for a
     :class:`~flowsde.adapters.schedules.Discrete` schedule (its drift in ``t`` jumps at every knot; see the
     module docstring), ``"t"`` for every other. Compare's float64 reference and adaptive rows use it too."""
     from ._discrete import Discrete
 
-    return "log_snr" if isinstance(schedule, Discrete) else "t"
+    return "vp_time" if isinstance(schedule, Discrete) else "t"
 
 
 def check_time(schedule, time: str, where: str) -> None:
     """Refuse ``time="t"`` on a :class:`~flowsde.adapters.schedules.Discrete` schedule, with the reason."""
     if time not in TIMES:
         raise InputError(f"{where}: time={time!r}: choose one of {TIMES} (default: {default_time(schedule)!r}).")
-    if time == "t" and default_time(schedule) == "log_snr":
+    if time == "t" and default_time(schedule) != "t":
         raise InputError(
             f"{where}: time='t' on a Discrete schedule ({schedule.N} knots): its log-SNR is piecewise linear in t, "
             "so the PF-ODE drift in t jumps at every knot and an adaptive solve pays for each jump (hundreds to "
-            "thousands of NFE, with an error estimate that misses the jumps). Integrate in log-SNR instead "
-            "(time='log_snr', the default for Discrete): the same ODE, reparametrised, with a continuous drift.")
+            "thousands of NFE, with an error estimate that misses the jumps). Integrate in a smooth function of "
+            "log-SNR instead (time='vp_time', the default for Discrete, or time='log_snr'): the same ODE, "
+            "reparametrised, with a continuous drift.")
 LOG2PI = math.log(2 * math.pi)
 
 #: the core's keyword options (probes, tolerances, engine, throw, ...), passed through unchanged
@@ -94,9 +103,22 @@ def log_snr_ode(ode: ODE, schedule, t_range: Tuple[float, float]) -> ODE:
     return ODE(drift)
 
 
+def vp_time_ode(ode: ODE, schedule, t_range: Tuple[float, float]) -> ODE:
+    """The ODE ``dx/dt = u(t, x)`` rewritten in ``tau``, the time of ``VP()`` with the same log-SNR:
+    ``dx/dtau = dx/dlambda (lambda_VP(tau)) * dlambda_VP/dtau`` (:func:`log_snr_ode` for ``dx/dlambda``)."""
+    from .schedules import VP
+
+    vp, in_lam = VP(), log_snr_ode(ode, schedule, t_range)
+
+    def drift(tau, x):
+        return in_lam.drift(vp.log_snr(tau), x) * batch_broadcast(vp.d_log_snr(tau), x)
+
+    return ODE(drift)
+
+
 def adaptive_pf_ode(diffusion, t_span, time: Optional[str] = None, *, ode: Optional[ODE] = None):
     """``(ode, span, time)``: a diffusion's PF-ODE for an adaptive solve over ``t_span = (t_from, t_to)`` (either
-    order), in the integration variable ``time`` (default :func:`default_time`: ``"log_snr"`` for a ``Discrete``
+    order), in the integration variable ``time`` (default :func:`default_time`: ``"vp_time"`` for a ``Discrete``
     schedule, whose drift in ``t`` jumps at every knot). ``span`` is ``t_span`` in that variable; the solution at
     its end is the state at ``t_to`` (the reparametrisation changes the path's speed, not its points). ``ode``:
     the PF-ODE to rewrite (default ``diffusion.pf_ode()``). Used by ``compare``'s float64 reference and its
@@ -110,9 +132,16 @@ def adaptive_pf_ode(diffusion, t_span, time: Optional[str] = None, *, ode: Optio
         return pf, (a, b), time
     lam = schedule.log_snr(torch.tensor([a, b], dtype=torch.float64))
     if not bool(torch.isfinite(lam).all()):
-        raise InputError(f"time='log_snr': log-SNR is {lam.tolist()} at t = {(a, b)} for {schedule!r}; integrate "
-                         "between times where alpha and sigma are both > 0.")
-    return log_snr_ode(pf, schedule, (min(a, b), max(a, b))), (float(lam[0]), float(lam[1])), time
+        raise InputError(f"time={time!r}: log-SNR is {lam.tolist()} at t = {(a, b)} for {schedule!r}; integrate "
+                         "between times where alpha and sigma are both > 0 (a zero-terminal-SNR table: t_max "
+                         "below its last step).")
+    t_range = (min(a, b), max(a, b))
+    if time == "log_snr":
+        return log_snr_ode(pf, schedule, t_range), (float(lam[0]), float(lam[1])), time
+    from .schedules import VP
+
+    tau = VP().t_from_log_snr(lam)
+    return vp_time_ode(pf, schedule, t_range), (float(tau[0]), float(tau[1])), time
 
 
 def log_likelihood(
@@ -142,9 +171,10 @@ def log_likelihood(
             whose drift is defined at ``t = 0``; a value off the range by rounding only is clamped:
             :func:`flowsde.adapters.time_in_range`).
         t_max: prior-end time (default ``schedule.t_max``).
-        time: integration variable, ``"t"`` or ``"log_snr"`` (default: :func:`default_time`, ``"log_snr"``
-            for a ``Discrete`` schedule, which refuses ``"t"``; ``"t"`` otherwise). In ``"log_snr"`` the
-            core's ``time_warp`` is not applied (``None`` or ``1`` only): the module docstring says why.
+        time: integration variable, ``"t"``, ``"log_snr"`` or ``"vp_time"`` (default: :func:`default_time`,
+            ``"vp_time"`` for a ``Discrete`` schedule, which refuses ``"t"``; ``"t"`` otherwise). In ``"log_snr"``
+            the core's ``time_warp`` is not applied (``None`` or ``1`` only); in ``"vp_time"`` it is, as in ``t``:
+            the module docstring says why.
         prior_logp: ``z -> (B,)`` log-density at ``t_max`` (default ``diffusion.prior().log_prob``;
             pass the exact marginal to remove the prior mismatch in tests).
         levels: the number of quantization bins ``L`` of discrete data (e.g. 17 for values 0..16);
@@ -266,13 +296,14 @@ def _quantization(x: torch.Tensor, levels, bits, data_range, dequantize):
 def _ode_and_span(diffusion, time: str, t_eps: float, T: float):
     """The PF-ODE in the integration variable ``time`` and its span ``(data end, prior end)``."""
     pf = diffusion.pf_ode()
-    if time != "log_snr":
+    if time == "t":
         return pf, (t_eps, T)
     schedule = diffusion.schedule
     lam = schedule.log_snr(torch.tensor([t_eps, T], dtype=torch.float64))
     if not bool(torch.isfinite(lam).all()):
-        raise InputError(f"time='log_snr': log-SNR is {lam.tolist()} at (t_eps, t_max) = {(t_eps, T)} for "
-                         f"{schedule!r}; use time='t', or t_eps and t_max where alpha and sigma are both > 0.")
+        raise InputError(f"time={time!r}: log-SNR is {lam.tolist()} at (t_eps, t_max) = {(t_eps, T)} for "
+                         f"{schedule!r}; pass t_eps and t_max where alpha and sigma are both > 0 (a zero-terminal-"
+                         "SNR table: t_max below its last step), or time='t' where the schedule allows it.")
     return adaptive_pf_ode(diffusion, (t_eps, T), time, ode=pf)[:2]
 
 

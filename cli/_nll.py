@@ -53,8 +53,9 @@ def add_arguments(p) -> None:
     p.add_argument("--atol", type=_positive_float, default=None, help="RK45 atol of the state (default: --bpd-tol)")
     p.add_argument("--time-warp", type=_time_warp, default=None, metavar="RHO",
                    help="integrate in s = t^(1/RHO) (default: the library's, 1.5 on a span in t >= 0; 1: in t "
-                        "itself; docs/likelihood.md, 'Time warp'); not with a Discrete (diffusers/DDPM) schedule, "
-                        "which is integrated in log-SNR")
+                        "itself; docs/likelihood.md, 'Time warp'); a Discrete (diffusers/DDPM) schedule is "
+                        "integrated in VP time tau (the continuous VP schedule's time at the same log-SNR), "
+                        "s = tau^(1/RHO)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="samples per solve (default 64); "
                    "results do not depend on it")
     p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="only the first N samples")
@@ -374,7 +375,7 @@ def _tolerances(args, settings: dict) -> str:
         return f"{v:g}" if isinstance(v, (int, float)) else "default"
 
     time = settings.get("time")
-    var = f", in {'log-SNR' if time == 'log_snr' else time}" if time not in (None, "t") else ""
+    var = f", time={time!r}" if time not in (None, "t") else ""
     return f"bpd_tol={num('bpd_tol')}, RK45 rtol={num('rtol')} atol={num('atol')}{var}"
 
 

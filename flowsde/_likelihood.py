@@ -640,7 +640,7 @@ def log_likelihood(
                       "and stats['met_per_sample']); the model may be rough along their paths.", RuntimeWarning,
                       stacklevel=2)
     stats.update(level_per_sample=c.level, met_per_sample=c.met, ladder=dict(start=ladder.start,
-                 factor=ladder.factor, safety=ladder.safety, max_solves=ladder.max_solves))
+                 factor=ladder.factor, safety=ladder.safety, floor=ladder.floor, max_solves=ladder.max_solves))
     return differentiable(_result(_merged(c), exact=exact, dims=D, stats=stats, solver_error=c.estimate))
 
 

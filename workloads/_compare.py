@@ -437,7 +437,7 @@ def _references(s: _Setup, bar) -> Tuple[_References, dict]:
     rk = flowsde.solvers.RK45(rtol=s.o.reference_tol, atol=s.o.reference_tol)
     bar.set_description("reference: PF-ODE, RK45 float64")
     t0 = time.perf_counter()
-    # in the schedule's adaptive variable (log-SNR for a Discrete schedule, whose drift in t jumps at every knot)
+    # in the schedule's adaptive variable (VP time for a Discrete schedule, whose drift in t jumps at every knot)
     ref_ode, ref_span, ref_time = _adaptive_problem(s.ref_model, pf, s.span)
     ref = flowsde.solve(ref_ode, x_T, ref_span, method=rk)
     refs = _References(x_T, pf, ref.x, ref.nfe, time.perf_counter() - t0, None, None)
@@ -457,7 +457,7 @@ def _references(s: _Setup, bar) -> Tuple[_References, dict]:
             "beta": float(s.o.beta), "grid": s.o.grid, "dtype": str(s.o.dtype).replace("torch.", ""),
             "device": str(s.device),
             "reference": f"PF-ODE: RK45 rtol=atol={s.o.reference_tol:g} in float64"
-                         f"{' in log-SNR' if ref_time == 'log_snr' else ''} ({refs.nfe:.0f} NFE, "
+                         f"{'' if ref_time == 't' else f' in time={ref_time!r}'} ({refs.nfe:.0f} NFE, "
                          f"{refs.seconds:.1f} s) from the same x_T",
             "distance_reference": f"independent {floor_what} (n={n})"}
     if s.data is not None:
@@ -526,14 +526,14 @@ def _rows(s: _Setup, refs: _References, info: dict, bar) -> Tuple[List[CompareRo
 
 def _adaptive_problem(model, pf, span: torch.Tensor):
     """``(ode, span, time)``: the PF-ODE ``pf`` of ``model`` over ``span`` (``[T, t_end]``) in the variable an
-    adaptive solve uses (``flowsde.adapters``' ``adaptive_pf_ode``: log-SNR for a ``Discrete`` schedule, whose
+    adaptive solve uses (``flowsde.adapters``' ``adaptive_pf_ode``: VP time for a ``Discrete`` schedule, whose
     drift in t jumps at every knot; t otherwise, also for a model without a schedule)."""
     from flowsde.adapters import adaptive_pf_ode
 
     if getattr(model, "schedule", None) is None:
         return pf, span, "t"
-    ode, lam_span, time = adaptive_pf_ode(model, span.tolist(), ode=pf)
-    return ode, (span if time == "t" else torch.tensor(lam_span, dtype=torch.float64, device=span.device)), time
+    ode, var_span, time = adaptive_pf_ode(model, span.tolist(), ode=pf)
+    return ode, (span if time == "t" else torch.tensor(var_span, dtype=torch.float64, device=span.device)), time
 
 
 def _adaptive_run(pf, span: torch.Tensor, method: str, tol: float, x: torch.Tensor
@@ -590,7 +590,7 @@ def _likelihood_rows(s: _Setup, pf, bar) -> list:
     for tol in s.o.likelihood_tols:
         bar.set_description(f"likelihood tol {tol:.0e}")
         t0 = time.perf_counter()
-        # in the schedule's adaptive variable (log-SNR for Discrete, unwarped there: adapters/_likelihood.py)
+        # in the schedule's adaptive variable (VP time for Discrete, warped as t; log-SNR unwarped: adapters/_likelihood.py)
         ode, span, var = _adaptive_problem(s.diffusion, pf, torch.tensor([s.t_end, s.T], dtype=torch.float64))
         res = flowsde.log_likelihood(ode, xs, tuple(float(v) for v in span), prior.log_prob, bpd_tol=tol,
                                      **({"time_warp": 1.0} if var == "log_snr" else {}))
