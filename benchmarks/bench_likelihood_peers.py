@@ -61,7 +61,10 @@ Run: ``python benchmarks/bench_likelihood_peers.py --quick`` (development: 4 dig
 2-core machine; the cost of an evaluation grows with the samples);
 ``python benchmarks/bench_likelihood_peers.py --out peers.json`` (all problems, 297 digits / 256 mixture
 samples, targets 1e-2 1e-3 1e-4: hours on a CPU; add ``--image-trace probe`` on a CPU, or
-``--device cuda`` where there is one).
+``--device cuda`` where there is one). ``--peers`` with no name runs flowsde's cells alone (items 1 and 2:
+``--peers --problems digits-eps digits-velocity`` on all 297 digits takes about 15 minutes per problem on a
+CPU core); ``--flowsde-dtype float32`` runs them on the float32 network and data, against the float64
+reference.
 """
 
 from __future__ import annotations
@@ -403,8 +406,10 @@ def reliable(pts, target):
     return None
 
 
-def flowsde_cell(P, ref, D, target):
+def flowsde_cell(P, ref, D, target, dtype=F64):
     t0 = time.perf_counter()
+    if dtype != F64:  # the same model and data in float32 (the reference stays float64)
+        P = dict(P, dif=M.load(P["name"], device=P["x"].device, net_dtype=dtype), x=P["x"].to(dtype))
     logp, nfe, extra = run_flowsde(P, target)
     wall = time.perf_counter() - t0
     err = errors_bpd(logp, ref, D)
@@ -473,7 +478,11 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=None,
                     help="held-out digits (default all 297) / mixture samples (default 256)")
     ap.add_argument("--targets", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4], help="bits/dim")
-    ap.add_argument("--peers", nargs="+", default=list(PEERS), choices=PEERS)
+    ap.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS,
+                    help="the peers to sweep (none: flowsde's cells only, items 1 and 2)")
+    ap.add_argument("--flowsde-dtype", choices=("float64", "float32"), default="float64",
+                    help="flowsde's cells in float32 (the network and data; the reference stays float64): the "
+                         "float32 promise holds from 10x its floor, bpd_tol >= 1e-5")
     ap.add_argument("--tols", type=float, nargs="+", default=PEER_TOLS, help="peers' rtol = atol, loosest first")
     ap.add_argument("--ref-tol", type=float, default=1e-10)
     ap.add_argument("--seed", type=int, default=0, help="dequantization noise of the digits")
@@ -492,9 +501,10 @@ def main(argv=None):
             a.problems = ["digits-eps", "digits-velocity"]
     torch.set_num_threads(a.threads)
     targets = sorted(a.targets, reverse=True)
-    print(f"machine: {machine()}; device {a.device}; float64; exact trace")
+    print(f"machine: {machine()}; device {a.device}; float64 (flowsde's cells: {a.flowsde_dtype}); exact trace")
     print(f"targets {targets} bits/dim; peers {a.peers} at rtol = atol in {a.tols}", flush=True)
     out = dict(machine=machine(), device=a.device, targets=targets, tols=a.tols, ref_tol=a.ref_tol, seed=a.seed,
+               flowsde_dtype=a.flowsde_dtype,
                argv=argv, problems={})
     t_all = time.perf_counter()
     for name in a.problems:
@@ -530,7 +540,7 @@ def main(argv=None):
                                   check_err_bpd=check["err_bpd"]),
                    flowsde={}, peers={})
         for tg in targets:
-            res["flowsde"][f"{tg:g}"] = flowsde_cell(P, ref, D, tg)
+            res["flowsde"][f"{tg:g}"] = flowsde_cell(P, ref, D, tg, getattr(torch, a.flowsde_dtype))
         for p in a.peers:
             why = kdiff_applicable(P["dif"]) if p == "kdiff" else None
             if why:
