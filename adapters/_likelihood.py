@@ -132,9 +132,10 @@ def adaptive_pf_ode(diffusion, t_span, time: Optional[str] = None, *, ode: Optio
         return pf, (a, b), time
     lam = schedule.log_snr(torch.tensor([a, b], dtype=torch.float64))
     if not bool(torch.isfinite(lam).all()):
+        also = "" if default_time(schedule) != "t" else ", or time='t'"
         raise InputError(f"time={time!r}: log-SNR is {lam.tolist()} at t = {(a, b)} for {schedule!r}; integrate "
                          "between times where alpha and sigma are both > 0 (a zero-terminal-SNR table: t_max "
-                         "below its last step).")
+                         f"below its last step){also}.")
     t_range = (min(a, b), max(a, b))
     if time == "log_snr":
         return log_snr_ode(pf, schedule, t_range), (float(lam[0]), float(lam[1])), time
@@ -295,16 +296,7 @@ def _quantization(x: torch.Tensor, levels, bits, data_range, dequantize):
 
 def _ode_and_span(diffusion, time: str, t_eps: float, T: float):
     """The PF-ODE in the integration variable ``time`` and its span ``(data end, prior end)``."""
-    pf = diffusion.pf_ode()
-    if time == "t":
-        return pf, (t_eps, T)
-    schedule = diffusion.schedule
-    lam = schedule.log_snr(torch.tensor([t_eps, T], dtype=torch.float64))
-    if not bool(torch.isfinite(lam).all()):
-        raise InputError(f"time={time!r}: log-SNR is {lam.tolist()} at (t_eps, t_max) = {(t_eps, T)} for "
-                         f"{schedule!r}; pass t_eps and t_max where alpha and sigma are both > 0 (a zero-terminal-"
-                         "SNR table: t_max below its last step), or time='t' where the schedule allows it.")
-    return adaptive_pf_ode(diffusion, (t_eps, T), time, ode=pf)[:2]
+    return adaptive_pf_ode(diffusion, (t_eps, T), time)[:2]
 
 
 def _add_corrected(res: LikelihoodResult, diffusion, data, ode, span, prior_logp, t_eps: float, options) -> None:

@@ -140,9 +140,10 @@ def test_bad_input():
         dif.log_likelihood(x, levels=17, bits=4)
     with pytest.raises(InputError):
         dif.log_likelihood(torch.randn(2, 3, dtype=DT))  # the mixture has D = 2
-    with pytest.raises(InputError, match="log-SNR"):
-        lin = Linear()
-        Diffusion(gm.oracle(lin, "velocity"), lin, prediction="velocity").log_likelihood(x, time="log_snr")
+    lin = Linear()
+    for time in ("log_snr", "vp_time"):  # alpha = 0 at t = 1: neither variable reaches the prior end
+        with pytest.raises(InputError, match=f"time='{time}': log-SNR is .*-inf.*or time='t'"):
+            Diffusion(gm.oracle(lin, "velocity"), lin, prediction="velocity").log_likelihood(x, time=time)
     with pytest.raises(InputError, match="rtol"):
         dif.log_likelihood(x, rtol=0.0)
 
