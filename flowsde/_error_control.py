@@ -21,7 +21,8 @@ is still above the tolerance (a batch of those samples alone: with per-sample st
 not depend on its batch). A sample whose estimate exceeds the tolerance after :data:`MAX_SOLVES` solves
 keeps its last level's answer and estimate (``stats["met_per_sample"]`` is then False, and the call
 warns). The state's tolerances stop at the dtype's floor while the log-density's go on tightening;
-float32 requests below 10x its measured floor are refused (``_likelihood.BPD_FLOOR``). The constants were chosen on ``benchmarks/bench_likelihood_trust.py`` (``docs/benchmarks.md``).
+float32 requests below 10x its measured floor are refused (``_likelihood.BPD_FLOOR``). The constants were chosen
+on ``benchmarks/bench_likelihood_peers.py``'s digits (``docs/benchmarks.md``, "Likelihood: the promise per sample").
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 START = 0.1
 #: each level's tolerances are the previous level's divided by FACTOR
 FACTOR = 10.0
-#: solver_error = SAFETY |logp_k - logp_{k+1}|
+#: solver_error = SAFETY |logp_k - logp_{k+1}| + FLOOR tau_k
 SAFETY = 3.0
 #: solver_error adds FLOOR x the level's log-density tolerance: on 64 digits of digits-eps, 5-8 % of the samples
 #: had a true error above SAFETY |logp_k - logp_{k+1}| (0.01-0.12 bpd_tol, where the two solves agreed by chance);
