@@ -26,6 +26,9 @@ float64:
 * ``scipy``: score_sde's recipe (``likelihood.py``, ``get_likelihood_fn``): ``scipy.integrate.solve_ivp(
   ode_func, (t_eps, T), init, rtol=tol, atol=tol, method="RK45")`` on the flattened ``(B D + B,)`` numpy
   state in ``t``, batched as score_sde runs it (one RMS norm over every entry), ``nfev`` evaluations.
+* ``flowsde1`` (``--peers ... flowsde1``; not a peer, not in the mean): flowsde's own single solve,
+  ``error_estimate="embedded"`` at ``bpd_tol = tol``, swept and tuned in hindsight like a peer. flowsde /
+  flowsde1 is the price of the per-sample promise; flowsde1 / a peer is what flowsde's integrator alone gains.
 
 NFE are network evaluations per sample: for a batched peer the evaluations of its batch; for flowsde the
 mean of ``stats["nfe_per_sample"]`` (the table also shows its max and the batch's count). Each peer is swept
@@ -240,14 +243,20 @@ def run_chunked(P, fn):
 
 # ----------------------------------------------------------------------------------------------
 # methods: logp (B,) float64 in the model's space, NFE per sample (B,)
+def flowsde_options(P):
+    """The options of every flowsde call on ``P``: the data are dequantized already; on the image mixture with
+    ``--image-trace probe``, one Rademacher probe of its diagonal Jacobian (the exact trace, one VJP)."""
+    kw = dict(levels=P["levels"], dequantize=False) if P["levels"] else {}
+    if P.get("flowsde_probe"):
+        kw.update(trace="hutchinson", probes=1, generator=0)
+    return kw
+
+
 def run_flowsde(P, bpd_tol):
     extra = {"se": [], "batch_nfe": [], "stats": None}
 
     def one(x):
-        kw = dict(levels=P["levels"], dequantize=False) if P["levels"] else {}
-        if P.get("flowsde_probe"):  # one Rademacher probe of a diagonal Jacobian: the exact trace, one VJP
-            kw.update(trace="hutchinson", probes=1, generator=0)
-        r = P["dif"].log_likelihood(x, bpd_tol=bpd_tol, **kw)
+        r = P["dif"].log_likelihood(x, bpd_tol=bpd_tol, **flowsde_options(P))
         extra["se"].append(r.solver_error_bpd.to(F64).cpu())
         extra["batch_nfe"].append(int(r.nfe))
         extra["stats"] = {k: v for k, v in r.stats.items() if isinstance(v, (int, float, str, bool, type(None)))}
@@ -262,10 +271,7 @@ def run_flowsde_single(P, bpd_tol):
     """flowsde's single solve at ``bpd_tol`` (``error_estimate="embedded"``): the row :data:`SELF`."""
 
     def one(x):
-        kw = dict(levels=P["levels"], dequantize=False) if P["levels"] else {}
-        if P.get("flowsde_probe"):
-            kw.update(trace="hutchinson", probes=1, generator=0)
-        r = P["dif"].log_likelihood(x, bpd_tol=bpd_tol, error_estimate="embedded", **kw)
+        r = P["dif"].log_likelihood(x, bpd_tol=bpd_tol, error_estimate="embedded", **flowsde_options(P))
         return r.logp, r.stats["nfe_per_sample"]
 
     return run_chunked(P, one)
