@@ -587,13 +587,14 @@ def _likelihood_rows(s: _Setup, pf, bar) -> list:
         (k,) + s.event).to(s.device, torch.float64)
     exact = s.target.log_prob(xs.reshape(k, -1).cpu())
     prior = s.data.marginal(s.sched, s.T)
+    model = s.ref_model
     for tol in s.o.likelihood_tols:
         bar.set_description(f"likelihood tol {tol:.0e}")
         t0 = time.perf_counter()
-        # in the schedule's adaptive variable (VP time for Discrete, warped as t; log-SNR unwarped: adapters/_likelihood.py)
-        ode, span, var = _adaptive_problem(s.diffusion, pf, torch.tensor([s.t_end, s.T], dtype=torch.float64))
-        res = flowsde.log_likelihood(ode, xs, tuple(float(v) for v in span), prior.log_prob, bpd_tol=tol,
-                                     **({"time_warp": 1.0} if var == "log_snr" else {}))
+        if getattr(model, "schedule", None) is not None:  # the adapter's likelihood: its integration variable
+            res = model.log_likelihood(xs, t_eps=s.t_end, t_max=s.T, prior_logp=prior.log_prob, bpd_tol=tol)
+        else:  # a model without a schedule: its PF-ODE in t
+            res = flowsde.log_likelihood(pf, xs, (s.t_end, s.T), prior.log_prob, bpd_tol=tol)
         err = (res.logp.cpu() - exact).abs()
         lik.append((tol, float(res.nfe), float(err.mean()), float(err.max()), time.perf_counter() - t0))
         bar.update(1)
