@@ -42,7 +42,7 @@ reported ``solver_error_bpd``; median of reported / max(true, bpd_tol/100)).
 
 Reference per sample: torchdiffeq ``dopri8`` at ``rtol = atol = 1e-10`` (``--ref-tol``) on the
 concatenated ``(B, D + 1)`` state, in ``s = log t`` (``t = s`` where ``t_eps = 0``; stages past ``T`` at
-``T``), or in log-SNR for a ``Discrete`` schedule (``digits-unet``: in ``t`` its drift jumps at each knot). Trusted when the same solve at 100x the tolerance agrees with it to ``min(targets) / 100`` (printed;
+``T``). Trusted when the same solve at 100x the tolerance agrees with it to ``min(targets) / 100`` (printed;
 the script says when not); also printed: its distance to flowsde's own solve at
 ``bpd_tol = min(targets) / 1000`` (the cross-check; that distance is flowsde's error there).
 
@@ -107,8 +107,7 @@ COT_BYTES = 2**28
 # the exact Jacobian diagonal (every peer's and the reference's trace)
 def jac_diag(fn, x: torch.Tensor):
     """``(fn(x) detached, diag of d fn_b / d x_b (B, D))`` for a per-sample map ``fn``, by ``D`` VJPs batched
-    in chunks of at most ``COT_BYTES`` of cotangents (one at a time if the model has no vmap rule: on a CPU core that
-    loop beats a replicated batch of ``D B`` inputs for the diffusers digits UNet, 1.8 s against 5.1 s at B = 16)."""
+    in chunks of at most ``COT_BYTES`` of cotangents (one at a time if the model has no vmap rule)."""
     B, D = x.shape[0], x[0].numel()
     n = max(1, min(D, COT_BYTES // max(1, B * D * x.element_size())))
     with torch.enable_grad():
@@ -358,25 +357,12 @@ def run_kdiff(P, tol):
 
 
 def run_reference(P, tol):
-    """torchdiffeq dopri8 on the (B, D + 1) state in s = log t (s = t where t_eps = 0); for a ``Discrete``
-    schedule, whose drift in t jumps at each of its knots, in s = log-SNR (``dx/ds = u / (dlambda/dt)``, continuous
-    there: flowsde's own default is VP time, so the reference's variable differs from flowsde's as well)."""
+    """torchdiffeq dopri8 on the (B, D + 1) state in s = log t (s = t where t_eps = 0)."""
     from torchdiffeq import odeint
 
     dif = P["dif"]
-    sched = dif.schedule
     t_eps, T = span(dif)
-    in_lam = type(sched).__name__ == "Discrete"
     log = t_eps > 0
-
-    def time_and_rate(s):
-        """``(t, dt/ds)`` at the stage time ``s``; stages past the span are evaluated at its end."""
-        if in_lam:
-            t = sched.t_from_log_snr(s.reshape(1).to(F64)).clamp(t_eps, T)
-            dlam_dt = 2 * (sched.d_alpha(t) / sched.alpha(t) - sched.d_sigma(t) / sched.sigma(t))
-            return t.reshape(()), (1 / dlam_dt).reshape(())
-        t = (torch.exp(s) if log else s).to(F64).clamp(t_eps, T)
-        return t, (t if log else 1.0)
 
     def one(x):
         B, D = x.shape[0], x[0].numel()
@@ -385,14 +371,12 @@ def run_reference(P, tol):
         def f(s, y):
             nonlocal nfe
             nfe += 1
-            t, dt = time_and_rate(s)
+            t = (torch.exp(s) if log else s).to(F64).clamp(t_eps, T)  # stages past T: evaluated at T
             u, div = velocity_and_div(P, t, y[:, :D].reshape(x.shape))
+            dt = t if log else 1.0
             return torch.cat([u.reshape(B, D), div[:, None]], 1) * dt
 
-        if in_lam:
-            ends = [float(v) for v in sched.log_snr(torch.tensor([t_eps, T], dtype=F64))]
-        else:
-            ends = [math.log(t_eps), math.log(T)] if log else [t_eps, T]
+        ends = [math.log(t_eps), math.log(T)] if log else [t_eps, T]
         y = odeint(f, torch.cat([x.reshape(B, D), x.new_zeros(B, 1)], 1), torch.tensor(ends, dtype=F64,
                    device=x.device), rtol=tol, atol=tol, method="dopri8")[-1]
         return prior_logp(dif, y[:, :D].reshape(x.shape)) + y[:, D], nfe
