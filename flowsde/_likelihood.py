@@ -62,7 +62,8 @@ ERROR_ESTIMATES = ("global", "embedded")
 GUARANTEES = {
     "global": "global error per sample: each sample is solved until its estimate is <= bpd_tol, and solver_error "
               "bounds the true error of logp for most samples (95-100% measured on 297 digits of the shipped digits "
-              "models and on an image-sized mixture, 88.6% for digits-velocity at bpd_tol=1e-6)",
+              "models and on an image-sized mixture; 88.6% for digits-velocity at bpd_tol=1e-6, whose network "
+              "oscillates near t = 0: docs/likelihood.md, 'Where the estimate can miss')",
     "embedded": "local error only: the sum of the embedded estimates; NOT a bound on the true error, and bpd_tol "
                 "is a per-step tolerance",
 }
@@ -547,7 +548,8 @@ def log_likelihood(
               again): the answer is the first level whose estimate is within ``bpd_tol``. Measured on all 297
               test digits under the shipped digits models (``bpd_tol`` 1e-2 to 1e-6) and an image-sized
               mixture, every sample's true error was within 0.04-0.53x ``bpd_tol`` and the estimate bounded
-              it for 95-100 % of samples but in one cell (digits-velocity at 1e-6: 88.6 %;
+              it for 95-100 % of samples but in one cell (digits-velocity at 1e-6: 88.6 %, its network
+              oscillating near ``t = 0``; ``docs/likelihood.md``, "Where the estimate can miss";
               :mod:`flowsde._error_control`). It costs two to three solves.
             * ``"embedded"``: one solve; ``bpd_tol`` is a per-step (local) tolerance and ``solver_error``
               the sum of the log-density channel's embedded estimates: free, but NOT a bound (measured:
