@@ -497,6 +497,44 @@ def table(name, res, targets, D, B):
               f"{100 * fc['frac_bounded']:.1f} % | {fc['median_reported_over_true']:.2f} | "
               f"{fc['nfe']:.1f} / {fc['nfe_max']:g} / {fc['batch_nfe']} |")
     res["summary"] = dict(geomean_ratio=gm, max_ratio=mx, ratios=ratios)
+    held_out_table(res, targets, peers)
+
+
+def held_out(pts, target, n_cal):
+    """A peer's tolerance chosen without hindsight on the samples it is scored on: the cheapest swept point whose
+    worst error over the first ``n_cal`` samples reaches ``target``; ``(point, worst error over the others)``."""
+    ok = [q for q in pts if "err_bpd" in q and max(q["err_bpd"][:n_cal]) <= target]
+    if not ok:
+        return None, None
+    q = min(ok, key=lambda q: q["nfe"])
+    return q, max(q["err_bpd"][n_cal:])
+
+
+def held_out_table(res, targets, peers):
+    """Each peer tuned on the first half of the samples and scored on the second (the fair version of the
+    hindsight above): the worst held-out error / target, and the share of held-out samples beyond it."""
+    B = res["samples"]
+    n_cal = B // 2
+    if n_cal < 2:
+        return
+    print(f"\neach peer tuned on samples 0..{n_cal - 1}, scored on {n_cal}..{B - 1} (no hindsight on these): "
+          "NFE, worst held-out error / target, held-out samples beyond the target")
+    print("| target (bits/dim) | " + " | ".join(peers) + " |")
+    print("|---" * (1 + len(peers)) + "|")
+    rows = {}
+    for tg in targets:
+        cells = []
+        for p in peers:
+            pr = res["peers"][p]
+            q, worst = (None, None) if isinstance(pr, str) else held_out(pr, tg, n_cal)
+            if q is None:
+                cells.append("-")
+                continue
+            beyond = sum(e > tg for e in q["err_bpd"][n_cal:])
+            cells.append(f"{q['nfe']:g} (tol {q['tol']:g}): {worst / tg:.2f}, {beyond}/{B - n_cal}")
+            rows[f"{p} {tg:g}"] = dict(tol=q["tol"], nfe=q["nfe"], worst_over_target=worst / tg, beyond=beyond)
+        print(f"| {tg:g} | " + " | ".join(cells) + " |")
+    res["held_out"] = rows
 
 
 def main(argv=None):
