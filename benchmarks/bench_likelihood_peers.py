@@ -38,7 +38,9 @@ gets, for each target, the cheapest swept tolerance whose worst sample reaches i
 table adds the "reliable" NFE, from which on every tighter swept tolerance reaches it, where that
 differs). flowsde is run once per target with ``bpd_tol = target`` and is held to item 1 (fraction of
 samples beyond ``bpd_tol``, any beyond 2x) and item 2 (fraction whose true error is at most the
-reported ``solver_error_bpd``; median of reported / max(true, bpd_tol/100)).
+reported ``solver_error_bpd``; median of reported / max(true, bpd_tol/100)). A last table gives each peer
+without hindsight on the samples it is scored on: its tolerance chosen on the first half of the samples, its
+worst error and the count beyond the target on the second half.
 
 Reference per sample: torchdiffeq ``dopri8`` at ``rtol = atol = 1e-10`` (``--ref-tol``) on the
 concatenated ``(B, D + 1)`` state, in ``s = log t`` (``t = s`` where ``t_eps = 0``; stages past ``T`` at
