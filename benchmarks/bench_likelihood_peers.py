@@ -416,9 +416,10 @@ def sweep_peer(P, name, ref, D, targets, tols):
     return pts
 
 
-def cheapest(pts, target):
-    """The swept point with the fewest NFE whose worst sample reaches ``target`` (hindsight), or None."""
-    ok = [p for p in pts if "worst" in p and p["worst"] <= target]
+def cheapest(pts, target, n=None):
+    """The swept point with the fewest NFE whose worst sample reaches ``target``, or None: over every sample
+    (hindsight), or over the first ``n`` (:func:`held_out`)."""
+    ok = [p for p in pts if "worst" in p and (p["worst"] if n is None else max(p["err_bpd"][:n])) <= target]
     return min(ok, key=lambda p: p["nfe"]) if ok else None
 
 
@@ -505,11 +506,8 @@ def table(name, res, targets, D, B):
 def held_out(pts, target, n_cal):
     """A peer's tolerance chosen without hindsight on the samples it is scored on: the cheapest swept point whose
     worst error over the first ``n_cal`` samples reaches ``target``; ``(point, worst error over the others)``."""
-    ok = [q for q in pts if "err_bpd" in q and max(q["err_bpd"][:n_cal]) <= target]
-    if not ok:
-        return None, None
-    q = min(ok, key=lambda q: q["nfe"])
-    return q, max(q["err_bpd"][n_cal:])
+    q = cheapest(pts, target, n_cal)
+    return (None, None) if q is None else (q, max(q["err_bpd"][n_cal:]))
 
 
 def held_out_table(res, targets, peers):
